@@ -1,0 +1,107 @@
+//! Batch assembly for a step's worker.
+//!
+//! The rules users rely on (same as upstream aqueduct):
+//! 1. block until the first task arrives;
+//! 2. take whatever else is already queued, up to `batch_size`;
+//! 3. only when `batch_timeout > 0`, wait for more until `first + batch_timeout`.
+//!
+//! Tasks whose deadline has passed are dropped here, before the handler sees
+//! them, and counted so the caller can report them.
+
+use std::time::Duration;
+
+use crate::notify::monotonic_ns;
+use crate::queue::{Message, TaskQueue, Wait};
+
+/// How a step batches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchPolicy {
+    /// Most tasks per batch, >= 1.
+    pub size: usize,
+    /// How long to keep collecting after the first task; zero = never wait.
+    pub timeout: Duration,
+}
+
+/// What one call to [`BatchAssembler::next_batch`] produced.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Live tasks, in queue order (higher priority first).
+    pub messages: Vec<Message>,
+    /// Tasks taken from the queue but dropped because their deadline passed.
+    pub expired: Vec<Message>,
+    /// The queue is closed and drained: the worker should exit.
+    pub closed: bool,
+}
+
+/// Collects batches from one queue according to a [`BatchPolicy`].
+#[derive(Debug)]
+pub struct BatchAssembler {
+    policy: BatchPolicy,
+}
+
+impl BatchAssembler {
+    pub fn new(policy: BatchPolicy) -> Self {
+        BatchAssembler {
+            policy: BatchPolicy {
+                size: policy.size.max(1),
+                timeout: policy.timeout,
+            },
+        }
+    }
+
+    pub fn policy(&self) -> BatchPolicy {
+        self.policy
+    }
+
+    /// Takes the next batch from `queue`. Waits for the first task until
+    /// `idle_deadline_ns` (then returns an empty batch, so the caller can do
+    /// housekeeping); `interrupt` is polled while asleep and, when it returns
+    /// true, ends the wait early with what was collected so far.
+    pub fn next_batch(
+        &self,
+        queue: &TaskQueue,
+        idle_deadline_ns: Option<u64>,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> Batch {
+        let mut batch = Batch::default();
+        // 1. the first live task
+        loop {
+            match queue.wait_ready(idle_deadline_ns, interrupt) {
+                Wait::Ready => {}
+                Wait::Closed => {
+                    batch.closed = true;
+                    return batch;
+                }
+                Wait::Timeout | Wait::Interrupted => return batch,
+            }
+            self.take_ready(queue, &mut batch);
+            if !batch.messages.is_empty() {
+                break;
+            }
+        }
+        // 2. was taken by take_ready; 3. wait for the rest while allowed
+        if self.policy.timeout.is_zero() {
+            return batch;
+        }
+        let deadline = monotonic_ns() + self.policy.timeout.as_nanos() as u64;
+        while batch.messages.len() < self.policy.size {
+            match queue.wait_ready(Some(deadline), interrupt) {
+                Wait::Ready => self.take_ready(queue, &mut batch),
+                Wait::Closed | Wait::Timeout | Wait::Interrupted => break,
+            }
+        }
+        batch
+    }
+
+    /// Moves ready messages into the batch until it is full or none is ready.
+    fn take_ready(&self, queue: &TaskQueue, batch: &mut Batch) {
+        let now = monotonic_ns();
+        while batch.messages.len() < self.policy.size {
+            match queue.try_pop() {
+                Some(m) if m.header.is_expired(now) => batch.expired.push(m),
+                Some(m) => batch.messages.push(m),
+                None => break,
+            }
+        }
+    }
+}

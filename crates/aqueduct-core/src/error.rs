@@ -1,0 +1,42 @@
+//! The one error type of the core; the binding maps each variant once.
+
+use std::io;
+
+/// Everything the core can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call failed; `op` names it so the message says what was attempted.
+    #[error("{op} failed: {source}")]
+    Os {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The queue holds as many messages as it may (`queue_size`) or its ring has no room.
+    #[error("queue is full")]
+    Full,
+    /// The queue was closed by the flow; nothing more is accepted or delivered.
+    #[error("queue is closed")]
+    Closed,
+    /// A message can never fit in the ring, whatever is consumed.
+    #[error("message of {size} bytes exceeds the queue's limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    /// A segment handed over by another process is not what it claims to be.
+    #[error("invalid segment: {0}")]
+    InvalidSegment(String),
+    /// Arguments that cannot describe a queue (zero capacity and the like).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// Wraps the calling thread's `errno` for the system call `op`.
+    pub(crate) fn last_os(op: &'static str) -> Self {
+        Error::Os {
+            op,
+            source: io::Error::last_os_error(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,21 @@
+//! aqueduct-core: the shared-memory data path of aqueduct, free of Python.
+//!
+//! * [`segment`] — sealed memfd segments shared by fd, never named in /dev/shm;
+//! * [`ring`] — a lock-free MPMC ring of variable-size messages in a segment;
+//! * [`queue`] — a step's input queue: one ring per priority plus futex and
+//!   eventfd wake-ups;
+//! * [`batch`] — batch assembly with `batch_size` / `batch_timeout`;
+//! * [`notify`] — futex, eventfd and the monotonic clock.
+
+pub mod batch;
+pub mod error;
+pub mod notify;
+pub mod queue;
+pub mod ring;
+pub mod segment;
+
+pub use batch::{Batch, BatchAssembler, BatchPolicy};
+pub use error::{Error, Result};
+pub use notify::{monotonic_ns, EventFd};
+pub use queue::{Message, MessageHeader, QueueConfig, TaskQueue, Wait};
+pub use segment::Segment;

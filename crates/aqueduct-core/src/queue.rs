@@ -1,0 +1,489 @@
+//! `TaskQueue`: the input queue of one flow step (or the flow's result queue).
+//!
+//! One memfd segment holds a header and one [`Ring`] per priority level. The
+//! header carries the wake-up words: consumers sleep on the `ready` futex, a
+//! producer that finds the queue full sleeps on the `space` futex, and an asyncio
+//! consumer (the parent process) is rung through an eventfd "doorbell" that is
+//! only written when the consumer armed it — one write per drain, not per message.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::notify::{futex_wait, futex_wake, monotonic_ns, EventFd};
+use crate::ring::{Ring, RingLayout};
+use crate::segment::Segment;
+
+const MAGIC: u64 = 0x6171_7565_6475_6374; // "aqueduct"
+const VERSION: u32 = 1;
+/// Longest single futex sleep, so callers can check signals and deadlines.
+pub const WAIT_SLICE: Duration = Duration::from_millis(100);
+
+/// What every message carries before its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MessageHeader {
+    /// Identifies the task to the parent (its future).
+    pub key: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds after which the task is useless; 0 = never.
+    pub deadline_ns: u64,
+    /// Free for the layer above (task, result, error, ...).
+    pub kind: u32,
+    /// Priority level, `0..priorities`; higher is served first.
+    pub priority: u32,
+}
+
+const HEADER_BYTES: usize = 24;
+
+impl MessageHeader {
+    fn encode(&self) -> [u8; HEADER_BYTES] {
+        let mut out = [0u8; HEADER_BYTES];
+        out[0..8].copy_from_slice(&self.key.to_le_bytes());
+        out[8..16].copy_from_slice(&self.deadline_ns.to_le_bytes());
+        out[16..20].copy_from_slice(&self.kind.to_le_bytes());
+        out[20..24].copy_from_slice(&self.priority.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let word = |r: std::ops::Range<usize>| bytes.get(r);
+        Some(MessageHeader {
+            key: u64::from_le_bytes(word(0..8)?.try_into().ok()?),
+            deadline_ns: u64::from_le_bytes(word(8..16)?.try_into().ok()?),
+            kind: u32::from_le_bytes(word(16..20)?.try_into().ok()?),
+            priority: u32::from_le_bytes(word(20..24)?.try_into().ok()?),
+        })
+    }
+
+    /// True when the deadline is set and `now_ns` is at or past it.
+    pub fn is_expired(&self, now_ns: u64) -> bool {
+        self.deadline_ns != 0 && now_ns >= self.deadline_ns
+    }
+}
+
+/// A message taken from a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub header: MessageHeader,
+    raw: Vec<u8>,
+}
+
+impl Message {
+    /// The payload bytes after the header.
+    pub fn payload(&self) -> &[u8] {
+        &self.raw[HEADER_BYTES..]
+    }
+}
+
+/// Shape of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Priority levels (rings), >= 1.
+    pub priorities: u32,
+    /// Slots per ring; rounded up to a power of two.
+    pub capacity: u64,
+    /// Bytes per slot; rounded up to a multiple of 8.
+    pub slot_bytes: u64,
+    /// Most messages held at once over all rings; 0 = bounded by the rings only.
+    pub max_messages: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            priorities: 1,
+            capacity: 16_384,
+            slot_bytes: 256,
+            max_messages: 0,
+        }
+    }
+}
+
+#[repr(C, align(64))]
+#[derive(Debug)]
+struct Notice {
+    /// Bumped on every event; the futex word sleepers wait on.
+    epoch: AtomicU32,
+    /// Processes currently asleep (or about to be) on `epoch`.
+    sleepers: AtomicU32,
+}
+
+#[repr(C, align(64))]
+#[derive(Debug)]
+struct Counter(AtomicU64);
+
+#[repr(C)]
+#[derive(Debug)]
+struct QueueHeader {
+    magic: u64,
+    version: u32,
+    priorities: u32,
+    capacity: u64,
+    slot_bytes: u64,
+    max_messages: u64,
+    ready: Notice,
+    space: Notice,
+    count: Counter,
+    closed: AtomicU32,
+    /// Set by the asyncio consumer before it goes idle; producers that swap it
+    /// back to 0 ring the doorbell.
+    doorbell_armed: AtomicU32,
+    /// Set by a producer that met a full queue and waits on the doorbell.
+    space_wanted: AtomicU32,
+}
+
+fn header_size() -> usize {
+    std::mem::size_of::<QueueHeader>().div_ceil(64) * 64
+}
+
+/// Outcome of a bounded wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The condition holds (a message is ready / there may be space).
+    Ready,
+    /// The deadline passed first.
+    Timeout,
+    /// The queue was closed.
+    Closed,
+    /// The interrupt callback asked to stop waiting.
+    Interrupted,
+}
+
+/// One step's input queue, shared by every process that maps its segment.
+#[derive(Debug)]
+pub struct TaskQueue {
+    segment: Segment,
+    rings: Vec<Ring>,
+    spin: Duration,
+}
+
+impl TaskQueue {
+    /// Creates a queue in a new sealed memfd segment.
+    pub fn create(config: QueueConfig) -> Result<Self> {
+        if config.priorities == 0 || config.priorities > 64 {
+            return Err(Error::InvalidArgument(format!(
+                "priorities must be in 1..=64, got {}",
+                config.priorities
+            )));
+        }
+        let capacity = config.capacity.max(2).next_power_of_two();
+        let slot_bytes = config.slot_bytes.max(16).div_ceil(8) * 8;
+        let layout = RingLayout::new(capacity, slot_bytes)?;
+        let size = header_size() + layout.size() * config.priorities as usize;
+        let segment = Segment::create("aqueduct-queue", size, true)?;
+        // SAFETY: the segment is fresh, zero-filled, at least `size` bytes and
+        // not yet visible to any other process; the header is at offset 0, which
+        // mmap aligns to a page.
+        unsafe {
+            let header = segment.as_ptr().cast::<QueueHeader>();
+            (*header).version = VERSION;
+            (*header).priorities = config.priorities;
+            (*header).capacity = capacity;
+            (*header).slot_bytes = slot_bytes;
+            (*header).max_messages = config.max_messages;
+            for p in 0..config.priorities as usize {
+                Ring::init(
+                    segment.as_ptr().add(header_size() + p * layout.size()),
+                    layout,
+                );
+            }
+            std::sync::atomic::fence(Ordering::Release);
+            (*header).magic = MAGIC;
+        }
+        Self::from_segment(segment)
+    }
+
+    /// Opens a queue whose segment fd came from another process.
+    pub fn open(fd: OwnedFd) -> Result<Self> {
+        Self::from_segment(Segment::from_fd(fd)?)
+    }
+
+    /// Opens a queue through a duplicate of a borrowed fd.
+    pub fn open_borrowed(fd: BorrowedFd<'_>) -> Result<Self> {
+        Self::from_segment(Segment::from_borrowed_fd(fd)?)
+    }
+
+    fn from_segment(segment: Segment) -> Result<Self> {
+        if segment.len() < header_size() {
+            return Err(Error::InvalidSegment("too small for a queue header".into()));
+        }
+        // SAFETY: the segment is at least a header long and page aligned; the
+        // plain fields are written once before `magic` (Release fence) and never after.
+        let (magic, version, priorities, capacity, slot_bytes) = unsafe {
+            let h = &*segment.as_ptr().cast::<QueueHeader>();
+            let magic = std::ptr::read_volatile(&h.magic);
+            std::sync::atomic::fence(Ordering::Acquire);
+            (magic, h.version, h.priorities, h.capacity, h.slot_bytes)
+        };
+        if magic != MAGIC || version != VERSION {
+            return Err(Error::InvalidSegment("not an aqueduct queue".into()));
+        }
+        let layout = RingLayout::new(capacity, slot_bytes)?;
+        if priorities == 0 || segment.len() < header_size() + layout.size() * priorities as usize {
+            return Err(Error::InvalidSegment("queue segment is truncated".into()));
+        }
+        let rings = (0..priorities as usize)
+            .map(|p| {
+                // SAFETY: each ring lies inside the segment (size checked above),
+                // 64-byte aligned, initialised by `create` before `magic` was set.
+                unsafe {
+                    Ring::attach(
+                        segment.as_ptr().add(header_size() + p * layout.size()),
+                        layout,
+                    )
+                }
+            })
+            .collect();
+        Ok(TaskQueue {
+            segment,
+            rings,
+            spin: Duration::from_micros(50),
+        })
+    }
+
+    fn header(&self) -> &QueueHeader {
+        // SAFETY: validated in `from_segment`; lives as long as `self.segment`.
+        unsafe { &*self.segment.as_ptr().cast::<QueueHeader>() }
+    }
+
+    /// How long a waiter spins on shared memory before sleeping on the futex.
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
+    }
+
+    pub fn priorities(&self) -> u32 {
+        self.rings.len() as u32
+    }
+
+    /// Largest payload one message may carry.
+    pub fn max_payload(&self) -> usize {
+        self.rings[0].layout().max_message() - HEADER_BYTES
+    }
+
+    /// Messages currently held (approximate while others are active).
+    pub fn len(&self) -> u64 {
+        self.header().count.0.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends a message at `header.priority` (clamped to the top level).
+    /// Does not wake anyone: call [`TaskQueue::notify`] once after a burst.
+    pub fn push(&self, header: &MessageHeader, payload: &[u8]) -> Result<()> {
+        let h = self.header();
+        if h.closed.load(Ordering::Relaxed) != 0 {
+            return Err(Error::Closed);
+        }
+        let size = payload.len();
+        if size > self.max_payload() {
+            return Err(Error::TooLarge {
+                size,
+                limit: self.max_payload(),
+            });
+        }
+        let previous = h.count.0.fetch_add(1, Ordering::Relaxed);
+        if h.max_messages != 0 && previous >= h.max_messages {
+            h.count.0.fetch_sub(1, Ordering::Relaxed);
+            return Err(Error::Full);
+        }
+        let level = (header.priority as usize).min(self.rings.len() - 1);
+        let mut header = *header;
+        header.priority = level as u32;
+        let encoded = header.encode();
+        match self.rings[level].push(&[&encoded, payload]) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                h.count.0.fetch_sub(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Wakes one sleeping consumer and rings `doorbell` if the consumer armed it.
+    pub fn notify(&self, doorbell: Option<&EventFd>) {
+        let h = self.header();
+        h.ready.epoch.fetch_add(1, Ordering::SeqCst);
+        if h.ready.sleepers.load(Ordering::SeqCst) > 0 {
+            futex_wake(&h.ready.epoch, 1);
+        }
+        if let Some(bell) = doorbell {
+            if h.doorbell_armed.swap(0, Ordering::SeqCst) == 1 {
+                bell.signal();
+            }
+        }
+    }
+
+    /// True when some ring has a published message at its head.
+    pub fn has_ready(&self) -> bool {
+        self.rings.iter().any(Ring::has_ready)
+    }
+
+    /// Takes the next message, highest priority first.
+    /// Call [`TaskQueue::released`] once after a burst of pops.
+    pub fn try_pop(&self) -> Option<Message> {
+        for ring in self.rings.iter().rev() {
+            if let Some(raw) = ring.pop() {
+                self.header().count.0.fetch_sub(1, Ordering::Relaxed);
+                // Every push writes a header; a shorter message cannot come
+                // from this crate, so it is skipped rather than trusted.
+                if let Some(header) = MessageHeader::decode(&raw) {
+                    return Some(Message { header, raw });
+                }
+            }
+        }
+        None
+    }
+
+    /// Tells producers waiting for room that some was freed: wakes futex
+    /// sleepers and rings `doorbell` for an asyncio producer that asked for it.
+    pub fn released(&self, doorbell: Option<&EventFd>) {
+        let h = self.header();
+        h.space.epoch.fetch_add(1, Ordering::SeqCst);
+        if h.space.sleepers.load(Ordering::SeqCst) > 0 {
+            futex_wake(&h.space.epoch, i32::MAX);
+        }
+        if let Some(bell) = doorbell {
+            if h.space_wanted.load(Ordering::Relaxed) != 0
+                && h.space_wanted.swap(0, Ordering::SeqCst) == 1
+            {
+                bell.signal();
+            }
+        }
+    }
+
+    /// An asyncio producer that met `Full` calls this, then retries its push
+    /// once; if that fails too, it waits for the doorbell.
+    pub fn want_space(&self) {
+        self.header().space_wanted.store(1, Ordering::SeqCst);
+    }
+
+    /// An asyncio consumer calls this before going idle. Returns true if a
+    /// message is already ready (drain again instead of waiting).
+    pub fn arm_doorbell(&self) -> bool {
+        self.header().doorbell_armed.store(1, Ordering::SeqCst);
+        self.has_ready()
+    }
+
+    /// Closes the queue: pushes fail, waiters return `Closed` once it is drained.
+    pub fn close(&self) {
+        let h = self.header();
+        h.closed.store(1, Ordering::SeqCst);
+        for notice in [&h.ready, &h.space] {
+            notice.epoch.fetch_add(1, Ordering::SeqCst);
+            futex_wake(&notice.epoch, i32::MAX);
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.header().closed.load(Ordering::Relaxed) != 0
+    }
+
+    /// Waits until a message is ready, the queue is closed and drained, or
+    /// `deadline_ns` passes (`None`: no deadline). `interrupt` runs at least
+    /// every [`WAIT_SLICE`] while asleep; returning true ends the wait.
+    pub fn wait_ready(
+        &self,
+        deadline_ns: Option<u64>,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> Wait {
+        let h = self.header();
+        self.wait_on(&h.ready, deadline_ns, interrupt, &|| {
+            if self.has_ready() {
+                Some(Wait::Ready)
+            } else if self.is_closed() {
+                Some(Wait::Closed)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Waits until a consumer freed room (then retry the push), the queue is
+    /// closed, or `deadline_ns` passes.
+    pub fn wait_space(
+        &self,
+        deadline_ns: Option<u64>,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> Wait {
+        let h = self.header();
+        let start = h.space.epoch.load(Ordering::SeqCst);
+        self.wait_on(&h.space, deadline_ns, interrupt, &|| {
+            if self.is_closed() {
+                Some(Wait::Closed)
+            } else if h.space.epoch.load(Ordering::SeqCst) != start || self.has_room() {
+                Some(Wait::Ready)
+            } else {
+                None
+            }
+        })
+    }
+
+    fn has_room(&self) -> bool {
+        let h = self.header();
+        let max = h.max_messages;
+        (max == 0 || h.count.0.load(Ordering::Relaxed) < max)
+            && self
+                .rings
+                .iter()
+                .any(|r| r.used_slots() < r.layout().capacity / 2)
+    }
+
+    fn wait_on(
+        &self,
+        notice: &Notice,
+        deadline_ns: Option<u64>,
+        interrupt: &mut dyn FnMut() -> bool,
+        check: &dyn Fn() -> Option<Wait>,
+    ) -> Wait {
+        if let Some(done) = check() {
+            return done;
+        }
+        // Spin briefly: a wake-up through the kernel costs tens of microseconds.
+        let spin_until = monotonic_ns() + self.spin.as_nanos() as u64;
+        loop {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            if let Some(done) = check() {
+                return done;
+            }
+            if monotonic_ns() >= spin_until {
+                break;
+            }
+        }
+        loop {
+            let now = monotonic_ns();
+            let remaining = match deadline_ns {
+                Some(d) if now >= d => return Wait::Timeout,
+                Some(d) => Duration::from_nanos(d - now).min(WAIT_SLICE),
+                None => WAIT_SLICE,
+            };
+            let epoch = notice.epoch.load(Ordering::SeqCst);
+            notice.sleepers.fetch_add(1, Ordering::SeqCst);
+            if let Some(done) = check() {
+                notice.sleepers.fetch_sub(1, Ordering::SeqCst);
+                return done;
+            }
+            futex_wait(&notice.epoch, epoch, Some(remaining));
+            notice.sleepers.fetch_sub(1, Ordering::SeqCst);
+            if let Some(done) = check() {
+                return done;
+            }
+            if interrupt() {
+                return Wait::Interrupted;
+            }
+        }
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.segment.raw_fd()
+    }
+}
+
+impl AsFd for TaskQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.segment.as_fd()
+    }
+}

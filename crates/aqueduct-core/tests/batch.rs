@@ -1,0 +1,153 @@
+use std::time::{Duration, Instant};
+
+use aqueduct_core::{
+    monotonic_ns, BatchAssembler, BatchPolicy, MessageHeader, QueueConfig, TaskQueue,
+};
+
+fn push(q: &TaskQueue, key: u64, deadline_ns: u64) {
+    let h = MessageHeader {
+        key,
+        deadline_ns,
+        ..Default::default()
+    };
+    q.push(&h, b"t").expect("push");
+    q.notify(None);
+}
+
+fn keys(batch: &aqueduct_core::Batch) -> Vec<u64> {
+    batch.messages.iter().map(|m| m.header.key).collect()
+}
+
+#[test]
+fn takes_what_is_queued_up_to_batch_size_without_waiting() {
+    let q = TaskQueue::create(QueueConfig::default()).expect("queue");
+    for k in 0..5 {
+        push(&q, k, 0);
+    }
+    let a = BatchAssembler::new(BatchPolicy {
+        size: 3,
+        timeout: Duration::ZERO,
+    });
+    assert_eq!(keys(&a.next_batch(&q, None, &mut || false)), vec![0, 1, 2]);
+    let started = Instant::now();
+    assert_eq!(keys(&a.next_batch(&q, None, &mut || false)), vec![3, 4]);
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "must not wait with timeout 0"
+    );
+}
+
+#[test]
+fn batch_timeout_waits_for_late_tasks_until_its_deadline() {
+    let q = std::sync::Arc::new(TaskQueue::create(QueueConfig::default()).expect("queue"));
+    let a = BatchAssembler::new(BatchPolicy {
+        size: 4,
+        timeout: Duration::from_millis(300),
+    });
+    push(&q, 0, 0);
+    let late = {
+        let q = std::sync::Arc::clone(&q);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            push(&q, 1, 0);
+        })
+    };
+    let started = Instant::now();
+    let batch = a.next_batch(&q, None, &mut || false);
+    late.join().expect("pusher");
+    assert_eq!(keys(&batch), vec![0, 1]);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(290),
+        "returned after {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(2), "returned after {waited:?}");
+}
+
+#[test]
+fn a_full_batch_returns_before_the_timeout() {
+    let q = TaskQueue::create(QueueConfig::default()).expect("queue");
+    for k in 0..2 {
+        push(&q, k, 0);
+    }
+    let a = BatchAssembler::new(BatchPolicy {
+        size: 2,
+        timeout: Duration::from_secs(5),
+    });
+    let started = Instant::now();
+    assert_eq!(keys(&a.next_batch(&q, None, &mut || false)), vec![0, 1]);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn expired_tasks_are_dropped_and_reported() {
+    let q = TaskQueue::create(QueueConfig::default()).expect("queue");
+    let past = monotonic_ns() - 1;
+    let future = monotonic_ns() + 60_000_000_000;
+    push(&q, 0, past);
+    push(&q, 1, future);
+    push(&q, 2, past);
+    push(&q, 3, 0);
+    let a = BatchAssembler::new(BatchPolicy {
+        size: 8,
+        timeout: Duration::ZERO,
+    });
+    let batch = a.next_batch(&q, None, &mut || false);
+    assert_eq!(keys(&batch), vec![1, 3]);
+    let expired: Vec<u64> = batch.expired.iter().map(|m| m.header.key).collect();
+    assert_eq!(expired, vec![0, 2]);
+}
+
+#[test]
+fn an_idle_deadline_returns_an_empty_batch() {
+    let q = TaskQueue::create(QueueConfig::default()).expect("queue");
+    let a = BatchAssembler::new(BatchPolicy {
+        size: 1,
+        timeout: Duration::ZERO,
+    });
+    let started = Instant::now();
+    let batch = a.next_batch(&q, Some(monotonic_ns() + 50_000_000), &mut || false);
+    assert!(batch.messages.is_empty() && !batch.closed);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(45) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn closing_wakes_a_sleeping_consumer() {
+    let q = std::sync::Arc::new(TaskQueue::create(QueueConfig::default()).expect("queue"));
+    let closer = {
+        let q = std::sync::Arc::clone(&q);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            q.close();
+        })
+    };
+    let a = BatchAssembler::new(BatchPolicy {
+        size: 1,
+        timeout: Duration::ZERO,
+    });
+    let batch = a.next_batch(&q, Some(monotonic_ns() + 5_000_000_000), &mut || false);
+    closer.join().expect("closer");
+    assert!(batch.closed);
+}
+
+#[test]
+fn the_interrupt_callback_ends_a_wait() {
+    let q = TaskQueue::create(QueueConfig::default()).expect("queue");
+    let a = BatchAssembler::new(BatchPolicy {
+        size: 1,
+        timeout: Duration::ZERO,
+    });
+    let mut calls = 0;
+    let started = Instant::now();
+    let batch = a.next_batch(&q, None, &mut || {
+        calls += 1;
+        calls >= 2
+    });
+    assert!(batch.messages.is_empty());
+    assert_eq!(calls, 2);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
