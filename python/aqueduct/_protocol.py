@@ -1,0 +1,92 @@
+"""What parent and workers agree on: message kinds, error payloads, start spec."""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from dataclasses import dataclass
+from multiprocessing import reduction
+from typing import Any
+
+from .exceptions import FlowError, HandlerError, TaskSerializationError
+
+# Message kinds (the `kind` field of a queue message header).
+KIND_TASK = 0
+KIND_ERROR = 1
+
+PICKLE_PROTOCOL = 5
+
+
+class InheritedFd:
+    """An fd a worker process inherits.
+
+    Under fork the number is simply inherited. Under spawn/forkserver the
+    object is pickled while the child is being launched, and multiprocessing's
+    ``DupFd`` arranges for the fd to be passed to it.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_fd, (reduction.DupFd(self.fd),))
+
+
+def _rebuild_fd(dup: Any) -> InheritedFd:
+    return InheritedFd(dup.detach())
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs, sent once at start."""
+
+    step_index: int
+    step_name: str
+    handler_blob: bytes  # cloudpickle of the handler
+    conditions_blob: bytes  # cloudpickle of every step's handle_condition
+    batch_size: int
+    batch_timeout: float
+    queue_fds: list[InheritedFd]  # input queue of every step, then the result queue
+    doorbell_fd: InheritedFd
+    log_level: int
+    spin_us: int
+
+
+def encode_error(step: str, exc: BaseException, kind: type[FlowError] | None = None) -> bytes:
+    """Describes an exception raised in a worker so the parent can re-raise it."""
+    try:
+        original: bytes | None = pickle.dumps(exc, protocol=PICKLE_PROTOCOL)
+        pickle.loads(original)
+    except Exception:
+        original = None
+    return pickle.dumps(
+        (
+            kind.__name__ if kind else None,
+            step,
+            type(exc).__qualname__,
+            str(exc),
+            "".join(traceback.format_exception(exc)),
+            original,
+        ),
+        protocol=PICKLE_PROTOCOL,
+    )
+
+
+_ERROR_KINDS: dict[str, type[FlowError]] = {
+    TaskSerializationError.__name__: TaskSerializationError,
+}
+
+
+def decode_error(payload: bytes) -> FlowError:
+    """The exception a caller gets for an error message from a worker."""
+    kind, step, exc_type, message, tb, original = pickle.loads(payload)
+    if kind in _ERROR_KINDS:
+        err: FlowError = _ERROR_KINDS[kind](f"{step}: {exc_type}: {message}")
+    else:
+        err = HandlerError(step, exc_type, message, tb)
+    if original is not None:
+        try:
+            err.__cause__ = pickle.loads(original)
+        except Exception:
+            pass
+    return err

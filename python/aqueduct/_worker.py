@@ -1,0 +1,181 @@
+"""The worker process: runs one step's handler over batches from its queue."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+
+from . import _core
+from ._protocol import (
+    KIND_ERROR,
+    KIND_TASK,
+    PICKLE_PROTOCOL,
+    WorkerSpec,
+    encode_error,
+)
+from .exceptions import (
+    NotRunningError,
+    QueueFullError,
+    TaskSerializationError,
+    TaskTooLargeError,
+)
+from .logger import log
+
+# How long a worker sleeps with nothing to do before it looks around again.
+IDLE_TIMEOUT = 1.0
+# How long a worker waits for room in a full next-step queue when the task
+# has no deadline.
+PUSH_WAIT_NO_DEADLINE = 60.0
+
+
+class _PipeLogHandler(logging.Handler):
+    """Forwards log records to the parent, which hands them to ``log``."""
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__()
+        self._conn = conn
+        self._send_lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = dict(record.__dict__)
+            fields["msg"] = record.getMessage()
+            fields["args"] = None
+            if record.exc_info:
+                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            fields["exc_info"] = None
+            with self._send_lock:
+                self._conn.send(("log", fields))
+        except Exception:
+            self.handleError(record)
+
+
+def run(spec: WorkerSpec, conn: Connection) -> None:
+    """Entry point of a worker process."""
+    # The parent decides when workers stop: Ctrl-C in a terminal reaches the
+    # whole process group, and the parent's shutdown closes our queue.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    log.handlers = [_PipeLogHandler(conn)]
+    log.propagate = False
+    log.setLevel(spec.log_level)
+    try:
+        handler = cloudpickle.loads(spec.handler_blob)
+        conditions = cloudpickle.loads(spec.conditions_blob)
+        handler.on_start()
+    except BaseException:
+        conn.send(("failed", traceback.format_exc()))
+        conn.close()
+        sys.exit(1)
+    conn.send(("ready", os.getpid()))
+    _Worker(spec, handler, conditions).loop()
+
+
+class _Worker:
+    def __init__(self, spec: WorkerSpec, handler: Any, conditions: list[Any]) -> None:
+        self.step_index = spec.step_index
+        self.step_name = spec.step_name
+        self.handler = handler
+        self.conditions = conditions
+        self.queues = [_core.Queue.open(f.fd, spin_us=spec.spin_us) for f in spec.queue_fds]
+        self.doorbell = _core.Doorbell.open(spec.doorbell_fd.fd)
+        self.results = self.queues[-1]
+        self.input = self.queues[self.step_index]
+        self.batcher = _core.Batcher(spec.batch_size, spec.batch_timeout)
+        # the fds were duplicated by `open`; the inherited ones are not needed
+        for f in [*spec.queue_fds, spec.doorbell_fd]:
+            try:
+                os.close(f.fd)
+            except OSError:
+                pass
+
+    def loop(self) -> None:
+        log.debug("[%s] worker %d ready", self.step_name, os.getpid())
+        while True:
+            got = self.batcher.next(self.input, IDLE_TIMEOUT, self.doorbell)
+            if got is None:
+                break  # queue closed and drained: the flow is stopping
+            messages, _expired = got
+            if messages:
+                self._handle_batch(messages)
+        log.debug("[%s] worker %d exits", self.step_name, os.getpid())
+
+    def _handle_batch(self, messages: list[tuple[int, int, int, int, bytes]]) -> None:
+        tasks: list[Any] = []
+        meta: list[tuple[int, int, int]] = []
+        touched: set[int] = set()
+        for key, _kind, priority, deadline_ns, payload in messages:
+            try:
+                tasks.append(pickle.loads(payload))
+            except Exception as exc:
+                self._send_error(key, priority, exc, TaskSerializationError)
+                touched.add(len(self.queues) - 1)
+                continue
+            meta.append((key, priority, deadline_ns))
+        if tasks:
+            try:
+                self.handler.handle(*tasks)
+            except Exception as exc:
+                log.exception("[%s] handler raised on a batch of %d", self.step_name, len(tasks))
+                for key, priority, _deadline in meta:
+                    self._send_error(key, priority, exc)
+                touched.add(len(self.queues) - 1)
+                tasks = []
+        for task, (key, priority, deadline_ns) in zip(tasks, meta, strict=False):
+            touched.add(self._forward(task, key, priority, deadline_ns))
+        for index in touched:
+            self.queues[index].notify(self.doorbell)
+
+    def _next_queue(self, task: Any) -> int:
+        """Index of the next step whose condition holds, or of the result queue."""
+        for index in range(self.step_index + 1, len(self.conditions)):
+            if self.conditions[index](task):
+                return index
+        return len(self.queues) - 1
+
+    def _forward(self, task: Any, key: int, priority: int, deadline_ns: int) -> int:
+        try:
+            index = self._next_queue(task)
+            payload = pickle.dumps(task, protocol=PICKLE_PROTOCOL)
+        except Exception as exc:
+            self._send_error(key, priority, exc, TaskSerializationError)
+            return len(self.queues) - 1
+        try:
+            self._push(self.queues[index], key, deadline_ns, KIND_TASK, priority, payload)
+        except TaskTooLargeError as exc:
+            self._send_error(key, priority, exc, TaskTooLargeError)
+            return len(self.queues) - 1
+        return index
+
+    def _push(
+        self, queue: Any, key: int, deadline_ns: int, kind: int, priority: int, payload: bytes
+    ) -> None:
+        """Pushes, waiting for room (GIL released) while the task is still wanted."""
+        while True:
+            try:
+                queue.push(key, deadline_ns, kind, priority, payload)
+                return
+            except NotRunningError:
+                return  # the queue was closed: the flow is stopping
+            except QueueFullError:
+                queue.notify(self.doorbell)
+                now = _core.monotonic_ns_now()
+                if deadline_ns and now >= deadline_ns:
+                    return  # the caller has given up; drop the task
+                remaining = (deadline_ns - now) / 1e9 if deadline_ns else PUSH_WAIT_NO_DEADLINE
+                queue.wait_space(min(remaining, IDLE_TIMEOUT))
+
+    def _send_error(
+        self, key: int, priority: int, exc: BaseException, kind: Any = None
+    ) -> None:
+        payload = encode_error(self.step_name, exc, kind)
+        self._push(self.results, key, 0, KIND_ERROR, priority, payload)

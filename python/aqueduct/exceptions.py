@@ -1,0 +1,96 @@
+"""Exceptions raised by aqueduct.
+
+Everything derives from :class:`AqueductError`; everything a caller of
+``Flow.process`` can get derives from :class:`FlowError`, as upstream.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AqueductError",
+    "BadReferenceCount",
+    "FlowError",
+    "FlowStartTimeoutError",
+    "HandlerError",
+    "MPStartMethodValueError",
+    "NotRunningError",
+    "QueueFullError",
+    "SharedMemoryError",
+    "TaskSerializationError",
+    "TaskTimeoutError",
+    "TaskTooLargeError",
+    "WorkerStartError",
+]
+
+
+class AqueductError(Exception):
+    """Base class for all Aqueduct errors."""
+
+
+class FlowError(AqueductError):
+    """Something went wrong while a flow processed a task or changed state."""
+
+
+class MPStartMethodValueError(FlowError, ValueError):
+    """``mp_start_method`` is not one of 'spawn', 'fork', 'forkserver'."""
+
+
+class NotRunningError(FlowError):
+    """The flow is not running (not started yet, stopping or stopped)."""
+
+
+class BadReferenceCount(AqueductError, ValueError):
+    """A shared-memory reference count went out of range."""
+
+
+class TaskTimeoutError(FlowError, TimeoutError):
+    """The task did not finish within its ``timeout_sec``."""
+
+
+class QueueFullError(FlowError):
+    """A step's queue is full and the flow is set to reject rather than wait."""
+
+
+class TaskTooLargeError(FlowError):
+    """The pickled task is larger than a queue message may be."""
+
+
+class TaskSerializationError(FlowError):
+    """A task (or a field a handler set on it) cannot be pickled or unpickled."""
+
+
+class HandlerError(FlowError):
+    """A handler raised while processing the batch this task was in.
+
+    ``exc_type`` is the qualified name of the original exception's class,
+    ``exc_message`` its ``str()``, ``step`` the step name and
+    ``worker_traceback`` the formatted traceback from the worker process.
+    When the original exception could be pickled it is also ``__cause__``.
+    """
+
+    def __init__(
+        self, step: str, exc_type: str, exc_message: str, worker_traceback: str = ""
+    ) -> None:
+        super().__init__(f"{step}: handler raised {exc_type}: {exc_message}")
+        self.step = step
+        self.exc_type = exc_type
+        self.exc_message = exc_message
+        self.worker_traceback = worker_traceback
+
+    def __reduce__(self):  # keep the attributes across pickling
+        return (
+            type(self),
+            (self.step, self.exc_type, self.exc_message, self.worker_traceback),
+        )
+
+
+class FlowStartTimeoutError(FlowError, TimeoutError):
+    """``start(timeout)`` passed before every handler's ``on_start`` finished."""
+
+
+class WorkerStartError(FlowError):
+    """A worker process failed while starting (``on_start`` raised or it died)."""
+
+
+class SharedMemoryError(AqueductError, OSError):
+    """Creating or mapping shared memory failed."""

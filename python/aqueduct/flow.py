@@ -1,0 +1,518 @@
+"""The Flow: a pipeline of steps, each run by worker processes.
+
+Tasks travel through shared-memory queues of the Rust core
+(``aqueduct._core``); the parent learns of results through an eventfd
+registered with its asyncio loop, so nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import threading
+import time
+from collections.abc import Iterable
+from enum import Enum
+from multiprocessing.connection import Connection, wait
+from typing import Any, Literal
+
+import cloudpickle
+
+from . import _core, _worker
+from ._protocol import (
+    KIND_ERROR,
+    PICKLE_PROTOCOL,
+    InheritedFd,
+    WorkerSpec,
+    decode_error,
+)
+from .exceptions import (
+    FlowError,
+    FlowStartTimeoutError,
+    MPStartMethodValueError,
+    NotRunningError,
+    QueueFullError,
+    TaskSerializationError,
+    TaskTimeoutError,
+    WorkerStartError,
+)
+from .handler import BaseTaskHandler
+from .logger import log
+from .step import FlowStep
+from .task import BaseTask
+
+__all__ = ["Flow", "FlowState", "FlowStep"]
+
+START_METHODS = ("spawn", "fork", "forkserver")
+#: Slots per priority ring of every queue (x SLOT_BYTES = 4 MiB a ring); a
+#: message may take up to half the ring.
+QUEUE_SLOTS = 16_384
+SLOT_BYTES = 256
+#: Results taken per drain before re-checking the loop.
+DRAIN_LIMIT = 4096
+#: How long stop() lets workers exit by themselves before terminating them.
+WORKER_EXIT_TIMEOUT = 5.0
+
+
+def _spin_us() -> int:
+    try:
+        return max(0, int(os.environ.get("AQUEDUCT_SPIN_US", "50")))
+    except ValueError:
+        return 50
+
+
+class FlowState(Enum):
+    RUNNING = "running"
+    STARTING = "starting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    STEPS_INITIALIZED = "steps_initialized"
+
+
+class _WorkerProcess:
+    """A worker process as the parent sees it."""
+
+    def __init__(self, step_index: int, step_name: str, process: Any, conn: Connection) -> None:
+        self.step_index = step_index
+        self.step_name = step_name
+        self.process = process
+        self.conn: Connection | None = conn
+        self.ready = False
+        self.failure: str | None = None
+
+    def handle_control(self) -> None:
+        """Reads one control message: a log record, readiness or a start failure."""
+        assert self.conn is not None
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            self.conn.close()
+            self.conn = None
+            return
+        match message:
+            case ("log", fields):
+                record = logging.makeLogRecord(fields)
+                if log.isEnabledFor(record.levelno):
+                    log.handle(record)
+            case ("ready", _pid):
+                self.ready = True
+            case ("failed", text):
+                self.failure = text
+
+
+class Flow:
+    """A pipeline of :class:`FlowStep` run by worker processes.
+
+    ``queue_size`` bounds how many tasks each step's queue holds (default: as
+    many as its shared-memory ring fits); a caller meeting a full queue waits
+    for room until its own timeout. ``queue_priorities`` is the number of
+    priority levels; ``task.priority`` (clamped to ``0..queue_priorities-1``)
+    picks one, higher served first. Workers start with ``mp_start_method``,
+    ``'spawn'`` by default (upstream used ``'fork'``; both, and
+    ``'forkserver'``, work).
+    """
+
+    def __init__(
+        self,
+        *steps: FlowStep | BaseTaskHandler,
+        metrics_enabled: bool = True,
+        metrics_collector: Any = None,
+        metrics_exporter: Any = None,
+        queue_size: int | None = None,
+        queue_priorities: int = 1,
+        mp_start_method: Literal["fork", "spawn", "forkserver"] = "spawn",
+    ) -> None:
+        if mp_start_method not in START_METHODS:
+            raise MPStartMethodValueError(
+                f"mp_start_method must be one of {START_METHODS}, got {mp_start_method!r}"
+            )
+        if queue_size is not None and int(queue_size) < 1:
+            raise ValueError(f"queue_size must be >= 1 or None, got {queue_size}")
+        if not 1 <= int(queue_priorities) <= 64:
+            raise ValueError(f"queue_priorities must be in 1..64, got {queue_priorities}")
+        self._steps: list[FlowStep] = [
+            step if isinstance(step, FlowStep) else FlowStep(step) for step in steps
+        ]
+        self._step_names = [
+            step.handler.get_step_name(number) for number, step in enumerate(self._steps, 1)
+        ]
+        self._queue_size = queue_size
+        self._queue_priorities = int(queue_priorities)
+        self._mp_start_method = mp_start_method
+        self._metrics_enabled = metrics_enabled
+        self._metrics_collector = metrics_collector
+        self._metrics_exporter = metrics_exporter
+        if not metrics_enabled:
+            log.warning("Metrics collecting is disabled")
+
+        self._state = FlowState.STOPPED
+        self._workers: list[_WorkerProcess] = []
+        self._queues: list[Any] = []  # step input queues, then the result queue
+        self._doorbell: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._futures: dict[int, asyncio.Future[bytes]] = {}
+        self._backlogs: dict[int, collections.deque[tuple[Any, ...]]] = {}
+        self._keys = itertools.count(1)
+        self._monitor: threading.Thread | None = None
+        self._monitor_stop = threading.Event()
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def state(self) -> FlowState:
+        return self._state
+
+    @property
+    def is_running(self) -> bool:
+        return self._state == FlowState.RUNNING
+
+    @property
+    def are_steps_initialized(self) -> bool:
+        return self._state == FlowState.STEPS_INITIALIZED
+
+    # -- start ---------------------------------------------------------------
+
+    def start(self, timeout: float | None = None) -> None:
+        """Starts every worker and waits until each handler's ``on_start`` has
+        finished, at most ``timeout`` seconds (``FlowStartTimeoutError``)."""
+        if self._state == FlowState.RUNNING:
+            log.info("Flow is already running")
+            return
+        if self._state != FlowState.STEPS_INITIALIZED:
+            self.init_processes(timeout)
+        self.start_inited()
+
+    def init_processes(self, timeout: float | None = None) -> None:
+        """Starts the worker processes and waits for their ``on_start``."""
+        if self._state != FlowState.STOPPED:
+            raise FlowError(f"cannot init processes of a flow in state {self._state.value}")
+        log.info("Flow is starting")
+        self._state = FlowState.STARTING
+        try:
+            self._spawn_workers(timeout)
+        except BaseException:
+            self._kill_workers()
+            self._release_queues()
+            self._state = FlowState.STOPPED
+            raise
+        self._start_monitor()
+        self._state = FlowState.STEPS_INITIALIZED
+
+    def start_inited(self) -> None:
+        """Makes a flow whose processes are initialised accept tasks."""
+        if self._state != FlowState.STEPS_INITIALIZED:
+            raise FlowError(f"cannot start a flow in state {self._state.value}")
+        self._state = FlowState.RUNNING
+        log.info("Flow was started")
+
+    def _spawn_workers(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        spin = _spin_us()
+        slots = QUEUE_SLOTS
+        max_messages = self._queue_size or 0
+        self._queues = [
+            _core.Queue.create(self._queue_priorities, slots, SLOT_BYTES, max_messages, spin)
+            for _ in self._steps
+        ]
+        self._queues.append(_core.Queue.create(1, slots, SLOT_BYTES, 0, spin))
+        self._doorbell = _core.Doorbell()
+        try:
+            conditions_blob = cloudpickle.dumps([s.handle_condition for s in self._steps])
+        except Exception as exc:
+            raise FlowError(f"cannot pickle the steps' handle_condition: {exc}") from exc
+        context = mp.get_context(self._mp_start_method)
+        for index, step in enumerate(self._steps):
+            try:
+                handler_blob = cloudpickle.dumps(step.handler)
+            except Exception as exc:
+                raise FlowError(f"cannot pickle handler of {self._step_names[index]}: {exc}") from exc
+            spec = WorkerSpec(
+                step_index=index,
+                step_name=self._step_names[index],
+                handler_blob=handler_blob,
+                conditions_blob=conditions_blob,
+                batch_size=step.batch_size,
+                batch_timeout=step.batch_timeout,
+                queue_fds=[InheritedFd(q.fd) for q in self._queues],
+                doorbell_fd=InheritedFd(self._doorbell.fd),
+                log_level=log.getEffectiveLevel(),
+                spin_us=spin,
+            )
+            for number in range(step.nprocs):
+                reader, writer = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_worker.run,
+                    args=(spec, writer),
+                    name=f"aqueduct-{spec.step_name}-{number}",
+                    daemon=True,
+                )
+                process.start()
+                writer.close()
+                self._workers.append(_WorkerProcess(index, spec.step_name, process, reader))
+            if step.on_start_wait:
+                time.sleep(step.on_start_wait)
+        log.info("Waiting for all workers to start up (timeout: %s s)", timeout)
+        self._wait_ready(deadline)
+
+    def _wait_ready(self, deadline: float | None) -> None:
+        while not all(w.ready for w in self._workers):
+            for w in self._workers:
+                if w.failure is not None:
+                    raise WorkerStartError(
+                        f"a worker of {w.step_name} failed to start:\n{w.failure}"
+                    )
+                if not w.ready and w.conn is None:
+                    w.process.join(1.0)
+                    raise WorkerStartError(
+                        f"a worker of {w.step_name} exited while starting "
+                        f"(exit code {w.process.exitcode})"
+                    )
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                waiting = sorted({w.step_name for w in self._workers if not w.ready})
+                raise FlowStartTimeoutError(
+                    f"start timeout expired before on_start finished in {', '.join(waiting)}"
+                )
+            conns = {w.conn: w for w in self._workers if w.conn is not None}
+            for conn in wait(list(conns), timeout=remaining):
+                conns[conn].handle_control()  # type: ignore[index]
+
+    def _start_monitor(self) -> None:
+        self._monitor_stop.clear()
+        self._monitor = threading.Thread(
+            target=self._monitor_workers, name="aqueduct-monitor", daemon=True
+        )
+        self._monitor.start()
+
+    def _monitor_workers(self) -> None:
+        """Forwards worker log records and reports workers that die."""
+        reported: set[int] = set()
+        while not self._monitor_stop.is_set():
+            by_conn = {w.conn: w for w in self._workers if w.conn is not None}
+            by_sentinel = {
+                w.process.sentinel: w for w in self._workers if id(w) not in reported
+            }
+            if not by_conn and not by_sentinel:
+                return
+            for ready in wait([*by_conn, *by_sentinel], timeout=0.5):
+                if ready in by_conn:
+                    by_conn[ready].handle_control()  # type: ignore[index]
+                elif not self._monitor_stop.is_set() and ready in by_sentinel:
+                    w = by_sentinel[ready]  # type: ignore[index]
+                    reported.add(id(w))
+                    if self._state in (FlowState.RUNNING, FlowState.STEPS_INITIALIZED):
+                        log.error(
+                            "The process %s of %s is dead (exit code %s)",
+                            w.process.pid,
+                            w.step_name,
+                            w.process.exitcode,
+                        )
+
+    # -- processing ----------------------------------------------------------
+
+    async def process(self, task: BaseTask, timeout_sec: float = 5.0) -> bool:
+        """Runs ``task`` through the steps; on return the handlers' fields are
+        set on ``task`` itself. Raises ``TaskTimeoutError`` (a ``FlowError``)
+        when ``timeout_sec`` passes, ``HandlerError`` when a handler raised,
+        ``NotRunningError`` when the flow is not running."""
+        if self._state != FlowState.RUNNING:
+            raise NotRunningError(f"Flow is not running (state: {self._state.value})")
+        if not timeout_sec or timeout_sec <= 0:
+            raise ValueError(f"timeout_sec must be > 0, got {timeout_sec!r}")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._attach_loop(loop)
+
+        task.priority = max(0, min(int(task.priority), self._queue_priorities - 1))
+        task.set_timeout(timeout_sec)
+        first = self._first_step(task)
+        if first == len(self._steps):
+            return True  # no step's condition holds: nothing to do
+        try:
+            payload = pickle.dumps(task, protocol=PICKLE_PROTOCOL)
+        except Exception as exc:
+            raise TaskSerializationError(f"cannot pickle {type(task).__name__}: {exc}") from exc
+        deadline_ns = int(task.expiration_time * 1e9)  # type: ignore[operator]
+        key = next(self._keys)
+        future: asyncio.Future[bytes] = loop.create_future()
+        self._futures[key] = future
+        timer = loop.call_later(timeout_sec, _expire, future, timeout_sec)
+        try:
+            self._submit(first, (future, key, deadline_ns, task.priority, payload))
+            result = await future
+        except asyncio.CancelledError:
+            if self._state in (FlowState.STOPPING, FlowState.STOPPED):
+                raise FlowError("Task was cancelled: the flow is stopping") from None
+            raise
+        finally:
+            timer.cancel()
+            del self._futures[key]
+        try:
+            finished = pickle.loads(result)
+        except Exception as exc:
+            raise TaskSerializationError(f"cannot unpickle the finished task: {exc}") from exc
+        task.update(finished)
+        return True
+
+    def _first_step(self, task: BaseTask) -> int:
+        for index, step in enumerate(self._steps):
+            if step.handle_condition(task):
+                return index
+        return len(self._steps)
+
+    def _submit(self, index: int, entry: tuple[Any, ...]) -> None:
+        """Pushes a task into step ``index``'s queue, or queues it in arrival
+        order until a worker frees room (the doorbell rings then)."""
+        backlog = self._backlogs.get(index)
+        if backlog:
+            backlog.append(entry)
+            return
+        queue = self._queues[index]
+        _future, key, deadline_ns, priority, payload = entry
+        try:
+            queue.push(key, deadline_ns, 0, priority, payload)
+        except QueueFullError:
+            queue.want_space()
+            try:
+                queue.push(key, deadline_ns, 0, priority, payload)
+            except QueueFullError:
+                self._backlogs.setdefault(index, collections.deque()).append(entry)
+                return
+        queue.notify()
+
+    def _flush_backlogs(self) -> None:
+        for index, backlog in self._backlogs.items():
+            queue = self._queues[index]
+            pushed = False
+            while backlog:
+                future, key, deadline_ns, priority, payload = backlog[0]
+                if future.done():
+                    backlog.popleft()
+                    continue
+                try:
+                    queue.push(key, deadline_ns, 0, priority, payload)
+                except QueueFullError:
+                    queue.want_space()
+                    try:
+                        queue.push(key, deadline_ns, 0, priority, payload)
+                    except QueueFullError:
+                        break
+                except Exception as exc:
+                    future.set_exception(exc)
+                backlog.popleft()
+                pushed = True
+            if pushed:
+                queue.notify()
+
+    def _attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        old = self._loop
+        if old is not None and not old.is_closed():
+            try:
+                old.remove_reader(self._doorbell.fd)
+            except Exception:  # the old loop may be gone with its thread
+                pass
+        self._loop = loop
+        loop.add_reader(self._doorbell.fd, self._on_doorbell)
+        self._on_doorbell()
+
+    def _on_doorbell(self) -> None:
+        """Takes every ready result; re-arms the doorbell before going idle."""
+        self._doorbell.drain()
+        results = self._queues[-1]
+        futures = self._futures
+        while True:
+            batch = results.drain(DRAIN_LIMIT)
+            for key, kind, _priority, _deadline, payload in batch:
+                future = futures.get(key)
+                if future is None or future.done():
+                    continue
+                if kind == KIND_ERROR:
+                    future.set_exception(decode_error(payload))
+                else:
+                    future.set_result(payload)
+            if batch:
+                results.released()
+            if len(batch) < DRAIN_LIMIT and not results.arm_doorbell():
+                break
+        if self._backlogs:
+            self._flush_backlogs()
+
+    # -- stop ----------------------------------------------------------------
+
+    async def stop(self, graceful: bool = True) -> None:
+        """Stops the flow. ``graceful``: let queued tasks finish (each within
+        its own timeout) first; otherwise fail them at once with ``FlowError``.
+        Worker processes are gone when this returns."""
+        if self._state not in (FlowState.RUNNING, FlowState.STEPS_INITIALIZED):
+            log.info("Flow is not running")
+            return
+        self._state = FlowState.STOPPING
+        log.info("Flow is stopping")
+        pending = [f for f in self._futures.values() if not f.done()]
+        if graceful and pending:
+            await asyncio.wait(pending)  # each future has its own timeout timer
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(FlowError("Flow was stopped"))
+        for queue in self._queues:
+            queue.close()
+        await self._join_workers(WORKER_EXIT_TIMEOUT)
+        self._detach_loop()
+        self._release_queues()
+        self._state = FlowState.STOPPED
+        log.info("Flow was stopped")
+
+    async def _join_workers(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while any(w.process.is_alive() for w in self._workers):
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.005)
+        self._kill_workers()
+
+    def _kill_workers(self) -> None:
+        """Terminates whatever workers are left and reaps them (bounded)."""
+        self._monitor_stop.set()
+        for w in self._workers:
+            if w.process.is_alive():
+                w.process.terminate()
+        for w in self._workers:
+            w.process.join(2.0)
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(2.0)
+        if self._monitor is not None:
+            self._monitor.join(2.0)
+            self._monitor = None
+        for w in self._workers:
+            if w.conn is not None:
+                w.conn.close()
+                w.conn = None
+        self._workers = []
+
+    def _detach_loop(self) -> None:
+        if self._loop is not None and not self._loop.is_closed() and self._doorbell is not None:
+            try:
+                self._loop.remove_reader(self._doorbell.fd)
+            except Exception:
+                pass
+        self._loop = None
+
+    def _release_queues(self) -> None:
+        self._queues = []
+        self._doorbell = None
+        self._backlogs.clear()
+        self._futures.clear()
+
+    def _workers_of(self, step_index: int) -> Iterable[_WorkerProcess]:
+        return (w for w in self._workers if w.step_index == step_index)
+
+
+def _expire(future: asyncio.Future[bytes], timeout_sec: float) -> None:
+    if not future.done():
+        future.set_exception(TaskTimeoutError(f"Task timeout error: not done in {timeout_sec} s"))
