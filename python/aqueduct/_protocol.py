@@ -8,11 +8,16 @@ from dataclasses import dataclass
 from multiprocessing import reduction
 from typing import Any
 
+import cloudpickle
+
 from .exceptions import FlowError, HandlerError, TaskSerializationError
 
 # Message kinds (the `kind` field of a queue message header).
 KIND_TASK = 0
 KIND_ERROR = 1
+#: A task pickled by cloudpickle, its class by value: its class cannot be
+#: imported by name in workers (defined in a notebook, in exec'd code...).
+KIND_TASK_BY_VALUE = 2
 
 PICKLE_PROTOCOL = 5
 
@@ -50,6 +55,23 @@ class WorkerSpec:
     doorbell_fd: InheritedFd
     log_level: int
     spin_us: int
+
+
+def dumps_task(task: Any, by_value: bool = False) -> tuple[int, bytes]:
+    """Pickles a task for the next hop: stdlib pickle (fast) when its class
+    can be found by name, else cloudpickle with the class by value.
+    Raises ``TaskSerializationError`` when neither can."""
+    if not by_value:
+        try:
+            return KIND_TASK, pickle.dumps(task, protocol=PICKLE_PROTOCOL)
+        except (pickle.PicklingError, AttributeError):
+            pass  # a class not reachable by name: ship it by value
+        except Exception as exc:
+            raise TaskSerializationError(f"cannot pickle {type(task).__name__}: {exc}") from exc
+    try:
+        return KIND_TASK_BY_VALUE, cloudpickle.dumps(task, protocol=PICKLE_PROTOCOL)
+    except Exception as exc:
+        raise TaskSerializationError(f"cannot pickle {type(task).__name__}: {exc}") from exc
 
 
 def encode_error(step: str, exc: BaseException, kind: type[FlowError] | None = None) -> bytes:

@@ -17,9 +17,9 @@ import cloudpickle
 from . import _core
 from ._protocol import (
     KIND_ERROR,
-    KIND_TASK,
-    PICKLE_PROTOCOL,
+    KIND_TASK_BY_VALUE,
     WorkerSpec,
+    dumps_task,
     encode_error,
 )
 from .exceptions import (
@@ -111,27 +111,27 @@ class _Worker:
 
     def _handle_batch(self, messages: list[tuple[int, int, int, int, bytes]]) -> None:
         tasks: list[Any] = []
-        meta: list[tuple[int, int, int]] = []
+        meta: list[tuple[int, int, int, bool]] = []
         touched: set[int] = set()
-        for key, _kind, priority, deadline_ns, payload in messages:
+        for key, kind, priority, deadline_ns, payload in messages:
             try:
                 tasks.append(pickle.loads(payload))
             except Exception as exc:
                 self._send_error(key, priority, exc, TaskSerializationError)
                 touched.add(len(self.queues) - 1)
                 continue
-            meta.append((key, priority, deadline_ns))
+            meta.append((key, priority, deadline_ns, kind == KIND_TASK_BY_VALUE))
         if tasks:
             try:
                 self.handler.handle(*tasks)
             except Exception as exc:
                 log.exception("[%s] handler raised on a batch of %d", self.step_name, len(tasks))
-                for key, priority, _deadline in meta:
+                for key, priority, _deadline, _by_value in meta:
                     self._send_error(key, priority, exc)
                 touched.add(len(self.queues) - 1)
                 tasks = []
-        for task, (key, priority, deadline_ns) in zip(tasks, meta, strict=False):
-            touched.add(self._forward(task, key, priority, deadline_ns))
+        for task, (key, priority, deadline_ns, by_value) in zip(tasks, meta, strict=False):
+            touched.add(self._forward(task, key, priority, deadline_ns, by_value))
         for index in touched:
             self.queues[index].notify(self.doorbell)
 
@@ -142,15 +142,15 @@ class _Worker:
                 return index
         return len(self.queues) - 1
 
-    def _forward(self, task: Any, key: int, priority: int, deadline_ns: int) -> int:
+    def _forward(self, task: Any, key: int, priority: int, deadline_ns: int, by_value: bool) -> int:
         try:
             index = self._next_queue(task)
-            payload = pickle.dumps(task, protocol=PICKLE_PROTOCOL)
+            kind, payload = dumps_task(task, by_value)
         except Exception as exc:
             self._send_error(key, priority, exc, TaskSerializationError)
             return len(self.queues) - 1
         try:
-            self._push(self.queues[index], key, deadline_ns, KIND_TASK, priority, payload)
+            self._push(self.queues[index], key, deadline_ns, kind, priority, payload)
         except TaskTooLargeError as exc:
             self._send_error(key, priority, exc, TaskTooLargeError)
             return len(self.queues) - 1
@@ -174,8 +174,6 @@ class _Worker:
                 remaining = (deadline_ns - now) / 1e9 if deadline_ns else PUSH_WAIT_NO_DEADLINE
                 queue.wait_space(min(remaining, IDLE_TIMEOUT))
 
-    def _send_error(
-        self, key: int, priority: int, exc: BaseException, kind: Any = None
-    ) -> None:
+    def _send_error(self, key: int, priority: int, exc: BaseException, kind: Any = None) -> None:
         payload = encode_error(self.step_name, exc, kind)
         self._push(self.results, key, 0, KIND_ERROR, priority, payload)

@@ -14,6 +14,7 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -26,10 +27,10 @@ import cloudpickle
 from . import _core, _worker
 from ._protocol import (
     KIND_ERROR,
-    PICKLE_PROTOCOL,
     InheritedFd,
     WorkerSpec,
     decode_error,
+    dumps_task,
 )
 from .exceptions import (
     FlowError,
@@ -55,6 +56,10 @@ QUEUE_SLOTS = 16_384
 SLOT_BYTES = 256
 #: Results taken per drain before re-checking the loop.
 DRAIN_LIMIT = 4096
+#: After this many spins in a row that saw no result, spin only on every
+#: SPIN_PROBE_EVERY-th call (the handler is slower than a spin is worth).
+SPIN_MISS_LIMIT = 4
+SPIN_PROBE_EVERY = 32
 #: How long stop() lets workers exit by themselves before terminating them.
 WORKER_EXIT_TIMEOUT = 5.0
 
@@ -158,6 +163,11 @@ class Flow:
         self._futures: dict[int, asyncio.Future[bytes]] = {}
         self._backlogs: dict[int, collections.deque[tuple[Any, ...]]] = {}
         self._keys = itertools.count(1)
+        self._timeouts = _TimeoutWheel(self._futures)
+        self._by_value: dict[type, bool] = {}
+        self._spin_budget_us = 2 * _spin_us() * len(self._steps)
+        self._spin_calls = 0
+        self._spin_misses = 0
         self._monitor: threading.Thread | None = None
         self._monitor_stop = threading.Event()
 
@@ -230,7 +240,8 @@ class Flow:
             try:
                 handler_blob = cloudpickle.dumps(step.handler)
             except Exception as exc:
-                raise FlowError(f"cannot pickle handler of {self._step_names[index]}: {exc}") from exc
+                name = self._step_names[index]
+                raise FlowError(f"cannot pickle handler of {name}: {exc}") from exc
             spec = WorkerSpec(
                 step_index=index,
                 step_name=self._step_names[index],
@@ -294,9 +305,7 @@ class Flow:
         reported: set[int] = set()
         while not self._monitor_stop.is_set():
             by_conn = {w.conn: w for w in self._workers if w.conn is not None}
-            by_sentinel = {
-                w.process.sentinel: w for w in self._workers if id(w) not in reported
-            }
+            by_sentinel = {w.process.sentinel: w for w in self._workers if id(w) not in reported}
             if not by_conn and not by_sentinel:
                 return
             for ready in wait([*by_conn, *by_sentinel], timeout=0.5):
@@ -333,24 +342,22 @@ class Flow:
         first = self._first_step(task)
         if first == len(self._steps):
             return True  # no step's condition holds: nothing to do
-        try:
-            payload = pickle.dumps(task, protocol=PICKLE_PROTOCOL)
-        except Exception as exc:
-            raise TaskSerializationError(f"cannot pickle {type(task).__name__}: {exc}") from exc
+        kind, payload = dumps_task(task, self._needs_by_value(type(task)))
         deadline_ns = int(task.expiration_time * 1e9)  # type: ignore[operator]
         key = next(self._keys)
         future: asyncio.Future[bytes] = loop.create_future()
         self._futures[key] = future
-        timer = loop.call_later(timeout_sec, _expire, future, timeout_sec)
+        self._timeouts.add(loop, key, timeout_sec)
         try:
-            self._submit(first, (future, key, deadline_ns, task.priority, payload))
+            self._submit(first, (future, key, deadline_ns, kind, task.priority, payload))
+            if len(self._futures) == 1:
+                self._spin_for_result()
             result = await future
         except asyncio.CancelledError:
             if self._state in (FlowState.STOPPING, FlowState.STOPPED):
                 raise FlowError("Task was cancelled: the flow is stopping") from None
             raise
         finally:
-            timer.cancel()
             del self._futures[key]
         try:
             finished = pickle.loads(result)
@@ -358,6 +365,34 @@ class Flow:
             raise TaskSerializationError(f"cannot unpickle the finished task: {exc}") from exc
         task.update(finished)
         return True
+
+    def _spin_for_result(self) -> None:
+        """With a single task in flight, wait for its result by spinning on
+        shared memory for a few tens of microseconds (GIL released) instead of
+        paying for a kernel wake-up through the event loop. Calls that keep
+        missing (slow handlers) stop spinning, probing again now and then."""
+        self._spin_calls += 1
+        if self._spin_misses >= SPIN_MISS_LIMIT and self._spin_calls % SPIN_PROBE_EVERY:
+            return
+        if self._queues[-1].spin_ready(self._spin_budget_us):
+            self._spin_misses = 0
+            self._on_doorbell()
+        else:
+            self._spin_misses += 1
+
+    def _needs_by_value(self, cls: type) -> bool:
+        """True for task classes a spawned worker cannot import by name: those
+        of an interactive ``__main__`` (a notebook, a REPL)."""
+        cached = self._by_value.get(cls)
+        if cached is None:
+            main = sys.modules.get("__main__")
+            cached = (
+                self._mp_start_method != "fork"
+                and cls.__module__ == "__main__"
+                and getattr(main, "__file__", None) is None
+            )
+            self._by_value[cls] = cached
+        return cached
 
     def _first_step(self, task: BaseTask) -> int:
         for index, step in enumerate(self._steps):
@@ -373,13 +408,13 @@ class Flow:
             backlog.append(entry)
             return
         queue = self._queues[index]
-        _future, key, deadline_ns, priority, payload = entry
+        _future, key, deadline_ns, kind, priority, payload = entry
         try:
-            queue.push(key, deadline_ns, 0, priority, payload)
+            queue.push(key, deadline_ns, kind, priority, payload)
         except QueueFullError:
             queue.want_space()
             try:
-                queue.push(key, deadline_ns, 0, priority, payload)
+                queue.push(key, deadline_ns, kind, priority, payload)
             except QueueFullError:
                 self._backlogs.setdefault(index, collections.deque()).append(entry)
                 return
@@ -390,16 +425,16 @@ class Flow:
             queue = self._queues[index]
             pushed = False
             while backlog:
-                future, key, deadline_ns, priority, payload = backlog[0]
+                future, key, deadline_ns, kind, priority, payload = backlog[0]
                 if future.done():
                     backlog.popleft()
                     continue
                 try:
-                    queue.push(key, deadline_ns, 0, priority, payload)
+                    queue.push(key, deadline_ns, kind, priority, payload)
                 except QueueFullError:
                     queue.want_space()
                     try:
-                        queue.push(key, deadline_ns, 0, priority, payload)
+                        queue.push(key, deadline_ns, kind, priority, payload)
                     except QueueFullError:
                         break
                 except Exception as exc:
@@ -461,14 +496,15 @@ class Flow:
                 future.set_exception(FlowError("Flow was stopped"))
         for queue in self._queues:
             queue.close()
-        await self._join_workers(WORKER_EXIT_TIMEOUT)
+        await self._join_workers()
         self._detach_loop()
         self._release_queues()
         self._state = FlowState.STOPPED
         log.info("Flow was stopped")
 
-    async def _join_workers(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    async def _join_workers(self) -> None:
+        """Lets workers exit by themselves, then terminates what is left."""
+        deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
         while any(w.process.is_alive() for w in self._workers):
             if time.monotonic() >= deadline:
                 break
@@ -508,11 +544,55 @@ class Flow:
         self._doorbell = None
         self._backlogs.clear()
         self._futures.clear()
+        self._timeouts.clear()
 
     def _workers_of(self, step_index: int) -> Iterable[_WorkerProcess]:
         return (w for w in self._workers if w.step_index == step_index)
 
 
-def _expire(future: asyncio.Future[bytes], timeout_sec: float) -> None:
-    if not future.done():
-        future.set_exception(TaskTimeoutError(f"Task timeout error: not done in {timeout_sec} s"))
+class _TimeoutWheel:
+    """Fails futures whose timeout passed, with one loop timer per distinct
+    timeout value instead of one per task. Tasks with the same ``timeout_sec``
+    expire in submission order, so each value keeps a FIFO of
+    ``(deadline, key)``; finished tasks (keys gone from ``futures``) are
+    dropped from its head as new ones arrive, keeping it about as long as the
+    number of tasks in flight."""
+
+    def __init__(self, futures: dict[int, asyncio.Future[bytes]]) -> None:
+        self._futures = futures
+        self._fifos: dict[float, collections.deque[tuple[float, int]]] = {}
+        self._timers: dict[float, asyncio.TimerHandle] = {}
+
+    def add(self, loop: asyncio.AbstractEventLoop, key: int, timeout: float) -> None:
+        fifo = self._fifos.get(timeout)
+        if fifo is None:
+            fifo = self._fifos[timeout] = collections.deque()
+        futures = self._futures
+        while fifo and fifo[0][1] not in futures:
+            fifo.popleft()
+        deadline = loop.time() + timeout
+        fifo.append((deadline, key))
+        if timeout not in self._timers:
+            self._timers[timeout] = loop.call_at(deadline, self._fire, loop, timeout)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        fifo = self._fifos[timeout]
+        now = loop.time()
+        while fifo and (fifo[0][1] not in self._futures or fifo[0][0] <= now):
+            _deadline, key = fifo.popleft()
+            future = self._futures.get(key)
+            if future is not None and not future.done():
+                future.set_exception(
+                    TaskTimeoutError(f"Task timeout error: not done in {timeout} s")
+                )
+        if fifo:
+            self._timers[timeout] = loop.call_at(fifo[0][0], self._fire, loop, timeout)
+        else:
+            del self._timers[timeout]
+            del self._fifos[timeout]
+
+    def clear(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._fifos.clear()

@@ -366,6 +366,24 @@ impl TaskQueue {
         self.has_ready()
     }
 
+    /// Spins on shared memory (no sleeping, no syscalls) for up to `budget`
+    /// until a message is ready. For a consumer that expects an answer within
+    /// microseconds and would otherwise pay a kernel wake-up.
+    pub fn spin_until_ready(&self, budget: Duration) -> bool {
+        let until = monotonic_ns() + budget.as_nanos() as u64;
+        loop {
+            if self.has_ready() {
+                return true;
+            }
+            if monotonic_ns() >= until {
+                return false;
+            }
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
     /// Closes the queue: pushes fail, waiters return `Closed` once it is drained.
     pub fn close(&self) {
         let h = self.header();
@@ -441,10 +459,13 @@ impl TaskQueue {
             return done;
         }
         // Spin briefly: a wake-up through the kernel costs tens of microseconds.
+        // Yielding while spinning hands the core to any other runnable process
+        // (more workers than cores is common) and returns at once otherwise.
         let spin_until = monotonic_ns() + self.spin.as_nanos() as u64;
         loop {
-            for _ in 0..64 {
-                std::hint::spin_loop();
+            // SAFETY: sched_yield has no preconditions.
+            unsafe {
+                libc::sched_yield();
             }
             if let Some(done) = check() {
                 return done;

@@ -241,6 +241,12 @@ impl Queue {
         Ok(outcome == Wait::Ready)
     }
 
+    /// Spins (GIL released, no syscalls) up to `budget_us` microseconds for a
+    /// message to become ready; True if one is.
+    fn spin_ready(&self, py: Python<'_>, budget_us: u64) -> bool {
+        py.detach(|| self.inner.spin_until_ready(Duration::from_micros(budget_us)))
+    }
+
     /// Closes the queue and wakes everyone waiting on it.
     fn close(&self) {
         self.inner.close();

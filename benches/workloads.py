@@ -1,0 +1,106 @@
+"""Benchmark workloads, written against the public API shared by this package
+and upstream aqueduct 1.15, so the same file measures both.
+
+Run by ``bench.py`` under each interpreter; prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+
+from aqueduct import BaseTask, BaseTaskHandler, Flow, FlowStep
+
+CONCURRENCY = 32
+
+
+class NoopTask(BaseTask):
+    def __init__(self, value: int = 0) -> None:
+        super().__init__()
+        self.value = value
+        self.result: int | None = None
+
+
+class NoopHandler(BaseTaskHandler):
+    def handle(self, *tasks: NoopTask) -> None:
+        for task in tasks:
+            task.result = task.value
+
+
+def _quiet() -> None:
+    import logging
+
+    from aqueduct.logger import log
+
+    log.setLevel(logging.WARNING)
+
+
+async def _latency(flow: Flow, count: int) -> dict[str, float]:
+    for _ in range(200):  # warm-up
+        await flow.process(NoopTask(1))
+    samples = []
+    for i in range(count):
+        task = NoopTask(i)
+        start = time.perf_counter()
+        await flow.process(task)
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    return {
+        "p50_us": samples[len(samples) // 2] * 1e6,
+        "p99_us": samples[int(len(samples) * 0.99)] * 1e6,
+        "mean_us": statistics.fmean(samples) * 1e6,
+    }
+
+
+async def _throughput(flow: Flow, total: int, concurrency: int) -> dict[str, float]:
+    per_caller = total // concurrency
+    errors = 0
+
+    async def caller(offset: int) -> None:
+        nonlocal errors
+        for i in range(per_caller):
+            try:
+                await flow.process(NoopTask(offset + i), timeout_sec=30)
+            except Exception:
+                errors += 1
+
+    await asyncio.gather(*(caller(c * per_caller) for c in range(min(concurrency, 64))))
+    start = time.perf_counter()
+    await asyncio.gather(*(caller(c * per_caller) for c in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    return {"tasks_per_s": per_caller * concurrency / elapsed, "errors": errors}
+
+
+async def _run(name: str, scale: float) -> dict[str, float]:
+    _quiet()
+    if name == "latency_1step":
+        flow = Flow(FlowStep(NoopHandler()))
+    elif name == "throughput_1step":
+        flow = Flow(FlowStep(NoopHandler()))
+    elif name == "throughput_3step":
+        flow = Flow(FlowStep(NoopHandler()), FlowStep(NoopHandler()), FlowStep(NoopHandler()))
+    elif name == "throughput_batch32":
+        flow = Flow(FlowStep(NoopHandler(), batch_size=32))
+    else:
+        raise SystemExit(f"unknown workload {name}")
+    flow.start()
+    try:
+        if name == "latency_1step":
+            return await _latency(flow, int(5000 * scale))
+        return await _throughput(flow, int(40_000 * scale), CONCURRENCY)
+    finally:
+        await flow.stop(graceful=False)
+
+
+def main() -> None:
+    name = sys.argv[1]
+    scale = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
+    result = asyncio.run(_run(name, scale))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
