@@ -8,7 +8,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aqueduct_core::{monotonic_ns, BatchAssembler, BatchPolicy, Error, EventFd, MessageHeader, QueueConfig, TaskQueue, Wait};
+use aqueduct_core::{
+    monotonic_ns, BatchAssembler, BatchPolicy, Error, EventFd, MessageHeader, QueueConfig,
+    TaskQueue, Wait,
+};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -56,7 +59,9 @@ fn deadline_after(timeout_s: Option<f64>) -> PyResult<Option<u64>> {
     match timeout_s {
         None => Ok(None),
         Some(t) if t.is_nan() || t < 0.0 => Err(PyValueError::new_err("timeout must be >= 0")),
-        Some(t) => Ok(Some(monotonic_ns().saturating_add((t.min(1e9) * 1e9) as u64))),
+        Some(t) => Ok(Some(
+            monotonic_ns().saturating_add((t.min(1e9) * 1e9) as u64),
+        )),
     }
 }
 
@@ -137,7 +142,13 @@ impl Queue {
     /// holding at most `max_messages` messages (0 = as many as fit).
     #[staticmethod]
     #[pyo3(signature = (priorities=1, capacity=16384, slot_bytes=256, max_messages=0, spin_us=50))]
-    fn create(priorities: u32, capacity: u64, slot_bytes: u64, max_messages: u64, spin_us: u64) -> PyResult<Self> {
+    fn create(
+        priorities: u32,
+        capacity: u64,
+        slot_bytes: u64,
+        max_messages: u64,
+        spin_us: u64,
+    ) -> PyResult<Self> {
         let mut inner = TaskQueue::create(QueueConfig {
             priorities,
             capacity,
@@ -185,7 +196,14 @@ impl Queue {
     /// Appends a message; raises `QueueFullError`, `TaskTooLargeError` or
     /// `NotRunningError` (closed). Wakes nobody: call `notify` after a burst.
     #[pyo3(signature = (key, deadline_ns, kind, priority, payload))]
-    fn push(&self, key: u64, deadline_ns: u64, kind: u32, priority: u32, payload: &[u8]) -> PyResult<()> {
+    fn push(
+        &self,
+        key: u64,
+        deadline_ns: u64,
+        kind: u32,
+        priority: u32,
+        payload: &[u8],
+    ) -> PyResult<()> {
         let header = MessageHeader {
             key,
             deadline_ns,
@@ -234,7 +252,10 @@ impl Queue {
     fn wait_space(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
         let deadline = deadline_after(Some(timeout))?;
         let mut pending = None;
-        let outcome = py.detach(|| self.inner.wait_space(deadline, &mut signal_checker(&mut pending)));
+        let outcome = py.detach(|| {
+            self.inner
+                .wait_space(deadline, &mut signal_checker(&mut pending))
+        });
         if let Some(e) = pending {
             return Err(e);
         }
@@ -244,7 +265,10 @@ impl Queue {
     /// Spins (GIL released, no syscalls) up to `budget_us` microseconds for a
     /// message to become ready; True if one is.
     fn spin_ready(&self, py: Python<'_>, budget_us: u64) -> bool {
-        py.detach(|| self.inner.spin_until_ready(Duration::from_micros(budget_us)))
+        py.detach(|| {
+            self.inner
+                .spin_until_ready(Duration::from_micros(budget_us))
+        })
     }
 
     /// Closes the queue and wakes everyone waiting on it.
@@ -302,9 +326,11 @@ impl Batcher {
         let deadline = deadline_after(idle_timeout)?;
         let mut pending = None;
         let batch = py.detach(|| {
-            let batch = self
-                .assembler
-                .next_batch(&queue.inner, deadline, &mut signal_checker(&mut pending));
+            let batch = self.assembler.next_batch(
+                &queue.inner,
+                deadline,
+                &mut signal_checker(&mut pending),
+            );
             if !batch.messages.is_empty() || !batch.expired.is_empty() {
                 queue.inner.released(doorbell.map(|d| &d.inner));
             }

@@ -1,0 +1,61 @@
+# aqueduct — `make help` lists the targets. CI (.ci/run) calls `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MATURIN := $(VENV)/bin/maturin
+# Optional: a Python with aqueduct==1.15.0 installed, to compare against upstream.
+UPSTREAM_PYTHON ?=
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q 'maturin>=1.5,<2'
+
+.PHONY: venv
+venv: $(PY) ## Create the local virtualenv (.venv) with maturin
+
+.PHONY: build
+build: $(PY) ## Build the extension in release mode into .venv (with test/dev deps)
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH \
+		$(MATURIN) develop --release --quiet --extras test,dev
+
+.PHONY: test
+test: build ## Build, then run cargo test (core) and pytest
+	cargo test -p aqueduct-core
+	$(PY) -m pytest tests -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+.PHONY: demo
+demo: build ## Run the aiohttp example service under a short load (latency, throughput)
+	$(PY) examples/demo.py
+
+.PHONY: bench
+bench: build ## Benchmarks vs upstream (set UPSTREAM_PYTHON=/path/to/python with aqueduct==1.15.0)
+	$(PY) benches/bench.py $(if $(UPSTREAM_PYTHON),--upstream $(UPSTREAM_PYTHON),)
+
+.PHONY: lint
+lint: $(PY) ## cargo fmt --check, clippy -D warnings, ruff check + format --check
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests examples benches
+	$(VENV)/bin/ruff format --check python tests examples benches
+
+.PHONY: fmt
+fmt: $(PY) ## Format Rust and Python sources
+	cargo fmt --all
+	$(VENV)/bin/ruff format python tests examples benches
+
+.PHONY: wheel
+wheel: $(PY) ## Build a release abi3 wheel into dist/
+	$(MATURIN) build --release --out dist
+
+.PHONY: clean
+clean: ## Remove build outputs and the virtualenv
+	cargo clean
+	rm -rf $(VENV) dist

@@ -1,0 +1,82 @@
+"""`make bench`: the same workloads against this package and (with
+--upstream PYTHON) upstream aqueduct 1.15, in one run; prints ratios.
+
+Each workload runs in a fresh interpreter (benches/workloads.py) so flows,
+caches and processes never leak from one measurement into the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+WORKLOADS = Path(__file__).with_name("workloads.py")
+
+#: (workload, metric, higher_is_better, target ratio ours/upstream or None)
+METRICS = [
+    ("latency_1step", "p50_us", False, 10.0),
+    ("latency_1step", "p99_us", False, None),
+    ("throughput_1step", "tasks_per_s", True, 8.0),
+    ("throughput_3step", "tasks_per_s", True, 8.0),
+    ("throughput_batch32", "tasks_per_s", True, 8.0),
+]
+
+
+def run(python: str, workload: str, scale: float) -> dict[str, float]:
+    out = subprocess.run(
+        [python, str(WORKLOADS), workload, str(scale)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{workload} failed under {python}:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--upstream", help="python with aqueduct==1.15.0 installed")
+    parser.add_argument("--scale", type=float, default=1.0, help="workload size factor")
+    args = parser.parse_args()
+
+    workloads = sorted({w for w, *_ in METRICS}, key=[w for w, *_ in METRICS].index)
+    ours: dict[str, dict[str, float]] = {}
+    theirs: dict[str, dict[str, float]] = {}
+    for workload in workloads:
+        print(f"running {workload} ...", file=sys.stderr, flush=True)
+        ours[workload] = run(sys.executable, workload, args.scale)
+        if args.upstream:
+            theirs[workload] = run(args.upstream, workload, args.scale)
+
+    header = f"{'workload':<20} {'metric':<12} {'aqueduct':>12}"
+    if args.upstream:
+        header += f" {'upstream':>12} {'ratio':>8} {'target':>8}"
+    print(header)
+    print("-" * len(header))
+    missed = []
+    for workload, metric, higher, target in METRICS:
+        value = ours[workload][metric]
+        line = f"{workload:<20} {metric:<12} {value:>12,.1f}"
+        if args.upstream:
+            base = theirs[workload][metric]
+            ratio = value / base if higher else base / value
+            goal = f"{target:.0f}x" if target else ""
+            line += f" {base:>12,.1f} {ratio:>7.1f}x {goal:>8}"
+            if target and ratio < target:
+                missed.append(f"{workload}.{metric}: {ratio:.1f}x < {target:.0f}x")
+        print(line)
+    errors = {w: r.get("errors", 0) for w, r in ours.items() if r.get("errors")}
+    if errors:
+        print(f"errors: {errors}")
+    if args.upstream:
+        print("ratio = how many times better than upstream (speed-up or latency cut)")
+        print("targets missed: " + ("; ".join(missed) if missed else "none"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Tasks and handlers shared by the tests. Workers are spawned interpreters, so
+what they run must be importable by name (this module is on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from aqueduct import BaseTask, BaseTaskHandler
+from aqueduct.logger import log
+
+
+class Task(BaseTask):
+    def __init__(self, value: int = 0, sleep: float = 0.0) -> None:
+        super().__init__()
+        self.value = value
+        self.sleep = sleep
+        self.result: int | None = None
+        self.trail: list[str] = []
+        self.pid: int | None = None
+        self.batch_size: int | None = None
+        self.order: int | None = None
+
+
+class Square(BaseTaskHandler):
+    def handle(self, *tasks: Task) -> None:
+        for task in tasks:
+            task.result = task.value * task.value
+            task.pid = os.getpid()
+
+
+class Recorder(BaseTaskHandler):
+    """Appends its name to the task's trail; sleeps `task.sleep` per batch;
+    numbers tasks in the order it handles them; notes the batch size."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.handled = 0
+
+    def handle(self, *tasks: Task) -> None:
+        time.sleep(max((t.sleep for t in tasks), default=0))
+        for task in tasks:
+            self.handled += 1
+            task.order = self.handled
+            task.trail.append(self.name)
+            task.batch_size = len(tasks)
+            task.pid = os.getpid()
+
+
+class SlowStart(BaseTaskHandler):
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.model: str | None = None
+
+    def on_start(self) -> None:
+        time.sleep(self.delay)
+        self.model = f"loaded in {os.getpid()}"
+
+    def handle(self, *tasks: Task) -> None:
+        for task in tasks:
+            task.result = self.model  # type: ignore[assignment]
+
+
+class FailingStart(BaseTaskHandler):
+    def on_start(self) -> None:
+        raise RuntimeError("model file is missing")
+
+    def handle(self, *tasks: Task) -> None:
+        raise AssertionError("never called")
+
+
+class FailOn(BaseTaskHandler):
+    """Raises ValueError for a batch holding a task whose value is `bad`."""
+
+    def __init__(self, bad: int) -> None:
+        self.bad = bad
+
+    def handle(self, *tasks: Task) -> None:
+        time.sleep(max((t.sleep for t in tasks), default=0))
+        for task in tasks:
+            if task.value == self.bad:
+                raise ValueError(f"cannot handle {task.value}")
+            task.result = task.value
+
+
+class Logs(BaseTaskHandler):
+    def on_start(self) -> None:
+        log.info("on_start in worker %d", os.getpid())
+
+    def handle(self, *tasks: Task) -> None:
+        for task in tasks:
+            log.warning("handling task %s", task.value)
+            task.pid = os.getpid()
+
+
+class SetsUnpicklable(BaseTaskHandler):
+    def handle(self, *tasks: Task) -> None:
+        import threading
+
+        for task in tasks:
+            if task.value < 0:
+                task.result = threading.Lock()  # type: ignore[assignment]
+            else:
+                task.result = task.value
+
+
+def is_even(task: Task) -> bool:
+    return task.value % 2 == 0

@@ -1,0 +1,96 @@
+"""Every Python example in README.rst runs unchanged (they are upstream
+aqueduct's README examples): the aiohttp one through aiohttp's test client, the
+ones with top-level ``await`` as coroutines."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.rst"
+
+
+def python_blocks() -> list[str]:
+    """The bodies of ``.. code-block:: python`` directives, dedented."""
+    lines = README.read_text().splitlines()
+    blocks: list[str] = []
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() == ".. code-block:: python":
+            body: list[str] = []
+            i += 1
+            while i < len(lines) and (not lines[i].strip() or lines[i][0] in " \t"):
+                body.append(lines[i])
+                i += 1
+            blocks.append(textwrap.dedent("\n".join(body).expandtabs(4)).strip() + "\n")
+        else:
+            i += 1
+    return blocks
+
+
+def run_block(source: str, module_name: str) -> tuple[dict, object]:
+    """Executes a block as a module that workers cannot import by name; returns
+    its namespace and, for top-level ``await``, the coroutine to await."""
+    namespace: dict = {"__name__": module_name}
+    code = compile(
+        source, f"README.rst:{module_name}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    )
+    result = eval(code, namespace)  # a coroutine when the block awaits
+    return namespace, result
+
+
+def block_containing(text: str) -> str:
+    matches = [b for b in python_blocks() if text in b]
+    assert len(matches) == 1, f"expected one README block containing {text!r}"
+    return matches[0]
+
+
+def test_readme_has_the_upstream_examples():
+    assert len(python_blocks()) >= 3
+
+
+async def test_getting_started_aiohttp_service(aiohttp_client):
+    namespace, _ = run_block(block_containing("class SumView"), "readme_getting_started")
+    app = namespace["prepare_app"]()
+    flow = app["flow"]
+    try:
+        client = await aiohttp_client(app)
+        response = await asyncio.wait_for(client.post("/sum", data=b"1000"), 20)
+        assert response.status == 200
+        assert await response.json() == {"result": sum(i * i for i in range(1000))}
+        many = await asyncio.wait_for(
+            asyncio.gather(*(client.post("/sum", data=str(n).encode()) for n in range(50))), 20
+        )
+        assert [(await r.json())["result"] for r in many] == [
+            sum(i * i for i in range(n)) for n in range(50)
+        ]
+    finally:
+        await asyncio.wait_for(flow.stop(), 20)
+
+
+async def test_batching_example_meets_its_own_timing_assertions():
+    pytest.importorskip("numpy")
+    _, coroutine = run_block(block_containing("CatDetectorHandler"), "readme_batching")
+    assert asyncio.iscoroutine(coroutine)
+    await asyncio.wait_for(coroutine, 60)
+
+
+def test_sentry_example_runs():
+    pytest.importorskip("raven")
+    namespace, result = run_block(block_containing("SentryHandler"), "readme_sentry")
+    assert result is None
+    assert namespace["log"] is sys.modules["aqueduct.logger"].log
+
+
+def test_every_python_block_is_covered():
+    covered = ("class SumView", "CatDetectorHandler", "SentryHandler")
+    for block in python_blocks():
+        assert any(marker in block for marker in covered) or re.search(
+            r"^# (not run|see test)", block, re.M
+        ), f"README block without a test:\n{block}"
