@@ -59,17 +59,19 @@ async def _throughput(flow: Flow, total: int, concurrency: int) -> dict[str, flo
     per_caller = total // concurrency
     errors = 0
 
-    async def caller(offset: int) -> None:
+    async def caller(offset: int, count: int) -> None:
         nonlocal errors
-        for i in range(per_caller):
+        for i in range(count):
             try:
                 await flow.process(NoopTask(offset + i), timeout_sec=30)
             except Exception:
                 errors += 1
 
-    await asyncio.gather(*(caller(c * per_caller) for c in range(min(concurrency, 64))))
+    # warm-up: a tenth of the load, not measured
+    await asyncio.gather(*(caller(0, per_caller // 10 + 1) for _ in range(concurrency)))
+    errors = 0
     start = time.perf_counter()
-    await asyncio.gather(*(caller(c * per_caller) for c in range(concurrency)))
+    await asyncio.gather(*(caller(c * per_caller, per_caller) for c in range(concurrency)))
     elapsed = time.perf_counter() - start
     return {"tasks_per_s": per_caller * concurrency / elapsed, "errors": errors}
 

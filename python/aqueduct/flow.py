@@ -56,6 +56,15 @@ QUEUE_SLOTS = 16_384
 SLOT_BYTES = 256
 #: Results taken per drain before re-checking the loop.
 DRAIN_LIMIT = 4096
+#: How long a worker with an empty queue spins (yielding the core between
+#: checks) before it sleeps on its futex; AQUEDUCT_SPIN_US overrides it.
+#: Long enough to catch the next task of a sequential caller, short enough not
+#: to steal the cores of busy processes.
+DEFAULT_SPIN_US = 20
+#: How long the parent, with a single task in flight, spins on the result
+#: queue before going back to its event loop (a kernel wake-up costs more).
+PARENT_SPIN_BASE_US = 40
+PARENT_SPIN_PER_STEP_US = 30
 #: After this many spins in a row that saw no result, spin only on every
 #: SPIN_PROBE_EVERY-th call (the handler is slower than a spin is worth).
 SPIN_MISS_LIMIT = 4
@@ -66,9 +75,9 @@ WORKER_EXIT_TIMEOUT = 5.0
 
 def _spin_us() -> int:
     try:
-        return max(0, int(os.environ.get("AQUEDUCT_SPIN_US", "50")))
+        return max(0, int(os.environ.get("AQUEDUCT_SPIN_US", DEFAULT_SPIN_US)))
     except ValueError:
-        return 50
+        return DEFAULT_SPIN_US
 
 
 class FlowState(Enum):
@@ -165,7 +174,7 @@ class Flow:
         self._keys = itertools.count(1)
         self._timeouts = _TimeoutWheel(self._futures)
         self._by_value: dict[type, bool] = {}
-        self._spin_budget_us = 2 * _spin_us() * len(self._steps)
+        self._spin_budget_us = PARENT_SPIN_BASE_US + PARENT_SPIN_PER_STEP_US * len(self._steps)
         self._spin_calls = 0
         self._spin_misses = 0
         self._monitor: threading.Thread | None = None

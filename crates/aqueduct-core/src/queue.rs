@@ -378,8 +378,10 @@ impl TaskQueue {
             if monotonic_ns() >= until {
                 return false;
             }
-            for _ in 0..32 {
-                std::hint::spin_loop();
+            // The producer may share our core: let it run.
+            // SAFETY: sched_yield has no preconditions.
+            unsafe {
+                libc::sched_yield();
             }
         }
     }
