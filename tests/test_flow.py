@@ -422,3 +422,35 @@ def test_base_task_timeout_helpers():
     assert not task.is_expired()
     task.set_timeout(-1)
     assert task.is_expired()
+
+
+async def test_a_running_flow_leaves_nothing_in_dev_shm(make_flow):
+    before = set(os.listdir("/dev/shm"))
+    flow = make_flow(FlowStep(Square()), FlowStep(Square(), nprocs=2), queue_priorities=3)
+    await asyncio.wait_for(asyncio.gather(*(flow.process(Task(i)) for i in range(20))), WAIT)
+    assert set(os.listdir("/dev/shm")) == before
+    await asyncio.wait_for(flow.stop(), WAIT)
+    assert set(os.listdir("/dev/shm")) == before
+
+
+def test_replace_logger_routes_aqueduct_records():
+    from aqueduct.logger import replace_logger
+
+    saved = (log.name, log.level, log.parent, log.propagate, list(log.handlers), log.disabled)
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    mine = logging.getLogger("my-service")
+    mine.setLevel(logging.INFO)
+    mine.handlers = [Collect()]
+    try:
+        replace_logger(mine)
+        log.info("hello")
+        log.debug("dropped")
+        assert [r.getMessage() for r in records] == ["hello"]
+        assert log.name == "my-service"
+    finally:
+        log.name, log.level, log.parent, log.propagate, log.handlers, log.disabled = saved

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import signal
@@ -76,8 +78,28 @@ def run(spec: WorkerSpec, conn: Connection) -> None:
         conn.send(("failed", traceback.format_exc()))
         conn.close()
         sys.exit(1)
+    _exit_with_parent()
     conn.send(("ready", os.getpid()))
     _Worker(spec, handler, conditions).loop()
+
+
+def _exit_with_parent() -> None:
+    """Ends this worker when the parent process dies, whatever killed it.
+
+    multiprocessing gives each child a sentinel fd that becomes readable when
+    the parent is gone (the parent holds the only write end under spawn and
+    forkserver), which covers SIGKILL where no cleanup code runs.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(70)
+
+    threading.Thread(target=watch, name="aqueduct-parent-watch", daemon=True).start()
 
 
 class _Worker:

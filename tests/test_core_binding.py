@@ -1,0 +1,107 @@
+"""The native binding's promises: blocking calls release the GIL and still
+run Python signal handlers; queues are anonymous shared memory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from aqueduct import _core
+from aqueduct.exceptions import QueueFullError, TaskTooLargeError
+
+
+def test_a_waiting_batcher_releases_the_gil():
+    queue = _core.Queue.create()
+    batcher = _core.Batcher(1, 0.0)
+    counter = 0
+    done = threading.Event()
+
+    def count() -> None:
+        nonlocal counter
+        while not done.is_set():
+            counter += 1
+
+    thread = threading.Thread(target=count)
+    thread.start()
+    try:
+        started = time.monotonic()
+        assert batcher.next(queue, 0.3) == ([], [])
+        assert time.monotonic() - started >= 0.25
+        before = counter
+        time.sleep(0.05)
+        assert counter > before
+    finally:
+        done.set()
+        thread.join(5)
+    assert counter > 10_000  # it ran while next() waited
+
+
+def test_signal_handlers_run_during_a_wait_without_deadline():
+    queue = _core.Queue.create()
+    batcher = _core.Batcher(1, 0.0)
+
+    class Alarm(Exception):
+        pass
+
+    def on_alarm(signum, frame):
+        raise Alarm
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        started = time.monotonic()
+        with pytest.raises(Alarm):
+            batcher.next(queue, None)  # would wait forever
+        assert time.monotonic() - started < 2
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_wait_space_is_bounded_and_wakes_on_release():
+    queue = _core.Queue.create(1, 4, 64, 2)
+    queue.push(1, 0, 0, 0, b"a")
+    queue.push(2, 0, 0, 0, b"b")
+    with pytest.raises(QueueFullError):
+        queue.push(3, 0, 0, 0, b"c")
+    started = time.monotonic()
+    assert queue.wait_space(0.2) is False
+    assert 0.15 <= time.monotonic() - started < 2
+
+    def consume() -> None:
+        time.sleep(0.1)
+        queue.drain(1)
+        queue.released()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    assert queue.wait_space(5) is True
+    thread.join(5)
+    queue.push(3, 0, 0, 0, b"c")
+
+
+def test_errors_map_to_public_exceptions():
+    queue = _core.Queue.create(1, 8, 64)
+    with pytest.raises(TaskTooLargeError, match="bytes"):
+        queue.push(1, 0, 0, 0, b"x" * (queue.max_payload + 1))
+    with pytest.raises(ValueError):
+        _core.Batcher(0, 0.0)
+
+
+def test_queues_are_anonymous_memfds_not_dev_shm_files():
+    before = set(os.listdir("/dev/shm"))
+    queue = _core.Queue.create()
+    assert os.readlink(f"/proc/self/fd/{queue.fd}").startswith("/memfd:aqueduct-queue")
+    assert set(os.listdir("/dev/shm")) == before
+
+
+def test_the_doorbell_is_an_eventfd_for_the_event_loop():
+    bell = _core.Doorbell()
+    assert bell.drain() == 0
+    bell.signal()
+    bell.signal()
+    assert bell.drain() == 2
+    assert os.readlink(f"/proc/self/fd/{bell.fd}") == "anon_inode:[eventfd]"
