@@ -10,7 +10,7 @@ from typing import Any
 
 import cloudpickle
 
-from .exceptions import FlowError, HandlerError, TaskSerializationError
+from .exceptions import FlowError, HandlerError, TaskSerializationError, TaskTooLargeError
 
 # Message kinds (the `kind` field of a queue message header).
 KIND_TASK = 0
@@ -95,7 +95,7 @@ def encode_error(step: str, exc: BaseException, kind: type[FlowError] | None = N
 
 
 _ERROR_KINDS: dict[str, type[FlowError]] = {
-    TaskSerializationError.__name__: TaskSerializationError,
+    cls.__name__: cls for cls in (TaskSerializationError, TaskTooLargeError)
 }
 
 

@@ -107,7 +107,8 @@ class _Worker:
         self.step_index = spec.step_index
         self.step_name = spec.step_name
         self.handler = handler
-        self.conditions = conditions
+        # (index, condition) of the steps after this one, for routing
+        self.later_conditions = list(enumerate(conditions))[spec.step_index + 1 :]
         self.queues = [_core.Queue.open(f.fd, spin_us=spec.spin_us) for f in spec.queue_fds]
         self.doorbell = _core.Doorbell.open(spec.doorbell_fd.fd)
         self.results = self.queues[-1]
@@ -132,49 +133,48 @@ class _Worker:
         log.debug("[%s] worker %d exits", self.step_name, os.getpid())
 
     def _handle_batch(self, messages: list[tuple[int, int, int, int, bytes]]) -> None:
-        tasks: list[Any] = []
-        meta: list[tuple[int, int, int, bool]] = []
+        results = len(self.queues) - 1
         touched: set[int] = set()
-        for key, kind, priority, deadline_ns, payload in messages:
+        tasks: list[Any] = []
+        kept: list[tuple[int, int, int, int, bytes]] = []
+        for message in messages:
             try:
-                tasks.append(pickle.loads(payload))
+                tasks.append(pickle.loads(message[4]))
             except Exception as exc:
-                self._send_error(key, priority, exc, TaskSerializationError)
-                touched.add(len(self.queues) - 1)
+                self._send_error(message[0], message[2], exc, TaskSerializationError)
+                touched.add(results)
                 continue
-            meta.append((key, priority, deadline_ns, kind == KIND_TASK_BY_VALUE))
+            kept.append(message)
         if tasks:
             try:
                 self.handler.handle(*tasks)
             except Exception as exc:
                 log.exception("[%s] handler raised on a batch of %d", self.step_name, len(tasks))
-                for key, priority, _deadline, _by_value in meta:
+                for key, _kind, priority, _deadline, _payload in kept:
                     self._send_error(key, priority, exc)
-                touched.add(len(self.queues) - 1)
+                touched.add(results)
                 tasks = []
-        for task, (key, priority, deadline_ns, by_value) in zip(tasks, meta, strict=False):
-            touched.add(self._forward(task, key, priority, deadline_ns, by_value))
+        for task, (key, kind, priority, deadline_ns, _payload) in zip(tasks, kept, strict=False):
+            touched.add(self._forward(task, key, kind, priority, deadline_ns))
         for index in touched:
             self.queues[index].notify(self.doorbell)
 
     def _next_queue(self, task: Any) -> int:
         """Index of the next step whose condition holds, or of the result queue."""
-        for index in range(self.step_index + 1, len(self.conditions)):
-            if self.conditions[index](task):
+        for index, condition in self.later_conditions:
+            if condition(task):
                 return index
         return len(self.queues) - 1
 
-    def _forward(self, task: Any, key: int, priority: int, deadline_ns: int, by_value: bool) -> int:
+    def _forward(self, task: Any, key: int, kind: int, priority: int, deadline_ns: int) -> int:
+        """Sends a handled task on; returns the index of the queue it went to."""
         try:
             index = self._next_queue(task)
-            kind, payload = dumps_task(task, by_value)
-        except Exception as exc:
-            self._send_error(key, priority, exc, TaskSerializationError)
-            return len(self.queues) - 1
-        try:
+            kind, payload = dumps_task(task, by_value=kind == KIND_TASK_BY_VALUE)
             self._push(self.queues[index], key, deadline_ns, kind, priority, payload)
-        except TaskTooLargeError as exc:
-            self._send_error(key, priority, exc, TaskTooLargeError)
+        except Exception as exc:
+            passes_as_is = isinstance(exc, TaskTooLargeError | TaskSerializationError)
+            self._send_error(key, priority, exc, type(exc) if passes_as_is else None)
             return len(self.queues) - 1
         return index
 
