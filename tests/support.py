@@ -106,3 +106,14 @@ class SetsUnpicklable(BaseTaskHandler):
 
 def is_even(task: Task) -> bool:
     return task.value % 2 == 0
+
+
+class DuckHandler:
+    """Not a BaseTaskHandler subclass, but has what a handler needs."""
+
+    def on_start(self) -> None:
+        pass
+
+    def handle(self, *tasks: Task) -> None:
+        for task in tasks:
+            task.result = -task.value

@@ -9,6 +9,7 @@ import re
 import time
 
 import pytest
+import support
 from aqueduct import BaseTask, Flow, FlowState, FlowStep
 from aqueduct.exceptions import (
     AqueductError,
@@ -454,3 +455,30 @@ def test_replace_logger_routes_aqueduct_records():
         assert log.name == "my-service"
     finally:
         log.name, log.level, log.parent, log.propagate, log.handlers, log.disabled = saved
+
+
+async def test_on_start_wait_sleeps_after_starting_a_steps_processes(make_flow):
+    started = time.monotonic()
+    flow = make_flow(FlowStep(Square(), nprocs=2, on_start_wait=0.4))
+    assert time.monotonic() - started >= 0.4
+    task = Task(2)
+    await asyncio.wait_for(flow.process(task), WAIT)
+    assert task.result == 4
+
+
+async def test_a_duck_typed_handler_is_accepted(make_flow):
+    flow = make_flow(FlowStep(support.DuckHandler()))
+    task = Task(5)
+    await asyncio.wait_for(flow.process(task), WAIT)
+    assert task.result == -5
+
+
+def test_flowstep_validates_its_arguments():
+    with pytest.raises(TypeError):
+        FlowStep(object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        FlowStep(Square(), batch_size=0)
+    with pytest.raises(ValueError):
+        FlowStep(Square(), nprocs=0)
+    with pytest.raises(ValueError):
+        FlowStep(Square(), batch_timeout=-1)

@@ -80,6 +80,13 @@ def _spin_us() -> int:
         return DEFAULT_SPIN_US
 
 
+def _step_name(handler: Any, number: int) -> str:
+    get_name = getattr(handler, "get_step_name", None)
+    if callable(get_name):
+        return str(get_name(number))
+    return BaseTaskHandler.get_step_name.__func__(type(handler), number)  # type: ignore[attr-defined]
+
+
 class FlowState(Enum):
     RUNNING = "running"
     STARTING = "starting"
@@ -153,7 +160,7 @@ class Flow:
             step if isinstance(step, FlowStep) else FlowStep(step) for step in steps
         ]
         self._step_names = [
-            step.handler.get_step_name(number) for number, step in enumerate(self._steps, 1)
+            _step_name(step.handler, number) for number, step in enumerate(self._steps, 1)
         ]
         self._queue_size = queue_size
         self._queue_priorities = int(queue_priorities)

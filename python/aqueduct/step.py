@@ -29,8 +29,11 @@ class FlowStep:
         batch_timeout: float = 0,
         on_start_wait: float = 0,
     ) -> None:
-        if not isinstance(handler, BaseTaskHandler):
-            raise TypeError(f"handler must be a BaseTaskHandler, got {type(handler).__name__}")
+        if not callable(getattr(handler, "handle", None)):
+            raise TypeError(
+                f"handler must be a BaseTaskHandler (or have a handle method), "
+                f"got {type(handler).__name__}"
+            )
         if not callable(handle_condition):
             raise TypeError("handle_condition must be callable")
         if int(nprocs) < 1:
