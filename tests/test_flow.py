@@ -482,3 +482,29 @@ def test_flowstep_validates_its_arguments():
         FlowStep(Square(), nprocs=0)
     with pytest.raises(ValueError):
         FlowStep(Square(), batch_timeout=-1)
+
+
+async def test_callers_meeting_a_full_queue_wait_for_room_in_arrival_order(make_flow):
+    flow = make_flow(FlowStep(Recorder("r")), queue_size=2)
+    tasks = [Task(i, sleep=0.005) for i in range(40)]
+    await asyncio.wait_for(
+        asyncio.gather(*(flow.process(t, timeout_sec=WAIT) for t in tasks)), WAIT
+    )
+    orders = [t.order for t in tasks]
+    assert orders == sorted(orders)  # served in the order they arrived
+
+
+async def test_a_caller_waiting_for_room_still_times_out(make_flow):
+    flow = make_flow(FlowStep(Recorder("r")), queue_size=1)
+    busy = [
+        asyncio.ensure_future(flow.process(Task(i, sleep=0.5), timeout_sec=WAIT)) for i in range(2)
+    ]
+    await asyncio.sleep(0.1)  # one in the handler, one filling the queue
+    started = time.monotonic()
+    with pytest.raises(TaskTimeoutError):
+        await asyncio.wait_for(flow.process(Task(9), timeout_sec=0.2), WAIT)
+    assert time.monotonic() - started < 0.6
+    await asyncio.wait_for(asyncio.gather(*busy), WAIT)
+    task = Task(3)
+    await asyncio.wait_for(flow.process(task), WAIT)
+    assert task.trail == ["r"]

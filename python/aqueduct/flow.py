@@ -424,39 +424,25 @@ class Flow:
             backlog.append(entry)
             return
         queue = self._queues[index]
-        _future, key, deadline_ns, kind, priority, payload = entry
-        try:
-            queue.push(key, deadline_ns, kind, priority, payload)
-        except QueueFullError:
-            queue.want_space()
-            try:
-                queue.push(key, deadline_ns, kind, priority, payload)
-            except QueueFullError:
-                self._backlogs.setdefault(index, collections.deque()).append(entry)
-                return
-        queue.notify()
+        if _try_push(queue, entry):
+            queue.notify()
+        else:
+            self._backlogs.setdefault(index, collections.deque()).append(entry)
 
     def _flush_backlogs(self) -> None:
         for index, backlog in self._backlogs.items():
             queue = self._queues[index]
             pushed = False
             while backlog:
-                future, key, deadline_ns, kind, priority, payload = backlog[0]
-                if future.done():
-                    backlog.popleft()
-                    continue
-                try:
-                    queue.push(key, deadline_ns, kind, priority, payload)
-                except QueueFullError:
-                    queue.want_space()
+                future = backlog[0][0]
+                if not future.done():
                     try:
-                        queue.push(key, deadline_ns, kind, priority, payload)
-                    except QueueFullError:
-                        break
-                except Exception as exc:
-                    future.set_exception(exc)
+                        if not _try_push(queue, backlog[0]):
+                            break
+                    except Exception as exc:
+                        future.set_exception(exc)
+                    pushed = True
                 backlog.popleft()
-                pushed = True
             if pushed:
                 queue.notify()
 
@@ -564,6 +550,21 @@ class Flow:
 
     def _workers_of(self, step_index: int) -> Iterable[_WorkerProcess]:
         return (w for w in self._workers if w.step_index == step_index)
+
+
+def _try_push(queue: Any, entry: tuple[Any, ...]) -> bool:
+    """Pushes a ``(future, key, deadline_ns, kind, priority, payload)`` entry;
+    False when the queue is full, after asking its consumers to ring the
+    doorbell once they free room (and retrying once, in case they just did)."""
+    _future, key, deadline_ns, kind, priority, payload = entry
+    for attempt in range(2):
+        try:
+            queue.push(key, deadline_ns, kind, priority, payload)
+            return True
+        except QueueFullError:
+            if attempt == 0:
+                queue.want_space()
+    return False
 
 
 class _TimeoutWheel:
