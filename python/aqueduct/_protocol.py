@@ -8,9 +8,13 @@ from dataclasses import dataclass
 from multiprocessing import reduction
 from typing import Any
 
-import cloudpickle
-
-from .exceptions import FlowError, HandlerError, TaskSerializationError, TaskTooLargeError
+from .exceptions import (
+    FlowError,
+    HandlerError,
+    SharedMemoryFullError,
+    TaskSerializationError,
+    TaskTooLargeError,
+)
 
 # Message kinds (the `kind` field of a queue message header).
 KIND_TASK = 0
@@ -18,6 +22,11 @@ KIND_ERROR = 1
 #: A task pickled by cloudpickle, its class by value: its class cannot be
 #: imported by name in workers (defined in a notebook, in exec'd code...).
 KIND_TASK_BY_VALUE = 2
+#: A worker dropped the task (its deadline passed); tells the parent that
+#: no process uses the task's shared-memory blocks any more.
+KIND_DROPPED = 3
+#: Flag: the payload starts with shared-memory references (see _shm.split).
+FLAG_REFS = 0x100
 
 PICKLE_PROTOCOL = 5
 
@@ -53,25 +62,10 @@ class WorkerSpec:
     batch_timeout: float
     queue_fds: list[InheritedFd]  # input queue of every step, then the result queue
     doorbell_fd: InheritedFd
+    arena_fds: list[InheritedFd]  # the parent's arena, then one per worker process
+    own_arena: int  # index of this worker's arena in arena_fds
     log_level: int
     spin_us: int
-
-
-def dumps_task(task: Any, by_value: bool = False) -> tuple[int, bytes]:
-    """Pickles a task for the next hop: stdlib pickle (fast) when its class
-    can be found by name, else cloudpickle with the class by value.
-    Raises ``TaskSerializationError`` when neither can."""
-    if not by_value:
-        try:
-            return KIND_TASK, pickle.dumps(task, protocol=PICKLE_PROTOCOL)
-        except (pickle.PicklingError, AttributeError):
-            pass  # a class not reachable by name: ship it by value
-        except Exception as exc:
-            raise TaskSerializationError(f"cannot pickle {type(task).__name__}: {exc}") from exc
-    try:
-        return KIND_TASK_BY_VALUE, cloudpickle.dumps(task, protocol=PICKLE_PROTOCOL)
-    except Exception as exc:
-        raise TaskSerializationError(f"cannot pickle {type(task).__name__}: {exc}") from exc
 
 
 def encode_error(step: str, exc: BaseException, kind: type[FlowError] | None = None) -> bytes:
@@ -95,7 +89,7 @@ def encode_error(step: str, exc: BaseException, kind: type[FlowError] | None = N
 
 
 _ERROR_KINDS: dict[str, type[FlowError]] = {
-    cls.__name__: cls for cls in (TaskSerializationError, TaskTooLargeError)
+    cls.__name__: cls for cls in (TaskSerializationError, TaskTooLargeError, SharedMemoryFullError)
 }
 
 

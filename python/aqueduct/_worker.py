@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -18,15 +19,19 @@ import cloudpickle
 
 from . import _core
 from ._protocol import (
+    FLAG_REFS,
+    KIND_DROPPED,
     KIND_ERROR,
+    KIND_TASK,
     KIND_TASK_BY_VALUE,
     WorkerSpec,
-    dumps_task,
     encode_error,
 )
+from ._shm import Ref, SharedMemory, split
 from .exceptions import (
     NotRunningError,
     QueueFullError,
+    SharedMemoryFullError,
     TaskSerializationError,
     TaskTooLargeError,
 )
@@ -114,8 +119,13 @@ class _Worker:
         self.results = self.queues[-1]
         self.input = self.queues[self.step_index]
         self.batcher = _core.Batcher(spec.batch_size, spec.batch_timeout)
+        arenas = [
+            _core.SharedArena.open(f.fd, own=index == spec.own_arena)
+            for index, f in enumerate(spec.arena_fds)
+        ]
+        self.shm = SharedMemory(arenas, own=spec.own_arena)
         # the fds were duplicated by `open`; the inherited ones are not needed
-        for f in [*spec.queue_fds, spec.doorbell_fd]:
+        for f in [*spec.queue_fds, spec.doorbell_fd, *spec.arena_fds]:
             try:
                 os.close(f.fd)
             except OSError:
@@ -127,7 +137,9 @@ class _Worker:
             got = self.batcher.next(self.input, IDLE_TIMEOUT, self.doorbell)
             if got is None:
                 break  # queue closed and drained: the flow is stopping
-            messages, _expired = got
+            messages, expired = got
+            if expired:
+                self._drop_expired(expired)
             if messages:
                 self._handle_batch(messages)
         log.debug("[%s] worker %d exits", self.step_name, os.getpid())
@@ -136,26 +148,33 @@ class _Worker:
         results = len(self.queues) - 1
         touched: set[int] = set()
         tasks: list[Any] = []
-        kept: list[tuple[int, int, int, int, bytes]] = []
-        for message in messages:
+        kept: list[tuple[int, int, int, int, list[Ref]]] = []
+        for key, kind, priority, deadline_ns, payload in messages:
+            refs: list[Ref] = []
             try:
-                tasks.append(pickle.loads(message[4]))
+                if kind & FLAG_REFS:
+                    refs, body = split(payload)
+                    tasks.append(self.shm.loads(body, refs))
+                else:
+                    tasks.append(pickle.loads(payload))
             except Exception as exc:
-                self._send_error(message[0], message[2], exc, TaskSerializationError)
+                self._retire(refs, ())
+                self._send_error(key, priority, exc, TaskSerializationError)
                 touched.add(results)
                 continue
-            kept.append(message)
+            kept.append((key, kind, priority, deadline_ns, refs))
         if tasks:
             try:
                 self.handler.handle(*tasks)
             except Exception as exc:
                 log.exception("[%s] handler raised on a batch of %d", self.step_name, len(tasks))
-                for key, _kind, priority, _deadline, _payload in kept:
+                for key, _kind, priority, _deadline, refs in kept:
+                    self._retire(refs, ())
                     self._send_error(key, priority, exc)
                 touched.add(results)
                 tasks = []
-        for task, (key, kind, priority, deadline_ns, _payload) in zip(tasks, kept, strict=False):
-            touched.add(self._forward(task, key, kind, priority, deadline_ns))
+        for task, (key, kind, priority, deadline_ns, refs) in zip(tasks, kept, strict=False):
+            touched.add(self._forward(task, key, kind, priority, deadline_ns, refs))
         for index in touched:
             self.queues[index].notify(self.doorbell)
 
@@ -166,17 +185,52 @@ class _Worker:
                 return index
         return len(self.queues) - 1
 
-    def _forward(self, task: Any, key: int, kind: int, priority: int, deadline_ns: int) -> int:
+    def _forward(
+        self, task: Any, key: int, kind: int, priority: int, deadline_ns: int, refs: list[Ref]
+    ) -> int:
         """Sends a handled task on; returns the index of the queue it went to."""
+        out: list[Ref] = []
         try:
             index = self._next_queue(task)
-            kind, payload = dumps_task(task, by_value=kind == KIND_TASK_BY_VALUE)
+            by_value, payload, out = self.shm.dumps(
+                task, key, kind & ~FLAG_REFS == KIND_TASK_BY_VALUE
+            )
+            kind = (KIND_TASK_BY_VALUE if by_value else KIND_TASK) | (FLAG_REFS if out else 0)
             self._push(self.queues[index], key, deadline_ns, kind, priority, payload)
         except Exception as exc:
-            passes_as_is = isinstance(exc, TaskTooLargeError | TaskSerializationError)
+            self._retire(refs, ())
+            self.shm.discard(out)
+            passes_as_is = isinstance(
+                exc, TaskTooLargeError | TaskSerializationError | SharedMemoryFullError
+            )
             self._send_error(key, priority, exc, type(exc) if passes_as_is else None)
             return len(self.queues) - 1
+        self._retire(refs, out)
         return index
+
+    def _retire(self, incoming: list[Ref], outgoing: Iterable[Ref]) -> None:
+        """Frees blocks of workers' arenas the task no longer refers to. The
+        parent's arena (0) is the parent's to free."""
+        if not incoming:
+            return
+        kept = {(arena, block) for arena, block, _offset, _size in outgoing}
+        for arena, block, _offset, _size in incoming:
+            if arena != 0 and (arena, block) not in kept:
+                self.shm.arenas[arena].free(block)
+
+    def _drop_expired(self, expired: list[tuple[int, int, int, int, bytes]]) -> None:
+        """Expired tasks are not handled; their blocks are released."""
+        told_parent = False
+        for key, kind, priority, _deadline, payload in expired:
+            if not kind & FLAG_REFS:
+                continue
+            refs, _body = split(payload)
+            self._retire(refs, ())
+            if any(arena == 0 for arena, *_rest in refs):
+                self._push(self.results, key, 0, KIND_DROPPED, priority, b"")
+                told_parent = True
+        if told_parent:
+            self.results.notify(self.doorbell)
 
     def _push(
         self, queue: Any, key: int, deadline_ns: int, kind: int, priority: int, payload: bytes

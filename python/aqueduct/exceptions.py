@@ -16,6 +16,7 @@ __all__ = [
     "NotRunningError",
     "QueueFullError",
     "SharedMemoryError",
+    "SharedMemoryFullError",
     "TaskSerializationError",
     "TaskTimeoutError",
     "TaskTooLargeError",
@@ -94,3 +95,9 @@ class WorkerStartError(FlowError):
 
 class SharedMemoryError(AqueductError, OSError):
     """Creating or mapping shared memory failed."""
+
+
+class SharedMemoryFullError(FlowError):
+    """A buffer of the task does not fit in the shared-memory arena (larger
+    than ``Flow(shm_size=...)``, or the arena is full right now). The message
+    gives the buffer's size and the arena's capacity and free space."""

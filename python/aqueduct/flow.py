@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import itertools
 import logging
 import multiprocessing as mp
@@ -26,12 +27,16 @@ import cloudpickle
 
 from . import _core, _worker
 from ._protocol import (
+    FLAG_REFS,
+    KIND_DROPPED,
     KIND_ERROR,
+    KIND_TASK,
+    KIND_TASK_BY_VALUE,
     InheritedFd,
     WorkerSpec,
     decode_error,
-    dumps_task,
 )
+from ._shm import DEFAULT_SHM_SIZE, THRESHOLD, SharedMemory, parent_arena, split
 from .exceptions import (
     FlowError,
     FlowStartTimeoutError,
@@ -147,6 +152,7 @@ class Flow:
         queue_size: int | None = None,
         queue_priorities: int = 1,
         mp_start_method: Literal["fork", "spawn", "forkserver"] = "spawn",
+        shm_size: int = DEFAULT_SHM_SIZE,
     ) -> None:
         if mp_start_method not in START_METHODS:
             raise MPStartMethodValueError(
@@ -163,6 +169,9 @@ class Flow:
             _step_name(step.handler, number) for number, step in enumerate(self._steps, 1)
         ]
         self._queue_size = queue_size
+        if int(shm_size) < THRESHOLD:
+            raise ValueError(f"shm_size must be >= {THRESHOLD} bytes, got {shm_size}")
+        self._shm_size = int(shm_size)
         self._queue_priorities = int(queue_priorities)
         self._mp_start_method = mp_start_method
         self._metrics_enabled = metrics_enabled
@@ -181,6 +190,9 @@ class Flow:
         self._keys = itertools.count(1)
         self._timeouts = _TimeoutWheel(self._futures)
         self._by_value: dict[type, bool] = {}
+        self._arenas: list[Any] = []
+        self._shm = SharedMemory([], own=None)
+        self._held: dict[int, list[int]] = {}
         self._spin_budget_us = PARENT_SPIN_BASE_US + PARENT_SPIN_PER_STEP_US * len(self._steps)
         self._spin_calls = 0
         self._spin_misses = 0
@@ -247,6 +259,11 @@ class Flow:
         ]
         self._queues.append(_core.Queue.create(1, slots, SLOT_BYTES, 0, spin))
         self._doorbell = _core.Doorbell()
+        nworkers = sum(step.nprocs for step in self._steps)
+        self._arenas = [parent_arena(self._shm_size)] + [
+            _core.SharedArena.create(self._shm_size, True) for _ in range(nworkers)
+        ]
+        self._shm = SharedMemory(self._arenas, own=0)
         try:
             conditions_blob = cloudpickle.dumps([s.handle_condition for s in self._steps])
         except Exception as exc:
@@ -267,14 +284,17 @@ class Flow:
                 batch_timeout=step.batch_timeout,
                 queue_fds=[InheritedFd(q.fd) for q in self._queues],
                 doorbell_fd=InheritedFd(self._doorbell.fd),
+                arena_fds=[InheritedFd(a.fd) for a in self._arenas],
+                own_arena=0,
                 log_level=log.getEffectiveLevel(),
                 spin_us=spin,
             )
             for number in range(step.nprocs):
+                worker_spec = dataclasses.replace(spec, own_arena=len(self._workers) + 1)
                 reader, writer = context.Pipe(duplex=False)
                 process = context.Process(
                     target=_worker.run,
-                    args=(spec, writer),
+                    args=(worker_spec, writer),
                     name=f"aqueduct-{spec.step_name}-{number}",
                     daemon=True,
                 )
@@ -358,27 +378,30 @@ class Flow:
         first = self._first_step(task)
         if first == len(self._steps):
             return True  # no step's condition holds: nothing to do
-        kind, payload = dumps_task(task, self._needs_by_value(type(task)))
-        deadline_ns = int(task.expiration_time * 1e9)  # type: ignore[operator]
         key = next(self._keys)
-        future: asyncio.Future[bytes] = loop.create_future()
+        by_value, payload, refs = self._shm.dumps(task, key, self._needs_by_value(type(task)))
+        kind = (KIND_TASK_BY_VALUE if by_value else KIND_TASK) | (FLAG_REFS if refs else 0)
+        if refs:
+            self._hold(key, refs)
+        deadline_ns = int(task.expiration_time * 1e9)  # type: ignore[operator]
+        future: asyncio.Future[Any] = loop.create_future()
         self._futures[key] = future
         self._timeouts.add(loop, key, timeout_sec)
         try:
-            self._submit(first, (future, key, deadline_ns, kind, task.priority, payload))
+            try:
+                self._submit(first, (future, key, deadline_ns, kind, task.priority, payload))
+            except BaseException:
+                self._release(key)
+                raise
             if len(self._futures) == 1:
                 self._spin_for_result()
-            result = await future
+            finished = await future
         except asyncio.CancelledError:
             if self._state in (FlowState.STOPPING, FlowState.STOPPED):
                 raise FlowError("Task was cancelled: the flow is stopping") from None
             raise
         finally:
             del self._futures[key]
-        try:
-            finished = pickle.loads(result)
-        except Exception as exc:
-            raise TaskSerializationError(f"cannot unpickle the finished task: {exc}") from exc
         task.update(finished)
         return True
 
@@ -434,14 +457,17 @@ class Flow:
             queue = self._queues[index]
             pushed = False
             while backlog:
-                future = backlog[0][0]
-                if not future.done():
+                future, key = backlog[0][0], backlog[0][1]
+                if future.done():
+                    self._release(key)  # timed out while waiting: never sent
+                else:
                     try:
                         if not _try_push(queue, backlog[0]):
                             break
+                        pushed = True
                     except Exception as exc:
+                        self._release(key)
                         future.set_exception(exc)
-                    pushed = True
                 backlog.popleft()
             if pushed:
                 queue.notify()
@@ -466,18 +492,62 @@ class Flow:
             batch = results.drain(DRAIN_LIMIT)
             for key, kind, _priority, _deadline, payload in batch:
                 future = futures.get(key)
-                if future is None or future.done():
-                    continue
-                if kind == KIND_ERROR:
-                    future.set_exception(decode_error(payload))
-                else:
-                    future.set_result(payload)
+                base = kind & ~FLAG_REFS
+                if future is not None and not future.done():
+                    if base == KIND_ERROR:
+                        future.set_exception(decode_error(payload))
+                    elif base != KIND_DROPPED:
+                        self._deliver(future, kind, payload)
+                elif kind & FLAG_REFS:
+                    self._free_unwanted(payload)
+                if self._held:
+                    self._release(key)  # after _deliver made its views
             if batch:
                 results.released()
             if len(batch) < DRAIN_LIMIT and not results.arm_doorbell():
                 break
         if self._backlogs:
             self._flush_backlogs()
+
+    def _deliver(self, future: asyncio.Future[Any], kind: int, payload: bytes) -> None:
+        try:
+            if kind & FLAG_REFS:
+                refs, body = split(payload)
+                finished = self._shm.loads(body, refs)
+            else:
+                finished = pickle.loads(payload)
+        except Exception as exc:
+            future.set_exception(
+                TaskSerializationError(f"cannot unpickle the finished task: {exc}")
+            )
+        else:
+            future.set_result(finished)
+
+    # -- shared memory bookkeeping ----------------------------------------------
+
+    def _hold(self, key: int, refs: list[Any]) -> None:
+        """Blocks of the parent's arena stay allocated while task ``key`` is in
+        flight (until its result, error or drop notice comes back)."""
+        arena = self._arenas[0]
+        held = [block for index, block, _offset, _size in refs if index == 0]
+        for block in held:
+            arena.retain(block)
+        if held:
+            self._held[key] = held
+
+    def _release(self, key: int) -> None:
+        held = self._held.pop(key, None)
+        if held:
+            arena = self._arenas[0]
+            for block in held:
+                arena.release(block)
+
+    def _free_unwanted(self, payload: bytes) -> None:
+        """Frees the workers' blocks of a result nobody waits for any more."""
+        refs, _body = split(payload)
+        for index, block, _offset, _size in refs:
+            if index != 0:
+                self._arenas[index].free(block)
 
     # -- stop ----------------------------------------------------------------
 
@@ -542,7 +612,11 @@ class Flow:
         self._loop = None
 
     def _release_queues(self) -> None:
+        for key in list(self._held):
+            self._release(key)  # the workers that used them are gone
         self._queues = []
+        self._arenas = []
+        self._shm = SharedMemory([], own=None)
         self._doorbell = None
         self._backlogs.clear()
         self._futures.clear()

@@ -21,6 +21,9 @@ pub enum Error {
     /// A message can never fit in the ring, whatever is consumed.
     #[error("message of {size} bytes exceeds the queue's limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    /// The arena has no run of free pages large enough right now (or ever).
+    #[error("shared memory arena full: a buffer of {size} bytes does not fit (capacity {capacity} bytes, {free} bytes free)")]
+    ArenaFull { size: u64, capacity: u64, free: u64 },
     /// A segment handed over by another process is not what it claims to be.
     #[error("invalid segment: {0}")]
     InvalidSegment(String),

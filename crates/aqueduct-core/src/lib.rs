@@ -4,9 +4,12 @@
 //! * [`ring`] — a lock-free MPMC ring of variable-size messages in a segment;
 //! * [`queue`] — a step's input queue: one ring per priority plus futex and
 //!   eventfd wake-ups;
+//! * [`arena`] — a memfd arena for large buffers, allocated by its owner,
+//!   freed by anyone;
 //! * [`batch`] — batch assembly with `batch_size` / `batch_timeout`;
 //! * [`notify`] — futex, eventfd and the monotonic clock.
 
+pub mod arena;
 pub mod batch;
 pub mod error;
 pub mod notify;
@@ -14,6 +17,7 @@ pub mod queue;
 pub mod ring;
 pub mod segment;
 
+pub use arena::{Arena, Block};
 pub use batch::{Batch, BatchAssembler, BatchPolicy};
 pub use error::{Error, Result};
 pub use notify::{monotonic_ns, EventFd};

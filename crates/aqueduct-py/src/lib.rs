@@ -17,18 +17,22 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyTuple, PyType};
 
+mod shm;
+
 /// Raises the public exception from `aqueduct.exceptions` for a core error.
-fn to_py_err(err: Error) -> PyErr {
+pub(crate) fn to_py_err(err: Error) -> PyErr {
     static FULL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     static TOO_LARGE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     static CLOSED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     static SHARED_MEMORY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static ARENA_FULL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     Python::attach(|py| {
         let (cell, name) = match &err {
             Error::Full => (&FULL, "QueueFullError"),
             Error::TooLarge { .. } => (&TOO_LARGE, "TaskTooLargeError"),
             Error::Closed => (&CLOSED, "NotRunningError"),
             Error::InvalidArgument(_) => return PyValueError::new_err(err.to_string()),
+            Error::ArenaFull { .. } => (&ARENA_FULL, "SharedMemoryFullError"),
             Error::Os { .. } | Error::InvalidSegment(_) => (&SHARED_MEMORY, "SharedMemoryError"),
         };
         match cell.import(py, "aqueduct.exceptions", name) {
@@ -103,7 +107,7 @@ impl Doorbell {
     }
 }
 
-fn dup_fd(fd: i32) -> PyResult<OwnedFd> {
+pub(crate) fn dup_fd(fd: i32) -> PyResult<OwnedFd> {
     if fd < 0 {
         return Err(PyValueError::new_err(format!("invalid fd {fd}")));
     }
@@ -309,7 +313,7 @@ impl Batcher {
     /// Waits (GIL released) for the next batch from `queue`.
     ///
     /// Returns `None` once the queue is closed and drained; otherwise
-    /// `(messages, expired_keys)` where `messages` are `(key, kind, priority,
+    /// `(messages, expired)` where `messages` are `(key, kind, priority,
     /// deadline_ns, payload)` tuples — empty when `idle_timeout` passed with nothing to do.
     /// Frees the taken room (ringing `doorbell` for an asyncio producer).
     #[pyo3(signature = (queue, idle_timeout, doorbell=None))]
@@ -319,7 +323,7 @@ impl Batcher {
         queue: &Queue,
         idle_timeout: Option<f64>,
         doorbell: Option<&Doorbell>,
-    ) -> PyResult<Option<(Bound<'py, PyList>, Vec<u64>)>> {
+    ) -> PyResult<Option<(Bound<'py, PyList>, Bound<'py, PyList>)>> {
         if let Some(e) = self.deferred.lock().ok().and_then(|mut d| d.take()) {
             return Err(e);
         }
@@ -340,7 +344,10 @@ impl Batcher {
         for m in &batch.messages {
             list.append(message_tuple(py, m)?)?;
         }
-        let expired = batch.expired.iter().map(|m| m.header.key).collect();
+        let expired = PyList::empty(py);
+        for m in &batch.expired {
+            expired.append(message_tuple(py, m)?)?;
+        }
         if let Some(e) = pending {
             if batch.messages.is_empty() {
                 return Err(e);
@@ -367,6 +374,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Queue>()?;
     m.add_class::<Doorbell>()?;
     m.add_class::<Batcher>()?;
+    m.add_class::<shm::SharedArena>()?;
+    m.add_class::<shm::ShmView>()?;
     m.add_function(wrap_pyfunction!(monotonic_ns_now, m)?)?;
     Ok(())
 }

@@ -1,0 +1,198 @@
+"""Big payloads through shared memory.
+
+Tasks are pickled with protocol 5. Every out-of-band buffer of at least
+``THRESHOLD`` bytes — numpy arrays (C- or F-contiguous, not object dtype), and
+``bytes``/``bytearray``/``memoryview`` fields of the task — goes into a memfd
+arena instead of the message; the message carries ``(arena, block, offset,
+length)`` references and the receiver rebuilds the objects over views of the
+arena, without copying. A buffer that already lives in an arena (an array a
+previous step received) is passed on by reference, so a payload is copied at
+most once on the way in and never between steps; arrays handlers set come back
+to the caller the same way.
+
+Lifetimes: each process allocates only in its own arena (arena 0 is the
+parent's). The parent frees: blocks of its arena once no task in flight and
+no view in the parent refers to them, and the blocks results arrive in once
+the caller's views of them are gone. A worker frees the blocks of workers'
+arenas its task no longer refers to when it passes the task on.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import struct
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import cloudpickle
+
+from . import _core
+from .exceptions import SharedMemoryFullError, TaskSerializationError
+
+#: Buffers at least this large travel through shared memory.
+THRESHOLD = 64 * 1024
+#: Default size of each arena (sparse: memory is used only by live buffers).
+DEFAULT_SHM_SIZE = 1 << 30
+PICKLE_PROTOCOL = 5
+
+_REF = struct.Struct("<IQQQ")  # arena, block, offset, length
+_COUNT = struct.Struct("<I")
+_BYTES_TYPES = (bytes, bytearray, memoryview)
+
+Ref = tuple[int, int, int, int]
+
+_parent_arena: Any = None
+_parent_lock = threading.Lock()
+
+
+def parent_arena(size: int | None = None) -> Any:
+    """This process's own arena (arena 0 of every flow it starts), created
+    on first use with ``size`` bytes (default ``DEFAULT_SHM_SIZE``)."""
+    global _parent_arena
+    with _parent_lock:
+        if _parent_arena is None or _parent_pid != os.getpid():
+            _set_parent_arena(_core.SharedArena.create(size or _default_size(), True))
+        return _parent_arena
+
+
+_parent_pid = -1
+
+
+def _set_parent_arena(arena: Any) -> None:
+    global _parent_arena, _parent_pid
+    _parent_arena, _parent_pid = arena, os.getpid()
+
+
+def _default_size() -> int:
+    try:
+        return int(os.environ.get("AQUEDUCT_SHM_SIZE", DEFAULT_SHM_SIZE))
+    except ValueError:
+        return DEFAULT_SHM_SIZE
+
+
+class _OutOfBand:
+    """Marks a big bytes-like task field for out-of-band pickling."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | bytearray | memoryview) -> None:
+        self.value = value
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (_rebuild_bytes, (type(self.value).__name__, pickle.PickleBuffer(self.value)))
+
+
+def _rebuild_bytes(kind: str, buffer: Any) -> bytes | bytearray | memoryview:
+    if kind == "bytes":
+        return bytes(buffer)
+    if kind == "bytearray":
+        return bytearray(buffer)
+    return memoryview(buffer)
+
+
+def _with_big_fields_out_of_band(task: Any) -> Any:
+    fields = getattr(task, "__dict__", None)
+    if not fields:
+        return task
+    big = [
+        name
+        for name, value in fields.items()
+        if isinstance(value, _BYTES_TYPES) and _nbytes(value) >= THRESHOLD
+    ]
+    if not big:
+        return task
+    clone = copy.copy(task)
+    for name in big:
+        clone.__dict__[name] = _OutOfBand(fields[name])
+    return clone
+
+
+def _nbytes(value: bytes | bytearray | memoryview) -> int:
+    return value.nbytes if isinstance(value, memoryview) else len(value)
+
+
+class SharedMemory:
+    """One process's view of a flow's arenas: ``arenas[own]`` is where it
+    allocates (``None``: it never copies buffers in)."""
+
+    def __init__(self, arenas: list[Any], own: int | None) -> None:
+        self.arenas = arenas
+        self.own = own
+
+    # -- sending ---------------------------------------------------------------
+
+    def dumps(self, task: Any, key: int, by_value: bool) -> tuple[bool, bytes, list[Ref]]:
+        """Pickles ``task``; returns ``(by_value, payload, refs)``. ``payload``
+        starts with the encoded refs when there are any (see ``split``)."""
+        refs: list[Ref] = []
+        callback = self._buffer_callback(refs, key)
+        obj = _with_big_fields_out_of_band(task)
+        try:
+            if not by_value:
+                try:
+                    payload = pickle.dumps(obj, PICKLE_PROTOCOL, buffer_callback=callback)
+                except (pickle.PicklingError, AttributeError):
+                    refs.clear()
+                    by_value = True
+            if by_value:
+                payload = cloudpickle.dumps(obj, PICKLE_PROTOCOL, buffer_callback=callback)
+        except Exception as exc:
+            self.discard(refs)
+            if isinstance(exc, TaskSerializationError | SharedMemoryFullError):
+                raise
+            raise TaskSerializationError(f"cannot pickle {type(task).__name__}: {exc}") from exc
+        if refs:
+            payload = encode_refs(refs) + payload
+        return by_value, payload, refs
+
+    def _buffer_callback(self, refs: list[Ref], key: int) -> Callable[[pickle.PickleBuffer], bool]:
+        arenas, own = self.arenas, self.own
+
+        def callback(buffer: pickle.PickleBuffer) -> bool:
+            try:
+                raw = buffer.raw()
+            except BufferError:
+                return True  # not contiguous: in-band
+            size = raw.nbytes
+            if size < THRESHOLD:
+                return True
+            for index, arena in enumerate(arenas):
+                found = arena.locate(raw)
+                if found is not None:
+                    refs.append((index, found[0], found[1], size))
+                    return False
+            if own is None:
+                return True
+            block, offset = arenas[own].place(raw, key)
+            refs.append((own, block, offset, size))
+            return False
+
+        return callback
+
+    def discard(self, refs: Iterable[Ref]) -> None:
+        """Frees blocks this process placed for a message never sent."""
+        for arena, block, _offset, _size in refs:
+            if arena == self.own:
+                self.arenas[arena].free(block)
+
+    # -- receiving -------------------------------------------------------------
+
+    def loads(self, payload: bytes | memoryview, refs: list[Ref]) -> Any:
+        views = [self.arenas[a].view(block, offset, size) for a, block, offset, size in refs]
+        return pickle.loads(payload, buffers=views)
+
+
+def encode_refs(refs: list[Ref]) -> bytes:
+    return _COUNT.pack(len(refs)) + b"".join(_REF.pack(*ref) for ref in refs)
+
+
+def split(payload: bytes) -> tuple[list[Ref], memoryview]:
+    """Separates the refs prefix of a message payload from the pickle."""
+    view = memoryview(payload)
+    (count,) = _COUNT.unpack_from(view)
+    end = _COUNT.size + count * _REF.size
+    refs = [_REF.unpack_from(view, _COUNT.size + i * _REF.size) for i in range(count)]
+    return refs, view[end:]  # type: ignore[return-value]
