@@ -22,6 +22,10 @@ METRICS = [
     ("throughput_1step", "tasks_per_s", True, 8.0),
     ("throughput_3step", "tasks_per_s", True, 8.0),
     ("throughput_batch32", "tasks_per_s", True, 8.0),
+    ("array_8mb", "median_ms", False, 10.0),
+    ("share_8mb", "median_ms", False, 5.0),
+    ("array_64mb", "median_ms", False, 10.0),
+    ("share_64mb", "median_ms", False, None),
 ]
 
 

@@ -76,6 +76,41 @@ async def _throughput(flow: Flow, total: int, concurrency: int) -> dict[str, flo
     return {"tasks_per_s": per_caller * concurrency / elapsed, "errors": errors}
 
 
+class ArrayTask(BaseTask):
+    def __init__(self, array: object) -> None:
+        super().__init__()
+        self.array = array
+        self.first: int | None = None
+
+
+class FirstElement(BaseTaskHandler):
+    """Touches the array (reads one element) and sets a small result."""
+
+    def handle(self, *tasks: ArrayTask) -> None:
+        for task in tasks:
+            task.first = int(task.array[0])  # type: ignore[index]
+
+
+async def _arrays(flow: Flow, megabytes: int, share: bool, count: int) -> dict[str, float]:
+    import numpy as np
+
+    array = np.random.default_rng(0).integers(0, 255, megabytes << 20, dtype=np.uint8)
+    samples = []
+    for i in range(count + 2):
+        task = ArrayTask(array)
+        start = time.perf_counter()
+        if share:
+            task.share_value("array")
+        await flow.process(task, timeout_sec=60)
+        elapsed = time.perf_counter() - start
+        assert task.first == array[0] and task.array.shape == array.shape
+        if i >= 2:  # the first rounds fault pages in
+            samples.append(elapsed)
+        del task
+    samples.sort()
+    return {"median_ms": samples[len(samples) // 2] * 1e3, "min_ms": samples[0] * 1e3}
+
+
 async def _run(name: str, scale: float) -> dict[str, float]:
     _quiet()
     if name == "latency_1step":
@@ -86,12 +121,18 @@ async def _run(name: str, scale: float) -> dict[str, float]:
         flow = Flow(FlowStep(NoopHandler()), FlowStep(NoopHandler()), FlowStep(NoopHandler()))
     elif name == "throughput_batch32":
         flow = Flow(FlowStep(NoopHandler(), batch_size=32))
+    elif name.startswith(("array_", "share_")):
+        flow = Flow(FlowStep(FirstElement()))
     else:
         raise SystemExit(f"unknown workload {name}")
     flow.start()
     try:
         if name == "latency_1step":
             return await _latency(flow, int(5000 * scale))
+        if name.startswith(("array_", "share_")):
+            megabytes = int(name.split("_")[1].removesuffix("mb"))
+            count = max(5, int((30 if megabytes <= 8 else 10) * scale))
+            return await _arrays(flow, megabytes, name.startswith("share_"), count)
         return await _throughput(flow, int(40_000 * scale), CONCURRENCY)
     finally:
         await flow.stop(graceful=False)

@@ -117,3 +117,61 @@ class DuckHandler:
     def handle(self, *tasks: Task) -> None:
         for task in tasks:
             task.result = -task.value
+
+
+def shm_backed(value: object) -> bool:
+    """True when a numpy array or memoryview lives in aqueduct's shared memory
+    (its buffer chain ends at a view of an arena block, not at private memory)."""
+    while True:
+        base = getattr(value, "base", None)
+        if base is None:
+            base = getattr(value, "obj", None)
+        if base is None:
+            return type(value).__name__ == "ShmView"
+        value = base
+
+
+class ArrayTask(Task):
+    def __init__(self, array: object = None, sleep: float = 0.0) -> None:
+        super().__init__(sleep=sleep)
+        self.array = array
+        self.out: object = None
+        self.seen_in_shm: list[bool] = []
+        self.first: list[int] = []
+
+
+class Doubler(BaseTaskHandler):
+    """Sets `out = array * 2`; notes whether its input came as a shm view."""
+
+    def handle(self, *tasks: ArrayTask) -> None:
+        for task in tasks:
+            task.seen_in_shm.append(shm_backed(task.array))
+            task.out = task.array * 2
+
+
+class Reader(BaseTaskHandler):
+    """Only reads: notes the first element and whether the input is a shm view."""
+
+    def handle(self, *tasks: ArrayTask) -> None:
+        time.sleep(max((t.sleep for t in tasks), default=0))
+        for task in tasks:
+            task.seen_in_shm.append(shm_backed(task.array))
+            task.first.append(int(task.array.reshape(-1)[0]))
+
+
+class IncrementInPlace(BaseTaskHandler):
+    def handle(self, *tasks: ArrayTask) -> None:
+        for task in tasks:
+            task.array += 1
+
+
+class Describe(BaseTaskHandler):
+    """Records the type and length of every bytes-like field."""
+
+    def handle(self, *tasks: Task) -> None:
+        for task in tasks:
+            task.result = {  # type: ignore[assignment]
+                name: (type(value).__name__, len(value), bytes(value[:4]))
+                for name, value in vars(task).items()
+                if isinstance(value, bytes | bytearray | memoryview)
+            }

@@ -27,6 +27,9 @@ KIND_TASK_BY_VALUE = 2
 KIND_DROPPED = 3
 #: Flag: the payload starts with shared-memory references (see _shm.split).
 FLAG_REFS = 0x100
+#: Flag (with FLAG_REFS): the last reference is the pickle itself.
+FLAG_BODY = 0x200
+FLAGS = FLAG_REFS | FLAG_BODY
 
 PICKLE_PROTOCOL = 5
 

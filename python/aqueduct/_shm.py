@@ -30,10 +30,13 @@ from typing import Any
 import cloudpickle
 
 from . import _core
+from ._protocol import FLAG_BODY, FLAG_REFS, KIND_TASK, KIND_TASK_BY_VALUE
 from .exceptions import SharedMemoryFullError, TaskSerializationError
 
 #: Buffers at least this large travel through shared memory.
 THRESHOLD = 64 * 1024
+#: Pickles larger than this travel in the arena rather than in the queue.
+INLINE_LIMIT = 256 * 1024
 #: Default size of each arena (sparse: memory is used only by live buffers).
 DEFAULT_SHM_SIZE = 1 << 30
 PICKLE_PROTOCOL = 5
@@ -124,9 +127,11 @@ class SharedMemory:
 
     # -- sending ---------------------------------------------------------------
 
-    def dumps(self, task: Any, key: int, by_value: bool) -> tuple[bool, bytes, list[Ref]]:
-        """Pickles ``task``; returns ``(by_value, payload, refs)``. ``payload``
-        starts with the encoded refs when there are any (see ``split``)."""
+    def dumps(self, task: Any, key: int, by_value: bool) -> tuple[int, bytes, list[Ref]]:
+        """Pickles ``task``; returns ``(kind, payload, refs)``. ``payload``
+        starts with the encoded refs when there are any (see ``split``); a
+        pickle larger than ``INLINE_LIMIT`` goes into the arena too, as the
+        last ref (``FLAG_BODY``), so no task is too large for a queue."""
         refs: list[Ref] = []
         callback = self._buffer_callback(refs, key)
         obj = _with_big_fields_out_of_band(task)
@@ -144,9 +149,18 @@ class SharedMemory:
             if isinstance(exc, TaskSerializationError | SharedMemoryFullError):
                 raise
             raise TaskSerializationError(f"cannot pickle {type(task).__name__}: {exc}") from exc
+        kind = KIND_TASK_BY_VALUE if by_value else KIND_TASK
+        if len(payload) > INLINE_LIMIT and self.own is not None:
+            try:
+                block, offset = self.arenas[self.own].place(payload, key)
+            except Exception:
+                self.discard(refs)
+                raise
+            refs.append((self.own, block, offset, len(payload)))
+            return kind | FLAG_REFS | FLAG_BODY, encode_refs(refs), refs
         if refs:
-            payload = encode_refs(refs) + payload
-        return by_value, payload, refs
+            return kind | FLAG_REFS, encode_refs(refs) + payload, refs
+        return kind, payload, refs
 
     def _buffer_callback(self, refs: list[Ref], key: int) -> Callable[[pickle.PickleBuffer], bool]:
         arenas, own = self.arenas, self.own
@@ -180,9 +194,15 @@ class SharedMemory:
 
     # -- receiving -------------------------------------------------------------
 
-    def loads(self, payload: bytes | memoryview, refs: list[Ref]) -> Any:
+    def loads(self, kind: int, payload: bytes) -> tuple[Any, list[Ref]]:
+        """Unpickles a message payload; returns the task and its refs."""
+        if not kind & FLAG_REFS:
+            return pickle.loads(payload), []
+        refs, body = split(payload)
         views = [self.arenas[a].view(block, offset, size) for a, block, offset, size in refs]
-        return pickle.loads(payload, buffers=views)
+        if kind & FLAG_BODY:
+            body = views.pop()
+        return pickle.loads(body, buffers=views), refs
 
 
 def encode_refs(refs: list[Ref]) -> bytes:

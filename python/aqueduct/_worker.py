@@ -6,7 +6,6 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -20,9 +19,9 @@ import cloudpickle
 from . import _core
 from ._protocol import (
     FLAG_REFS,
+    FLAGS,
     KIND_DROPPED,
     KIND_ERROR,
-    KIND_TASK,
     KIND_TASK_BY_VALUE,
     WorkerSpec,
     encode_error,
@@ -150,15 +149,12 @@ class _Worker:
         tasks: list[Any] = []
         kept: list[tuple[int, int, int, int, list[Ref]]] = []
         for key, kind, priority, deadline_ns, payload in messages:
-            refs: list[Ref] = []
             try:
-                if kind & FLAG_REFS:
-                    refs, body = split(payload)
-                    tasks.append(self.shm.loads(body, refs))
-                else:
-                    tasks.append(pickle.loads(payload))
+                task, refs = self.shm.loads(kind, payload)
+                tasks.append(task)
             except Exception as exc:
-                self._retire(refs, ())
+                if kind & FLAG_REFS:
+                    self._retire(split(payload)[0], ())
                 self._send_error(key, priority, exc, TaskSerializationError)
                 touched.add(results)
                 continue
@@ -192,10 +188,8 @@ class _Worker:
         out: list[Ref] = []
         try:
             index = self._next_queue(task)
-            by_value, payload, out = self.shm.dumps(
-                task, key, kind & ~FLAG_REFS == KIND_TASK_BY_VALUE
-            )
-            kind = (KIND_TASK_BY_VALUE if by_value else KIND_TASK) | (FLAG_REFS if out else 0)
+            by_value = kind & ~FLAGS == KIND_TASK_BY_VALUE
+            kind, payload, out = self.shm.dumps(task, key, by_value)
             self._push(self.queues[index], key, deadline_ns, kind, priority, payload)
         except Exception as exc:
             self._retire(refs, ())

@@ -14,7 +14,6 @@ import itertools
 import logging
 import multiprocessing as mp
 import os
-import pickle
 import sys
 import threading
 import time
@@ -28,10 +27,9 @@ import cloudpickle
 from . import _core, _worker
 from ._protocol import (
     FLAG_REFS,
+    FLAGS,
     KIND_DROPPED,
     KIND_ERROR,
-    KIND_TASK,
-    KIND_TASK_BY_VALUE,
     InheritedFd,
     WorkerSpec,
     decode_error,
@@ -210,6 +208,12 @@ class Flow:
         return self._state == FlowState.RUNNING
 
     @property
+    def shm_used(self) -> int:
+        """Bytes of shared memory held by buffers now: in the workers' arenas
+        of this flow and in this process's arena (shared by its flows)."""
+        return sum(arena.used for arena in self._arenas)
+
+    @property
     def are_steps_initialized(self) -> bool:
         return self._state == FlowState.STEPS_INITIALIZED
 
@@ -379,8 +383,7 @@ class Flow:
         if first == len(self._steps):
             return True  # no step's condition holds: nothing to do
         key = next(self._keys)
-        by_value, payload, refs = self._shm.dumps(task, key, self._needs_by_value(type(task)))
-        kind = (KIND_TASK_BY_VALUE if by_value else KIND_TASK) | (FLAG_REFS if refs else 0)
+        kind, payload, refs = self._shm.dumps(task, key, self._needs_by_value(type(task)))
         if refs:
             self._hold(key, refs)
         deadline_ns = int(task.expiration_time * 1e9)  # type: ignore[operator]
@@ -492,7 +495,7 @@ class Flow:
             batch = results.drain(DRAIN_LIMIT)
             for key, kind, _priority, _deadline, payload in batch:
                 future = futures.get(key)
-                base = kind & ~FLAG_REFS
+                base = kind & ~FLAGS
                 if future is not None and not future.done():
                     if base == KIND_ERROR:
                         future.set_exception(decode_error(payload))
@@ -511,11 +514,7 @@ class Flow:
 
     def _deliver(self, future: asyncio.Future[Any], kind: int, payload: bytes) -> None:
         try:
-            if kind & FLAG_REFS:
-                refs, body = split(payload)
-                finished = self._shm.loads(body, refs)
-            else:
-                finished = pickle.loads(payload)
+            finished, _refs = self._shm.loads(kind, payload)
         except Exception as exc:
             future.set_exception(
                 TaskSerializationError(f"cannot unpickle the finished task: {exc}")

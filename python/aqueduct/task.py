@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from time import monotonic
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["DEFAULT_PRIORITY", "BaseTask"]
+__all__ = ["DEFAULT_PRIORITY", "BaseTask", "HasReadany"]
+
+
+class HasReadany(Protocol):
+    """What ``share_value_with_data`` reads from: aiohttp's ``StreamReader``."""
+
+    async def readany(self) -> bytes: ...
+
 
 DEFAULT_PRIORITY = 0
 
@@ -42,6 +50,66 @@ class BaseTask:
 
     def is_expired(self) -> bool:
         return self.expiration_time is not None and monotonic() >= self.expiration_time
+
+    def share_value(self, field_name: str) -> None:
+        """Moves a numpy array field into shared memory now.
+
+        The field becomes an array of the same shape and dtype backed by the
+        flow's shared-memory arena, so ``Flow.process`` passes it to workers
+        without copying it again; a handler that changes it in place changes
+        the caller's array too (as upstream). ``bytes``/``bytearray`` fields
+        are accepted and left as they are: every big buffer goes through
+        shared memory on its own. Other types raise ``ValueError``.
+        """
+        if field_name not in self.__dict__:
+            raise ValueError("Unknown field name")
+        value = self.__dict__[field_name]
+        if isinstance(value, bytes | bytearray):
+            return
+        if type(value).__module__ != "numpy" or type(value).__name__ != "ndarray":
+            raise ValueError(f"Type {type(value)} cannot be shared")
+        if value.dtype.hasobject:
+            raise ValueError("arrays of Python objects cannot be shared")
+        from . import _shm
+
+        arena = _shm.parent_arena()
+        if value.flags.c_contiguous and arena.locate(value) is not None:
+            return  # already in shared memory
+        _block, view = arena.alloc(value.nbytes, 0)
+        shared = type(value)(value.shape, dtype=value.dtype, buffer=view)
+        shared[...] = value
+        self.__dict__[field_name] = shared
+
+    async def share_value_with_data(
+        self,
+        field_name: str,
+        content: HasReadany | Callable[[], Awaitable[bytes]],
+        size: int,
+    ) -> None:
+        """Streams ``size`` bytes straight into shared memory and sets the
+        field to a writable ``memoryview`` of them (no copy on the way to the
+        workers). ``content`` is an aiohttp ``StreamReader`` (anything with an
+        async ``readany()``) or such a coroutine function, e.g.
+        ``request.content.readany``. Reading stops at an empty chunk; more than
+        ``size`` bytes raise ``ValueError``."""
+        read = content if callable(content) else getattr(content, "readany", None)
+        if not callable(read):
+            raise TypeError("content must have an async readany() method")
+        from . import _shm
+
+        _block, view = _shm.parent_arena().alloc(max(int(size), 1), 0)
+        buffer = memoryview(view)
+        offset = 0
+        while True:
+            chunk = await read()
+            if not chunk:
+                break
+            end = offset + len(chunk)
+            if end > size:
+                raise ValueError(f"content is larger than the announced size of {size} bytes")
+            buffer[offset:end] = chunk
+            offset = end
+        self.__dict__[field_name] = buffer[:offset]
 
     def update(self, source_task: BaseTask, excluded_fields: set[str] | None = None) -> None:
         """Copies the fields of ``source_task`` onto this task, except the

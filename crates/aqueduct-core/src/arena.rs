@@ -77,7 +77,9 @@ pub struct Arena {
 fn layout(capacity: u64) -> Result<(u64, u64, usize)> {
     let pages = capacity.div_ceil(PAGE).max(1);
     if pages > u64::from(u32::MAX) {
-        return Err(Error::InvalidArgument(format!("arena of {capacity} bytes is too large")));
+        return Err(Error::InvalidArgument(format!(
+            "arena of {capacity} bytes is too large"
+        )));
     }
     let table = std::mem::size_of::<Header>() as u64 + pages * std::mem::size_of::<Entry>() as u64;
     let data_offset = table.div_ceil(PAGE) * PAGE;
@@ -204,7 +206,9 @@ impl Arena {
     /// Allocates a block of at least `len` bytes for task `key` (owner only).
     pub fn alloc(&self, len: u64, key: u64) -> Result<Block> {
         let Some(free) = &self.free else {
-            return Err(Error::InvalidArgument("only the owning process allocates in an arena".into()));
+            return Err(Error::InvalidArgument(
+                "only the owning process allocates in an arena".into(),
+            ));
         };
         let want = len.div_ceil(PAGE).max(1);
         if want > self.pages {
@@ -214,7 +218,9 @@ impl Arena {
                 free: 0,
             });
         }
-        let mut guard = free.lock().map_err(|_| Error::InvalidArgument("arena lock poisoned".into()))?;
+        let mut guard = free
+            .lock()
+            .map_err(|_| Error::InvalidArgument("arena lock poisoned".into()))?;
         let (runs, seen) = &mut *guard;
         // Take back what others freed first: the lowest (already faulted)
         // pages are then the ones reused.
@@ -234,7 +240,9 @@ impl Arena {
         }
         drop(guard);
         for page in start..start + want {
-            self.entry(page).start.store(start as u32, Ordering::Relaxed);
+            self.entry(page)
+                .start
+                .store(start as u32, Ordering::Relaxed);
         }
         let head = self.entry(start);
         head.pages.store(want as u32, Ordering::Relaxed);
@@ -247,7 +255,9 @@ impl Arena {
     }
 
     fn first_fit(runs: &BTreeMap<u64, u64>, want: u64) -> Option<u64> {
-        runs.iter().find(|(_, &len)| len >= want).map(|(&start, _)| start)
+        runs.iter()
+            .find(|(_, &len)| len >= want)
+            .map(|(&start, _)| start)
     }
 
     /// Folds blocks other processes marked `FREED` back into the free runs.

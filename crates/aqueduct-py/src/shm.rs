@@ -123,7 +123,10 @@ impl SharedArena {
     /// `(block, view)`: a writable view of exactly `len` bytes.
     fn alloc(&self, len: u64, key: u64) -> PyResult<(u64, ShmView)> {
         let block = self.inner.arena.alloc(len, key).map_err(to_py_err)?;
-        Ok((block.offset, self.make_view(block.offset, block.offset, len)?))
+        Ok((
+            block.offset,
+            self.make_view(block.offset, block.offset, len)?,
+        ))
     }
 
     /// A writable view of `len` bytes at `offset` inside block `block`.
@@ -158,11 +161,9 @@ impl SharedArena {
     }
 
     fn make_view(&self, block: u64, offset: u64, len: u64) -> PyResult<ShmView> {
-        let ptr = self
-            .inner
-            .arena
-            .ptr_at(offset, len)
-            .ok_or_else(|| PyValueError::new_err(format!("range {offset}+{len} is outside the arena")))?;
+        let ptr = self.inner.arena.ptr_at(offset, len).ok_or_else(|| {
+            PyValueError::new_err(format!("range {offset}+{len} is outside the arena"))
+        })?;
         self.inner.adjust(block, |h| h.0 += 1);
         Ok(ShmView {
             state: Arc::clone(&self.inner),
@@ -191,16 +192,30 @@ impl ShmView {
 
     /// # Safety
     /// Called by CPython with a valid `view` to fill.
-    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
         let (ptr, len) = {
             let this = slf.get();
             (this.ptr, this.len)
         };
-        let len = ffi::Py_ssize_t::try_from(len).map_err(|_| PyValueError::new_err("view too large"))?;
+        let len =
+            ffi::Py_ssize_t::try_from(len).map_err(|_| PyValueError::new_err("view too large"))?;
         // SAFETY: `view` is valid per the caller; the memory `ptr..ptr+len`
         // stays mapped while `slf` lives, and PyBuffer_FillInfo stores a new
         // reference to `slf` in the view, keeping it (and the mapping) alive.
-        let rc = unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr as *mut std::ffi::c_void, len, 0, flags) };
+        let rc = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                ptr as *mut std::ffi::c_void,
+                len,
+                0,
+                flags,
+            )
+        };
         if rc != 0 {
             return Err(PyErr::fetch(slf.py()));
         }
@@ -212,6 +227,7 @@ impl ShmView {
 
 impl Drop for ShmView {
     fn drop(&mut self) {
-        self.state.adjust(self.block, |h| h.0 = h.0.saturating_sub(1));
+        self.state
+            .adjust(self.block, |h| h.0 = h.0.saturating_sub(1));
     }
 }
