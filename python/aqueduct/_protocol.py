@@ -63,6 +63,7 @@ class WorkerSpec:
     conditions_blob: bytes  # cloudpickle of every step's handle_condition
     batch_size: int
     batch_timeout: float
+    nprocs: int  # processes of this step
     queue_fds: list[InheritedFd]  # input queue of every step, then the result queue
     doorbell_fd: InheritedFd
     arena_fds: list[InheritedFd]  # the parent's arena, then one per worker process

@@ -24,7 +24,7 @@ import os
 import pickle
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import cloudpickle
@@ -44,6 +44,7 @@ PICKLE_PROTOCOL = 5
 _REF = struct.Struct("<IQQQ")  # arena, block, offset, length
 _COUNT = struct.Struct("<I")
 _BYTES_TYPES = (bytes, bytearray, memoryview)
+_BYTES_EXACT = frozenset(_BYTES_TYPES)
 
 Ref = tuple[int, int, int, int]
 
@@ -100,6 +101,11 @@ def _with_big_fields_out_of_band(task: Any) -> Any:
     fields = getattr(task, "__dict__", None)
     if not fields:
         return task
+    for value in fields.values():
+        if type(value) in _BYTES_EXACT:
+            break
+    else:
+        return task  # the common case: no bytes-like field at all
     big = [
         name
         for name, value in fields.items()
@@ -124,6 +130,11 @@ class SharedMemory:
     def __init__(self, arenas: list[Any], own: int | None) -> None:
         self.arenas = arenas
         self.own = own
+        # state of the dumps in progress, read by the buffer callback (one
+        # bound method made once: a closure per call costs on every task)
+        self._refs: list[Ref] = []
+        self._key = 0
+        self._callback = self._on_buffer
 
     # -- sending ---------------------------------------------------------------
 
@@ -133,17 +144,18 @@ class SharedMemory:
         pickle larger than ``INLINE_LIMIT`` goes into the arena too, as the
         last ref (``FLAG_BODY``), so no task is too large for a queue."""
         refs: list[Ref] = []
-        callback = self._buffer_callback(refs, key)
+        self._refs, self._key = refs, key
         obj = _with_big_fields_out_of_band(task)
         try:
             if not by_value:
                 try:
-                    payload = pickle.dumps(obj, PICKLE_PROTOCOL, buffer_callback=callback)
+                    payload = pickle.dumps(obj, PICKLE_PROTOCOL, buffer_callback=self._callback)
                 except (pickle.PicklingError, AttributeError):
+                    self.discard(refs)
                     refs.clear()
                     by_value = True
             if by_value:
-                payload = cloudpickle.dumps(obj, PICKLE_PROTOCOL, buffer_callback=callback)
+                payload = cloudpickle.dumps(obj, PICKLE_PROTOCOL, buffer_callback=self._callback)
         except Exception as exc:
             self.discard(refs)
             if isinstance(exc, TaskSerializationError | SharedMemoryFullError):
@@ -162,29 +174,25 @@ class SharedMemory:
             return kind | FLAG_REFS, encode_refs(refs) + payload, refs
         return kind, payload, refs
 
-    def _buffer_callback(self, refs: list[Ref], key: int) -> Callable[[pickle.PickleBuffer], bool]:
-        arenas, own = self.arenas, self.own
-
-        def callback(buffer: pickle.PickleBuffer) -> bool:
-            try:
-                raw = buffer.raw()
-            except BufferError:
-                return True  # not contiguous: in-band
-            size = raw.nbytes
-            if size < THRESHOLD:
-                return True
-            for index, arena in enumerate(arenas):
-                found = arena.locate(raw)
-                if found is not None:
-                    refs.append((index, found[0], found[1], size))
-                    return False
-            if own is None:
-                return True
-            block, offset = arenas[own].place(raw, key)
-            refs.append((own, block, offset, size))
-            return False
-
-        return callback
+    def _on_buffer(self, buffer: pickle.PickleBuffer) -> bool:
+        """pickle's buffer callback: True keeps the buffer in-band."""
+        try:
+            raw = buffer.raw()
+        except BufferError:
+            return True  # not contiguous: in-band
+        size = raw.nbytes
+        if size < THRESHOLD:
+            return True
+        for index, arena in enumerate(self.arenas):
+            found = arena.locate(raw)
+            if found is not None:
+                self._refs.append((index, found[0], found[1], size))
+                return False
+        if self.own is None:
+            return True
+        block, offset = self.arenas[self.own].place(raw, self._key)
+        self._refs.append((self.own, block, offset, size))
+        return False
 
     def discard(self, refs: Iterable[Ref]) -> None:
         """Frees blocks this process placed for a message never sent."""

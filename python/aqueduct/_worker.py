@@ -38,6 +38,8 @@ from .logger import log
 
 # How long a worker sleeps with nothing to do before it looks around again.
 IDLE_TIMEOUT = 1.0
+# How many batches a lone worker may take from its queue at once (see _Worker).
+BURST = 16
 # How long a worker waits for room in a full next-step queue when the task
 # has no deadline.
 PUSH_WAIT_NO_DEADLINE = 60.0
@@ -117,7 +119,14 @@ class _Worker:
         self.doorbell = _core.Doorbell.open(spec.doorbell_fd.fd)
         self.results = self.queues[-1]
         self.input = self.queues[self.step_index]
-        self.batcher = _core.Batcher(spec.batch_size, spec.batch_timeout)
+        self.batch_size = spec.batch_size
+        # A step's only process, batching without a timeout, takes up to
+        # BURST batches' worth of what is queued at once and handles them one
+        # batch after the other: the same batches as taking them one by one,
+        # for one wait and one wake-up. With siblings, taking more than a
+        # batch could leave them idle, so each takes one.
+        burst = BURST if spec.nprocs == 1 and spec.batch_timeout == 0 else 1
+        self.batcher = _core.Batcher(spec.batch_size * burst, spec.batch_timeout)
         arenas = [
             _core.SharedArena.open(f.fd, own=index == spec.own_arena)
             for index, f in enumerate(spec.arena_fds)
@@ -139,8 +148,11 @@ class _Worker:
             messages, expired = got
             if expired:
                 self._drop_expired(expired)
-            if messages:
-                self._handle_batch(messages)
+            size = self.batch_size
+            for start in range(0, len(messages), size):
+                self._handle_batch(
+                    messages[start : start + size] if size < len(messages) else messages
+                )
         log.debug("[%s] worker %d exits", self.step_name, os.getpid())
 
     def _handle_batch(self, messages: list[tuple[int, int, int, int, bytes]]) -> None:

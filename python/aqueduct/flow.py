@@ -188,6 +188,9 @@ class Flow:
         self._keys = itertools.count(1)
         self._timeouts = _TimeoutWheel(self._futures)
         self._by_value: dict[type, bool] = {}
+        self._first_condition = (
+            self._steps[0].handle_condition if self._steps else (lambda task: False)
+        )
         self._arenas: list[Any] = []
         self._shm = SharedMemory([], own=None)
         self._held: dict[int, list[int]] = {}
@@ -286,6 +289,7 @@ class Flow:
                 conditions_blob=conditions_blob,
                 batch_size=step.batch_size,
                 batch_timeout=step.batch_timeout,
+                nprocs=step.nprocs,
                 queue_fds=[InheritedFd(q.fd) for q in self._queues],
                 doorbell_fd=InheritedFd(self._doorbell.fd),
                 arena_fds=[InheritedFd(a.fd) for a in self._arenas],
@@ -377,13 +381,19 @@ class Flow:
         if loop is not self._loop:
             self._attach_loop(loop)
 
-        task.priority = max(0, min(int(task.priority), self._queue_priorities - 1))
+        priority = task.priority
+        if priority != 0 or self._queue_priorities > 1:
+            priority = task.priority = max(0, min(int(priority), self._queue_priorities - 1))
         task.set_timeout(timeout_sec)
-        first = self._first_step(task)
+        first = 0 if self._first_condition(task) else self._first_step(task)
         if first == len(self._steps):
             return True  # no step's condition holds: nothing to do
         key = next(self._keys)
-        kind, payload, refs = self._shm.dumps(task, key, self._needs_by_value(type(task)))
+        cls = type(task)
+        by_value = self._by_value.get(cls)
+        if by_value is None:
+            by_value = self._needs_by_value(cls)
+        kind, payload, refs = self._shm.dumps(task, key, by_value)
         if refs:
             self._hold(key, refs)
         deadline_ns = int(task.expiration_time * 1e9)  # type: ignore[operator]
@@ -392,7 +402,7 @@ class Flow:
         self._timeouts.add(loop, key, timeout_sec)
         try:
             try:
-                self._submit(first, (future, key, deadline_ns, kind, task.priority, payload))
+                self._submit(first, (future, key, deadline_ns, kind, priority, payload))
             except BaseException:
                 self._release(key)
                 raise
@@ -405,7 +415,13 @@ class Flow:
             raise
         finally:
             del self._futures[key]
-        task.update(finished)
+        if cls in _PLAIN_TASK_CLASSES:
+            fields = finished.__dict__
+            for name in _BOOKKEEPING_FIELDS:
+                fields.pop(name, None)
+            task.__dict__.update(fields)
+        else:
+            task.update(finished)
         return True
 
     def _spin_for_result(self) -> None:
@@ -424,19 +440,21 @@ class Flow:
 
     def _needs_by_value(self, cls: type) -> bool:
         """True for task classes a spawned worker cannot import by name: those
-        of an interactive ``__main__`` (a notebook, a REPL)."""
-        cached = self._by_value.get(cls)
-        if cached is None:
-            main = sys.modules.get("__main__")
-            cached = (
-                self._mp_start_method != "fork"
-                and cls.__module__ == "__main__"
-                and getattr(main, "__file__", None) is None
-            )
-            self._by_value[cls] = cached
-        return cached
+        of an interactive ``__main__`` (a notebook, a REPL). Also notes
+        classes whose finished tasks may be copied field by field directly."""
+        main = sys.modules.get("__main__")
+        by_value = (
+            self._mp_start_method != "fork"
+            and cls.__module__ == "__main__"
+            and getattr(main, "__file__", None) is None
+        )
+        self._by_value[cls] = by_value
+        if cls.update is BaseTask.update and cls.__setattr__ is object.__setattr__:
+            _PLAIN_TASK_CLASSES.add(cls)
+        return by_value
 
     def _first_step(self, task: BaseTask) -> int:
+        """Index of the first step whose condition holds for ``task``."""
         for index, step in enumerate(self._steps):
             if step.handle_condition(task):
                 return index
@@ -623,6 +641,12 @@ class Flow:
 
     def _workers_of(self, step_index: int) -> Iterable[_WorkerProcess]:
         return (w for w in self._workers if w.step_index == step_index)
+
+
+#: Task classes with BaseTask's update() and plain attribute setting: their
+#: finished fields are copied onto the caller's task with one dict update.
+_PLAIN_TASK_CLASSES: set[type] = set()
+_BOOKKEEPING_FIELDS = ("task_id", "priority", "expiration_time")
 
 
 def _try_push(queue: Any, entry: tuple[Any, ...]) -> bool:
