@@ -68,6 +68,8 @@ class WorkerSpec:
     doorbell_fd: InheritedFd
     arena_fds: list[InheritedFd]  # the parent's arena, then one per worker process
     own_arena: int  # index of this worker's arena in arena_fds
+    control_fd: InheritedFd  # claims and cancel set
+    slot: int  # this worker's claim slot
     log_level: int
     spin_us: int
 
@@ -79,13 +81,21 @@ def encode_error(step: str, exc: BaseException, kind: type[FlowError] | None = N
         pickle.loads(original)
     except Exception:
         original = None
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<{type(exc).__name__} whose str() failed>"
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:
+        text = ""
     return pickle.dumps(
         (
             kind.__name__ if kind else None,
             step,
             type(exc).__qualname__,
-            str(exc),
-            "".join(traceback.format_exception(exc)),
+            message,
+            text,
             original,
         ),
         protocol=PICKLE_PROTOCOL,

@@ -118,6 +118,8 @@ class _Worker:
         self.queues = [_core.Queue.open(f.fd, spin_us=spec.spin_us) for f in spec.queue_fds]
         self.doorbell = _core.Doorbell.open(spec.doorbell_fd.fd)
         self.results = self.queues[-1]
+        self.control = _core.Control.open(spec.control_fd.fd)
+        self.slot = spec.slot
         self.input = self.queues[self.step_index]
         self.batch_size = spec.batch_size
         # A step's only process, batching without a timeout, takes up to
@@ -133,7 +135,7 @@ class _Worker:
         ]
         self.shm = SharedMemory(arenas, own=spec.own_arena)
         # the fds were duplicated by `open`; the inherited ones are not needed
-        for f in [*spec.queue_fds, spec.doorbell_fd, *spec.arena_fds]:
+        for f in [*spec.queue_fds, spec.doorbell_fd, *spec.arena_fds, spec.control_fd]:
             try:
                 os.close(f.fd)
             except OSError:
@@ -142,7 +144,9 @@ class _Worker:
     def loop(self) -> None:
         log.debug("[%s] worker %d ready", self.step_name, os.getpid())
         while True:
-            got = self.batcher.next(self.input, IDLE_TIMEOUT, self.doorbell)
+            got = self.batcher.next(
+                self.input, IDLE_TIMEOUT, self.doorbell, self.control, self.slot
+            )
             if got is None:
                 break  # queue closed and drained: the flow is stopping
             messages, expired = got
@@ -174,7 +178,7 @@ class _Worker:
         if tasks:
             try:
                 self.handler.handle(*tasks)
-            except Exception as exc:
+            except BaseException as exc:  # whatever the handler raises fails its batch only
                 log.exception("[%s] handler raised on a batch of %d", self.step_name, len(tasks))
                 for key, _kind, priority, _deadline, refs in kept:
                     self._retire(refs, ())
@@ -225,7 +229,7 @@ class _Worker:
                 self.shm.arenas[arena].free(block)
 
     def _drop_expired(self, expired: list[tuple[int, int, int, int, bytes]]) -> None:
-        """Expired tasks are not handled; their blocks are released."""
+        """Expired and cancelled tasks are not handled; their blocks are released."""
         told_parent = False
         for key, kind, priority, _deadline, payload in expired:
             if not kind & FLAG_REFS:

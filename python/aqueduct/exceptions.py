@@ -20,6 +20,7 @@ __all__ = [
     "TaskSerializationError",
     "TaskTimeoutError",
     "TaskTooLargeError",
+    "WorkerDiedError",
     "WorkerStartError",
 ]
 
@@ -91,6 +92,11 @@ class FlowStartTimeoutError(FlowError, TimeoutError):
 
 class WorkerStartError(FlowError):
     """A worker process failed while starting (``on_start`` raised or it died)."""
+
+
+class WorkerDiedError(FlowError):
+    """The worker process handling the task died (killed, crashed); the
+    message names the step and the signal or exit code."""
 
 
 class SharedMemoryError(AqueductError, OSError):

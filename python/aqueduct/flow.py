@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import itertools
-import logging
 import multiprocessing as mp
 import os
 import sys
-import threading
 import time
-from collections.abc import Iterable
 from enum import Enum
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any, Literal
 
 import cloudpickle
 
-from . import _core, _worker
+from . import _core
 from ._protocol import (
     FLAG_REFS,
     FLAGS,
@@ -35,15 +31,15 @@ from ._protocol import (
     decode_error,
 )
 from ._shm import DEFAULT_SHM_SIZE, THRESHOLD, SharedMemory, parent_arena, split
+from ._supervisor import Supervisor, WorkerProcess, with_slot
 from .exceptions import (
     FlowError,
-    FlowStartTimeoutError,
     MPStartMethodValueError,
     NotRunningError,
     QueueFullError,
     TaskSerializationError,
     TaskTimeoutError,
-    WorkerStartError,
+    WorkerDiedError,
 )
 from .handler import BaseTaskHandler
 from .logger import log
@@ -98,37 +94,6 @@ class FlowState(Enum):
     STEPS_INITIALIZED = "steps_initialized"
 
 
-class _WorkerProcess:
-    """A worker process as the parent sees it."""
-
-    def __init__(self, step_index: int, step_name: str, process: Any, conn: Connection) -> None:
-        self.step_index = step_index
-        self.step_name = step_name
-        self.process = process
-        self.conn: Connection | None = conn
-        self.ready = False
-        self.failure: str | None = None
-
-    def handle_control(self) -> None:
-        """Reads one control message: a log record, readiness or a start failure."""
-        assert self.conn is not None
-        try:
-            message = self.conn.recv()
-        except (EOFError, OSError):
-            self.conn.close()
-            self.conn = None
-            return
-        match message:
-            case ("log", fields):
-                record = logging.makeLogRecord(fields)
-                if log.isEnabledFor(record.levelno):
-                    log.handle(record)
-            case ("ready", _pid):
-                self.ready = True
-            case ("failed", text):
-                self.failure = text
-
-
 class Flow:
     """A pipeline of :class:`FlowStep` run by worker processes.
 
@@ -179,7 +144,9 @@ class Flow:
             log.warning("Metrics collecting is disabled")
 
         self._state = FlowState.STOPPED
-        self._workers: list[_WorkerProcess] = []
+        self._supervisor: Supervisor | None = None
+        self._control: Any = None
+        self._broken: str | None = None
         self._queues: list[Any] = []  # step input queues, then the result queue
         self._doorbell: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -197,8 +164,6 @@ class Flow:
         self._spin_budget_us = PARENT_SPIN_BASE_US + PARENT_SPIN_PER_STEP_US * len(self._steps)
         self._spin_calls = 0
         self._spin_misses = 0
-        self._monitor: threading.Thread | None = None
-        self._monitor_stop = threading.Event()
 
     # -- state ---------------------------------------------------------------
 
@@ -245,7 +210,7 @@ class Flow:
             self._release_queues()
             self._state = FlowState.STOPPED
             raise
-        self._start_monitor()
+        self._supervisor.start_monitor()
         self._state = FlowState.STEPS_INITIALIZED
 
     def start_inited(self) -> None:
@@ -267,6 +232,7 @@ class Flow:
         self._queues.append(_core.Queue.create(1, slots, SLOT_BYTES, 0, spin))
         self._doorbell = _core.Doorbell()
         nworkers = sum(step.nprocs for step in self._steps)
+        self._control = _core.Control.create(nworkers)
         self._arenas = [parent_arena(self._shm_size)] + [
             _core.SharedArena.create(self._shm_size, True) for _ in range(nworkers)
         ]
@@ -275,7 +241,13 @@ class Flow:
             conditions_blob = cloudpickle.dumps([s.handle_condition for s in self._steps])
         except Exception as exc:
             raise FlowError(f"cannot pickle the steps' handle_condition: {exc}") from exc
-        context = mp.get_context(self._mp_start_method)
+        self._supervisor = Supervisor(
+            mp.get_context(self._mp_start_method),
+            self._control,
+            self._on_worker_death,
+            self._on_step_down,
+        )
+        slot = 0
         for index, step in enumerate(self._steps):
             try:
                 handler_blob = cloudpickle.dumps(step.handler)
@@ -294,77 +266,52 @@ class Flow:
                 doorbell_fd=InheritedFd(self._doorbell.fd),
                 arena_fds=[InheritedFd(a.fd) for a in self._arenas],
                 own_arena=0,
+                control_fd=InheritedFd(self._control.fd),
+                slot=0,
                 log_level=log.getEffectiveLevel(),
                 spin_us=spin,
             )
             for number in range(step.nprocs):
-                worker_spec = dataclasses.replace(spec, own_arena=len(self._workers) + 1)
-                reader, writer = context.Pipe(duplex=False)
-                process = context.Process(
-                    target=_worker.run,
-                    args=(worker_spec, writer),
-                    name=f"aqueduct-{spec.step_name}-{number}",
-                    daemon=True,
-                )
-                process.start()
-                writer.close()
-                self._workers.append(_WorkerProcess(index, spec.step_name, process, reader))
+                self._supervisor.spawn(with_slot(spec, slot), number)
+                slot += 1
             if step.on_start_wait:
                 time.sleep(step.on_start_wait)
         log.info("Waiting for all workers to start up (timeout: %s s)", timeout)
-        self._wait_ready(deadline)
+        self._supervisor.wait_ready(deadline)
 
-    def _wait_ready(self, deadline: float | None) -> None:
-        while not all(w.ready for w in self._workers):
-            for w in self._workers:
-                if w.failure is not None:
-                    raise WorkerStartError(
-                        f"a worker of {w.step_name} failed to start:\n{w.failure}"
-                    )
-                if not w.ready and w.conn is None:
-                    w.process.join(1.0)
-                    raise WorkerStartError(
-                        f"a worker of {w.step_name} exited while starting "
-                        f"(exit code {w.process.exitcode})"
-                    )
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                waiting = sorted({w.step_name for w in self._workers if not w.ready})
-                raise FlowStartTimeoutError(
-                    f"start timeout expired before on_start finished in {', '.join(waiting)}"
-                )
-            conns = {w.conn: w for w in self._workers if w.conn is not None}
-            for conn in wait(list(conns), timeout=remaining):
-                conns[conn].handle_control()  # type: ignore[index]
+    def _on_worker_death(self, worker: WorkerProcess, how: str, keys: list[int]) -> None:
+        """Monitor thread: a worker died. Its tasks fail at once; the
+        supervisor respawns it."""
+        if self._state not in (FlowState.RUNNING, FlowState.STEPS_INITIALIZED):
+            return
+        pid = worker.process.pid
+        name = worker.step_name
+        log.error("The process %s of %s died (%s) holding %d task(s)", pid, name, how, len(keys))
+        message = f"{worker.step_name}: worker {pid} died ({how}) while handling the task"
+        loop = self._loop
+        if keys and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._fail_lost, keys, message, worker.spec.own_arena)
 
-    def _start_monitor(self) -> None:
-        self._monitor_stop.clear()
-        self._monitor = threading.Thread(
-            target=self._monitor_workers, name="aqueduct-monitor", daemon=True
-        )
-        self._monitor.start()
+    def _fail_lost(self, keys: list[int], message: str, arena_index: int) -> None:
+        for key in keys:
+            future = self._futures.get(key)
+            if future is not None and not future.done():
+                future.set_exception(WorkerDiedError(message))
+            self._release(key)
+        if arena_index < len(self._arenas):
+            self._arenas[arena_index].free_keys(keys)
 
-    def _monitor_workers(self) -> None:
-        """Forwards worker log records and reports workers that die."""
-        reported: set[int] = set()
-        while not self._monitor_stop.is_set():
-            by_conn = {w.conn: w for w in self._workers if w.conn is not None}
-            by_sentinel = {w.process.sentinel: w for w in self._workers if id(w) not in reported}
-            if not by_conn and not by_sentinel:
-                return
-            for ready in wait([*by_conn, *by_sentinel], timeout=0.5):
-                if ready in by_conn:
-                    by_conn[ready].handle_control()  # type: ignore[index]
-                elif not self._monitor_stop.is_set() and ready in by_sentinel:
-                    w = by_sentinel[ready]  # type: ignore[index]
-                    reported.add(id(w))
-                    if self._state in (FlowState.RUNNING, FlowState.STEPS_INITIALIZED):
-                        log.error(
-                            "The process %s of %s is dead (exit code %s)",
-                            w.process.pid,
-                            w.step_name,
-                            w.process.exitcode,
-                        )
+    def _on_step_down(self, step_name: str) -> None:
+        """Monitor thread: every worker of a step keeps dying."""
+        self._broken = f"{step_name} is down: its workers keep dying (see the log)"
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._fail_all, self._broken)
+
+    def _fail_all(self, message: str) -> None:
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(FlowError(message))
 
     # -- processing ----------------------------------------------------------
 
@@ -375,6 +322,8 @@ class Flow:
         ``NotRunningError`` when the flow is not running."""
         if self._state != FlowState.RUNNING:
             raise NotRunningError(f"Flow is not running (state: {self._state.value})")
+        if self._broken is not None:
+            raise FlowError(self._broken)
         if not timeout_sec or timeout_sec <= 0:
             raise ValueError(f"timeout_sec must be > 0, got {timeout_sec!r}")
         loop = asyncio.get_running_loop()
@@ -389,6 +338,7 @@ class Flow:
         if first == len(self._steps):
             return True  # no step's condition holds: nothing to do
         key = next(self._keys)
+        self._control.uncancel(key)  # the cancel set wraps around
         cls = type(task)
         by_value = self._by_value.get(cls)
         if by_value is None:
@@ -410,8 +360,12 @@ class Flow:
                 self._spin_for_result()
             finished = await future
         except asyncio.CancelledError:
+            self._control.cancel(key)  # workers skip it instead of handling it
             if self._state in (FlowState.STOPPING, FlowState.STOPPED):
                 raise FlowError("Task was cancelled: the flow is stopping") from None
+            raise
+        except TaskTimeoutError:
+            self._control.cancel(key)
             raise
         finally:
             del self._futures[key]
@@ -583,6 +537,8 @@ class Flow:
         for future in self._futures.values():
             if not future.done():
                 future.set_exception(FlowError("Flow was stopped"))
+        if self._supervisor is not None:
+            self._supervisor.stop_respawning()
         for queue in self._queues:
             queue.close()
         await self._join_workers()
@@ -592,33 +548,18 @@ class Flow:
         log.info("Flow was stopped")
 
     async def _join_workers(self) -> None:
-        """Lets workers exit by themselves, then terminates what is left."""
-        deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
-        while any(w.process.is_alive() for w in self._workers):
-            if time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.005)
+        """Lets workers exit by themselves (bounded), then terminates the rest."""
+        supervisor = self._supervisor
+        if supervisor is not None:
+            deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
+            while (alive := supervisor.sentinels_alive()) and time.monotonic() < deadline:
+                await asyncio.to_thread(wait, alive, deadline - time.monotonic())
         self._kill_workers()
 
     def _kill_workers(self) -> None:
-        """Terminates whatever workers are left and reaps them (bounded)."""
-        self._monitor_stop.set()
-        for w in self._workers:
-            if w.process.is_alive():
-                w.process.terminate()
-        for w in self._workers:
-            w.process.join(2.0)
-            if w.process.is_alive():
-                w.process.kill()
-                w.process.join(2.0)
-        if self._monitor is not None:
-            self._monitor.join(2.0)
-            self._monitor = None
-        for w in self._workers:
-            if w.conn is not None:
-                w.conn.close()
-                w.conn = None
-        self._workers = []
+        if self._supervisor is not None:
+            self._supervisor.kill_all()
+            self._supervisor = None
 
     def _detach_loop(self) -> None:
         if self._loop is not None and not self._loop.is_closed() and self._doorbell is not None:
@@ -629,6 +570,7 @@ class Flow:
         self._loop = None
 
     def _release_queues(self) -> None:
+        self._broken = None
         for key in list(self._held):
             self._release(key)  # the workers that used them are gone
         self._queues = []
@@ -638,9 +580,6 @@ class Flow:
         self._backlogs.clear()
         self._futures.clear()
         self._timeouts.clear()
-
-    def _workers_of(self, step_index: int) -> Iterable[_WorkerProcess]:
-        return (w for w in self._workers if w.step_index == step_index)
 
 
 #: Task classes with BaseTask's update() and plain attribute setting: their

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use crate::control::Control;
 use crate::notify::monotonic_ns;
 use crate::queue::{Message, TaskQueue, Wait};
 
@@ -27,10 +28,18 @@ pub struct BatchPolicy {
 pub struct Batch {
     /// Live tasks, in queue order (higher priority first).
     pub messages: Vec<Message>,
-    /// Tasks taken from the queue but dropped because their deadline passed.
+    /// Tasks taken from the queue but dropped: their deadline passed or
+    /// their caller cancelled them.
     pub expired: Vec<Message>,
     /// The queue is closed and drained: the worker should exit.
     pub closed: bool,
+}
+
+/// Where a worker records the tasks it takes, and learns of cancelled ones.
+#[derive(Debug, Clone, Copy)]
+pub struct Claims<'a> {
+    pub control: &'a Control,
+    pub slot: usize,
 }
 
 /// Collects batches from one queue according to a [`BatchPolicy`].
@@ -63,6 +72,22 @@ impl BatchAssembler {
         idle_deadline_ns: Option<u64>,
         interrupt: &mut dyn FnMut() -> bool,
     ) -> Batch {
+        self.next_batch_claimed(queue, idle_deadline_ns, interrupt, None)
+    }
+
+    /// As [`BatchAssembler::next_batch`], recording every task taken in the
+    /// claim slot (cleared first: the previous batch is done) and dropping
+    /// cancelled tasks along with expired ones.
+    pub fn next_batch_claimed(
+        &self,
+        queue: &TaskQueue,
+        idle_deadline_ns: Option<u64>,
+        interrupt: &mut dyn FnMut() -> bool,
+        claims: Option<Claims<'_>>,
+    ) -> Batch {
+        if let Some(c) = claims {
+            c.control.clear_claims(c.slot);
+        }
         let mut batch = Batch::default();
         // 1. the first live task
         loop {
@@ -74,7 +99,7 @@ impl BatchAssembler {
                 }
                 Wait::Timeout | Wait::Interrupted => return batch,
             }
-            self.take_ready(queue, &mut batch);
+            self.take_ready(queue, &mut batch, claims);
             if !batch.messages.is_empty() {
                 break;
             }
@@ -86,7 +111,7 @@ impl BatchAssembler {
         let deadline = monotonic_ns() + self.policy.timeout.as_nanos() as u64;
         while batch.messages.len() < self.policy.size {
             match queue.wait_ready(Some(deadline), interrupt) {
-                Wait::Ready => self.take_ready(queue, &mut batch),
+                Wait::Ready => self.take_ready(queue, &mut batch, claims),
                 Wait::Closed | Wait::Timeout | Wait::Interrupted => break,
             }
         }
@@ -94,14 +119,19 @@ impl BatchAssembler {
     }
 
     /// Moves ready messages into the batch until it is full or none is ready.
-    fn take_ready(&self, queue: &TaskQueue, batch: &mut Batch) {
+    fn take_ready(&self, queue: &TaskQueue, batch: &mut Batch, claims: Option<Claims<'_>>) {
         let now = monotonic_ns();
         while batch.messages.len() < self.policy.size {
-            match queue.try_pop() {
-                Some(m) if m.header.is_expired(now) => batch.expired.push(m),
-                Some(m) => batch.messages.push(m),
-                None => break,
+            let Some(m) = queue.try_pop() else { break };
+            let cancelled = claims.is_some_and(|c| c.control.is_cancelled(m.header.key));
+            if cancelled || m.header.is_expired(now) {
+                batch.expired.push(m);
+                continue;
             }
+            if let Some(c) = claims {
+                c.control.claim(c.slot, m.header.key);
+            }
+            batch.messages.push(m);
         }
     }
 }

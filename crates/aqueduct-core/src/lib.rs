@@ -7,10 +7,12 @@
 //! * [`arena`] — a memfd arena for large buffers, allocated by its owner,
 //!   freed by anyone;
 //! * [`batch`] — batch assembly with `batch_size` / `batch_timeout`;
+//! * [`control`] — per-worker claims and the cancel set of a flow;
 //! * [`notify`] — futex, eventfd and the monotonic clock.
 
 pub mod arena;
 pub mod batch;
+pub mod control;
 pub mod error;
 pub mod notify;
 pub mod queue;
@@ -19,6 +21,7 @@ pub mod segment;
 
 pub use arena::{Arena, Block};
 pub use batch::{Batch, BatchAssembler, BatchPolicy};
+pub use control::Control;
 pub use error::{Error, Result};
 pub use notify::{monotonic_ns, EventFd};
 pub use queue::{Message, MessageHeader, QueueConfig, TaskQueue, Wait};

@@ -151,3 +151,43 @@ fn the_interrupt_callback_ends_a_wait() {
     assert_eq!(calls, 2);
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn a_worker_claims_what_it_takes_and_skips_cancelled_tasks() {
+    use aqueduct_core::batch::Claims;
+    use aqueduct_core::Control;
+
+    let q = TaskQueue::create(QueueConfig::default()).expect("queue");
+    let control = Control::create(4).expect("control");
+    for k in 1..=4 {
+        push(&q, k, 0);
+    }
+    control.cancel(2);
+    let a = BatchAssembler::new(BatchPolicy {
+        size: 8,
+        timeout: Duration::ZERO,
+    });
+    let claims = Some(Claims {
+        control: &control,
+        slot: 3,
+    });
+    let batch = a.next_batch_claimed(&q, None, &mut || false, claims);
+    assert_eq!(keys(&batch), vec![1, 3, 4]);
+    assert_eq!(
+        batch
+            .expired
+            .iter()
+            .map(|m| m.header.key)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert_eq!(control.claims(3), vec![1, 3, 4]);
+    assert!(control.claims(0).is_empty());
+    // asking for the next batch means the previous one is done
+    push(&q, 5, 0);
+    let batch = a.next_batch_claimed(&q, None, &mut || false, claims);
+    assert_eq!(keys(&batch), vec![5]);
+    assert_eq!(control.claims(3), vec![5]);
+    control.uncancel(2);
+    assert!(!control.is_cancelled(2));
+}

@@ -8,8 +8,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use aqueduct_core::batch::Claims;
 use aqueduct_core::{
-    monotonic_ns, BatchAssembler, BatchPolicy, Error, EventFd, MessageHeader, QueueConfig,
+    monotonic_ns, BatchAssembler, BatchPolicy, Control, Error, EventFd, MessageHeader, QueueConfig,
     TaskQueue, Wait,
 };
 use pyo3::exceptions::PyValueError;
@@ -281,6 +282,56 @@ impl Queue {
     }
 }
 
+/// A flow's control block: claim slots of the workers and the cancel set.
+#[pyclass(module = "aqueduct._core", name = "Control", frozen)]
+struct PyControl {
+    inner: Control,
+}
+
+#[pymethods]
+impl PyControl {
+    #[staticmethod]
+    fn create(slots: usize) -> PyResult<Self> {
+        Ok(PyControl {
+            inner: Control::create(slots).map_err(to_py_err)?,
+        })
+    }
+
+    #[staticmethod]
+    fn open(fd: i32) -> PyResult<Self> {
+        Ok(PyControl {
+            inner: Control::open(dup_fd(fd)?).map_err(to_py_err)?,
+        })
+    }
+
+    #[getter]
+    fn fd(&self) -> i32 {
+        self.inner.raw_fd()
+    }
+
+    /// Marks task `key` cancelled: workers drop it instead of handling it.
+    fn cancel(&self, key: u64) {
+        self.inner.cancel(key);
+    }
+
+    fn uncancel(&self, key: u64) {
+        self.inner.uncancel(key);
+    }
+
+    fn is_cancelled(&self, key: u64) -> bool {
+        self.inner.is_cancelled(key)
+    }
+
+    /// Keys of the tasks the worker of `slot` holds right now.
+    fn claims(&self, slot: usize) -> Vec<u64> {
+        self.inner.claims(slot)
+    }
+
+    fn clear_claims(&self, slot: usize) {
+        self.inner.clear_claims(slot);
+    }
+}
+
 /// Assembles batches for one worker from its step's queue.
 #[pyclass(module = "aqueduct._core", frozen)]
 struct Batcher {
@@ -316,13 +367,15 @@ impl Batcher {
     /// `(messages, expired)` where `messages` are `(key, kind, priority,
     /// deadline_ns, payload)` tuples — empty when `idle_timeout` passed with nothing to do.
     /// Frees the taken room (ringing `doorbell` for an asyncio producer).
-    #[pyo3(signature = (queue, idle_timeout, doorbell=None))]
+    #[pyo3(signature = (queue, idle_timeout, doorbell=None, control=None, slot=0))]
     fn next<'py>(
         &self,
         py: Python<'py>,
         queue: &Queue,
         idle_timeout: Option<f64>,
         doorbell: Option<&Doorbell>,
+        control: Option<&PyControl>,
+        slot: usize,
     ) -> PyResult<Option<(Bound<'py, PyList>, Bound<'py, PyList>)>> {
         if let Some(e) = self.deferred.lock().ok().and_then(|mut d| d.take()) {
             return Err(e);
@@ -330,10 +383,15 @@ impl Batcher {
         let deadline = deadline_after(idle_timeout)?;
         let mut pending = None;
         let batch = py.detach(|| {
-            let batch = self.assembler.next_batch(
+            let claims = control.map(|c| Claims {
+                control: &c.inner,
+                slot,
+            });
+            let batch = self.assembler.next_batch_claimed(
                 &queue.inner,
                 deadline,
                 &mut signal_checker(&mut pending),
+                claims,
             );
             if !batch.messages.is_empty() || !batch.expired.is_empty() {
                 queue.inner.released(doorbell.map(|d| &d.inner));
@@ -374,6 +432,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Queue>()?;
     m.add_class::<Doorbell>()?;
     m.add_class::<Batcher>()?;
+    m.add_class::<PyControl>()?;
     m.add_class::<shm::SharedArena>()?;
     m.add_class::<shm::ShmView>()?;
     m.add_function(wrap_pyfunction!(monotonic_ns_now, m)?)?;

@@ -144,6 +144,13 @@ impl SharedArena {
         self.inner.adjust(block, |h| h.1 = h.1.saturating_sub(1));
     }
 
+    /// Frees every block allocated for one of `keys` (tasks a dead worker
+    /// held); returns how many.
+    fn free_keys(&self, keys: Vec<u64>) -> usize {
+        let keys: std::collections::HashSet<u64> = keys.into_iter().collect();
+        self.inner.arena.free_where(&|key| keys.contains(&key))
+    }
+
     /// Frees a block outright (a worker retiring a block only its task used).
     fn free(&self, block: u64) -> bool {
         self.inner.arena.free(block)

@@ -1,0 +1,183 @@
+//! Per-flow control block in shared memory: which tasks each worker holds
+//! (so the parent can fail them if the worker dies) and which tasks were
+//! cancelled (so workers skip them before `handle`).
+//!
+//! * claim slots: one per worker process; the worker's batcher records each
+//!   key as it takes the message off the queue and clears the slot when it
+//!   asks for the next batch. A worker killed in between leaves its keys
+//!   there for the parent to read.
+//! * cancel set: one bit per task key (modulo its size), set by the parent
+//!   when the caller gave up, cleared when the key is submitted.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+use crate::segment::Segment;
+
+const MAGIC: u64 = 0x6171_7565_6463_746c; // "aquedctl"
+/// Most keys one claim slot records (larger batches record their first ones).
+pub const MAX_CLAIMS: usize = 4096;
+/// Bits in the cancel set; keys wrap around it.
+const CANCEL_BITS: u64 = 1 << 20;
+
+#[repr(C)]
+struct Header {
+    magic: u64,
+    slots: u64,
+}
+
+#[repr(C)]
+struct ClaimSlot {
+    count: AtomicU32,
+    _pad: u32,
+    keys: [AtomicU64; MAX_CLAIMS],
+}
+
+/// The control block of one flow.
+#[derive(Debug)]
+pub struct Control {
+    segment: Segment,
+    slots: usize,
+}
+
+fn offsets(slots: usize) -> (usize, usize, usize) {
+    let cancel = std::mem::size_of::<Header>();
+    let claims = cancel + (CANCEL_BITS / 8) as usize;
+    let end = claims + slots * std::mem::size_of::<ClaimSlot>();
+    (cancel, claims, end)
+}
+
+impl Control {
+    /// A control block with `slots` claim slots (one per worker process).
+    pub fn create(slots: usize) -> Result<Self> {
+        let slots = slots.max(1);
+        let (_, _, size) = offsets(slots);
+        let segment = Segment::create("aqueduct-control", size, false)?;
+        // SAFETY: fresh zero-filled segment, page aligned, not shared yet.
+        unsafe {
+            let h = segment.as_ptr().cast::<Header>();
+            (*h).slots = slots as u64;
+            std::sync::atomic::fence(Ordering::Release);
+            (*h).magic = MAGIC;
+        }
+        Ok(Control { segment, slots })
+    }
+
+    /// Maps a control block received from another process.
+    pub fn open(fd: OwnedFd) -> Result<Self> {
+        let segment = Segment::from_fd(fd)?;
+        if segment.len() < std::mem::size_of::<Header>() {
+            return Err(Error::InvalidSegment(
+                "too small for a control block".into(),
+            ));
+        }
+        // SAFETY: at least a header long; written before `magic`.
+        let (magic, slots) = unsafe {
+            let h = &*segment.as_ptr().cast::<Header>();
+            let magic = std::ptr::read_volatile(&h.magic);
+            std::sync::atomic::fence(Ordering::Acquire);
+            (magic, h.slots as usize)
+        };
+        if magic != MAGIC || segment.len() < offsets(slots).2 {
+            return Err(Error::InvalidSegment(
+                "not an aqueduct control block".into(),
+            ));
+        }
+        Ok(Control { segment, slots })
+    }
+
+    fn cancel_word(&self, key: u64) -> (&AtomicU64, u64) {
+        let bit = key % CANCEL_BITS;
+        let (cancel, _, _) = offsets(self.slots);
+        // SAFETY: `bit / 64 < CANCEL_BITS / 64`, inside the cancel set, which
+        // starts 8-byte aligned right after the 16-byte header.
+        let word = unsafe {
+            &*self
+                .segment
+                .as_ptr()
+                .add(cancel + (bit / 64) as usize * 8)
+                .cast::<AtomicU64>()
+        };
+        (word, 1 << (bit % 64))
+    }
+
+    /// Marks task `key` cancelled.
+    pub fn cancel(&self, key: u64) {
+        let (word, mask) = self.cancel_word(key);
+        word.fetch_or(mask, Ordering::Release);
+    }
+
+    /// Clears the mark of `key` (before the key is used).
+    pub fn uncancel(&self, key: u64) {
+        let (word, mask) = self.cancel_word(key);
+        if word.load(Ordering::Relaxed) & mask != 0 {
+            word.fetch_and(!mask, Ordering::Release);
+        }
+    }
+
+    pub fn is_cancelled(&self, key: u64) -> bool {
+        let (word, mask) = self.cancel_word(key);
+        word.load(Ordering::Acquire) & mask != 0
+    }
+
+    fn slot(&self, slot: usize) -> Option<&ClaimSlot> {
+        if slot >= self.slots {
+            return None;
+        }
+        let (_, claims, _) = offsets(self.slots);
+        // SAFETY: `slot < slots`, so the slot lies inside the segment; slots
+        // are 8-byte aligned (the claims area starts at a multiple of 8).
+        Some(unsafe {
+            &*self
+                .segment
+                .as_ptr()
+                .add(claims + slot * std::mem::size_of::<ClaimSlot>())
+                .cast::<ClaimSlot>()
+        })
+    }
+
+    /// Records that the worker of `slot` took task `key` (first `MAX_CLAIMS` only).
+    pub fn claim(&self, slot: usize, key: u64) {
+        if let Some(s) = self.slot(slot) {
+            let n = s.count.load(Ordering::Relaxed) as usize;
+            if n < MAX_CLAIMS {
+                s.keys[n].store(key, Ordering::Relaxed);
+                s.count.store(n as u32 + 1, Ordering::Release);
+            }
+        }
+    }
+
+    /// The worker of `slot` is done with every task it took.
+    pub fn clear_claims(&self, slot: usize) {
+        if let Some(s) = self.slot(slot) {
+            s.count.store(0, Ordering::Release);
+        }
+    }
+
+    /// The keys the worker of `slot` holds now.
+    pub fn claims(&self, slot: usize) -> Vec<u64> {
+        let Some(s) = self.slot(slot) else {
+            return Vec::new();
+        };
+        let n = (s.count.load(Ordering::Acquire) as usize).min(MAX_CLAIMS);
+        s.keys[..n]
+            .iter()
+            .map(|k| k.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.segment.raw_fd()
+    }
+}
+
+impl AsFd for Control {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.segment.as_fd()
+    }
+}

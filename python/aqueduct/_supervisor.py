@@ -1,0 +1,279 @@
+"""Worker processes as the parent sees them: starting them, waiting for their
+``on_start``, forwarding their log records, noticing when one dies, and
+respawning it — with a backoff, and giving up on a worker that keeps dying."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from . import _worker
+from ._protocol import WorkerSpec
+from .exceptions import FlowStartTimeoutError, WorkerStartError
+from .logger import log
+
+#: A worker that dies this many times within RESPAWN_WINDOW seconds is not
+#: respawned again.
+RESPAWN_LIMIT = 5
+RESPAWN_WINDOW = 30.0
+#: Delay before the n-th respawn within the window: BASE * 2**(n-1), capped.
+RESPAWN_BACKOFF_BASE = 0.1
+RESPAWN_BACKOFF_MAX = 5.0
+#: How often the monitor looks around when nothing happens.
+MONITOR_TICK = 0.5
+
+
+class WorkerProcess:
+    """One worker slot: its current process, control pipe and history."""
+
+    def __init__(self, spec: WorkerSpec, number: int) -> None:
+        self.spec = spec
+        self.number = number
+        self.process: Any = None
+        self.conn: Connection | None = None
+        self.ready = False
+        self.failure: str | None = None
+        self.dead = False
+        self.given_up = False
+        self.respawn_at: float | None = None
+        self.deaths: collections.deque[float] = collections.deque()
+
+    @property
+    def step_name(self) -> str:
+        return self.spec.step_name
+
+    @property
+    def step_index(self) -> int:
+        return self.spec.step_index
+
+    def handle_control(self) -> None:
+        """Reads one control message: a log record, readiness or a start failure."""
+        assert self.conn is not None
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            self.conn.close()
+            self.conn = None
+            return
+        match message:
+            case ("log", fields):
+                record = logging.makeLogRecord(fields)
+                if log.isEnabledFor(record.levelno):
+                    log.handle(record)
+            case ("ready", _pid):
+                self.ready = True
+            case ("failed", text):
+                self.failure = text
+
+    def drain_control(self) -> None:
+        """Handles whatever the process sent before it died."""
+        while self.conn is not None and self.conn.poll():
+            self.handle_control()
+
+    def exit_description(self) -> str:
+        code = self.process.exitcode
+        if code is None:
+            return "unknown exit"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+
+DeathCallback = Callable[[WorkerProcess, str, list[int]], None]
+
+
+class Supervisor:
+    """Starts and watches the worker processes of one flow."""
+
+    def __init__(
+        self,
+        context: Any,
+        control: Any,
+        on_death: DeathCallback,
+        on_step_down: Callable[[str], None],
+    ) -> None:
+        self._context = context
+        self._control = control
+        self._on_death = on_death
+        self._on_step_down = on_step_down
+        self.workers: list[WorkerProcess] = []
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()  # ends the monitor's wait at once
+        self._respawning = True
+
+    # -- starting ----------------------------------------------------------------
+
+    def spawn(self, spec: WorkerSpec, number: int) -> WorkerProcess:
+        worker = WorkerProcess(spec, number)
+        self._launch(worker)
+        self.workers.append(worker)
+        return worker
+
+    def _launch(self, worker: WorkerProcess) -> None:
+        reader, writer = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_worker.run,
+            args=(worker.spec, writer),
+            name=f"aqueduct-{worker.step_name}-{worker.number}",
+            daemon=True,
+        )
+        process.start()
+        writer.close()
+        worker.process, worker.conn = process, reader
+        worker.ready, worker.failure, worker.dead = False, None, False
+
+    def wait_ready(self, deadline: float | None) -> None:
+        """Until every worker finished ``on_start``; raises if one failed,
+        died, or ``deadline`` passed."""
+        while not all(w.ready for w in self.workers):
+            for w in self.workers:
+                if w.failure is not None:
+                    raise WorkerStartError(
+                        f"a worker of {w.step_name} failed to start:\n{w.failure}"
+                    )
+                if not w.ready and w.conn is None:
+                    w.process.join(1.0)
+                    raise WorkerStartError(
+                        f"a worker of {w.step_name} exited while starting ({w.exit_description()})"
+                    )
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                waiting = sorted({w.step_name for w in self.workers if not w.ready})
+                raise FlowStartTimeoutError(
+                    f"start timeout expired before on_start finished in {', '.join(waiting)}"
+                )
+            conns = {w.conn: w for w in self.workers if w.conn is not None}
+            for conn in wait(list(conns), timeout=remaining):
+                conns[conn].handle_control()  # type: ignore[index]
+
+    # -- watching ----------------------------------------------------------------
+
+    def start_monitor(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._monitor, name="aqueduct-monitor", daemon=True)
+        self._thread.start()
+
+    def _monitor(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for w in self.workers:
+                if w.respawn_at is not None and now >= w.respawn_at:
+                    self._respawn(w)
+            by_conn = {w.conn: w for w in self.workers if w.conn is not None}
+            by_sentinel = {w.process.sentinel: w for w in self.workers if not w.dead}
+            pending = [w.respawn_at for w in self.workers if w.respawn_at is not None]
+            tick = min([MONITOR_TICK, *(max(0.0, t - now) for t in pending)])
+            if not by_conn and not by_sentinel and not pending:
+                return
+            for ready in wait([*by_conn, *by_sentinel, self._wake_r], timeout=tick):
+                if self._stop.is_set():
+                    return
+                if ready in by_conn:
+                    by_conn[ready].handle_control()  # type: ignore[index]
+                elif ready in by_sentinel:
+                    self._died(by_sentinel[ready])  # type: ignore[index]
+
+    def _died(self, w: WorkerProcess) -> None:
+        w.dead = True
+        w.process.join(1.0)
+        w.drain_control()
+        if not self._respawning:
+            return  # the flow is stopping: workers exit on purpose
+        keys = self._control.claims(w.spec.slot)
+        self._control.clear_claims(w.spec.slot)
+        how = w.exit_description()
+        self._on_death(w, how, keys)
+        now = time.monotonic()
+        w.deaths.append(now)
+        while w.deaths and now - w.deaths[0] > RESPAWN_WINDOW:
+            w.deaths.popleft()
+        if len(w.deaths) >= RESPAWN_LIMIT:
+            w.given_up = True
+            log.error(
+                "A worker of %s died %d times in %.0f s; not respawning it again",
+                w.step_name,
+                len(w.deaths),
+                RESPAWN_WINDOW,
+            )
+            if all(x.given_up for x in self.workers if x.step_index == w.step_index):
+                self._on_step_down(w.step_name)
+            return
+        delay = min(RESPAWN_BACKOFF_BASE * 2 ** (len(w.deaths) - 1), RESPAWN_BACKOFF_MAX)
+        w.respawn_at = now + delay
+
+    def _respawn(self, w: WorkerProcess) -> None:
+        w.respawn_at = None
+        if w.conn is not None:
+            w.conn.close()
+        try:
+            self._launch(w)
+        except Exception:
+            log.exception("Could not respawn a worker of %s", w.step_name)
+            w.dead, w.respawn_at = True, time.monotonic() + RESPAWN_BACKOFF_MAX
+            return
+        log.warning("Respawned a worker of %s (pid %s)", w.step_name, w.process.pid)
+
+    # -- stopping ----------------------------------------------------------------
+
+    def sentinels_alive(self) -> list[int]:
+        return [
+            w.process.sentinel
+            for w in self.workers
+            if w.process is not None and w.process.is_alive()
+        ]
+
+    def stop_respawning(self) -> None:
+        """From now on exits are expected: no failing of tasks, no respawn."""
+        self._respawning = False
+        for w in self.workers:
+            w.respawn_at = None
+
+    def stop_monitor(self) -> None:
+        self._respawning = False
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5.0)
+        self._thread = None
+
+    def kill_all(self) -> None:
+        """Stops the monitor, terminates what is left and reaps it (bounded)."""
+        self.stop_monitor()
+        for w in self.workers:
+            if w.process is not None and w.process.is_alive():
+                w.process.terminate()
+        for w in self.workers:
+            if w.process is None:
+                continue
+            w.process.join(2.0)
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(2.0)
+        for w in self.workers:
+            if w.conn is not None:
+                w.conn.close()
+                w.conn = None
+        self.workers = []
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+
+def with_slot(spec: WorkerSpec, slot: int) -> WorkerSpec:
+    """The spec of worker slot ``slot``: its own arena and claim slot."""
+    return dataclasses.replace(spec, own_arena=slot + 1, slot=slot)
