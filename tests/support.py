@@ -175,3 +175,53 @@ class Describe(BaseTaskHandler):
                 for name, value in vars(task).items()
                 if isinstance(value, bytes | bytearray | memoryview)
             }
+
+
+class Mortal(BaseTaskHandler):
+    """Counts its starts in a file; a task with value -9 kills the worker
+    (SIGKILL to itself) after sleeping `sleep`; -1 exits the process."""
+
+    def __init__(self, starts_file: str) -> None:
+        self.starts_file = starts_file
+
+    def on_start(self) -> None:
+        with open(self.starts_file, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    def handle(self, *tasks: Task) -> None:
+        time.sleep(max((t.sleep for t in tasks), default=0))
+        for task in tasks:
+            if task.value == -9:
+                os.kill(os.getpid(), 9)
+            if task.value == -1:
+                os._exit(3)
+            task.result = task.value
+            task.pid = os.getpid()
+
+
+class Raises(BaseTaskHandler):
+    """Raises whatever the task asks for, or returns a value."""
+
+    def handle(self, *tasks: Task) -> object:
+        for task in tasks:
+            if task.value == 1:
+                raise SystemExit("handler called exit")
+            if task.value == 2:
+                raise KeyboardInterrupt
+            if task.value == 3:
+                raise UnprintableError
+            task.result = task.value
+        return "handlers may return anything"
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+class DiesOnStart(BaseTaskHandler):
+    def on_start(self) -> None:
+        os._exit(7)
+
+    def handle(self, *tasks: Task) -> None:
+        pass

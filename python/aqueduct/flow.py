@@ -99,11 +99,12 @@ class Flow:
 
     ``queue_size`` bounds how many tasks each step's queue holds (default: as
     many as its shared-memory ring fits); a caller meeting a full queue waits
-    for room until its own timeout. ``queue_priorities`` is the number of
-    priority levels; ``task.priority`` (clamped to ``0..queue_priorities-1``)
-    picks one, higher served first. Workers start with ``mp_start_method``,
-    ``'spawn'`` by default (upstream used ``'fork'``; both, and
-    ``'forkserver'``, work).
+    for room until its own timeout, or, with ``queue_full="reject"``, gets
+    ``QueueFullError`` at once (for servers that prefer a fast 503).
+    ``queue_priorities`` is the number of priority levels; ``task.priority``
+    (clamped to ``0..queue_priorities-1``) picks one, higher served first.
+    Workers start with ``mp_start_method``, ``'spawn'`` by default (upstream
+    used ``'fork'``; both, and ``'forkserver'``, work).
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class Flow:
         queue_priorities: int = 1,
         mp_start_method: Literal["fork", "spawn", "forkserver"] = "spawn",
         shm_size: int = DEFAULT_SHM_SIZE,
+        queue_full: Literal["wait", "reject"] = "wait",
     ) -> None:
         if mp_start_method not in START_METHODS:
             raise MPStartMethodValueError(
@@ -132,6 +134,9 @@ class Flow:
             _step_name(step.handler, number) for number, step in enumerate(self._steps, 1)
         ]
         self._queue_size = queue_size
+        if queue_full not in ("wait", "reject"):
+            raise ValueError(f"queue_full must be 'wait' or 'reject', got {queue_full!r}")
+        self._reject_when_full = queue_full == "reject"
         if int(shm_size) < THRESHOLD:
             raise ValueError(f"shm_size must be >= {THRESHOLD} bytes, got {shm_size}")
         self._shm_size = int(shm_size)
@@ -424,6 +429,11 @@ class Flow:
         queue = self._queues[index]
         if _try_push(queue, entry):
             queue.notify()
+        elif self._reject_when_full:
+            raise QueueFullError(
+                f"the queue of {self._step_names[index]} is full "
+                f"({self._queue_size or 'its ring'} tasks)"
+            )
         else:
             self._backlogs.setdefault(index, collections.deque()).append(entry)
 

@@ -1,0 +1,249 @@
+"""Bad days: workers that die, callers that give up, overload, bad input.
+Every fault is injected for real and every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from aqueduct import FlowState, FlowStep
+from aqueduct.exceptions import (
+    FlowError,
+    HandlerError,
+    QueueFullError,
+    WorkerDiedError,
+    WorkerStartError,
+)
+from support import DiesOnStart, Mortal, Raises, Recorder, Square, Task
+
+WAIT = 20
+
+
+def _starts(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+async def _eventually(check, within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_killed_worker_fails_its_tasks_fast_and_is_respawned(make_flow, tmp_path):
+    starts = tmp_path / "starts"
+    flow = make_flow(FlowStep(Mortal(str(starts)), batch_size=4))
+    first_pid = _starts(starts)[0]
+    blocker = asyncio.ensure_future(flow.process(Task(0, sleep=0.2), timeout_sec=WAIT))
+    await asyncio.sleep(0.05)
+    # queued together behind the blocker, these form one batch; the worker
+    # dies while handling it, and every task of it fails
+    doomed = [Task(-9, sleep=0.3), Task(1), Task(2)]
+    runs = [flow.process(t, timeout_sec=WAIT) for t in doomed]
+    started = time.monotonic()
+    results = await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), WAIT)
+    # the batch starts after the blocker (~0.15 s) and dies 0.3 s in: the
+    # callers hear of it well within a second of the death
+    assert time.monotonic() - started < 0.45 + 1.0
+    assert all(isinstance(r, WorkerDiedError) for r in results), results
+    assert "step1_Mortal" in str(results[0]) and "SIGKILL" in str(results[0])
+    await asyncio.wait_for(blocker, WAIT)
+    # on_start ran again in a new process, and the flow serves
+    await _eventually(lambda: len(_starts(starts)) == 2)
+    assert _starts(starts)[1] != first_pid
+    task = Task(5)
+    await asyncio.wait_for(flow.process(task, timeout_sec=WAIT), WAIT)
+    assert task.result == 5 and task.pid == _starts(starts)[1]
+    assert flow.is_running
+
+
+async def test_tasks_queued_behind_a_dead_worker_are_served_by_its_successor(make_flow, tmp_path):
+    flow = make_flow(FlowStep(Mortal(str(tmp_path / "starts"))))
+    doomed = asyncio.ensure_future(flow.process(Task(-9, sleep=0.2), timeout_sec=WAIT))
+    await asyncio.sleep(0.05)
+    waiting = [Task(i) for i in range(10)]  # still in the queue when it dies
+    results = await asyncio.wait_for(
+        asyncio.gather(*(flow.process(t, timeout_sec=WAIT) for t in waiting)), WAIT
+    )
+    assert results == [True] * 10 and [t.result for t in waiting] == list(range(10))
+    with pytest.raises(WorkerDiedError):
+        await asyncio.wait_for(doomed, WAIT)
+
+
+async def test_a_respawn_storm_is_stopped_and_reported(make_flow, tmp_path):
+    starts = tmp_path / "starts"
+    flow = make_flow(FlowStep(Mortal(str(starts))))
+    started = time.monotonic()
+    for _ in range(12):  # every task kills the worker
+        with pytest.raises(FlowError):
+            await asyncio.wait_for(flow.process(Task(-1), timeout_sec=5), WAIT)
+        if "is down" in str(await _last_error(flow)):
+            break
+    with pytest.raises(FlowError, match="is down"):
+        await flow.process(Task(1))
+    assert len(_starts(starts)) <= 6  # the first start and at most 5 respawns
+    assert time.monotonic() - started < 30
+
+
+async def _last_error(flow) -> BaseException | None:
+    try:
+        await asyncio.wait_for(flow.process(Task(0), timeout_sec=5), WAIT)
+    except FlowError as exc:
+        return exc
+    return None
+
+
+async def test_a_worker_dying_in_on_start_fails_start(make_flow):
+    flow = make_flow(FlowStep(DiesOnStart()), start=False)
+    with pytest.raises(WorkerStartError, match="exit code 7"):
+        flow.start(timeout=WAIT)
+    assert flow.state == FlowState.STOPPED
+
+
+async def test_a_cancelled_caller_s_task_is_skipped_by_the_worker(make_flow):
+    flow = make_flow(FlowStep(Recorder("r")))
+    blocker = asyncio.ensure_future(flow.process(Task(0, sleep=0.4), timeout_sec=WAIT))
+    await asyncio.sleep(0.1)
+    cancelled = asyncio.ensure_future(flow.process(Task(1), timeout_sec=WAIT))
+    await asyncio.sleep(0.05)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await asyncio.wait_for(blocker, WAIT)
+    probe = Task(2)
+    await asyncio.wait_for(flow.process(probe), WAIT)
+    assert probe.order == 2  # handled: the blocker, then the probe; never the cancelled one
+
+
+async def test_reject_policy_fails_fast_with_queue_full(make_flow):
+    flow = make_flow(FlowStep(Recorder("r")), queue_size=2, queue_full="reject")
+    busy = [
+        asyncio.ensure_future(flow.process(Task(i, sleep=0.3), timeout_sec=WAIT))
+        for i in range(3)  # one in the handler, two in the queue
+    ]
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    with pytest.raises(QueueFullError):
+        await flow.process(Task(9), timeout_sec=WAIT)
+    assert time.monotonic() - started < 0.1
+    await asyncio.wait_for(asyncio.gather(*busy), WAIT)
+    task = Task(4)
+    await asyncio.wait_for(flow.process(task), WAIT)  # serving again
+    assert task.trail == ["r"]
+
+
+async def test_overload_of_1024_callers_completes(make_flow):
+    flow = make_flow(FlowStep(Square()), FlowStep(Square()), queue_size=64)
+    done = 0
+
+    async def caller(n: int) -> None:
+        nonlocal done
+        for i in range(n):
+            task = Task(i)
+            await flow.process(task, timeout_sec=60)
+            assert task.result == i * i
+            done += 1
+
+    await asyncio.wait_for(asyncio.gather(*(caller(5) for _ in range(1024))), 60)
+    assert done == 5120
+
+
+@pytest.mark.parametrize(
+    ("value", "exc_type"),
+    [(1, "SystemExit"), (2, "KeyboardInterrupt"), (3, "UnprintableError")],
+)
+async def test_whatever_a_handler_raises_fails_its_batch_only(make_flow, value, exc_type):
+    flow = make_flow(FlowStep(Raises()))
+    with pytest.raises(HandlerError) as info:
+        await asyncio.wait_for(flow.process(Task(value)), WAIT)
+    assert info.value.exc_type == exc_type
+    task = Task(7)  # a handler's return value is ignored
+    await asyncio.wait_for(flow.process(task), WAIT)
+    assert task.result == 7
+
+
+def _children() -> set[int]:
+    mine = str(os.getpid())
+    out = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == mine and fields[0] != "Z":
+                out.add(int(pid))
+    return out
+
+
+@pytest.mark.parametrize("graceful", [True, False])
+async def test_stop_leaves_no_process_behind(make_flow, graceful):
+    before = _children()
+    flow = make_flow(FlowStep(Square(), nprocs=2), FlowStep(Recorder("r")))
+    runs = [flow.process(Task(i, sleep=0.05), timeout_sec=WAIT) for i in range(10)]
+    pending = asyncio.gather(*runs, return_exceptions=True)
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(flow.stop(graceful=graceful), WAIT)
+    results = await asyncio.wait_for(pending, WAIT)
+    if graceful:
+        assert results == [True] * 10
+    else:
+        assert all(r is True or isinstance(r, FlowError) for r in results)
+    await _eventually(lambda: _children() <= before, within=5)
+
+
+PARENT = textwrap.dedent(
+    """
+    import asyncio, sys
+    sys.path.insert(0, {tests!r})
+    from support import Square
+    from aqueduct import Flow, FlowStep
+
+    async def main():
+        flow = Flow(FlowStep(Square(), nprocs=2), FlowStep(Square()))
+        flow.start(timeout=30)
+        children = __import__("multiprocessing").active_children()
+        print(" ".join(str(p.pid) for p in children), flush=True)
+        await asyncio.sleep(60)
+
+    if __name__ == "__main__":
+        asyncio.run(main())
+    """
+)
+
+
+def test_workers_exit_within_two_seconds_of_their_parent_s_death(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT.format(tests=str(Path(__file__).parent)))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]  # type: ignore[union-attr]
+        assert len(workers) == 3
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        killed = time.monotonic()
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() - killed < 2.0, "a worker outlived its parent by 2 s"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
