@@ -39,6 +39,10 @@ demo: build ## Run the aiohttp example service under a short load (latency, thro
 bench: build ## Benchmarks vs upstream (set UPSTREAM_PYTHON=/path/to/python with aqueduct==1.15.0)
 	$(PY) benches/bench.py $(if $(UPSTREAM_PYTHON),--upstream $(UPSTREAM_PYTHON),)
 
+.PHONY: soak
+soak: build ## A million tasks: RSS and open fds of every process before and after
+	$(PY) benches/soak.py
+
 .PHONY: lint
 lint: $(PY) ## cargo fmt --check, clippy -D warnings, ruff check + format --check
 	cargo fmt --all -- --check

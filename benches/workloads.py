@@ -123,12 +123,16 @@ async def _run(name: str, scale: float) -> dict[str, float]:
         flow = Flow(FlowStep(NoopHandler(), batch_size=32))
     elif name.startswith(("array_", "share_")):
         flow = Flow(FlowStep(FirstElement()))
+    elif name == "overload_1024":
+        flow = Flow(FlowStep(NoopHandler()))
     else:
         raise SystemExit(f"unknown workload {name}")
     flow.start()
     try:
         if name == "latency_1step":
             return await _latency(flow, int(5000 * scale))
+        if name == "overload_1024":
+            return await _throughput(flow, int(20_000 * max(scale, 1)), 1024)
         if name.startswith(("array_", "share_")):
             megabytes = int(name.split("_")[1].removesuffix("mb"))
             count = max(5, int((30 if megabytes <= 8 else 10) * scale))
