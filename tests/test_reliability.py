@@ -247,3 +247,20 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+async def test_task_counts_tell_how_tasks_ended(make_flow):
+    flow = make_flow(FlowStep(Raises()), FlowStep(Recorder("r")))
+    await asyncio.wait_for(flow.process(Task(5)), WAIT)
+    with pytest.raises(HandlerError):
+        await asyncio.wait_for(flow.process(Task(1)), WAIT)
+    slow = Task(6, sleep=0.5)
+    slow.trail = []
+    with pytest.raises(FlowError):
+        await asyncio.wait_for(flow.process(slow, timeout_sec=0.01), WAIT)
+    cancelled = asyncio.ensure_future(flow.process(Task(7), timeout_sec=WAIT))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert flow.task_counts == {"done": 1, "failed": 1, "timeout": 1, "cancelled": 1}

@@ -235,3 +235,25 @@ def test_after_sigkill_nothing_remains(tmp_path, victim):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+async def test_an_http_body_streams_into_shared_memory(make_flow, aiohttp_client):
+    from aiohttp import web
+
+    flow = make_flow(FlowStep(Describe()))
+
+    async def upload(request: web.Request) -> web.Response:
+        task = Task()
+        await task.share_value_with_data("body", request.content, request.content_length)
+        assert shm_backed(task.body)  # type: ignore[attr-defined]
+        await flow.process(task, timeout_sec=WAIT)
+        kind, size, head = task.result["body"]  # type: ignore[index]
+        return web.json_response({"kind": kind, "size": size, "head": head.decode()})
+
+    app = web.Application()
+    app.router.add_post("/upload", upload)
+    client = await aiohttp_client(app)
+    body = b"HEAD" + os.urandom(3 * MB)
+    response = await asyncio.wait_for(client.post("/upload", data=body), WAIT)
+    assert response.status == 200
+    assert await response.json() == {"kind": "memoryview", "size": len(body), "head": "HEAD"}

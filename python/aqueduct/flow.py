@@ -152,6 +152,7 @@ class Flow:
         self._supervisor: Supervisor | None = None
         self._control: Any = None
         self._broken: str | None = None
+        self._counts = dict.fromkeys(("done", "failed", "timeout", "cancelled"), 0)
         self._queues: list[Any] = []  # step input queues, then the result queue
         self._doorbell: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -179,6 +180,13 @@ class Flow:
     @property
     def is_running(self) -> bool:
         return self._state == FlowState.RUNNING
+
+    @property
+    def task_counts(self) -> dict[str, int]:
+        """How the tasks given to ``process`` ended: ``done``, ``failed``
+        (handler error, dead worker, ...), ``timeout`` and ``cancelled`` (the
+        caller was cancelled); workers skip timed-out and cancelled tasks."""
+        return dict(self._counts)
 
     @property
     def shm_used(self) -> int:
@@ -366,14 +374,20 @@ class Flow:
             finished = await future
         except asyncio.CancelledError:
             self._control.cancel(key)  # workers skip it instead of handling it
+            self._counts["cancelled"] += 1
             if self._state in (FlowState.STOPPING, FlowState.STOPPED):
                 raise FlowError("Task was cancelled: the flow is stopping") from None
             raise
         except TaskTimeoutError:
             self._control.cancel(key)
+            self._counts["timeout"] += 1
+            raise
+        except BaseException:
+            self._counts["failed"] += 1
             raise
         finally:
             del self._futures[key]
+        self._counts["done"] += 1
         if cls in _PLAIN_TASK_CLASSES:
             fields = finished.__dict__
             for name in _BOOKKEEPING_FIELDS:
