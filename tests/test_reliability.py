@@ -124,9 +124,11 @@ async def test_a_cancelled_caller_s_task_is_skipped_by_the_worker(make_flow):
 
 async def test_reject_policy_fails_fast_with_queue_full(make_flow):
     flow = make_flow(FlowStep(Recorder("r")), queue_size=2, queue_full="reject")
-    busy = [
-        asyncio.ensure_future(flow.process(Task(i, sleep=0.3), timeout_sec=WAIT))
-        for i in range(3)  # one in the handler, two in the queue
+    blocker = asyncio.ensure_future(flow.process(Task(0, sleep=1.0), timeout_sec=WAIT))
+    await asyncio.sleep(0.1)  # the worker is busy with it
+    busy = [blocker] + [
+        asyncio.ensure_future(flow.process(Task(i, sleep=0.01), timeout_sec=WAIT))
+        for i in range(1, 3)  # these two fill the queue
     ]
     await asyncio.sleep(0.1)
     started = time.monotonic()
@@ -264,3 +266,17 @@ async def test_task_counts_tell_how_tasks_ended(make_flow):
     with pytest.raises(asyncio.CancelledError):
         await cancelled
     assert flow.task_counts == {"done": 1, "failed": 1, "timeout": 1, "cancelled": 1}
+
+
+async def test_tasks_taken_together_still_expire_before_handle(make_flow):
+    flow = make_flow(FlowStep(Recorder("r")))  # one worker: it takes what is queued at once
+    blocker = asyncio.ensure_future(flow.process(Task(0, sleep=0.3), timeout_sec=WAIT))
+    await asyncio.sleep(0.1)
+    slow = asyncio.ensure_future(flow.process(Task(1, sleep=0.4), timeout_sec=WAIT))
+    short = asyncio.ensure_future(flow.process(Task(2), timeout_sec=0.5))
+    await asyncio.wait_for(asyncio.gather(blocker, slow), WAIT)
+    with pytest.raises(FlowError):
+        await asyncio.wait_for(short, WAIT)
+    probe = Task(3)
+    await asyncio.wait_for(flow.process(probe), WAIT)
+    assert probe.order == 3  # the blocker, the slow one, the probe: never the expired one

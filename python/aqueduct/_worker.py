@@ -38,6 +38,8 @@ from .logger import log
 
 # How long a worker sleeps with nothing to do before it looks around again.
 IDLE_TIMEOUT = 1.0
+Message = tuple[int, int, int, int, bytes]  # key, kind, priority, deadline_ns, payload
+
 # How many batches a lone worker may take from its queue at once (see _Worker).
 BURST = 16
 # How long a worker waits for room in a full next-step queue when the task
@@ -153,11 +155,31 @@ class _Worker:
             if expired:
                 self._drop_expired(expired)
             size = self.batch_size
+            if len(messages) <= size:
+                self._handle_batch(messages)
+                continue
             for start in range(0, len(messages), size):
-                self._handle_batch(
-                    messages[start : start + size] if size < len(messages) else messages
-                )
+                chunk = messages[start : start + size]
+                if start:
+                    # taken in one burst: drop what expired or was cancelled
+                    # while the batches before it were handled
+                    chunk, stale = self._split_stale(chunk)
+                    if stale:
+                        self._drop_expired(stale)
+                if chunk:
+                    self._handle_batch(chunk)
         log.debug("[%s] worker %d exits", self.step_name, os.getpid())
+
+    def _split_stale(self, messages: list[Message]) -> tuple[list[Message], list[Message]]:
+        now = _core.monotonic_ns_now()
+        live, stale = [], []
+        for message in messages:
+            key, _kind, _priority, deadline_ns, _payload = message
+            if (deadline_ns and now >= deadline_ns) or self.control.is_cancelled(key):
+                stale.append(message)
+            else:
+                live.append(message)
+        return live, stale
 
     def _handle_batch(self, messages: list[tuple[int, int, int, int, bytes]]) -> None:
         results = len(self.queues) - 1
