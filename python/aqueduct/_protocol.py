@@ -70,6 +70,7 @@ class WorkerSpec:
     own_arena: int  # index of this worker's arena in arena_fds
     control_fd: InheritedFd  # claims and cancel set
     slot: int  # this worker's claim slot
+    metrics: bool  # record handle times
     log_level: int
     spin_us: int
 

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterable
 from multiprocessing.connection import Connection
@@ -122,6 +123,7 @@ class _Worker:
         self.results = self.queues[-1]
         self.control = _core.Control.open(spec.control_fd.fd)
         self.slot = spec.slot
+        self.metrics = spec.metrics
         self.input = self.queues[self.step_index]
         self.batch_size = spec.batch_size
         # A step's only process, batching without a timeout, takes up to
@@ -147,7 +149,7 @@ class _Worker:
         log.debug("[%s] worker %d ready", self.step_name, os.getpid())
         while True:
             got = self.batcher.next(
-                self.input, IDLE_TIMEOUT, self.doorbell, self.control, self.slot
+                self.input, IDLE_TIMEOUT, self.doorbell, self.control, self.slot, self.step_index
             )
             if got is None:
                 break  # queue closed and drained: the flow is stopping
@@ -199,7 +201,13 @@ class _Worker:
             kept.append((key, kind, priority, deadline_ns, refs))
         if tasks:
             try:
-                self.handler.handle(*tasks)
+                if self.metrics:
+                    started = time.perf_counter_ns()
+                    self.handler.handle(*tasks)
+                    micros = (time.perf_counter_ns() - started) // 1000
+                    self.control.record_handle(self.step_index, micros, len(tasks))
+                else:
+                    self.handler.handle(*tasks)
             except BaseException as exc:  # whatever the handler raises fails its batch only
                 log.exception("[%s] handler raised on a batch of %d", self.step_name, len(tasks))
                 for key, _kind, priority, _deadline, refs in kept:

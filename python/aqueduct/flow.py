@@ -43,6 +43,15 @@ from .exceptions import (
 )
 from .handler import BaseTaskHandler
 from .logger import log
+from .metrics import (
+    MAIN_PROCESS,
+    Collector,
+    Exporter,
+    FlowMetrics,
+    Histogram,
+    MetricsTypes,
+    StepMetrics,
+)
 from .step import FlowStep
 from .task import BaseTask
 
@@ -77,6 +86,14 @@ def _spin_us() -> int:
         return max(0, int(os.environ.get("AQUEDUCT_SPIN_US", DEFAULT_SPIN_US)))
     except ValueError:
         return DEFAULT_SPIN_US
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _step_name(handler: Any, number: int) -> str:
@@ -142,11 +159,13 @@ class Flow:
         self._shm_size = int(shm_size)
         self._queue_priorities = int(queue_priorities)
         self._mp_start_method = mp_start_method
-        self._metrics_enabled = metrics_enabled
-        self._metrics_collector = metrics_collector
-        self._metrics_exporter = metrics_exporter
+        self._metrics_collector = metrics_collector or Collector()
         if not metrics_enabled:
             log.warning("Metrics collecting is disabled")
+            self._metrics_collector = Collector(collectible_metrics=[])
+        self._collect_metrics = self._metrics_collector.is_collectible(MetricsTypes.TASK_TIMERS)
+        self._metrics_exporter: Exporter | None = metrics_exporter
+        self._export_task: asyncio.Task[None] | None = None
 
         self._state = FlowState.STOPPED
         self._supervisor: Supervisor | None = None
@@ -245,7 +264,9 @@ class Flow:
         self._queues.append(_core.Queue.create(1, slots, SLOT_BYTES, 0, spin))
         self._doorbell = _core.Doorbell()
         nworkers = sum(step.nprocs for step in self._steps)
-        self._control = _core.Control.create(nworkers)
+        # metrics for each step and the result queue, or none at all
+        metric_steps = len(self._steps) + 1 if self._collect_metrics else 0
+        self._control = _core.Control.create(nworkers, metric_steps)
         self._arenas = [parent_arena(self._shm_size)] + [
             _core.SharedArena.create(self._shm_size, True) for _ in range(nworkers)
         ]
@@ -281,6 +302,7 @@ class Flow:
                 own_arena=0,
                 control_fd=InheritedFd(self._control.fd),
                 slot=0,
+                metrics=self._collect_metrics,
                 log_level=log.getEffectiveLevel(),
                 spin_us=spin,
             )
@@ -379,8 +401,7 @@ class Flow:
                 raise FlowError("Task was cancelled: the flow is stopping") from None
             raise
         except TaskTimeoutError:
-            self._control.cancel(key)
-            self._counts["timeout"] += 1
+            self._counts["timeout"] += 1  # workers skip it: its deadline passed
             raise
         except BaseException:
             self._counts["failed"] += 1
@@ -472,6 +493,12 @@ class Flow:
                 queue.notify()
 
     def _attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._export_task is not None:
+            try:
+                self._export_task.cancel()
+            except RuntimeError:  # its loop is closed already
+                pass
+            self._export_task = None
         old = self._loop
         if old is not None and not old.is_closed():
             try:
@@ -481,6 +508,8 @@ class Flow:
         self._loop = loop
         loop.add_reader(self._doorbell.fd, self._on_doorbell)
         self._on_doorbell()
+        if self._metrics_exporter is not None:
+            self._export_task = loop.create_task(self._export_metrics(self._metrics_exporter))
 
     def _on_doorbell(self) -> None:
         """Takes every ready result; re-arms the doorbell before going idle."""
@@ -488,7 +517,7 @@ class Flow:
         results = self._queues[-1]
         futures = self._futures
         while True:
-            batch = results.drain(DRAIN_LIMIT)
+            batch = results.drain(DRAIN_LIMIT, self._metrics_control, len(self._steps))
             for key, kind, _priority, _deadline, payload in batch:
                 future = futures.get(key)
                 base = kind & ~FLAGS
@@ -585,7 +614,76 @@ class Flow:
             self._supervisor.kill_all()
             self._supervisor = None
 
+    # -- metrics -----------------------------------------------------------------
+
+    @property
+    def _metrics_control(self) -> Any:
+        return self._control if self._collect_metrics else None
+
+    def metrics(self) -> FlowMetrics | None:
+        """A snapshot of what the flow recorded since it started (None when
+        it is not started or metrics are off): per step handle, batch and
+        queue times, batch sizes, tasks handled / expired / cancelled, queue
+        sizes; how tasks ended; resident memory per process."""
+        control = self._metrics_control
+        if control is None or self._supervisor is None:
+            return None
+        collector = self._metrics_collector
+        steps = []
+        names = [*self._step_names, MAIN_PROCESS]
+        for index, name in enumerate(names):
+            raw = control.metrics(index)
+            if raw is None:
+                continue
+            queue_size = len(self._queues[index]) if index < len(self._queues) else 0
+            if not collector.is_collectible(MetricsTypes.QUEUE_SIZE):
+                queue_size = 0
+            steps.append(
+                StepMetrics(
+                    name=name,
+                    handle_us=Histogram.from_raw(raw["handle_us"]),
+                    batch_us=Histogram.from_raw(raw["batch_us"]),
+                    batch_size=Histogram.from_raw(raw["batch_size"]),
+                    transfer_us=Histogram.from_raw(raw["transfer_us"]),
+                    handled=raw["handled"],
+                    expired=raw["expired"],
+                    cancelled=raw["cancelled"],
+                    queue_size=queue_size,
+                )
+            )
+        memory: dict[str, int] = {}
+        if collector.is_collectible(MetricsTypes.MEMORY_USAGE):
+            memory[MAIN_PROCESS] = _rss_bytes(os.getpid())
+            for w in self._supervisor.workers:
+                label = w.step_name if w.spec.nprocs == 1 else f"{w.step_name}_{w.number}"
+                if w.process is not None and w.process.pid:
+                    memory[label] = _rss_bytes(w.process.pid)
+        tasks = self.task_counts if collector.is_collectible(MetricsTypes.TASKS) else {}
+        return FlowMetrics(steps=steps, tasks=tasks, memory=memory)
+
+    async def _export_metrics(self, exporter: Exporter) -> None:
+        """Every ``export_period`` seconds, hands the exporter what changed."""
+        last = self.metrics()
+        if last is not None:
+            last = last.zero()  # the first export tells everything so far
+        while last is not None:
+            await asyncio.sleep(exporter.export_period)
+            now = self.metrics()
+            if now is None:
+                return
+            try:
+                exporter.export(now - last)
+            except Exception:
+                log.exception("metrics exporter failed")
+            last = now
+
     def _detach_loop(self) -> None:
+        if self._export_task is not None:
+            try:
+                self._export_task.cancel()
+            except RuntimeError:
+                pass
+            self._export_task = None
         if self._loop is not None and not self._loop.is_closed() and self._doorbell is not None:
             try:
                 self._loop.remove_reader(self._doorbell.fd)

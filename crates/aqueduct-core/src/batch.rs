@@ -35,11 +35,13 @@ pub struct Batch {
     pub closed: bool,
 }
 
-/// Where a worker records the tasks it takes, and learns of cancelled ones.
+/// Where a worker records the tasks it takes, learns of cancelled ones, and
+/// records its step's queue and batch metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct Claims<'a> {
     pub control: &'a Control,
     pub slot: usize,
+    pub step: usize,
 }
 
 /// Collects batches from one queue according to a [`BatchPolicy`].
@@ -104,8 +106,10 @@ impl BatchAssembler {
                 break;
             }
         }
+        let first_ns = monotonic_ns();
         // 2. was taken by take_ready; 3. wait for the rest while allowed
         if self.policy.timeout.is_zero() {
+            Self::record_batch(&batch, first_ns, claims);
             return batch;
         }
         let deadline = monotonic_ns() + self.policy.timeout.as_nanos() as u64;
@@ -115,21 +119,43 @@ impl BatchAssembler {
                 Wait::Closed | Wait::Timeout | Wait::Interrupted => break,
             }
         }
+        Self::record_batch(&batch, first_ns, claims);
         batch
+    }
+
+    fn record_batch(batch: &Batch, first_ns: u64, claims: Option<Claims<'_>>) {
+        if let Some(m) = claims.and_then(|c| c.control.metrics(c.step)) {
+            m.batch_us
+                .record(monotonic_ns().saturating_sub(first_ns) / 1000);
+        }
     }
 
     /// Moves ready messages into the batch until it is full or none is ready.
     fn take_ready(&self, queue: &TaskQueue, batch: &mut Batch, claims: Option<Claims<'_>>) {
         let now = monotonic_ns();
+        let metrics = claims.and_then(|c| c.control.metrics(c.step));
         while batch.messages.len() < self.policy.size {
             let Some(m) = queue.try_pop() else { break };
             let cancelled = claims.is_some_and(|c| c.control.is_cancelled(m.header.key));
             if cancelled || m.header.is_expired(now) {
+                if let Some(metrics) = metrics {
+                    let counter = if cancelled {
+                        &metrics.cancelled
+                    } else {
+                        &metrics.expired
+                    };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 batch.expired.push(m);
                 continue;
             }
             if let Some(c) = claims {
                 c.control.claim(c.slot, m.header.key);
+            }
+            if let Some(metrics) = metrics {
+                metrics
+                    .transfer_us
+                    .record(now.saturating_sub(m.header.enqueued_ns) / 1000);
             }
             batch.messages.push(m);
         }

@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
+use crate::metrics::StepMetrics;
 use crate::segment::Segment;
 
 const MAGIC: u64 = 0x6171_7565_6463_746c; // "aquedctl"
@@ -25,6 +26,7 @@ const CANCEL_BITS: u64 = 1 << 20;
 struct Header {
     magic: u64,
     slots: u64,
+    steps: u64,
 }
 
 #[repr(C)]
@@ -39,29 +41,38 @@ struct ClaimSlot {
 pub struct Control {
     segment: Segment,
     slots: usize,
+    steps: usize,
 }
 
-fn offsets(slots: usize) -> (usize, usize, usize) {
-    let cancel = std::mem::size_of::<Header>();
+/// Offsets of the cancel set, the claim slots, the step metrics and the end.
+fn offsets(slots: usize, steps: usize) -> (usize, usize, usize, usize) {
+    let cancel = std::mem::size_of::<Header>().div_ceil(8) * 8;
     let claims = cancel + (CANCEL_BITS / 8) as usize;
-    let end = claims + slots * std::mem::size_of::<ClaimSlot>();
-    (cancel, claims, end)
+    let metrics = claims + slots * std::mem::size_of::<ClaimSlot>();
+    let end = metrics + steps * std::mem::size_of::<StepMetrics>();
+    (cancel, claims, metrics, end)
 }
 
 impl Control {
-    /// A control block with `slots` claim slots (one per worker process).
-    pub fn create(slots: usize) -> Result<Self> {
+    /// A control block with `slots` claim slots (one per worker process) and
+    /// metrics for `steps` steps (the flow's steps plus one for results).
+    pub fn create(slots: usize, steps: usize) -> Result<Self> {
         let slots = slots.max(1);
-        let (_, _, size) = offsets(slots);
+        let (_, _, _, size) = offsets(slots, steps);
         let segment = Segment::create("aqueduct-control", size, false)?;
         // SAFETY: fresh zero-filled segment, page aligned, not shared yet.
         unsafe {
             let h = segment.as_ptr().cast::<Header>();
             (*h).slots = slots as u64;
+            (*h).steps = steps as u64;
             std::sync::atomic::fence(Ordering::Release);
             (*h).magic = MAGIC;
         }
-        Ok(Control { segment, slots })
+        Ok(Control {
+            segment,
+            slots,
+            steps,
+        })
     }
 
     /// Maps a control block received from another process.
@@ -73,23 +84,27 @@ impl Control {
             ));
         }
         // SAFETY: at least a header long; written before `magic`.
-        let (magic, slots) = unsafe {
+        let (magic, slots, steps) = unsafe {
             let h = &*segment.as_ptr().cast::<Header>();
             let magic = std::ptr::read_volatile(&h.magic);
             std::sync::atomic::fence(Ordering::Acquire);
-            (magic, h.slots as usize)
+            (magic, h.slots as usize, h.steps as usize)
         };
-        if magic != MAGIC || segment.len() < offsets(slots).2 {
+        if magic != MAGIC || segment.len() < offsets(slots, steps).3 {
             return Err(Error::InvalidSegment(
                 "not an aqueduct control block".into(),
             ));
         }
-        Ok(Control { segment, slots })
+        Ok(Control {
+            segment,
+            slots,
+            steps,
+        })
     }
 
     fn cancel_word(&self, key: u64) -> (&AtomicU64, u64) {
         let bit = key % CANCEL_BITS;
-        let (cancel, _, _) = offsets(self.slots);
+        let (cancel, _, _, _) = offsets(self.slots, self.steps);
         // SAFETY: `bit / 64 < CANCEL_BITS / 64`, inside the cancel set, which
         // starts 8-byte aligned right after the 16-byte header.
         let word = unsafe {
@@ -125,7 +140,7 @@ impl Control {
         if slot >= self.slots {
             return None;
         }
-        let (_, claims, _) = offsets(self.slots);
+        let (_, claims, _, _) = offsets(self.slots, self.steps);
         // SAFETY: `slot < slots`, so the slot lies inside the segment; slots
         // are 8-byte aligned (the claims area starts at a multiple of 8).
         Some(unsafe {
@@ -169,6 +184,27 @@ impl Control {
 
     pub fn slots(&self) -> usize {
         self.slots
+    }
+
+    /// The metrics of step `step`, if there is such a step.
+    pub fn metrics(&self, step: usize) -> Option<&StepMetrics> {
+        if step >= self.steps {
+            return None;
+        }
+        let (_, _, metrics, _) = offsets(self.slots, self.steps);
+        // SAFETY: `step < steps`, inside the segment (checked on open); the
+        // area is 8-byte aligned and holds only atomics, zero-initialised.
+        Some(unsafe {
+            &*self
+                .segment
+                .as_ptr()
+                .add(metrics + step * std::mem::size_of::<StepMetrics>())
+                .cast::<StepMetrics>()
+        })
+    }
+
+    pub fn steps(&self) -> usize {
+        self.steps
     }
 
     pub fn raw_fd(&self) -> std::os::fd::RawFd {

@@ -8,12 +8,14 @@
 //!   freed by anyone;
 //! * [`batch`] — batch assembly with `batch_size` / `batch_timeout`;
 //! * [`control`] — per-worker claims and the cancel set of a flow;
+//! * [`metrics`] — per-step histograms and counters in shared memory;
 //! * [`notify`] — futex, eventfd and the monotonic clock.
 
 pub mod arena;
 pub mod batch;
 pub mod control;
 pub mod error;
+pub mod metrics;
 pub mod notify;
 pub mod queue;
 pub mod ring;

@@ -31,9 +31,12 @@ pub struct MessageHeader {
     pub kind: u32,
     /// Priority level, `0..priorities`; higher is served first.
     pub priority: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds when the message was queued (set by
+    /// `push`), for the time it waited in the queue.
+    pub enqueued_ns: u64,
 }
 
-const HEADER_BYTES: usize = 24;
+const HEADER_BYTES: usize = 32;
 
 impl MessageHeader {
     fn encode(&self) -> [u8; HEADER_BYTES] {
@@ -42,6 +45,7 @@ impl MessageHeader {
         out[8..16].copy_from_slice(&self.deadline_ns.to_le_bytes());
         out[16..20].copy_from_slice(&self.kind.to_le_bytes());
         out[20..24].copy_from_slice(&self.priority.to_le_bytes());
+        out[24..32].copy_from_slice(&self.enqueued_ns.to_le_bytes());
         out
     }
 
@@ -52,6 +56,7 @@ impl MessageHeader {
             deadline_ns: u64::from_le_bytes(word(8..16)?.try_into().ok()?),
             kind: u32::from_le_bytes(word(16..20)?.try_into().ok()?),
             priority: u32::from_le_bytes(word(20..24)?.try_into().ok()?),
+            enqueued_ns: u64::from_le_bytes(word(24..32)?.try_into().ok()?),
         })
     }
 
@@ -291,6 +296,7 @@ impl TaskQueue {
         let level = (header.priority as usize).min(self.rings.len() - 1);
         let mut header = *header;
         header.priority = level as u32;
+        header.enqueued_ns = monotonic_ns();
         let encoded = header.encode();
         match self.rings[level].push(&[&encoded, payload]) {
             Ok(()) => Ok(()),

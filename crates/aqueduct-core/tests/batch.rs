@@ -158,7 +158,7 @@ fn a_worker_claims_what_it_takes_and_skips_cancelled_tasks() {
     use aqueduct_core::Control;
 
     let q = TaskQueue::create(QueueConfig::default()).expect("queue");
-    let control = Control::create(4).expect("control");
+    let control = Control::create(4, 1).expect("control");
     for k in 1..=4 {
         push(&q, k, 0);
     }
@@ -170,6 +170,7 @@ fn a_worker_claims_what_it_takes_and_skips_cancelled_tasks() {
     let claims = Some(Claims {
         control: &control,
         slot: 3,
+        step: 0,
     });
     let batch = a.next_batch_claimed(&q, None, &mut || false, claims);
     assert_eq!(keys(&batch), vec![1, 3, 4]);
@@ -190,4 +191,12 @@ fn a_worker_claims_what_it_takes_and_skips_cancelled_tasks() {
     assert_eq!(control.claims(3), vec![5]);
     control.uncancel(2);
     assert!(!control.is_cancelled(2));
+    let m = control.metrics(0).expect("step 0").snapshot();
+    assert_eq!(m.cancelled, 1);
+    assert_eq!(
+        m.transfer_us.count, 4,
+        "every task handed out had its queue time recorded"
+    );
+    assert_eq!(m.batch_us.count, 2, "one assembly time per batch");
+    assert!(control.metrics(1).is_none());
 }

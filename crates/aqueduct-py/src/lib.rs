@@ -16,7 +16,7 @@ use aqueduct_core::{
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple, PyType};
 
 mod shm;
 
@@ -214,6 +214,7 @@ impl Queue {
             deadline_ns,
             kind,
             priority,
+            enqueued_ns: 0, // set by push
         };
         self.inner.push(&header, payload).map_err(to_py_err)
     }
@@ -242,11 +243,26 @@ impl Queue {
     }
 
     /// Takes up to `limit` ready messages without waiting, as
-    /// `(key, kind, priority, deadline_ns, payload)` tuples.
-    fn drain<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyList>> {
+    /// `(key, kind, priority, deadline_ns, payload)` tuples; with `control`,
+    /// records their time in the queue as step `step`'s transfer time.
+    #[pyo3(signature = (limit, control=None, step=0))]
+    fn drain<'py>(
+        &self,
+        py: Python<'py>,
+        limit: usize,
+        control: Option<&PyControl>,
+        step: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
+        let metrics = control.and_then(|c| c.inner.metrics(step));
+        let now = monotonic_ns();
         for _ in 0..limit {
             let Some(m) = self.inner.try_pop() else { break };
+            if let Some(metrics) = metrics {
+                metrics
+                    .transfer_us
+                    .record(now.saturating_sub(m.header.enqueued_ns) / 1000);
+            }
             list.append(message_tuple(py, &m)?)?;
         }
         Ok(list)
@@ -290,10 +306,12 @@ struct PyControl {
 
 #[pymethods]
 impl PyControl {
+    /// `slots` worker claim slots; metrics for `steps` steps.
     #[staticmethod]
-    fn create(slots: usize) -> PyResult<Self> {
+    #[pyo3(signature = (slots, steps=1))]
+    fn create(slots: usize, steps: usize) -> PyResult<Self> {
         Ok(PyControl {
-            inner: Control::create(slots).map_err(to_py_err)?,
+            inner: Control::create(slots, steps).map_err(to_py_err)?,
         })
     }
 
@@ -329,6 +347,38 @@ impl PyControl {
 
     fn clear_claims(&self, slot: usize) {
         self.inner.clear_claims(slot);
+    }
+
+    /// A step's handler ran a batch of `tasks` tasks in `micros` µs.
+    fn record_handle(&self, step: usize, micros: u64, tasks: u64) {
+        if let Some(m) = self.inner.metrics(step) {
+            m.handle_us.record(micros);
+            m.batch_size.record(tasks);
+            m.handled
+                .fetch_add(tasks, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Step `step`'s metrics: counters, and histograms as
+    /// `(count, sum, buckets)` where bucket `i` counts values below `2**i`.
+    fn metrics<'py>(&self, py: Python<'py>, step: usize) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(m) = self.inner.metrics(step) else {
+            return Ok(None);
+        };
+        let snap = m.snapshot();
+        let d = PyDict::new(py);
+        for (name, h) in [
+            ("handle_us", &snap.handle_us),
+            ("batch_us", &snap.batch_us),
+            ("batch_size", &snap.batch_size),
+            ("transfer_us", &snap.transfer_us),
+        ] {
+            d.set_item(name, (h.count, h.sum, h.buckets.clone()))?;
+        }
+        d.set_item("handled", snap.handled)?;
+        d.set_item("expired", snap.expired)?;
+        d.set_item("cancelled", snap.cancelled)?;
+        Ok(Some(d))
     }
 }
 
@@ -367,7 +417,8 @@ impl Batcher {
     /// `(messages, expired)` where `messages` are `(key, kind, priority,
     /// deadline_ns, payload)` tuples — empty when `idle_timeout` passed with nothing to do.
     /// Frees the taken room (ringing `doorbell` for an asyncio producer).
-    #[pyo3(signature = (queue, idle_timeout, doorbell=None, control=None, slot=0))]
+    #[pyo3(signature = (queue, idle_timeout, doorbell=None, control=None, slot=0, step=0))]
+    #[allow(clippy::too_many_arguments)]
     fn next<'py>(
         &self,
         py: Python<'py>,
@@ -376,6 +427,7 @@ impl Batcher {
         doorbell: Option<&Doorbell>,
         control: Option<&PyControl>,
         slot: usize,
+        step: usize,
     ) -> PyResult<Option<(Bound<'py, PyList>, Bound<'py, PyList>)>> {
         if let Some(e) = self.deferred.lock().ok().and_then(|mut d| d.take()) {
             return Err(e);
@@ -386,6 +438,7 @@ impl Batcher {
             let claims = control.map(|c| Claims {
                 control: &c.inner,
                 slot,
+                step,
             });
             let batch = self.assembler.next_batch_claimed(
                 &queue.inner,

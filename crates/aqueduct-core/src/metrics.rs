@@ -1,0 +1,108 @@
+//! Per-step metrics in shared memory, recorded where the events happen.
+//!
+//! Workers (and the parent, for the result queue) add to lock-free counters
+//! and log2 histograms with one atomic add each; the parent reads them when
+//! exporting. Histograms have power-of-two buckets: bucket `i` holds values
+//! in `[2^(i-1), 2^i)` of the metric's unit (µs for times, tasks for sizes).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Buckets per histogram: up to 2^39 µs (about 6 days) for times.
+pub const BUCKETS: usize = 40;
+
+/// A log2 histogram plus count and sum.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Histogram {
+    count: AtomicU64,
+    sum: AtomicU64,
+    buckets: [AtomicU64; BUCKETS],
+}
+
+/// A point-in-time copy of a histogram.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistogramSnapshot {
+    pub count: u64,
+    pub sum: u64,
+    pub buckets: Vec<u64>,
+}
+
+/// The bucket a value falls in.
+pub fn bucket_of(value: u64) -> usize {
+    ((u64::BITS - value.leading_zeros()) as usize).min(BUCKETS - 1)
+}
+
+/// Upper bound (exclusive) of bucket `i`.
+pub fn bucket_bound(i: usize) -> u64 {
+    if i >= 63 {
+        u64::MAX
+    } else {
+        1u64 << i
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, value: u64) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+        self.buckets[bucket_of(value)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            count: self.count.load(Ordering::Relaxed),
+            sum: self.sum.load(Ordering::Relaxed),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+}
+
+/// What a step records.
+#[repr(C)]
+#[derive(Debug)]
+pub struct StepMetrics {
+    /// µs a handler spent in `handle`.
+    pub handle_us: Histogram,
+    /// µs from the first task of a batch to the batch being complete.
+    pub batch_us: Histogram,
+    /// Tasks per `handle` call (recorded with the handle time).
+    pub batch_size: Histogram,
+    /// µs tasks waited in the step's queue.
+    pub transfer_us: Histogram,
+    /// Tasks handled.
+    pub handled: AtomicU64,
+    /// Tasks dropped because their deadline had passed.
+    pub expired: AtomicU64,
+    /// Tasks dropped because their caller cancelled them.
+    pub cancelled: AtomicU64,
+}
+
+/// A point-in-time copy of a step's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct StepSnapshot {
+    pub handle_us: HistogramSnapshot,
+    pub batch_us: HistogramSnapshot,
+    pub batch_size: HistogramSnapshot,
+    pub transfer_us: HistogramSnapshot,
+    pub handled: u64,
+    pub expired: u64,
+    pub cancelled: u64,
+}
+
+impl StepMetrics {
+    pub fn snapshot(&self) -> StepSnapshot {
+        StepSnapshot {
+            handle_us: self.handle_us.snapshot(),
+            batch_us: self.batch_us.snapshot(),
+            batch_size: self.batch_size.snapshot(),
+            transfer_us: self.transfer_us.snapshot(),
+            handled: self.handled.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
+            cancelled: self.cancelled.load(Ordering::Relaxed),
+        }
+    }
+}
