@@ -117,6 +117,8 @@ async def _run(name: str, scale: float) -> dict[str, float]:
         flow = Flow(FlowStep(NoopHandler()))
     elif name == "throughput_1step":
         flow = Flow(FlowStep(NoopHandler()))
+    elif name == "throughput_1step_nometrics":
+        flow = Flow(FlowStep(NoopHandler()), metrics_enabled=False)
     elif name == "throughput_3step":
         flow = Flow(FlowStep(NoopHandler()), FlowStep(NoopHandler()), FlowStep(NoopHandler()))
     elif name == "throughput_batch32":

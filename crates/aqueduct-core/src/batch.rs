@@ -109,7 +109,7 @@ impl BatchAssembler {
         let first_ns = monotonic_ns();
         // 2. was taken by take_ready; 3. wait for the rest while allowed
         if self.policy.timeout.is_zero() {
-            Self::record_batch(&batch, first_ns, claims);
+            Self::record_batch(first_ns, claims);
             return batch;
         }
         let deadline = monotonic_ns() + self.policy.timeout.as_nanos() as u64;
@@ -119,11 +119,11 @@ impl BatchAssembler {
                 Wait::Closed | Wait::Timeout | Wait::Interrupted => break,
             }
         }
-        Self::record_batch(&batch, first_ns, claims);
+        Self::record_batch(first_ns, claims);
         batch
     }
 
-    fn record_batch(batch: &Batch, first_ns: u64, claims: Option<Claims<'_>>) {
+    fn record_batch(first_ns: u64, claims: Option<Claims<'_>>) {
         if let Some(m) = claims.and_then(|c| c.control.metrics(c.step)) {
             m.batch_us
                 .record(monotonic_ns().saturating_sub(first_ns) / 1000);
