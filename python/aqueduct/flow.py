@@ -201,6 +201,12 @@ class Flow:
         return self._state == FlowState.RUNNING
 
     @property
+    def failure(self) -> str | None:
+        """Why the flow cannot serve although it runs (a step whose workers
+        keep dying), or None. Integrations stop the app on it."""
+        return self._broken
+
+    @property
     def task_counts(self) -> dict[str, int]:
         """How the tasks given to ``process`` ended: ``done``, ``failed``
         (handler error, dead worker, ...), ``timeout`` and ``cancelled`` (the

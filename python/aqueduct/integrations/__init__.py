@@ -1,0 +1,2 @@
+"""Web framework integrations: ``aqueduct.integrations.aiohttp`` and
+``aqueduct.integrations.fastapi``."""

@@ -1,0 +1,100 @@
+"""Web integrations, through the examples in examples/."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+
+WAIT = 20
+
+
+def squares(n: int) -> int:
+    return sum(i * i for i in range(n))
+
+
+async def test_aiohttp_integrator_runs_the_flow_with_the_app(aiohttp_client):
+    from aiohttp_app import prepare_app
+
+    app = prepare_app()
+    flow = app["flow"]
+    assert not flow.is_running  # started with the application, not before
+    client = await aiohttp_client(app)
+    assert flow.is_running
+    replies = await asyncio.wait_for(
+        asyncio.gather(*(client.post("/sum", data=str(n).encode()) for n in range(30))), WAIT
+    )
+    assert [(await r.json())["result"] for r in replies] == [squares(n) for n in range(30)]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'aqueduct_tasks_total{flow="flow",outcome="done"} 30.0' in metrics
+    await client.close()
+    assert not flow.is_running  # stopped on cleanup
+
+
+async def test_aiohttp_maps_overload_to_503_and_timeouts_to_504(aiohttp_client):
+    from aiohttp_app import prepare_app
+
+    client = await aiohttp_client(prepare_app(queue_size=1))
+    slow = str(3_000_000).encode()  # a few hundred ms of summing each
+    replies = await asyncio.wait_for(
+        asyncio.gather(*(client.post("/sum", data=slow) for _ in range(12))), WAIT
+    )
+    statuses = sorted(r.status for r in replies)
+    assert 200 in statuses and 503 in statuses, statuses
+    timed_out = await asyncio.wait_for(client.post("/sum?timeout=0.01", data=slow), WAIT)
+    assert timed_out.status == 504
+    await client.close()
+
+
+def test_aiohttp_integrator_once_per_app():
+    from aiohttp import web
+    from aqueduct.integrations.aiohttp import AppIntegrator
+
+    app = web.Application()
+    AppIntegrator(app)
+    with pytest.raises(RuntimeError):
+        AppIntegrator(app)
+
+
+def test_fastapi_integrator_with_dependency_and_lifespan():
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from fastapi_app import create_app
+
+    app = create_app()
+    flow = app.state.flow
+    with TestClient(app) as client:
+        assert flow.is_running
+        for n in (0, 10, 1000):
+            response = client.post("/sum", json={"number": n})
+            assert response.status_code == 200 and response.json() == {"result": squares(n)}
+        slow = client.post("/sum", json={"number": 3_000_000, "timeout": 0.01})
+        assert slow.status_code == 504
+        assert "aqueduct_handle_seconds" in client.get("/metrics").text
+    assert not flow.is_running
+
+
+def test_fastapi_flow_lifespan_helper():
+    pytest.importorskip("fastapi")
+    from aqueduct import Flow, FlowStep
+    from aqueduct.integrations.fastapi import flow_lifespan, get_flow
+    from fastapi import Depends, FastAPI
+    from fastapi.testclient import TestClient
+    from support import Square, Task
+
+    flow = Flow(FlowStep(Square()))
+    app = FastAPI(lifespan=flow_lifespan({"squares": flow}))
+
+    @app.get("/square/{n}")
+    async def square(n: int, f: Flow = Depends(get_flow("squares"))) -> dict[str, int]:
+        task = Task(n)
+        await f.process(task)
+        return {"result": task.result}
+
+    with TestClient(app) as client:
+        assert client.get("/square/12").json() == {"result": 144}
+    assert not flow.is_running
