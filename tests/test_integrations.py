@@ -98,3 +98,53 @@ def test_fastapi_flow_lifespan_helper():
     with TestClient(app) as client:
         assert client.get("/square/12").json() == {"result": 144}
     assert not flow.is_running
+
+
+def test_several_server_processes_share_one_flow(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "prefork_server.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--port", "0", "--servers", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line.startswith("listening on"), line
+        url = f"http://{line.split()[-1]}/sum"
+
+        def post(n: int) -> dict:
+            request = urllib.request.Request(url, data=str(n).encode(), method="POST")
+            with urllib.request.urlopen(request, timeout=WAIT) as response:
+                return json.loads(response.read())
+
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(post, range(300)))
+        assert [r["result"] for r in replies] == [squares(n) for n in range(300)]
+        servers = {r["server"] for r in replies}
+        assert len(servers) >= 2, servers  # several processes, one flow
+        assert proc.pid not in servers
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=WAIT)
+
+
+def test_segments_are_owner_only():
+    import os
+    import stat
+
+    from aqueduct import _core
+
+    queue = _core.Queue.create()
+    mode = stat.S_IMODE(os.stat(f"/proc/self/fd/{queue.fd}").st_mode)
+    assert mode == 0o600

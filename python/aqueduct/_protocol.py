@@ -14,6 +14,7 @@ from .exceptions import (
     SharedMemoryFullError,
     TaskSerializationError,
     TaskTooLargeError,
+    WorkerDiedError,
 )
 
 # Message kinds (the `kind` field of a queue message header).
@@ -25,6 +26,9 @@ KIND_TASK_BY_VALUE = 2
 #: A worker dropped the task (its deadline passed); tells the parent that
 #: no process uses the task's shared-memory blocks any more.
 KIND_DROPPED = 3
+#: Bits of a task key above this one name the client that submitted it.
+CLIENT_SHIFT = 48
+
 #: Flag: the payload starts with shared-memory references (see _shm.split).
 FLAG_REFS = 0x100
 #: Flag (with FLAG_REFS): the last reference is the pickle itself.
@@ -64,9 +68,10 @@ class WorkerSpec:
     batch_size: int
     batch_timeout: float
     nprocs: int  # processes of this step
-    queue_fds: list[InheritedFd]  # input queue of every step, then the result queue
-    doorbell_fd: InheritedFd
-    arena_fds: list[InheritedFd]  # the parent's arena, then one per worker process
+    queue_fds: list[InheritedFd]  # input queue of every step, then a result queue per client
+    doorbell_fds: list[InheritedFd]  # one per client
+    clients: int  # processes submitting tasks; arenas 0..clients-1 are theirs
+    arena_fds: list[InheritedFd]  # one per client, then one per worker process
     own_arena: int  # index of this worker's arena in arena_fds
     control_fd: InheritedFd  # claims and cancel set
     slot: int  # this worker's claim slot
@@ -111,8 +116,10 @@ _ERROR_KINDS: dict[str, type[FlowError]] = {
 def decode_error(payload: bytes) -> FlowError:
     """The exception a caller gets for an error message from a worker."""
     kind, step, exc_type, message, tb, original = pickle.loads(payload)
-    if kind in _ERROR_KINDS:
-        err: FlowError = _ERROR_KINDS[kind](f"{step}: {exc_type}: {message}")
+    if kind == WorkerDiedError.__name__:
+        err: FlowError = WorkerDiedError(message)
+    elif kind in _ERROR_KINDS:
+        err = _ERROR_KINDS[kind](f"{step}: {exc_type}: {message}")
     else:
         err = HandlerError(step, exc_type, message, tb)
     if original is not None:

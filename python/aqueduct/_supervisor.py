@@ -274,6 +274,7 @@ class Supervisor:
         self._wake_r = self._wake_w = -1
 
 
-def with_slot(spec: WorkerSpec, slot: int) -> WorkerSpec:
-    """The spec of worker slot ``slot``: its own arena and claim slot."""
-    return dataclasses.replace(spec, own_arena=slot + 1, slot=slot)
+def with_slot(spec: WorkerSpec, slot: int, clients: int) -> WorkerSpec:
+    """The spec of worker slot ``slot``: its own arena (after the clients')
+    and claim slot."""
+    return dataclasses.replace(spec, own_arena=clients + slot, slot=slot)

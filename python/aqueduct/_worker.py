@@ -19,6 +19,7 @@ import cloudpickle
 
 from . import _core
 from ._protocol import (
+    CLIENT_SHIFT,
     FLAG_REFS,
     FLAGS,
     KIND_DROPPED,
@@ -119,8 +120,9 @@ class _Worker:
         # (index, condition) of the steps after this one, for routing
         self.later_conditions = list(enumerate(conditions))[spec.step_index + 1 :]
         self.queues = [_core.Queue.open(f.fd, spin_us=spec.spin_us) for f in spec.queue_fds]
-        self.doorbell = _core.Doorbell.open(spec.doorbell_fd.fd)
-        self.results = self.queues[-1]
+        self.doorbells = [_core.Doorbell.open(f.fd) for f in spec.doorbell_fds]
+        self.nsteps = len(self.queues) - spec.clients
+        self.clients = spec.clients
         self.control = _core.Control.open(spec.control_fd.fd)
         self.slot = spec.slot
         self.metrics = spec.metrics
@@ -139,7 +141,7 @@ class _Worker:
         ]
         self.shm = SharedMemory(arenas, own=spec.own_arena)
         # the fds were duplicated by `open`; the inherited ones are not needed
-        for f in [*spec.queue_fds, spec.doorbell_fd, *spec.arena_fds, spec.control_fd]:
+        for f in [*spec.queue_fds, *spec.doorbell_fds, *spec.arena_fds, spec.control_fd]:
             try:
                 os.close(f.fd)
             except OSError:
@@ -149,7 +151,7 @@ class _Worker:
         log.debug("[%s] worker %d ready", self.step_name, os.getpid())
         while True:
             got = self.batcher.next(
-                self.input, IDLE_TIMEOUT, self.doorbell, self.control, self.slot, self.step_index
+                self.input, IDLE_TIMEOUT, self.doorbells, self.control, self.slot, self.step_index
             )
             if got is None:
                 break  # queue closed and drained: the flow is stopping
@@ -184,7 +186,6 @@ class _Worker:
         return live, stale
 
     def _handle_batch(self, messages: list[tuple[int, int, int, int, bytes]]) -> None:
-        results = len(self.queues) - 1
         touched: set[int] = set()
         tasks: list[Any] = []
         kept: list[tuple[int, int, int, int, list[Ref]]] = []
@@ -196,7 +197,7 @@ class _Worker:
                 if kind & FLAG_REFS:
                     self._retire(split(payload)[0], ())
                 self._send_error(key, priority, exc, TaskSerializationError)
-                touched.add(results)
+                touched.add(self._results_of(key))
                 continue
             kept.append((key, kind, priority, deadline_ns, refs))
         if tasks:
@@ -213,19 +214,30 @@ class _Worker:
                 for key, _kind, priority, _deadline, refs in kept:
                     self._retire(refs, ())
                     self._send_error(key, priority, exc)
-                touched.add(results)
+                    touched.add(self._results_of(key))
                 tasks = []
         for task, (key, kind, priority, deadline_ns, refs) in zip(tasks, kept, strict=False):
             touched.add(self._forward(task, key, kind, priority, deadline_ns, refs))
         for index in touched:
-            self.queues[index].notify(self.doorbell)
+            self._notify(index)
 
-    def _next_queue(self, task: Any) -> int:
+    def _notify(self, index: int) -> None:
+        """Wakes the consumer of queue ``index``: a worker, or a client's loop."""
+        if index >= self.nsteps:
+            self.queues[index].notify(self.doorbells[index - self.nsteps])
+        else:
+            self.queues[index].notify()
+
+    def _results_of(self, key: int) -> int:
+        """Index of the result queue of the client that submitted ``key``."""
+        return self.nsteps + min(key >> CLIENT_SHIFT, self.clients - 1)
+
+    def _next_queue(self, task: Any, key: int) -> int:
         """Index of the next step whose condition holds, or of the result queue."""
         for index, condition in self.later_conditions:
             if condition(task):
                 return index
-        return len(self.queues) - 1
+        return self._results_of(key)
 
     def _forward(
         self, task: Any, key: int, kind: int, priority: int, deadline_ns: int, refs: list[Ref]
@@ -233,7 +245,7 @@ class _Worker:
         """Sends a handled task on; returns the index of the queue it went to."""
         out: list[Ref] = []
         try:
-            index = self._next_queue(task)
+            index = self._next_queue(task, key)
             by_value = kind & ~FLAGS == KIND_TASK_BY_VALUE
             kind, payload, out = self.shm.dumps(task, key, by_value)
             self._push(self.queues[index], key, deadline_ns, kind, priority, payload)
@@ -244,33 +256,34 @@ class _Worker:
                 exc, TaskTooLargeError | TaskSerializationError | SharedMemoryFullError
             )
             self._send_error(key, priority, exc, type(exc) if passes_as_is else None)
-            return len(self.queues) - 1
+            return self._results_of(key)
         self._retire(refs, out)
         return index
 
     def _retire(self, incoming: list[Ref], outgoing: Iterable[Ref]) -> None:
         """Frees blocks of workers' arenas the task no longer refers to. The
-        parent's arena (0) is the parent's to free."""
+        clients' arenas are theirs to free."""
         if not incoming:
             return
         kept = {(arena, block) for arena, block, _offset, _size in outgoing}
         for arena, block, _offset, _size in incoming:
-            if arena != 0 and (arena, block) not in kept:
+            if arena >= self.clients and (arena, block) not in kept:
                 self.shm.arenas[arena].free(block)
 
     def _drop_expired(self, expired: list[tuple[int, int, int, int, bytes]]) -> None:
         """Expired and cancelled tasks are not handled; their blocks are released."""
-        told_parent = False
+        told: set[int] = set()
         for key, kind, priority, _deadline, payload in expired:
             if not kind & FLAG_REFS:
                 continue
             refs, _body = split(payload)
             self._retire(refs, ())
-            if any(arena == 0 for arena, *_rest in refs):
-                self._push(self.results, key, 0, KIND_DROPPED, priority, b"")
-                told_parent = True
-        if told_parent:
-            self.results.notify(self.doorbell)
+            if any(arena < self.clients for arena, *_rest in refs):
+                index = self._results_of(key)
+                self._push(self.queues[index], key, 0, KIND_DROPPED, priority, b"")
+                told.add(index)
+        for index in told:
+            self._notify(index)
 
     def _push(
         self, queue: Any, key: int, deadline_ns: int, kind: int, priority: int, payload: bytes
@@ -283,7 +296,7 @@ class _Worker:
             except NotRunningError:
                 return  # the queue was closed: the flow is stopping
             except QueueFullError:
-                queue.notify(self.doorbell)
+                queue.notify()
                 now = _core.monotonic_ns_now()
                 if deadline_ns and now >= deadline_ns:
                     return  # the caller has given up; drop the task
@@ -292,4 +305,4 @@ class _Worker:
 
     def _send_error(self, key: int, priority: int, exc: BaseException, kind: Any = None) -> None:
         payload = encode_error(self.step_name, exc, kind)
-        self._push(self.results, key, 0, KIND_ERROR, priority, payload)
+        self._push(self.queues[self._results_of(key)], key, 0, KIND_ERROR, priority, payload)

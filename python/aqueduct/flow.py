@@ -22,6 +22,7 @@ import cloudpickle
 
 from . import _core
 from ._protocol import (
+    CLIENT_SHIFT,
     FLAG_REFS,
     FLAGS,
     KIND_DROPPED,
@@ -29,8 +30,16 @@ from ._protocol import (
     InheritedFd,
     WorkerSpec,
     decode_error,
+    encode_error,
 )
-from ._shm import DEFAULT_SHM_SIZE, THRESHOLD, SharedMemory, parent_arena, split
+from ._shm import (
+    DEFAULT_SHM_SIZE,
+    THRESHOLD,
+    SharedMemory,
+    _set_parent_arena,
+    parent_arena,
+    split,
+)
 from ._supervisor import Supervisor, WorkerProcess, with_slot
 from .exceptions import (
     FlowError,
@@ -77,6 +86,8 @@ PARENT_SPIN_PER_STEP_US = 30
 #: SPIN_PROBE_EVERY-th call (the handler is slower than a spin is worth).
 SPIN_MISS_LIMIT = 4
 SPIN_PROBE_EVERY = 32
+#: Most processes that may submit tasks to one flow (see ``clients``).
+MAX_CLIENTS = 32
 #: How long stop() lets workers exit by themselves before terminating them.
 WORKER_EXIT_TIMEOUT = 5.0
 
@@ -135,6 +146,7 @@ class Flow:
         mp_start_method: Literal["fork", "spawn", "forkserver"] = "spawn",
         shm_size: int = DEFAULT_SHM_SIZE,
         queue_full: Literal["wait", "reject"] = "wait",
+        clients: int = 1,
     ) -> None:
         if mp_start_method not in START_METHODS:
             raise MPStartMethodValueError(
@@ -154,6 +166,12 @@ class Flow:
         if queue_full not in ("wait", "reject"):
             raise ValueError(f"queue_full must be 'wait' or 'reject', got {queue_full!r}")
         self._reject_when_full = queue_full == "reject"
+        if not 1 <= int(clients) <= MAX_CLIENTS:
+            raise ValueError(f"clients must be in 1..{MAX_CLIENTS}, got {clients}")
+        self._clients = int(clients)
+        self._client = 0  # this process's client slot
+        self._client_pid = -1  # the process that holds it
+        self._owner_pid = os.getpid()  # the process that runs the workers
         if int(shm_size) < THRESHOLD:
             raise ValueError(f"shm_size must be >= {THRESHOLD} bytes, got {shm_size}")
         self._shm_size = int(shm_size)
@@ -173,11 +191,12 @@ class Flow:
         self._broken: str | None = None
         self._counts = dict.fromkeys(("done", "failed", "timeout", "cancelled"), 0)
         self._queues: list[Any] = []  # step input queues, then the result queue
-        self._doorbell: Any = None
+        self._doorbells: list[Any] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._futures: dict[int, asyncio.Future[bytes]] = {}
         self._backlogs: dict[int, collections.deque[tuple[Any, ...]]] = {}
         self._keys = itertools.count(1)
+        self._key_base = 0  # this client's slot, in the top bits of its keys
         self._timeouts = _TimeoutWheel(self._futures)
         self._by_value: dict[type, bool] = {}
         self._first_condition = (
@@ -267,16 +286,20 @@ class Flow:
             _core.Queue.create(self._queue_priorities, slots, SLOT_BYTES, max_messages, spin)
             for _ in self._steps
         ]
-        self._queues.append(_core.Queue.create(1, slots, SLOT_BYTES, 0, spin))
-        self._doorbell = _core.Doorbell()
+        for _ in range(self._clients):  # a result queue and a doorbell per client
+            self._queues.append(_core.Queue.create(1, slots, SLOT_BYTES, 0, spin))
+            self._doorbells.append(_core.Doorbell())
         nworkers = sum(step.nprocs for step in self._steps)
         # metrics for each step and the result queue, or none at all
         metric_steps = len(self._steps) + 1 if self._collect_metrics else 0
         self._control = _core.Control.create(nworkers, metric_steps)
         self._arenas = [parent_arena(self._shm_size)] + [
-            _core.SharedArena.create(self._shm_size, True) for _ in range(nworkers)
+            _core.SharedArena.create(self._shm_size, True)
+            for _ in range(self._clients - 1 + nworkers)
         ]
         self._shm = SharedMemory(self._arenas, own=0)
+        self._owner_pid = os.getpid()
+        self._client_pid = -1  # a client slot is taken on the first process() call
         try:
             conditions_blob = cloudpickle.dumps([s.handle_condition for s in self._steps])
         except Exception as exc:
@@ -303,7 +326,8 @@ class Flow:
                 batch_timeout=step.batch_timeout,
                 nprocs=step.nprocs,
                 queue_fds=[InheritedFd(q.fd) for q in self._queues],
-                doorbell_fd=InheritedFd(self._doorbell.fd),
+                doorbell_fds=[InheritedFd(d.fd) for d in self._doorbells],
+                clients=self._clients,
                 arena_fds=[InheritedFd(a.fd) for a in self._arenas],
                 own_arena=0,
                 control_fd=InheritedFd(self._control.fd),
@@ -313,34 +337,59 @@ class Flow:
                 spin_us=spin,
             )
             for number in range(step.nprocs):
-                self._supervisor.spawn(with_slot(spec, slot), number)
+                self._supervisor.spawn(with_slot(spec, slot, self._clients), number)
                 slot += 1
             if step.on_start_wait:
                 time.sleep(step.on_start_wait)
         log.info("Waiting for all workers to start up (timeout: %s s)", timeout)
         self._supervisor.wait_ready(deadline)
 
+    def _become_client(self) -> None:
+        """First ``process`` call in this process — the one that started the
+        flow, or one forked from it after the start (a web server's worker):
+        take a client slot of our own — its result queue, doorbell and arena —
+        and start afresh, leaving any parent's loop and workers alone."""
+        slot = self._control.claim_client()
+        if slot >= self._clients:
+            raise FlowError(
+                f"more processes submit tasks than Flow(clients={self._clients}) allows"
+            )
+        if self._client_pid != -1 and self._loop is not None:
+            self._loop = None  # inherited from the parent: not ours to touch
+        self._client = slot
+        self._client_pid = os.getpid()
+        self._key_base = slot << CLIENT_SHIFT
+        self._export_task = None
+        self._futures.clear()
+        self._backlogs.clear()
+        self._held.clear()
+        self._timeouts = _TimeoutWheel(self._futures)
+        self._shm = SharedMemory(self._arenas, own=slot)
+        _set_parent_arena(self._arenas[slot])  # share_value() allocates there now
+
     def _on_worker_death(self, worker: WorkerProcess, how: str, keys: list[int]) -> None:
-        """Monitor thread: a worker died. Its tasks fail at once; the
-        supervisor respawns it."""
+        """Monitor thread: a worker died. Each task it held fails at once (an
+        error in its client's result queue, whichever process that is); the
+        supervisor respawns the worker."""
         if self._state not in (FlowState.RUNNING, FlowState.STEPS_INITIALIZED):
             return
         pid = worker.process.pid
         name = worker.step_name
         log.error("The process %s of %s died (%s) holding %d task(s)", pid, name, how, len(keys))
-        message = f"{worker.step_name}: worker {pid} died ({how}) while handling the task"
-        loop = self._loop
-        if keys and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._fail_lost, keys, message, worker.spec.own_arena)
-
-    def _fail_lost(self, keys: list[int], message: str, arena_index: int) -> None:
+        died = WorkerDiedError(f"{name}: worker {pid} died ({how}) while handling the task")
+        payload = encode_error(name, died, WorkerDiedError)
+        touched = set()
         for key in keys:
-            future = self._futures.get(key)
-            if future is not None and not future.done():
-                future.set_exception(WorkerDiedError(message))
-            self._release(key)
-        if arena_index < len(self._arenas):
-            self._arenas[arena_index].free_keys(keys)
+            client = min(key >> CLIENT_SHIFT, self._clients - 1)
+            try:
+                self._queues[len(self._steps) + client].push(key, 0, KIND_ERROR, 0, payload)
+                touched.add(client)
+            except Exception:
+                log.exception("could not report the lost task %s", key)
+        for client in touched:
+            self._queues[len(self._steps) + client].notify(self._doorbells[client])
+        if worker.spec.own_arena < len(self._arenas):
+            self._arenas[worker.spec.own_arena].free_keys(keys)
 
     def _on_step_down(self, step_name: str) -> None:
         """Monitor thread: every worker of a step keeps dying."""
@@ -363,6 +412,8 @@ class Flow:
         ``NotRunningError`` when the flow is not running."""
         if self._state != FlowState.RUNNING:
             raise NotRunningError(f"Flow is not running (state: {self._state.value})")
+        if os.getpid() != self._client_pid:
+            self._become_client()
         if self._broken is not None:
             raise FlowError(self._broken)
         if not timeout_sec or timeout_sec <= 0:
@@ -378,7 +429,7 @@ class Flow:
         first = 0 if self._first_condition(task) else self._first_step(task)
         if first == len(self._steps):
             return True  # no step's condition holds: nothing to do
-        key = next(self._keys)
+        key = self._key_base | next(self._keys)
         self._control.uncancel(key)  # the cancel set wraps around
         cls = type(task)
         by_value = self._by_value.get(cls)
@@ -432,7 +483,7 @@ class Flow:
         self._spin_calls += 1
         if self._spin_misses >= SPIN_MISS_LIMIT and self._spin_calls % SPIN_PROBE_EVERY:
             return
-        if self._queues[-1].spin_ready(self._spin_budget_us):
+        if self._results.spin_ready(self._spin_budget_us):
             self._spin_misses = 0
             self._on_doorbell()
         else:
@@ -517,10 +568,18 @@ class Flow:
         if self._metrics_exporter is not None:
             self._export_task = loop.create_task(self._export_metrics(self._metrics_exporter))
 
+    @property
+    def _results(self) -> Any:
+        return self._queues[len(self._steps) + self._client]
+
+    @property
+    def _doorbell(self) -> Any:
+        return self._doorbells[self._client]
+
     def _on_doorbell(self) -> None:
         """Takes every ready result; re-arms the doorbell before going idle."""
         self._doorbell.drain()
-        results = self._queues[-1]
+        results = self._results
         futures = self._futures
         while True:
             batch = results.drain(DRAIN_LIMIT, self._metrics_control, len(self._steps))
@@ -558,8 +617,9 @@ class Flow:
     def _hold(self, key: int, refs: list[Any]) -> None:
         """Blocks of the parent's arena stay allocated while task ``key`` is in
         flight (until its result, error or drop notice comes back)."""
-        arena = self._arenas[0]
-        held = [block for index, block, _offset, _size in refs if index == 0]
+        own = self._client
+        arena = self._arenas[own]
+        held = [block for index, block, _offset, _size in refs if index == own]
         for block in held:
             arena.retain(block)
         if held:
@@ -568,7 +628,7 @@ class Flow:
     def _release(self, key: int) -> None:
         held = self._held.pop(key, None)
         if held:
-            arena = self._arenas[0]
+            arena = self._arenas[self._client]
             for block in held:
                 arena.release(block)
 
@@ -576,7 +636,7 @@ class Flow:
         """Frees the workers' blocks of a result nobody waits for any more."""
         refs, _body = split(payload)
         for index, block, _offset, _size in refs:
-            if index != 0:
+            if index >= self._clients:
                 self._arenas[index].free(block)
 
     # -- stop ----------------------------------------------------------------
@@ -587,6 +647,16 @@ class Flow:
         Worker processes are gone when this returns."""
         if self._state not in (FlowState.RUNNING, FlowState.STEPS_INITIALIZED):
             log.info("Flow is not running")
+            return
+        if os.getpid() != self._owner_pid:
+            # a forked client: its own tasks end here; the workers belong to
+            # the process that started the flow, which stops them
+            for future in self._futures.values():
+                if not future.done():
+                    future.set_exception(FlowError("Flow was stopped"))
+            if os.getpid() == self._client_pid:
+                self._detach_loop()
+            self._state = FlowState.STOPPED
             return
         self._state = FlowState.STOPPING
         log.info("Flow is stopping")
@@ -690,7 +760,7 @@ class Flow:
             except RuntimeError:
                 pass
             self._export_task = None
-        if self._loop is not None and not self._loop.is_closed() and self._doorbell is not None:
+        if self._loop is not None and not self._loop.is_closed() and self._doorbells:
             try:
                 self._loop.remove_reader(self._doorbell.fd)
             except Exception:
@@ -704,7 +774,7 @@ class Flow:
         self._queues = []
         self._arenas = []
         self._shm = SharedMemory([], own=None)
-        self._doorbell = None
+        self._doorbells = []
         self._backlogs.clear()
         self._futures.clear()
         self._timeouts.clear()
@@ -721,13 +791,14 @@ def _try_push(queue: Any, entry: tuple[Any, ...]) -> bool:
     False when the queue is full, after asking its consumers to ring the
     doorbell once they free room (and retrying once, in case they just did)."""
     _future, key, deadline_ns, kind, priority, payload = entry
+    client = key >> CLIENT_SHIFT
     for attempt in range(2):
         try:
             queue.push(key, deadline_ns, kind, priority, payload)
             return True
         except QueueFullError:
             if attempt == 0:
-                queue.want_space()
+                queue.want_space(client)
     return False
 
 

@@ -27,6 +27,8 @@ struct Header {
     magic: u64,
     slots: u64,
     steps: u64,
+    /// Client slots handed out (processes submitting tasks).
+    clients: AtomicU64,
 }
 
 #[repr(C)]
@@ -103,7 +105,9 @@ impl Control {
     }
 
     fn cancel_word(&self, key: u64) -> (&AtomicU64, u64) {
-        let bit = key % CANCEL_BITS;
+        // Keys of different clients differ in their top bits: hash them so
+        // that they spread over the whole set.
+        let bit = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CANCEL_BITS.trailing_zeros());
         let (cancel, _, _, _) = offsets(self.slots, self.steps);
         // SAFETY: `bit / 64 < CANCEL_BITS / 64`, inside the cancel set, which
         // starts 8-byte aligned right after the 16-byte header.
@@ -184,6 +188,13 @@ impl Control {
 
     pub fn slots(&self) -> usize {
         self.slots
+    }
+
+    /// Hands out the next client slot (0 for the first caller, ...).
+    pub fn claim_client(&self) -> u64 {
+        // SAFETY: the header is valid for the life of the segment.
+        let h = unsafe { &*self.segment.as_ptr().cast::<Header>() };
+        h.clients.fetch_add(1, Ordering::AcqRel)
     }
 
     /// The metrics of step `step`, if there is such a step.

@@ -133,7 +133,7 @@ struct QueueHeader {
     /// Set by the asyncio consumer before it goes idle; producers that swap it
     /// back to 0 ring the doorbell.
     doorbell_armed: AtomicU32,
-    /// Set by a producer that met a full queue and waits on the doorbell.
+    /// Bit `i` set by client `i` when it met a full queue and waits on its doorbell.
     space_wanted: AtomicU32,
 }
 
@@ -343,26 +343,32 @@ impl TaskQueue {
     }
 
     /// Tells producers waiting for room that some was freed: wakes futex
-    /// sleepers and rings `doorbell` for an asyncio producer that asked for it.
-    pub fn released(&self, doorbell: Option<&EventFd>) {
+    /// sleepers and rings the doorbell of each asyncio producer (client)
+    /// that asked for it — `doorbells[i]` is client `i`'s.
+    pub fn released(&self, doorbells: &[&EventFd]) {
         let h = self.header();
         h.space.epoch.fetch_add(1, Ordering::SeqCst);
         if h.space.sleepers.load(Ordering::SeqCst) > 0 {
             futex_wake(&h.space.epoch, i32::MAX);
         }
-        if let Some(bell) = doorbell {
-            if h.space_wanted.load(Ordering::Relaxed) != 0
-                && h.space_wanted.swap(0, Ordering::SeqCst) == 1
-            {
+        if doorbells.is_empty() || h.space_wanted.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let wanted = h.space_wanted.swap(0, Ordering::SeqCst);
+        for (i, bell) in doorbells.iter().enumerate().take(32) {
+            if wanted & (1 << i) != 0 {
                 bell.signal();
             }
         }
     }
 
-    /// An asyncio producer that met `Full` calls this, then retries its push
-    /// once; if that fails too, it waits for the doorbell.
-    pub fn want_space(&self) {
-        self.header().space_wanted.store(1, Ordering::SeqCst);
+    /// An asyncio producer (client `client`, < 32) that met `Full` calls
+    /// this, then retries its push once; if that fails too, it waits for its
+    /// doorbell.
+    pub fn want_space(&self, client: u32) {
+        self.header()
+            .space_wanted
+            .fetch_or(1 << client.min(31), Ordering::SeqCst);
     }
 
     /// An asyncio consumer calls this before going idle. Returns true if a

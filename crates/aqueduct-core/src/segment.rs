@@ -49,6 +49,12 @@ impl Segment {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let size = libc::off_t::try_from(len)
             .map_err(|_| Error::InvalidArgument(format!("segment length {len} too large")))?;
+        // Owner-only, like a private file: other users cannot open it through
+        // /proc even where the process's fds would let them try.
+        // SAFETY: plain syscall on an fd we own.
+        if unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) } != 0 {
+            return Err(Error::last_os("fchmod"));
+        }
         // SAFETY: plain syscall on an fd we own.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
             return Err(Error::last_os("ftruncate"));

@@ -48,7 +48,7 @@ fn child_echo() {
                 output.wait_space(Some(monotonic_ns() + 1_000_000_000), &mut || false);
             }
         }
-        input.released(None);
+        input.released(&[]);
         output.notify(Some(&bell));
     }
 }
@@ -101,7 +101,7 @@ fn messages_cross_to_a_child_process_and_back() {
             assert_eq!(m.payload(), expected);
             received.push(m.header.key);
         }
-        output.released(None);
+        output.released(&[]);
         if !output.arm_doorbell() && next == MESSAGES {
             bell.wait_readable(Duration::from_millis(100));
             bell.drain();

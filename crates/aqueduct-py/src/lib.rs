@@ -225,15 +225,18 @@ impl Queue {
         self.inner.notify(doorbell.map(|d| &d.inner));
     }
 
-    /// Tells waiting producers that room was freed (after a burst of pops).
-    #[pyo3(signature = (doorbell=None))]
-    fn released(&self, doorbell: Option<&Doorbell>) {
-        self.inner.released(doorbell.map(|d| &d.inner));
+    /// Tells waiting producers that room was freed (after a burst of pops);
+    /// `doorbells[i]` is rung if client `i` asked for room.
+    #[pyo3(signature = (doorbells=Vec::new()))]
+    fn released(&self, doorbells: Vec<Py<Doorbell>>) {
+        let bells: Vec<&EventFd> = doorbells.iter().map(|d| &d.get().inner).collect();
+        self.inner.released(&bells);
     }
 
-    /// An event-loop producer that met a full queue asks to be rung on space.
-    fn want_space(&self) {
-        self.inner.want_space();
+    /// Client `client` met a full queue and asks to be rung when room frees.
+    #[pyo3(signature = (client=0))]
+    fn want_space(&self, client: u32) {
+        self.inner.want_space(client);
     }
 
     /// An event-loop consumer arms the doorbell before idling; True means a
@@ -340,6 +343,11 @@ impl PyControl {
         self.inner.is_cancelled(key)
     }
 
+    /// The next client slot (each process submitting tasks takes one).
+    fn claim_client(&self) -> u64 {
+        self.inner.claim_client()
+    }
+
     /// Keys of the tasks the worker of `slot` holds right now.
     fn claims(&self, slot: usize) -> Vec<u64> {
         self.inner.claims(slot)
@@ -416,15 +424,15 @@ impl Batcher {
     /// Returns `None` once the queue is closed and drained; otherwise
     /// `(messages, expired)` where `messages` are `(key, kind, priority,
     /// deadline_ns, payload)` tuples — empty when `idle_timeout` passed with nothing to do.
-    /// Frees the taken room (ringing `doorbell` for an asyncio producer).
-    #[pyo3(signature = (queue, idle_timeout, doorbell=None, control=None, slot=0, step=0))]
+    /// Frees the taken room (ringing the `doorbells` of clients waiting for it).
+    #[pyo3(signature = (queue, idle_timeout, doorbells=Vec::new(), control=None, slot=0, step=0))]
     #[allow(clippy::too_many_arguments)]
     fn next<'py>(
         &self,
         py: Python<'py>,
         queue: &Queue,
         idle_timeout: Option<f64>,
-        doorbell: Option<&Doorbell>,
+        doorbells: Vec<Py<Doorbell>>,
         control: Option<&PyControl>,
         slot: usize,
         step: usize,
@@ -447,7 +455,8 @@ impl Batcher {
                 claims,
             );
             if !batch.messages.is_empty() || !batch.expired.is_empty() {
-                queue.inner.released(doorbell.map(|d| &d.inner));
+                let bells: Vec<&EventFd> = doorbells.iter().map(|d| &d.get().inner).collect();
+                queue.inner.released(&bells);
             }
             batch
         });
