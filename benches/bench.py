@@ -56,9 +56,11 @@ def run(python: str, workload: str, scale: float, timeout: float) -> dict[str, f
 def median_run(python: str, workload: str, args: argparse.Namespace) -> dict[str, float]:
     """Runs a workload ``--repeat`` times (alternating with nothing else, so
     both packages see the same machine) and keeps each figure's median."""
-    runs = [run(python, workload, args.scale, args.timeout) for _ in range(max(1, args.repeat))]
-    if any("failed" in r for r in runs):
-        return {"failed": 1.0}
+    runs = []
+    for _ in range(max(1, args.repeat)):
+        runs.append(run(python, workload, args.scale, args.timeout))
+        if "failed" in runs[-1]:
+            return {"failed": 1.0}  # a collapse does not get better by repeating it
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 

@@ -148,3 +148,43 @@ def test_segments_are_owner_only():
     queue = _core.Queue.create()
     mode = stat.S_IMODE(os.stat(f"/proc/self/fd/{queue.fd}").st_mode)
     assert mode == 0o600
+
+
+def test_other_users_cannot_open_a_flow_s_shared_memory():
+    import os
+    import subprocess
+
+    from aqueduct import _core
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a probe as another user")
+    python = "/usr/bin/python3"  # one that user nobody may run
+    if not os.access(python, os.X_OK):
+        pytest.skip("no system python for the probe")
+    queue = _core.Queue.create()
+    path = f"/proc/{os.getpid()}/fd/{queue.fd}"
+    probe = subprocess.run(
+        [python, "-c", f"open({path!r}, 'rb')"],
+        user=65534,  # nobody
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert probe.returncode != 0
+    assert "PermissionError" in probe.stderr
+
+
+async def test_the_observer_stops_the_server_when_a_flow_dies(monkeypatch):
+    import signal
+
+    from aqueduct import Flow, FlowStep
+    from aqueduct.integrations import utils
+    from support import Square
+
+    flow = Flow(FlowStep(Square()))
+    killed: list[tuple[int, int]] = []
+    monkeypatch.setattr(utils.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    # a flow that is not running counts as dead
+    await asyncio.wait_for(utils.observe_flows({"flow": flow}, check_interval=0.01), WAIT)
+    assert killed == [(utils.os.getpid(), signal.SIGTERM)]
+    assert utils.dead_flow({"flow": flow}) == "flow 'flow' is stopped"
