@@ -32,7 +32,11 @@ test: build ## Build, then run cargo test (core) and pytest
 	$(PY) -m pytest tests -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 .PHONY: demo
-demo: build ## Run the aiohttp example service under a short load (latency, throughput)
+demo: build ## Serve a real model (digits, scikit-learn) and load it: accuracy, latency, throughput
+	$(PY) examples/digits/demo.py
+
+.PHONY: demo-sum
+demo-sum: build ## The README's Getting Started service under a short load
 	$(PY) examples/demo.py
 
 .PHONY: bench
@@ -58,6 +62,13 @@ fmt: $(PY) ## Format Rust and Python sources
 .PHONY: wheel
 wheel: $(PY) ## Build a release abi3 wheel into dist/
 	$(MATURIN) build --release --out dist
+
+.PHONY: wheel-test
+wheel-test: wheel ## Install the wheel into a fresh venv and run the quick start from there
+	rm -rf .venv-wheel && $(PYTHON) -m venv .venv-wheel
+	.venv-wheel/bin/python -m pip install -q --upgrade pip
+	.venv-wheel/bin/python -m pip install -q --force-reinstall "$$(ls -t dist/aqueduct-*-abi3-*.whl | head -1)"
+	cd /tmp && $(abspath .venv-wheel)/bin/python $(abspath examples/wheel_smoke.py)
 
 .PHONY: clean
 clean: ## Remove build outputs and the virtualenv

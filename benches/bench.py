@@ -83,7 +83,7 @@ def main() -> None:
         if args.upstream:
             theirs[workload] = median_run(args.upstream, workload, args)
 
-    header = f"{'workload':<20} {'metric':<12} {'aqueduct':>12}"
+    header = f"{'workload':<27} {'metric':<12} {'aqueduct':>12}"
     if args.upstream:
         header += f" {'upstream':>12} {'ratio':>8} {'target':>8}"
     print(header)
@@ -91,7 +91,7 @@ def main() -> None:
     missed = []
     for workload, metric, higher, target in METRICS:
         value = ours[workload].get(metric, float("nan"))
-        line = f"{workload:<20} {metric:<12} {value:>12,.1f}"
+        line = f"{workload:<27} {metric:<12} {value:>12,.1f}"
         if args.upstream:
             base = theirs[workload].get(metric, float("nan"))
             ratio = (value / base if higher else base / value) if base and value else float("nan")
