@@ -53,6 +53,8 @@ lint: $(PY) ## cargo fmt --check, clippy -D warnings, ruff check + format --chec
 	cargo clippy --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests examples benches
 	$(VENV)/bin/ruff format --check python tests examples benches
+	$(VENV)/bin/mypy python/aqueduct
+	$(VENV)/bin/mypy --explicit-package-bases examples
 
 .PHONY: fmt
 fmt: $(PY) ## Format Rust and Python sources

@@ -32,8 +32,12 @@ async def sum_view(request: web.Request) -> web.Response:
 
 
 def build_flow(queue_size: int | None = None) -> Flow:
-    queue_full = "reject" if queue_size else "wait"
-    return Flow(FlowStep(SumHandler(), batch_size=8), queue_size=queue_size, queue_full=queue_full)
+    """With a bounded queue, reject at once when it is full (a fast 503)."""
+    if queue_size:
+        return Flow(
+            FlowStep(SumHandler(), batch_size=8), queue_size=queue_size, queue_full="reject"
+        )
+    return Flow(FlowStep(SumHandler(), batch_size=8))
 
 
 def prepare_app(queue_size: int | None = None) -> web.Application:

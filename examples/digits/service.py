@@ -57,7 +57,8 @@ class Classifier(BaseTaskHandler):
         self.model = LogisticRegression(max_iter=2000).fit(images / 16.0 - mean, labels)
 
     def handle(self, *tasks: DigitTask) -> None:  # type: ignore[override]
-        probabilities = self.model.predict_proba(np.stack([t.features for t in tasks]))
+        features = [t.features for t in tasks if t.features is not None]
+        probabilities = self.model.predict_proba(np.stack(features))
         for task, row in zip(tasks, probabilities, strict=True):
             best = int(row.argmax())
             task.digit = int(self.model.classes_[best])

@@ -82,9 +82,10 @@ class WorkerSpec:
 
 def encode_error(step: str, exc: BaseException, kind: type[FlowError] | None = None) -> bytes:
     """Describes an exception raised in a worker so the parent can re-raise it."""
+    original: bytes | None
     try:
-        original: bytes | None = pickle.dumps(exc, protocol=PICKLE_PROTOCOL)
-        pickle.loads(original)
+        original = pickle.dumps(exc, protocol=PICKLE_PROTOCOL)
+        pickle.loads(original)  # only an exception that comes back travels
     except Exception:
         original = None
     try:

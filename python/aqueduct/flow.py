@@ -267,6 +267,7 @@ class Flow:
             self._release_queues()
             self._state = FlowState.STOPPED
             raise
+        assert self._supervisor is not None
         self._supervisor.start_monitor()
         self._state = FlowState.STEPS_INITIALIZED
 
@@ -500,7 +501,8 @@ class Flow:
             and getattr(main, "__file__", None) is None
         )
         self._by_value[cls] = by_value
-        if cls.update is BaseTask.update and cls.__setattr__ is object.__setattr__:
+        plain_update = getattr(cls, "update", None) is BaseTask.update
+        if plain_update and cls.__setattr__ is object.__setattr__:
             _PLAIN_TASK_CLASSES.add(cls)
         return by_value
 

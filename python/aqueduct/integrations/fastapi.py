@@ -111,7 +111,7 @@ class AppIntegrator:
             app.add_exception_handler(QueueFullError, _flow_error)
             app.add_exception_handler(TaskTimeoutError, _flow_error)
         self._metrics = metrics_endpoint(metrics_path)
-        if self._metrics is not None:
+        if self._metrics is not None and metrics_path is not None:
             app.add_api_route(metrics_path, self._serve_metrics, include_in_schema=False)
         if logger is not None:
             replace_logger(logger)
