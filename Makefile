@@ -43,6 +43,14 @@ demo-sum: build ## The README's Getting Started service under a short load
 bench: build ## Benchmarks vs upstream (set UPSTREAM_PYTHON=/path/to/python with aqueduct==1.15.0)
 	$(PY) benches/bench.py $(if $(UPSTREAM_PYTHON),--upstream $(UPSTREAM_PYTHON),)
 
+MOSEC_VENV ?= .venv-mosec
+
+.PHONY: bench-http
+bench-http: build ## HTTP benchmark vs mosec under wrk (installs wrk and mosec if missing)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	test -x $(MOSEC_VENV)/bin/python || ($(PYTHON) -m venv $(MOSEC_VENV) && $(MOSEC_VENV)/bin/pip install -q mosec)
+	$(PY) benches/http/run.py --mosec-python $(MOSEC_VENV)/bin/python
+
 .PHONY: soak
 soak: build ## A million tasks: RSS and open fds of every process before and after
 	$(PY) benches/soak.py

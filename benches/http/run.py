@@ -1,0 +1,152 @@
+"""`make bench-http`: the no-op and model-emulator services on aqueduct (one
+aiohttp process, and several sharing one Flow) and on mosec, loaded by wrk at
+1, 32 and 256 connections, back to back. Prints a table; writes JSON.
+
+Needs wrk (Debian package) and mosec in MOSEC_PYTHON's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PORT = 18080
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+
+
+def to_ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def wrk(connections: int, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            "2" if connections > 1 else "1",
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-s",
+            str(HERE / "post.lua"),
+            f"http://127.0.0.1:{PORT}/inference",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for q in ("50", "99"):
+        result[f"p{q}_ms"] = to_ms(re.search(rf"\s{q}%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        errors += sum(int(g) for g in m.groups())
+    result["errors"] = errors
+    return result
+
+
+def serve(command: list[str]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    wait_port(PORT)
+    time.sleep(1.0)  # workers warm
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+    time.sleep(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--mosec-python", default=os.environ.get("MOSEC_PYTHON"))
+    parser.add_argument(
+        "--servers", type=int, default=2, help="server processes of the shared-Flow run"
+    )
+    parser.add_argument("--out", default="bench-report/http.json")
+    args = parser.parse_args()
+
+    targets = {
+        "aqueduct": [sys.executable, str(HERE / "aqueduct_service.py"), "--port", str(PORT)],
+        f"aqueduct x{args.servers}": [
+            sys.executable,
+            str(HERE / "aqueduct_service.py"),
+            "--port",
+            str(PORT),
+            "--servers",
+            str(args.servers),
+        ],
+    }
+    if args.mosec_python:
+        targets["mosec"] = [
+            args.mosec_python,
+            str(HERE / "mosec_service.py"),
+            "--port",
+            str(PORT),
+            "--timeout",
+            "30000",
+        ]
+    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for service in ("noop", "model"):
+        for name, command in targets.items():
+            proc = serve([*command, "--service", service])
+            try:
+                for connections in (1, 32, 256):
+                    print(
+                        f"{service:<6} {name:<12} {connections:>3} connections ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    results.setdefault(service, {}).setdefault(name, {})[str(connections)] = wrk(
+                        connections, args.seconds
+                    )
+            finally:
+                stop(proc)
+    print(
+        f"{'service':<7} {'server':<12} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+    )
+    for service, by_server in results.items():
+        for name, by_conn in by_server.items():
+            for connections, r in by_conn.items():
+                print(
+                    f"{service:<7} {name:<12} {connections:>5} {r['rps']:>10,.0f} "
+                    f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7.0f}"
+                )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
