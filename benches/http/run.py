@@ -134,9 +134,8 @@ def main() -> None:
                     )
             finally:
                 stop(proc)
-    print(
-        f"{'service':<7} {'server':<12} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
-    )
+    columns = ("service", "server", "conns", "req/s", "p50 ms", "p99 ms", "errors")
+    print("{:<7} {:<12} {:>5} {:>10} {:>8} {:>8} {:>7}".format(*columns))
     for service, by_server in results.items():
         for name, by_conn in by_server.items():
             for connections, r in by_conn.items():
