@@ -69,12 +69,14 @@ def main() -> None:
     parser.add_argument("--upstream", help="python with aqueduct==1.15.0 installed")
     parser.add_argument("--scale", type=float, default=1.0, help="workload size factor")
     parser.add_argument("--timeout", type=float, default=120, help="seconds per workload run")
+    parser.add_argument("--report", default="bench-report", help="folder for the report")
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per workload; the median of each figure counts"
     )
     args = parser.parse_args()
 
     workloads = sorted({w for w, *_ in METRICS}, key=[w for w, *_ in METRICS].index)
+    workloads += ["concurrency_sweep", "batch_sweep"]  # for the report's plots
     ours: dict[str, dict[str, float]] = {}
     theirs: dict[str, dict[str, float]] = {}
     for workload in workloads:
@@ -83,11 +85,12 @@ def main() -> None:
         if args.upstream:
             theirs[workload] = median_run(args.upstream, workload, args)
 
+    lines: list[str] = []
     header = f"{'workload':<27} {'metric':<12} {'aqueduct':>12}"
     if args.upstream:
         header += f" {'upstream':>12} {'ratio':>8} {'target':>8}"
-    print(header)
-    print("-" * len(header))
+    lines.append(header)
+    lines.append("-" * len(header))
     missed = []
     for workload, metric, higher, target in METRICS:
         value = ours[workload].get(metric, float("nan"))
@@ -99,22 +102,84 @@ def main() -> None:
             line += f" {base:>12,.1f} {ratio:>7.1f}x {goal:>8}"
             if target and not ratio >= target:
                 missed.append(f"{workload}.{metric}: {ratio:.1f}x < {target:.0f}x")
-        print(line)
+        lines.append(line)
     errors = {w: r.get("errors", 0) for w, r in ours.items() if r.get("errors")}
     if errors:
-        print(f"errors: {errors}")
+        lines.append(f"errors: {errors}")
     metrics_on = ours.get("throughput_1step", {}).get("tasks_per_s")
     metrics_off = ours.get("throughput_1step_nometrics", {}).get("tasks_per_s")
     if metrics_on and metrics_off:
-        print(f"metrics cost {1 - metrics_on / metrics_off:+.1%} of throughput (goal: < 5%)")
+        lines.append(f"metrics cost {1 - metrics_on / metrics_off:+.1%} of throughput (goal: < 5%)")
     overload = ours.get("overload_1024", {}).get("tasks_per_s")
     single = ours.get("throughput_1step", {}).get("tasks_per_s")
     if overload and single:
         share = overload / single
-        print(f"overload (1024 callers) keeps {share:.0%} of the 32-caller throughput (goal: 80%)")
+        lines.append(
+            f"overload (1024 callers) keeps {share:.0%} of the 32-caller throughput (goal: 80%)"
+        )
     if args.upstream:
-        print("ratio = how many times better than upstream (speed-up or latency cut)")
-        print("targets missed: " + ("; ".join(missed) if missed else "none"))
+        lines.append("ratio = how many times better than upstream (speed-up or latency cut)")
+        lines.append("targets missed: " + ("; ".join(missed) if missed else "none"))
+    print("\n".join(lines))
+    write_report(Path(args.report), lines, ours, theirs)
+
+
+def _series(result: dict[str, float], prefix: str) -> tuple[list[int], list[float]]:
+    points = sorted(
+        (int(key.split("@")[1]), value) for key, value in result.items() if key.startswith(prefix)
+    )
+    return [x for x, _ in points], [y for _, y in points]
+
+
+def write_report(
+    folder: Path,
+    lines: list[str],
+    ours: dict[str, dict[str, float]],
+    theirs: dict[str, dict[str, float]],
+) -> None:
+    """report.md with the table, and PNG plots when matplotlib is there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = ["# aqueduct benchmark", "", "```", *lines, "```", ""]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        text.append("(install matplotlib for the plots)")
+    else:
+        plots = [
+            (
+                "concurrency_sweep",
+                "p50_us@",
+                "callers",
+                "p50 latency (µs)",
+                "latency_vs_concurrency",
+            ),
+            ("batch_sweep", "tasks_per_s@", "batch size", "tasks/s", "throughput_vs_batch_size"),
+        ]
+        for workload, prefix, xlabel, ylabel, name in plots:
+            figure, axes = plt.subplots(figsize=(6, 4))
+            for label, results in (("aqueduct", ours), ("upstream 1.15", theirs)):
+                xs, ys = _series(results.get(workload, {}), prefix)
+                if xs:
+                    axes.plot(xs, ys, marker="o", label=label)
+            axes.set_xscale("log", base=2)
+            axes.set_yscale("log")
+            axes.set_xlabel(xlabel)
+            axes.set_ylabel(ylabel)
+            axes.set_title(name.replace("_", " "))
+            axes.grid(True, which="both", alpha=0.3)
+            axes.legend()
+            figure.tight_layout()
+            figure.savefig(folder / f"{name}.png", dpi=110)
+            plt.close(figure)
+            text.append(f"![{name}]({name}.png)")
+    (folder / "report.md").write_text("\n".join(text) + "\n")
+    (folder / "results.json").write_text(
+        json.dumps({"aqueduct": ours, "upstream": theirs}, indent=2)
+    )
+    print(f"report: {folder / 'report.md'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

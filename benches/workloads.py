@@ -111,8 +111,55 @@ async def _arrays(flow: Flow, megabytes: int, share: bool, count: int) -> dict[s
     return {"median_ms": samples[len(samples) // 2] * 1e3, "min_ms": samples[0] * 1e3}
 
 
+class SleepyModel(BaseTaskHandler):
+    """A batched model emulator: 1 ms per batch plus 0.05 ms per item."""
+
+    def handle(self, *tasks: NoopTask) -> None:
+        time.sleep(0.001 + 0.00005 * len(tasks))
+        for task in tasks:
+            task.result = task.value
+
+
+async def _concurrency_sweep(flow: Flow, scale: float) -> dict[str, float]:
+    """p50 latency and throughput of a 1-step no-op flow as callers grow."""
+    out: dict[str, float] = {}
+    for callers in (1, 4, 16, 64, 256):
+        per_caller = max(5, int(4000 * scale) // callers)
+        samples: list[float] = []
+
+        async def caller(n: int, samples: list[float]) -> None:
+            for i in range(n):
+                start = time.perf_counter()
+                await flow.process(NoopTask(i), timeout_sec=60)
+                samples.append(time.perf_counter() - start)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(per_caller, samples) for _ in range(callers)))
+        elapsed = time.perf_counter() - started
+        samples.sort()
+        out[f"p50_us@{callers}"] = samples[len(samples) // 2] * 1e6
+        out[f"tasks_per_s@{callers}"] = len(samples) / elapsed
+    return out
+
+
+async def _batch_sweep(scale: float) -> dict[str, float]:
+    """Throughput of a batched model emulator (128 callers) by batch size."""
+    out: dict[str, float] = {}
+    for batch_size in (1, 4, 16, 64):
+        flow = Flow(FlowStep(SleepyModel(), batch_size=batch_size))
+        flow.start()
+        try:
+            result = await _throughput(flow, int(4000 * scale), 128)
+        finally:
+            await flow.stop(graceful=False)
+        out[f"tasks_per_s@{batch_size}"] = result["tasks_per_s"]
+    return out
+
+
 async def _run(name: str, scale: float) -> dict[str, float]:
     _quiet()
+    if name == "batch_sweep":
+        return await _batch_sweep(scale)
     if name == "latency_1step":
         flow = Flow(FlowStep(NoopHandler()))
     elif name == "throughput_1step":
@@ -125,7 +172,7 @@ async def _run(name: str, scale: float) -> dict[str, float]:
         flow = Flow(FlowStep(NoopHandler(), batch_size=32))
     elif name.startswith(("array_", "share_")):
         flow = Flow(FlowStep(FirstElement()))
-    elif name == "overload_1024":
+    elif name in ("overload_1024", "concurrency_sweep"):
         flow = Flow(FlowStep(NoopHandler()))
     else:
         raise SystemExit(f"unknown workload {name}")
@@ -133,6 +180,8 @@ async def _run(name: str, scale: float) -> dict[str, float]:
     try:
         if name == "latency_1step":
             return await _latency(flow, int(5000 * scale))
+        if name == "concurrency_sweep":
+            return await _concurrency_sweep(flow, scale)
         if name == "overload_1024":
             return await _throughput(flow, int(20_000 * max(scale, 1)), 1024)
         if name.startswith(("array_", "share_")):
