@@ -315,41 +315,41 @@ impl Arena {
         freed
     }
 
+    /// `(first page, pages, task key)` of every allocated block, in address order.
+    fn allocated(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        let mut page = 0;
+        std::iter::from_fn(move || {
+            while page < self.pages {
+                let e = self.entry(page);
+                if e.state.load(Ordering::Acquire) == ALLOCATED {
+                    let len = u64::from(e.pages.load(Ordering::Acquire)).max(1);
+                    let block = (page, len, e.key.load(Ordering::Relaxed));
+                    page += len;
+                    return Some(block);
+                }
+                page += 1;
+            }
+            None
+        })
+    }
+
     /// Frees every allocated block whose task key satisfies `dead` (for a
     /// process that died holding blocks); returns how many.
     pub fn free_where(&self, dead: &dyn Fn(u64) -> bool) -> usize {
-        let mut count = 0;
-        let mut page = 0;
-        while page < self.pages {
-            let e = self.entry(page);
-            let len = u64::from(e.pages.load(Ordering::Acquire)).max(1);
-            if e.state.load(Ordering::Acquire) == ALLOCATED {
-                if dead(e.key.load(Ordering::Relaxed)) && self.free(page * PAGE) {
-                    count += 1;
-                }
-                page += len;
-            } else {
-                page += 1;
-            }
-        }
-        count
+        let doomed: Vec<u64> = self
+            .allocated()
+            .filter(|&(_, _, key)| dead(key))
+            .map(|(page, _, _)| page)
+            .collect();
+        doomed
+            .into_iter()
+            .filter(|&page| self.free(page * PAGE))
+            .count()
     }
 
     /// Bytes in allocated blocks (approximate while others are active).
     pub fn used(&self) -> u64 {
-        let mut used = 0;
-        let mut page = 0;
-        while page < self.pages {
-            let e = self.entry(page);
-            let len = u64::from(e.pages.load(Ordering::Acquire)).max(1);
-            if e.state.load(Ordering::Acquire) == ALLOCATED {
-                used += len * PAGE;
-                page += len;
-            } else {
-                page += 1;
-            }
-        }
-        used
+        self.allocated().map(|(_, len, _)| len * PAGE).sum()
     }
 
     /// If `[ptr, ptr+len)` lies inside this arena's data region, the offset
