@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,17 +38,21 @@ METRICS = [
 def run(python: str, workload: str, scale: float, timeout: float) -> dict[str, float]:
     """One workload in a fresh interpreter; a run that fails or overruns
     ``timeout`` (upstream does, under overload) reports NaN figures."""
+    proc = subprocess.Popen(
+        [python, str(WORKLOADS), workload, str(scale)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its workers are in its group: kill them all on a timeout
+    )
     try:
-        out = subprocess.run(
-            [python, str(WORKLOADS), workload, str(scale)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         print(f"  {workload} under {python}: no result within {timeout:.0f} s", file=sys.stderr)
         return {"failed": 1.0}
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if out.returncode != 0:
         print(f"  {workload} failed under {python}:\n{out.stderr[-2000:]}", file=sys.stderr)
         return {"failed": 1.0}

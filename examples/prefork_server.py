@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 from aiohttp import web
@@ -35,8 +37,19 @@ class SumHandler(BaseTaskHandler):
             task.sum = sum(i * i for i in range(task.number))
 
 
-def serve(flow: Flow, sock: socket.socket) -> None:
+def exit_with(master: int) -> None:
+    """A server process ends when the master does, even if it was SIGKILLed."""
+    pidfd = os.pidfd_open(master)
+    if os.getppid() != master:
+        os._exit(1)
+    threading.Thread(
+        target=lambda: (select.select([pidfd], [], []), os._exit(1)), daemon=True
+    ).start()
+
+
+def serve(flow: Flow, sock: socket.socket, master: int) -> None:
     """Runs in each forked server process."""
+    exit_with(master)
 
     async def sum_view(request: web.Request) -> web.Response:
         task = SumTask(int(await request.read()))
@@ -60,10 +73,11 @@ def main() -> None:
     sock = socket.create_server(("127.0.0.1", args.port))
     print(f"listening on 127.0.0.1:{sock.getsockname()[1]}", flush=True)
     children = []
+    master = os.getpid()
     for _ in range(args.servers):
         pid = os.fork()
         if pid == 0:
-            serve(flow, sock)
+            serve(flow, sock, master)
             os._exit(0)
         children.append(pid)
     sock.close()

@@ -76,6 +76,7 @@ class WorkerSpec:
     control_fd: InheritedFd  # claims and cancel set
     slot: int  # this worker's claim slot
     metrics: bool  # record handle times
+    parent_pid: int  # the process that started the flow: workers exit with it
     log_level: int
     spin_us: int
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
+import select
 import signal
 import sys
 import threading
@@ -88,25 +87,27 @@ def run(spec: WorkerSpec, conn: Connection) -> None:
         conn.send(("failed", traceback.format_exc()))
         conn.close()
         sys.exit(1)
-    _exit_with_parent()
+    _exit_with_parent(spec.parent_pid)
     conn.send(("ready", os.getpid()))
     _Worker(spec, handler, conditions).loop()
 
 
-def _exit_with_parent() -> None:
-    """Ends this worker when the parent process dies, whatever killed it.
+def _exit_with_parent(parent_pid: int) -> None:
+    """Ends this worker when the parent process dies, however it dies.
 
-    multiprocessing gives each child a sentinel fd that becomes readable when
-    the parent is gone (the parent holds the only write end under spawn and
-    forkserver), which covers SIGKILL where no cleanup code runs.
+    A pidfd on the parent becomes readable when it exits — SIGKILL included —
+    whoever else holds its file descriptors (web servers forked from the
+    parent inherit every pipe it has, so a pipe's EOF is not enough).
     """
-    parent = multiprocessing.parent_process()
-    if parent is None or parent.sentinel is None:
-        return
-    sentinel = parent.sentinel
+    try:
+        pidfd = os.pidfd_open(parent_pid)
+    except OSError:
+        os._exit(70)  # already gone
+    if os.getppid() != parent_pid:
+        os._exit(70)  # it died before we watched it
 
     def watch() -> None:
-        multiprocessing.connection.wait([sentinel])
+        select.select([pidfd], [], [])
         os._exit(70)
 
     threading.Thread(target=watch, name="aqueduct-parent-watch", daemon=True).start()

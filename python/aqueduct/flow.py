@@ -334,6 +334,7 @@ class Flow:
                 control_fd=InheritedFd(self._control.fd),
                 slot=0,
                 metrics=self._collect_metrics,
+                parent_pid=os.getpid(),
                 log_level=log.getEffectiveLevel(),
                 spin_us=spin,
             )

@@ -75,9 +75,12 @@ class BaseTask:
         arena = _shm.parent_arena()
         if value.flags.c_contiguous and arena.locate(value) is not None:
             return  # already in shared memory
-        _block, view = arena.alloc(value.nbytes, 0)
-        shared = type(value)(value.shape, dtype=value.dtype, buffer=view)
-        shared[...] = value
+        import numpy
+
+        contiguous = numpy.ascontiguousarray(value)
+        block, offset = arena.place(contiguous.reshape(-1).view(numpy.uint8), 0)
+        view = arena.view(block, offset, contiguous.nbytes)
+        shared = numpy.ndarray(value.shape, dtype=value.dtype, buffer=view)
         self.__dict__[field_name] = shared
 
     async def share_value_with_data(
