@@ -103,8 +103,8 @@ def _exit_with_parent(parent_pid: int) -> None:
         pidfd = os.pidfd_open(parent_pid)
     except OSError:
         os._exit(70)  # already gone
-    if os.getppid() != parent_pid:
-        os._exit(70)  # it died before we watched it
+    if select.select([pidfd], [], [], 0)[0]:
+        os._exit(70)  # it exited before we watched it
 
     def watch() -> None:
         select.select([pidfd], [], [])
