@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="workload size factor")
     parser.add_argument("--timeout", type=float, default=120, help="seconds per workload run")
     parser.add_argument("--report", default="bench-report", help="folder for the report")
+    parser.add_argument("--only", help="comma-separated workload name prefixes to run")
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per workload; the median of each figure counts"
     )
@@ -83,6 +84,8 @@ def main() -> None:
 
     workloads = sorted({w for w, *_ in METRICS}, key=[w for w, *_ in METRICS].index)
     workloads += ["concurrency_sweep", "batch_sweep"]  # for the report's plots
+    if args.only:
+        workloads = [w for w in workloads if any(w.startswith(p) for p in args.only.split(","))]
     ours: dict[str, dict[str, float]] = {}
     theirs: dict[str, dict[str, float]] = {}
     for workload in workloads:
@@ -99,6 +102,8 @@ def main() -> None:
     lines.append("-" * len(header))
     missed = []
     for workload, metric, higher, target in METRICS:
+        if workload not in ours:
+            continue
         value = ours[workload].get(metric, float("nan"))
         line = f"{workload:<27} {metric:<12} {value:>12,.1f}"
         if args.upstream:
