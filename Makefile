@@ -77,7 +77,7 @@ wheel: $(PY) ## Build a release abi3 wheel into dist/
 wheel-test: wheel ## Install the wheel into a fresh venv and run the quick start from there
 	rm -rf .venv-wheel && $(PYTHON) -m venv .venv-wheel
 	.venv-wheel/bin/python -m pip install -q --upgrade pip
-	.venv-wheel/bin/python -m pip install -q --force-reinstall "$$(ls -t dist/aqueduct-*-abi3-*.whl | head -1)"
+	.venv-wheel/bin/python -m pip install -q --force-reinstall "$$(ls -t dist/aqueduct-*-abi3-*.whl | head -1)[aiohttp]"
 	cd /tmp && $(abspath .venv-wheel)/bin/python $(abspath examples/wheel_smoke.py)
 
 .PHONY: clean

@@ -1,5 +1,6 @@
 """Checks an installed wheel (`make wheel-test`): imports aqueduct from
-site-packages, not the source tree, and serves the README quick start."""
+site-packages, not the source tree, and serves the README's quick start
+(examples/aiohttp_sum.py) over real HTTP."""
 
 from __future__ import annotations
 
@@ -7,36 +8,34 @@ import asyncio
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 import aqueduct
-from aqueduct import BaseTask, BaseTaskHandler, Flow, FlowStep
-
-
-class Task(BaseTask):
-    def __init__(self, number: int) -> None:
-        super().__init__()
-        self.number = number
-        self.sum: int | None = None
-
-
-class SumHandler(BaseTaskHandler):
-    def handle(self, *tasks: Task) -> None:  # type: ignore[override]
-        for task in tasks:
-            task.sum = sum(i * i for i in range(task.number))
-
+from aiohttp import ClientSession, web
+from aiohttp_sum import prepare_app
 
 WHERE = Path(aqueduct.__file__).resolve()
 
 
 async def main() -> None:
-    where = WHERE
-    assert "site-packages" in where.parts, f"aqueduct imported from {where}, not the wheel"
-    flow = Flow(FlowStep(SumHandler(), batch_size=4))
-    flow.start(timeout=60)
-    tasks = [Task(n) for n in range(100)]
-    await asyncio.wait_for(asyncio.gather(*(flow.process(t) for t in tasks)), 30)
-    await flow.stop()
-    assert [t.sum for t in tasks] == [sum(i * i for i in range(n)) for n in range(100)]
-    print(f"wheel OK: aqueduct from {where.parent}, python {sys.version.split()[0]}")
+    assert "site-packages" in WHERE.parts, f"aqueduct imported from {WHERE}, not the wheel"
+    runner = web.AppRunner(prepare_app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with ClientSession() as session:
+
+            async def ask(n: int) -> int:
+                async with session.post(f"http://127.0.0.1:{port}/sum", data=str(n)) as reply:
+                    return int((await reply.json())["result"])
+
+            answers = await asyncio.wait_for(asyncio.gather(*(ask(n) for n in range(50))), 30)
+    finally:
+        await runner.cleanup()
+    assert answers == [sum(i * i for i in range(n)) for n in range(50)], answers
+    print(f"wheel OK: aqueduct from {WHERE.parent}, python {sys.version.split()[0]}")
 
 
 if __name__ == "__main__":
