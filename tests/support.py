@@ -225,3 +225,43 @@ class DiesOnStart(BaseTaskHandler):
 
     def handle(self, *tasks: Task) -> None:
         pass
+
+
+# -- processes, as /proc shows them -------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state, ppid, ...)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def running(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def children_of(parent: int) -> set[int]:
+    """Live direct children of ``parent``."""
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat(int(name))
+            if fields is not None and fields[0] != "Z" and int(fields[1]) == parent:
+                out.add(int(name))
+    return out
+
+
+def descendants_of(root: int) -> set[int]:
+    """Live children of ``root``, their children, and so on."""
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children_of(todo.pop()) - found:
+            found.add(child)
+            todo.append(child)
+    return found

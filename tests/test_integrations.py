@@ -198,6 +198,8 @@ def test_workers_die_with_the_master_even_when_servers_were_forked():
     import subprocess
     import time
 
+    from support import descendants_of, running
+
     script = Path(__file__).resolve().parent.parent / "examples" / "prefork_server.py"
     proc = subprocess.Popen(
         [sys.executable, str(script), "--port", "0", "--servers", "2"],
@@ -208,44 +210,16 @@ def test_workers_die_with_the_master_even_when_servers_were_forked():
     try:
         assert proc.stdout.readline().startswith("listening on")  # type: ignore[union-attr]
         deadline = time.monotonic() + 10
-        while len(family := _descendants(proc.pid)) < 4:  # two workers, two servers, ...
+        while len(family := descendants_of(proc.pid)) < 4:  # two workers, two servers, ...
             assert time.monotonic() < deadline, family
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=WAIT)
         deadline = time.monotonic() + 5
-        while alive := [pid for pid in family if _running(pid)]:
+        while alive := [pid for pid in family if running(pid)]:
             assert time.monotonic() < deadline, f"left behind: {alive}"
             time.sleep(0.05)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=WAIT)
-
-
-def _descendants(root: int) -> list[int]:
-    import os
-
-    children: dict[int, list[int]] = {}
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(pid))
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -21,7 +21,16 @@ from aqueduct.exceptions import (
     WorkerDiedError,
     WorkerStartError,
 )
-from support import DiesOnStart, Mortal, Raises, Recorder, Square, Task
+from support import (
+    DiesOnStart,
+    Mortal,
+    Raises,
+    Recorder,
+    Square,
+    Task,
+    children_of,
+    running,
+)
 
 WAIT = 20
 
@@ -171,24 +180,9 @@ async def test_whatever_a_handler_raises_fails_its_batch_only(make_flow, value, 
     assert task.result == 7
 
 
-def _children() -> set[int]:
-    mine = str(os.getpid())
-    out = set()
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[1] == mine and fields[0] != "Z":
-                out.add(int(pid))
-    return out
-
-
 @pytest.mark.parametrize("graceful", [True, False])
 async def test_stop_leaves_no_process_behind(make_flow, graceful):
-    before = _children()
+    before = children_of(os.getpid())
     flow = make_flow(FlowStep(Square(), nprocs=2), FlowStep(Recorder("r")))
     runs = [flow.process(Task(i, sleep=0.05), timeout_sec=WAIT) for i in range(10)]
     pending = asyncio.gather(*runs, return_exceptions=True)
@@ -199,7 +193,7 @@ async def test_stop_leaves_no_process_behind(make_flow, graceful):
         assert results == [True] * 10
     else:
         assert all(r is True or isinstance(r, FlowError) for r in results)
-    await _eventually(lambda: _children() <= before, within=5)
+    await _eventually(lambda: children_of(os.getpid()) <= before, within=5)
 
 
 PARENT = textwrap.dedent(
@@ -234,21 +228,13 @@ def test_workers_exit_within_two_seconds_of_their_parent_s_death(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         killed = time.monotonic()
-        while any(_alive(pid) for pid in workers):
+        while any(running(pid) for pid in workers):
             assert time.monotonic() - killed < 2.0, "a worker outlived its parent by 2 s"
             time.sleep(0.02)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def test_task_counts_tell_how_tasks_ended(make_flow):

@@ -25,6 +25,7 @@ from support import (  # noqa: E402
     IncrementInPlace,
     Reader,
     Task,
+    running,
     shm_backed,
 )
 
@@ -167,15 +168,6 @@ def _shmem_kb() -> int:
     raise AssertionError("no Shmem in /proc/meminfo")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 SERVICE = textwrap.dedent(
     """
     import asyncio, os, sys
@@ -223,7 +215,7 @@ def test_after_sigkill_nothing_remains(tmp_path, victim):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         deadline = time.monotonic() + 5
-        while any(_alive(pid) for pid in workers):
+        while any(running(pid) for pid in workers):
             assert time.monotonic() < deadline, "workers outlived their parent"
             time.sleep(0.05)
         deadline = time.monotonic() + 5
