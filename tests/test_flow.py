@@ -82,6 +82,9 @@ async def test_start_waits_for_every_on_start(make_flow):
 
 async def test_start_timeout_fails_with_flow_error_and_leaves_no_process(make_flow):
     flow = make_flow(FlowStep(SlowStart(10)), start=False)
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # multiprocessing's own helper process stays
     before = support.children_of(os.getpid())
     started = time.monotonic()
     with pytest.raises(FlowStartTimeoutError) as info:
