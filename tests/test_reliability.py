@@ -182,6 +182,9 @@ async def test_whatever_a_handler_raises_fails_its_batch_only(make_flow, value, 
 
 @pytest.mark.parametrize("graceful", [True, False])
 async def test_stop_leaves_no_process_behind(make_flow, graceful):
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # multiprocessing's own helper process stays
     before = children_of(os.getpid())
     flow = make_flow(FlowStep(Square(), nprocs=2), FlowStep(Recorder("r")))
     runs = [flow.process(Task(i, sleep=0.05), timeout_sec=WAIT) for i in range(10)]
