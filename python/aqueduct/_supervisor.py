@@ -102,11 +102,13 @@ class Supervisor:
         control: Any,
         on_death: DeathCallback,
         on_step_down: Callable[[str], None],
+        on_tick: Callable[[], None] = lambda: None,
     ) -> None:
         self._context = context
         self._control = control
         self._on_death = on_death
         self._on_step_down = on_step_down
+        self._on_tick = on_tick
         self.workers: list[WorkerProcess] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -166,8 +168,12 @@ class Supervisor:
         self._thread.start()
 
     def _monitor(self) -> None:
+        last_tick = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
+            if now - last_tick >= MONITOR_TICK:
+                last_tick = now
+                self._on_tick()
             for w in self.workers:
                 if w.respawn_at is not None and now >= w.respawn_at:
                     self._respawn(w)

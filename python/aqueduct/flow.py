@@ -189,6 +189,8 @@ class Flow:
         self._supervisor: Supervisor | None = None
         self._control: Any = None
         self._broken: str | None = None
+        self._deaths = 0  # worker deaths seen (enables the unwedging check)
+        self._unpublished: set[tuple[int, int, int]] = set()
         self._counts = dict.fromkeys(("done", "failed", "timeout", "cancelled"), 0)
         self._queues: list[Any] = []  # step input queues, then the result queue
         self._doorbells: list[Any] = []
@@ -310,6 +312,7 @@ class Flow:
             self._control,
             self._on_worker_death,
             self._on_step_down,
+            self._unwedge_queues,
         )
         slot = 0
         for index, step in enumerate(self._steps):
@@ -375,6 +378,7 @@ class Flow:
         supervisor respawns the worker."""
         if self._state not in (FlowState.RUNNING, FlowState.STEPS_INITIALIZED):
             return
+        self._deaths += 1
         pid = worker.process.pid
         name = worker.step_name
         log.error("The process %s of %s died (%s) holding %d task(s)", pid, name, how, len(keys))
@@ -392,6 +396,23 @@ class Flow:
             self._queues[len(self._steps) + client].notify(self._doorbells[client])
         if worker.spec.own_arena < len(self._arenas):
             self._arenas[worker.spec.own_arena].free_keys(keys)
+
+    def _unwedge_queues(self) -> None:
+        """Monitor thread, every tick: a worker killed in the instant between
+        claiming room in a queue and publishing its message leaves that queue
+        stuck at it. After a death, a head seen unpublished on two ticks in a
+        row is such a leftover, and becomes a message consumers skip."""
+        if not self._deaths:
+            return
+        seen = {
+            (index, ring, head)
+            for index, queue in enumerate(self._queues)
+            for ring, head in queue.unpublished_heads()
+        }
+        for index, ring, head in seen & self._unpublished:
+            if self._queues[index].skip_abandoned(ring, head):
+                log.warning("Skipped a message a dead worker left unfinished in queue %d", index)
+        self._unpublished = seen
 
     def _on_step_down(self, step_name: str) -> None:
         """Monitor thread: every worker of a step keeps dying."""

@@ -37,6 +37,8 @@ pub struct MessageHeader {
 }
 
 const HEADER_BYTES: usize = 32;
+/// Kind of the filler that replaces a message a dead producer never finished.
+pub const SKIPPED: u32 = u32::MAX;
 
 impl MessageHeader {
     fn encode(&self) -> [u8; HEADER_BYTES] {
@@ -330,12 +332,16 @@ impl TaskQueue {
     /// Call [`TaskQueue::released`] once after a burst of pops.
     pub fn try_pop(&self) -> Option<Message> {
         for ring in self.rings.iter().rev() {
-            if let Some(raw) = ring.pop() {
+            while let Some(raw) = ring.pop() {
                 self.header().count.0.fetch_sub(1, Ordering::Relaxed);
                 // Every push writes a header; a shorter message cannot come
-                // from this crate, so it is skipped rather than trusted.
-                if let Some(header) = MessageHeader::decode(&raw) {
-                    return Some(Message { header, raw });
+                // from this crate, so it is skipped rather than trusted, as
+                // are fillers for messages a dead producer never finished.
+                match MessageHeader::decode(&raw) {
+                    Some(header) if header.kind != SKIPPED => {
+                        return Some(Message { header, raw });
+                    }
+                    _ => continue,
                 }
             }
         }
@@ -396,6 +402,42 @@ impl TaskQueue {
                 libc::sched_yield();
             }
         }
+    }
+
+    /// Leaves an unfinished message in ring 0, as a producer killed mid-push.
+    #[doc(hidden)]
+    pub fn abandon_push(&self, payload_len: usize) -> Result<()> {
+        self.header().count.0.fetch_add(1, Ordering::Relaxed);
+        self.rings[0].claim_and_abandon(HEADER_BYTES + payload_len)
+    }
+
+    /// `(ring, head)` of every ring whose head a producer claimed but has not
+    /// published. A live producer publishes within microseconds; a head that
+    /// stays so was abandoned by a producer that died mid-push.
+    pub fn unpublished_heads(&self) -> Vec<(usize, u64)> {
+        self.rings
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.unpublished_head().map(|h| (i, h)))
+            .collect()
+    }
+
+    /// Unblocks ring `ring` whose head stayed unpublished at `head`: the
+    /// abandoned message becomes a skipped one. Returns whether it did.
+    pub fn skip_abandoned(&self, ring: usize, head: u64) -> bool {
+        let filler = MessageHeader {
+            kind: SKIPPED,
+            ..MessageHeader::default()
+        }
+        .encode();
+        let done = self
+            .rings
+            .get(ring)
+            .is_some_and(|r| r.fill_abandoned(head, &filler));
+        if done {
+            self.notify(None);
+        }
+        done
     }
 
     /// Closes the queue: pushes fail, waiters return `Closed` once it is drained.

@@ -300,6 +300,74 @@ impl Ring {
         }
     }
 
+    /// Claims room for a message of `len` bytes and never publishes it: what
+    /// a producer killed mid-push leaves behind. For tests of the recovery.
+    #[doc(hidden)]
+    pub fn claim_and_abandon(&self, len: usize) -> Result<()> {
+        let n = self.layout.slots_for(len);
+        let tail = &self.header().tail.0;
+        let pos = tail.load(Ordering::Relaxed);
+        for i in 0..n {
+            if self.seq(pos + i).load(Ordering::Acquire) != pos + i {
+                return Err(Error::Full);
+            }
+        }
+        tail.compare_exchange(pos, pos + n, Ordering::Relaxed, Ordering::Relaxed)
+            .map(|_| ())
+            .map_err(|_| Error::Full)
+    }
+
+    /// The head position if it is claimed by a producer but not published
+    /// (a producer is writing it — or died doing so).
+    pub fn unpublished_head(&self) -> Option<u64> {
+        let head = self.header().head.0.load(Ordering::Acquire);
+        let tail = self.header().tail.0.load(Ordering::Acquire);
+        (tail > head && self.seq(head).load(Ordering::Acquire) == head).then_some(head)
+    }
+
+    /// Publishes, in place of the message a dead producer claimed at `head`,
+    /// a message made of `filler` (which must say it is to be skipped),
+    /// spanning up to the next published message (or the tail). Only for a
+    /// head that `unpublished_head` returned and that stayed unpublished far
+    /// longer than any live producer takes; false if that is not so any more.
+    pub fn fill_abandoned(&self, head: u64, filler: &[u8]) -> bool {
+        let header = self.header();
+        if header.head.0.load(Ordering::Acquire) != head
+            || self.seq(head).load(Ordering::Acquire) != head
+        {
+            return false;
+        }
+        let tail = header.tail.0.load(Ordering::Acquire);
+        let mut next = head + 1;
+        while next < tail && self.seq(next).load(Ordering::Acquire) != next + 1 {
+            next += 1;
+        }
+        let slots = next - head;
+        let len = (slots * self.layout.slot_bytes) as usize - LEN_PREFIX;
+        if filler.len() > len {
+            return false;
+        }
+        self.len_word(head).store(len as u64, Ordering::Relaxed);
+        let start = self.slot_ptr(head) as usize + LEN_PREFIX;
+        let area_end = self.base as usize
+            + self.layout.data_offset()
+            + (self.layout.capacity * self.layout.slot_bytes) as usize;
+        let first = filler.len().min(area_end - start);
+        // SAFETY: the slots head..next were claimed by a producer that is gone;
+        // no one else writes them, and the copy stays inside the data area
+        // (split at its end like any message).
+        unsafe {
+            std::ptr::copy_nonoverlapping(filler.as_ptr(), start as *mut u8, first);
+            std::ptr::copy_nonoverlapping(
+                filler.as_ptr().add(first),
+                self.base.add(self.layout.data_offset()),
+                filler.len() - first,
+            );
+        }
+        self.seq(head).store(head + 1, Ordering::Release);
+        true
+    }
+
     /// Number of slots claimed by producers and not yet freed (approximate
     /// while others are active).
     pub fn used_slots(&self) -> u64 {

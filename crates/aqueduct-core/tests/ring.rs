@@ -180,3 +180,43 @@ fn many_producers_and_consumers_lose_and_duplicate_nothing() {
     assert_eq!(all.len(), expected.len());
     assert_eq!(all, expected);
 }
+
+#[test]
+fn a_message_abandoned_by_a_dead_producer_can_be_skipped() {
+    let q = queue(64, 64);
+    q.push(&header(1), b"before").expect("push");
+    assert_eq!(q.try_pop().expect("first").header.key, 1);
+    // a producer dies after claiming room, before publishing
+    q.abandon_push(150).expect("claim");
+    q.push(&header(2), b"after").expect("push");
+    q.push(&header(3), &[7u8; 300]).expect("push");
+    assert!(
+        q.try_pop().is_none(),
+        "the queue is stuck behind the abandoned message"
+    );
+    let stuck = q.unpublished_heads();
+    assert_eq!(stuck.len(), 1);
+    let (ring, head) = stuck[0];
+    assert!(q.skip_abandoned(ring, head));
+    assert!(!q.skip_abandoned(ring, head), "only once");
+    assert_eq!(q.try_pop().expect("after").header.key, 2);
+    assert_eq!(q.try_pop().expect("big").payload(), &[7u8; 300][..]);
+    assert!(q.try_pop().is_none());
+    assert_eq!(q.len(), 0);
+    // the ring keeps working across laps afterwards
+    for k in 10..200 {
+        q.push(&header(k), &[1u8; 40]).expect("push");
+        assert_eq!(q.try_pop().expect("pop").header.key, k);
+    }
+}
+
+#[test]
+fn an_abandoned_last_message_is_skipped_up_to_the_tail() {
+    let q = queue(16, 64);
+    q.abandon_push(10).expect("claim");
+    let (ring, head) = q.unpublished_heads()[0];
+    assert!(q.skip_abandoned(ring, head));
+    assert!(q.try_pop().is_none());
+    q.push(&header(5), b"x").expect("push");
+    assert_eq!(q.try_pop().expect("pop").header.key, 5);
+}

@@ -295,6 +295,24 @@ impl Queue {
         })
     }
 
+    /// Fault injection for tests: leaves an unfinished message, as a producer
+    /// killed mid-push would.
+    fn _abandon_push(&self, payload_len: usize) -> PyResult<()> {
+        self.inner.abandon_push(payload_len).map_err(to_py_err)
+    }
+
+    /// `(ring, head)` of rings whose head is claimed but not published: a
+    /// producer is mid-push, or died there.
+    fn unpublished_heads(&self) -> Vec<(usize, u64)> {
+        self.inner.unpublished_heads()
+    }
+
+    /// Turns the message a dead producer left unfinished at `head` of `ring`
+    /// into one consumers skip; false if it was published meanwhile.
+    fn skip_abandoned(&self, ring: usize, head: u64) -> bool {
+        self.inner.skip_abandoned(ring, head)
+    }
+
     /// Closes the queue and wakes everyone waiting on it.
     fn close(&self) {
         self.inner.close();
