@@ -4,6 +4,7 @@ respawning it — with a backoff, and giving up on a worker that keeps dying."""
 
 from __future__ import annotations
 
+import atexit
 import collections
 import dataclasses
 import logging
@@ -11,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -93,6 +95,17 @@ class WorkerProcess:
 DeathCallback = Callable[[WorkerProcess, str, list[int]], None]
 
 
+_LIVE: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+
+
+@atexit.register
+def _interpreter_exit() -> None:
+    """At interpreter exit multiprocessing terminates daemonic workers: that
+    is neither a death to report nor one to respawn from."""
+    for supervisor in list(_LIVE):
+        supervisor.stop_respawning()
+
+
 class Supervisor:
     """Starts and watches the worker processes of one flow."""
 
@@ -114,6 +127,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()  # ends the monitor's wait at once
         self._respawning = True
+        _LIVE.add(self)
 
     # -- starting ----------------------------------------------------------------
 

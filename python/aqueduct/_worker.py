@@ -161,8 +161,9 @@ class _Worker:
                 self._drop_expired(expired)
             size = self.batch_size
             if len(messages) <= size:
-                self._handle_batch(messages)
+                self._notify_all(self._handle_batch(messages))
                 continue
+            touched: set[int] = set()
             for start in range(0, len(messages), size):
                 chunk = messages[start : start + size]
                 if start:
@@ -172,7 +173,9 @@ class _Worker:
                     if stale:
                         self._drop_expired(stale)
                 if chunk:
-                    self._handle_batch(chunk)
+                    touched |= self._handle_batch(chunk)
+            # one wake-up per burst for each queue fed, not one per batch
+            self._notify_all(touched)
         log.debug("[%s] worker %d exits", self.step_name, os.getpid())
 
     def _split_stale(self, messages: list[Message]) -> tuple[list[Message], list[Message]]:
@@ -186,7 +189,9 @@ class _Worker:
                 live.append(message)
         return live, stale
 
-    def _handle_batch(self, messages: list[tuple[int, int, int, int, bytes]]) -> None:
+    def _handle_batch(self, messages: list[tuple[int, int, int, int, bytes]]) -> set[int]:
+        """Handles one batch and sends its tasks on; returns the indices of
+        the queues it pushed to (to be notified)."""
         touched: set[int] = set()
         tasks: list[Any] = []
         kept: list[tuple[int, int, int, int, list[Ref]]] = []
@@ -219,6 +224,9 @@ class _Worker:
                 tasks = []
         for task, (key, kind, priority, deadline_ns, refs) in zip(tasks, kept, strict=False):
             touched.add(self._forward(task, key, kind, priority, deadline_ns, refs))
+        return touched
+
+    def _notify_all(self, touched: set[int]) -> None:
         for index in touched:
             self._notify(index)
 
