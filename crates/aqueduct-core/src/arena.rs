@@ -148,23 +148,21 @@ impl Arena {
     /// runs from the shared table, so a respawned owner resumes where the dead
     /// one left off.
     pub fn take_ownership(&mut self) {
+        // Free runs are the gaps between allocated blocks. Pages in a gap are
+        // reset to FREE, so a FREED block there is not reclaimed a second time.
         let mut runs = BTreeMap::new();
-        let mut page = 0;
-        while page < self.pages {
-            let e = self.entry(page);
-            let len = u64::from(e.pages.load(Ordering::Acquire)).max(1);
-            if e.state.load(Ordering::Acquire) == ALLOCATED {
-                page += len;
-                continue;
-            }
-            e.state.store(FREE, Ordering::Release);
-            let start = page;
-            page += 1;
-            while page < self.pages && self.entry(page).state.load(Ordering::Acquire) != ALLOCATED {
+        let mut gaps = Vec::new();
+        let mut next = 0;
+        for (page, len, _) in self.allocated() {
+            gaps.push((next, page));
+            next = page + len;
+        }
+        gaps.push((next, self.pages));
+        for (start, end) in gaps.into_iter().filter(|(start, end)| end > start) {
+            for page in start..end {
                 self.entry(page).state.store(FREE, Ordering::Release);
-                page += 1;
             }
-            runs.insert(start, page - start);
+            runs.insert(start, end - start);
         }
         let seen = self.header().frees.load(Ordering::Acquire);
         self.free = Some(Mutex::new((runs, seen)));
