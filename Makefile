@@ -40,8 +40,9 @@ demo-sum: build ## The README's Getting Started service under a short load
 	$(PY) examples/demo.py
 
 .PHONY: bench
-bench: build ## Benchmarks vs upstream (set UPSTREAM_PYTHON=/path/to/python with aqueduct==1.15.0)
+bench: build ## Benchmarks vs upstream (set UPSTREAM_PYTHON=/path/to/python with aqueduct==1.15.0), then 1 vs 2 Ray Serve replicas
 	$(PY) benches/bench.py $(if $(UPSTREAM_PYTHON),--upstream $(UPSTREAM_PYTHON),)
+	$(PY) benches/ray_bench.py --json bench-report/ray.json
 
 MOSEC_VENV ?= .venv-mosec
 

@@ -7,6 +7,8 @@ import asyncio
 import functools
 import json
 import os
+import pickle
+import signal
 import socket
 import sys
 import time
@@ -122,6 +124,104 @@ def _post(url: str, body: Any, timeout: float = WAIT) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read())
 
 
+# -- FlowHandle against a replica in this process (no cluster) -----------------------
+
+
+class DirectHandle:
+    """Stands in for a DeploymentHandle: copies the tasks as Ray would
+    (pickle), runs ``process_batch`` of ``replica`` here, records each
+    request's size and how many were out at once."""
+
+    def __init__(self, replica: Any = None, answer: Any = None) -> None:
+        self.replica = replica
+        self.answer = answer  # an exception to fail requests with, or "never"
+        self.requests: list[int] = []
+        self.out = self.most_out = 0
+        self.cancelled = 0
+        self.process_batch = self
+
+    def remote(self, tasks: list[Any], timeouts: list[float]) -> asyncio.Future[Any]:
+        self.requests.append(len(tasks))
+        return asyncio.ensure_future(self._request(pickle.loads(pickle.dumps(tasks)), timeouts))
+
+    async def _request(self, tasks: list[Any], timeouts: list[float]) -> Any:
+        self.out += 1
+        self.most_out = max(self.most_out, self.out)
+        try:
+            await asyncio.sleep(0.01)  # the way there
+            if self.answer == "never":
+                await asyncio.sleep(3600)
+            if isinstance(self.answer, BaseException):
+                raise self.answer
+            return pickle.loads(pickle.dumps(await self.replica.process_batch(tasks, timeouts)))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.out -= 1
+
+
+@pytest.fixture
+async def replica() -> Any:
+    from aqueduct.integrations.ray import FlowReplica
+
+    replica = FlowReplica(build_raises_batched, start_timeout=WAIT)
+    yield replica
+    stop = replica.__del__()
+    assert stop is not None  # the flow was running: __del__ hands back its stop
+    await asyncio.wait_for(stop, WAIT)
+    assert replica.__del__() is None and not replica.flow.is_running
+
+
+def build_raises_batched() -> Flow:
+    return Flow(FlowStep(Raises(), batch_size=1))
+
+
+async def test_flow_handle_sends_concurrent_tasks_together(replica):
+    direct = DirectHandle(replica)
+    flow = FlowHandle(direct, max_in_flight=4, split_at=8)
+    tasks = [Task(value=10 + i) for i in range(64)]
+    await asyncio.wait_for(asyncio.gather(*(flow.process(t) for t in tasks)), WAIT)
+    assert [t.result for t in tasks] == [10 + i for i in range(64)]
+    assert sum(direct.requests) == 64
+    assert direct.most_out <= 4 and len(direct.requests) <= 8  # 64 tasks, >= 8 a request
+    lone = Task(value=7)
+    direct.requests.clear()
+    assert await asyncio.wait_for(flow.process(lone), WAIT) and lone.result == 7
+    assert direct.requests == [1]  # sent at once, alone
+
+
+async def test_flow_handle_fails_only_the_task_that_failed(replica):
+    flow = FlowHandle(DirectHandle(replica))
+    tasks = [Task(value=v) for v in (5, 3, 6)]  # 3: the handler raises
+    results = await asyncio.wait_for(
+        asyncio.gather(*(flow.process(t) for t in tasks), return_exceptions=True), WAIT
+    )
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], HandlerError)
+    assert (tasks[0].result, tasks[1].result, tasks[2].result) == (5, None, 6)
+
+
+async def test_flow_handle_turns_ray_failures_into_flow_errors():
+    from ray.exceptions import RayError
+
+    for answer, expected in ((RayError("replica died"), FlowError), (OSError("?"), FlowError)):
+        flow = FlowHandle(DirectHandle(answer=answer))
+        results = await asyncio.wait_for(
+            asyncio.gather(*(flow.process(Task()) for _ in range(5)), return_exceptions=True),
+            WAIT,
+        )
+        assert all(type(r) is expected for r in results), results
+    silent = DirectHandle(answer="never")
+    flow = FlowHandle(silent, wait_margin=0.2)
+    started = time.monotonic()
+    with pytest.raises(TaskTimeoutError):
+        await asyncio.wait_for(flow.process(Task(), timeout_sec=0.1), WAIT)
+    assert time.monotonic() - started < 5
+    await asyncio.sleep(0.05)
+    assert silent.cancelled == 1  # the request was given up, not left behind
+
+
 # -- handles ---------------------------------------------------------------------
 
 
@@ -161,7 +261,8 @@ async def test_ray_serve_back_pressure_is_a_full_queue(deploy):
             flow_deployment(
                 build_recorder, name="pressed", max_ongoing_requests=1, max_queued_requests=1
             )
-        )
+        ),
+        split_at=1,  # a request per task, so Ray's queue overflows
     )
     tasks = [flow.process(Task(value=i, sleep=0.3)) for i in range(6)]
     results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), WAIT)
@@ -180,7 +281,7 @@ async def test_http_ingress_answers_json_and_maps_errors(cluster, deploy):
     status, body = await asyncio.to_thread(_post, url, {"number": 10})
     assert (status, body) == (200, {"sum": 285})
     status, body = await asyncio.to_thread(_post, url, b"not json")
-    assert status == 400 and body["error"]
+    assert status == 400 and body["error"].startswith("cannot make a task of this request")
 
     slow = flow_deployment(
         build_recorder,
@@ -220,12 +321,17 @@ async def test_replicas_on_both_nodes_each_own_a_flow(cluster, deploy):
     handle = deploy(deployment)
     replicas = await _replica_infos(handle, 2)
     assert len({i["node_id"] for i in replicas.values()}) == 2
-    flow = FlowHandle(handle)
-    tasks = [SumTask(n) for n in range(200)]
-    await asyncio.wait_for(asyncio.gather(*(flow.process(t) for t in tasks)), WAIT)
-    workers = {t.worker_pid for t in tasks}
-    # each worker process is a child of the replica whose flow started it
-    owners = {pid for pid in replicas for w in workers if w in children_of(pid)}
+    # the deployment handle itself: a call per task, spread by Ray's router
+    workers: set[int] = set()
+    owners: set[int] = set()
+    deadline = time.monotonic() + WAIT
+    while owners != set(replicas) and time.monotonic() < deadline:
+        calls = [handle.process.remote(SumTask(n)) for n in range(100)]
+        done = await asyncio.wait_for(asyncio.gather(*calls), WAIT)
+        assert [t.sum for t in done] == [sum(i * i for i in range(n)) for n in range(100)]
+        workers |= {t.worker_pid for t in done}
+        # each worker process is a child of the replica whose flow started it
+        owners = {pid for pid in replicas for w in workers if w in children_of(pid)}
     assert owners == set(replicas), (workers, replicas)
 
 
@@ -270,6 +376,35 @@ async def test_a_replica_whose_flow_dies_is_replaced(deploy, tmp_path):
     while running(first["pid"]):  # the old replica is gone, with its workers
         assert time.monotonic() < deadline, "the old replica still runs"
         await asyncio.sleep(0.2)
+
+
+async def test_a_killed_replica_fails_its_tasks_and_takes_its_workers(deploy):
+    handle = deploy(flow_deployment(build_recorder, name="killed"))
+    flow = FlowHandle(handle)
+    replica = (await _info(handle))["pid"]
+    await asyncio.wait_for(flow.process(Task(value=1)), WAIT)
+    workers = children_of(replica)
+    in_flight = [
+        asyncio.ensure_future(flow.process(Task(value=i, sleep=2), timeout_sec=10))
+        for i in range(4)
+    ]
+    await asyncio.sleep(0.5)
+    os.kill(replica, signal.SIGKILL)
+    results = await asyncio.wait_for(asyncio.gather(*in_flight, return_exceptions=True), WAIT)
+    assert all(isinstance(r, FlowError) for r in results), results
+    deadline = time.monotonic() + WAIT
+    while any(running(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived their replica"
+        await asyncio.sleep(0.1)
+    while True:  # Ray starts another replica, which serves
+        try:
+            task = Task(value=8)
+            await asyncio.wait_for(flow.process(task), WAIT)
+            break
+        except FlowError:
+            assert time.monotonic() < deadline, "no replica came back"
+            await asyncio.sleep(0.2)
+    assert task.trail == ["a"] and (await _info(handle))["pid"] != replica
 
 
 async def test_deleting_the_app_stops_the_flow_gracefully(deploy):

@@ -63,6 +63,11 @@ __all__ = [
 #: is given.
 DEFAULT_MAX_ONGOING_REQUESTS = 256
 
+#: FlowHandle: Ray requests out at once, and tasks per request.
+DEFAULT_MAX_IN_FLIGHT = 16
+DEFAULT_MAX_BATCH = 256
+DEFAULT_SPLIT_AT = 16
+
 #: Fields of a task that are the flow's bookkeeping, not results.
 _INTERNAL_FIELDS = frozenset({"expiration_time", "priority"})
 
@@ -92,6 +97,15 @@ def _error_response(status: int, exc: BaseException | str) -> JSONResponse:
     if isinstance(exc, str):
         return JSONResponse({"error": exc}, status_code=status)
     return JSONResponse({"error": str(exc), "type": type(exc).__name__}, status_code=status)
+
+
+def _picklable(result: object) -> BaseException:
+    """The exception a task ended with, as one its caller can unpickle."""
+    if isinstance(result, AqueductError):
+        return result
+    if isinstance(result, BaseException):
+        return FlowError(f"{type(result).__name__}: {result}")
+    return FlowError(f"unexpected result {result!r}")
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -132,6 +146,20 @@ class FlowReplica:
         await self._flow.process(task, timeout_sec or self._timeout_sec)
         return task
 
+    async def process_batch(
+        self, tasks: list[BaseTask], timeouts: list[float]
+    ) -> list[BaseTask | BaseException]:
+        """Runs tasks that travelled together (see :class:`FlowHandle`) in
+        this replica's Flow; returns each task, or the exception it got."""
+        results = await asyncio.gather(
+            *(self._flow.process(t, s) for t, s in zip(tasks, timeouts, strict=True)),
+            return_exceptions=True,
+        )
+        return [
+            task if result is True else _picklable(result)
+            for task, result in zip(tasks, results, strict=True)
+        ]
+
     async def __call__(self, request: Request) -> Response:
         """HTTP ingress: ``task_from_request`` makes the task, the Flow
         handles it, ``response_from_task`` (default: the task's fields as
@@ -144,7 +172,8 @@ class FlowReplica:
         try:
             task = await _maybe_await(self._task_from_request(request))
         except Exception as exc:  # the request's fault, not the flow's
-            return _error_response(400, exc)
+            reason = f"cannot make a task of this request: {type(exc).__name__}: {exc}"
+            return _error_response(400, reason)
         if not isinstance(task, BaseTask):
             return _error_response(
                 500, f"task_from_request returned {type(task).__name__}, not a BaseTask"
@@ -241,15 +270,37 @@ class FlowHandle:
     ``await FlowHandle(handle).process(task, timeout_sec)`` sets the handlers'
     fields on ``task`` and raises the flow's own exceptions.
 
+    A Ray request costs milliseconds of CPU, far more than a task through a
+    Flow. So at most ``max_in_flight`` requests are out at once: tasks
+    submitted in the same event-loop iteration, or while every request is
+    out, are spread over the next free ones (at most ``max_batch`` tasks
+    each). Ray routes the requests to the replicas and each replica's Flow
+    makes the model's batches. A lone task is sent at once.
+
     A replica that dies with the task raises ``FlowError``; Ray Serve's
     back-pressure (``max_queued_requests``) raises ``QueueFullError``; no
     answer within ``timeout_sec`` + ``wait_margin`` seconds (routing, a
-    replica starting) raises ``TaskTimeoutError``.
+    replica starting) raises ``TaskTimeoutError``. Use it from one event loop.
     """
 
-    def __init__(self, handle: Any, wait_margin: float = 30.0) -> None:
+    def __init__(
+        self,
+        handle: Any,
+        wait_margin: float = 30.0,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        split_at: int = DEFAULT_SPLIT_AT,
+    ) -> None:
+        if min(max_in_flight, max_batch, split_at) < 1:
+            raise ValueError("max_in_flight, max_batch and split_at must be at least 1")
+        self._split_at = split_at
         self._handle = handle
         self._wait_margin = wait_margin
+        self._max_in_flight = max_in_flight
+        self._max_batch = max_batch
+        self._pending: list[tuple[BaseTask, float, asyncio.Future[Any]]] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._pump_scheduled = False
 
     @property
     def handle(self) -> Any:
@@ -259,25 +310,74 @@ class FlowHandle:
     async def process(self, task: BaseTask, timeout_sec: float = 5.0) -> bool:
         if not timeout_sec or timeout_sec <= 0:
             raise ValueError(f"timeout_sec must be > 0, got {timeout_sec!r}")
-        response = self._handle.process.remote(task, timeout_sec)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((task, timeout_sec, answer))
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            loop.call_soon(self._pump)  # tasks of this loop iteration go together
+        bound = timeout_sec + self._wait_margin
         try:
-            done = await asyncio.wait_for(_answer(response), timeout_sec + self._wait_margin)
+            done = await asyncio.wait_for(answer, bound)
         except TimeoutError:
-            response.cancel()
-            raise TaskTimeoutError(
-                f"no answer from the deployment within {timeout_sec + self._wait_margin} s"
-            ) from None
-        except RayTaskError as exc:
-            cause = exc.cause
-            if isinstance(cause, AqueductError):
-                raise cause from None
-            raise FlowError(f"the replica failed the task: {cause!r}") from exc
-        except BackPressureError as exc:
-            raise QueueFullError(str(exc)) from exc
-        except RayError as exc:  # the replica died, or Ray could not reach it
-            raise FlowError(f"the replica did not answer: {exc}") from exc
+            raise TaskTimeoutError(f"no answer from the deployment within {bound} s") from None
+        if isinstance(done, BaseException):
+            raise done
         task.update(done)
         return True
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        while self._pending and len(self._in_flight) < self._max_in_flight:
+            # spread what waits over the free requests, so replicas share it
+            # (not thinner than ``split_at`` tasks: each request costs CPU)
+            free = self._max_in_flight - len(self._in_flight)
+            waiting = len(self._pending)
+            size = max(-(-waiting // free), min(waiting, self._split_at))
+            size = min(self._max_batch, size)
+            batch = self._pending[:size]
+            del self._pending[:size]
+            batch = [entry for entry in batch if not entry[2].done()]  # callers gone
+            if batch:
+                request = asyncio.ensure_future(self._send(batch))
+                self._in_flight.add(request)
+                request.add_done_callback(self._sent)
+
+    def _sent(self, request: asyncio.Task[None]) -> None:
+        self._in_flight.discard(request)
+        self._pump()
+
+    async def _send(self, batch: list[tuple[BaseTask, float, asyncio.Future[Any]]]) -> None:
+        tasks = [task for task, _, _ in batch]
+        timeouts = [timeout for _, timeout, _ in batch]
+        response = self._handle.process_batch.remote(tasks, timeouts)
+        try:
+            results = await asyncio.wait_for(_answer(response), max(timeouts) + self._wait_margin)
+        except BaseException as exc:
+            if isinstance(exc, TimeoutError):
+                response.cancel()
+            error = _flow_error(exc)
+            results = [error] * len(batch)
+        for (_, _, answer), result in zip(batch, results, strict=True):
+            if not answer.done():
+                answer.set_result(result)
+
+
+def _flow_error(exc: BaseException) -> BaseException:
+    """What a caller gets for a Ray request that failed as a whole."""
+    if isinstance(exc, TimeoutError):
+        return TaskTimeoutError("no answer from the deployment in time")
+    if isinstance(exc, RayTaskError):
+        if isinstance(exc.cause, AqueductError):
+            return exc.cause
+        return FlowError(f"the replica failed the request: {exc.cause!r}")
+    if isinstance(exc, BackPressureError):
+        return QueueFullError(str(exc))
+    if isinstance(exc, RayError):  # the replica died, or Ray could not reach it
+        return FlowError(f"the replica did not answer: {exc}")
+    if isinstance(exc, asyncio.CancelledError):
+        return FlowError("the request to the deployment was cancelled")
+    return FlowError(f"the request to the deployment failed: {exc!r}")
 
 
 async def _answer(response: Any) -> Any:
