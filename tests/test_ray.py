@@ -11,6 +11,7 @@ import pickle
 import signal
 import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +25,13 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from aqueduct import Flow, FlowStep  # noqa: E402
-from aqueduct.exceptions import FlowError, HandlerError, QueueFullError, TaskTimeoutError  # noqa: E402
+from aqueduct.exceptions import (  # noqa: E402
+    FlowError,
+    HandlerError,
+    QueueFullError,
+    TaskSerializationError,
+    TaskTimeoutError,
+)
 from aqueduct.integrations.ray import FlowHandle, flow_deployment  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from support import DiesOnStart, Mortal, Raises, Recorder, Task, children_of, running  # noqa: E402
@@ -253,6 +260,18 @@ async def test_a_handle_raises_the_flows_own_exceptions(deploy):
         await asyncio.wait_for(slow.process(Task(value=1, sleep=2), timeout_sec=0.2), WAIT)
     ok = Task(value=5)  # the replicas still serve
     assert await asyncio.wait_for(flow.process(ok), WAIT) and ok.result == 5
+
+
+async def test_a_task_ray_cannot_pickle_fails_alone(deploy):
+    flow = FlowHandle(deploy(flow_deployment(build_recorder, name="pickles")))
+    bad = Task(value=1)
+    bad.lock = threading.Lock()  # type: ignore[attr-defined]
+    tasks = [Task(value=i) for i in range(5)] + [bad]
+    results = await asyncio.wait_for(
+        asyncio.gather(*(flow.process(t) for t in tasks), return_exceptions=True), WAIT
+    )
+    assert results[:5] == [True] * 5 and all(t.trail == ["a"] for t in tasks[:5])
+    assert isinstance(results[5], TaskSerializationError), results[5]
 
 
 async def test_ray_serve_back_pressure_is_a_full_queue(deploy):

@@ -34,17 +34,24 @@ import asyncio
 import inspect
 import json
 import os
+import pickle
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
 from ray import serve
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import RayError, RaySystemError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..exceptions import AqueductError, FlowError, QueueFullError, TaskTimeoutError
+from ..exceptions import (
+    AqueductError,
+    FlowError,
+    QueueFullError,
+    TaskSerializationError,
+    TaskTimeoutError,
+)
 from ..flow import Flow
 from ..logger import log
 from ..task import BaseTask
@@ -301,6 +308,7 @@ class FlowHandle:
         self._pending: list[tuple[BaseTask, float, asyncio.Future[Any]]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._pump_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def handle(self) -> Any:
@@ -311,6 +319,11 @@ class FlowHandle:
         if not timeout_sec or timeout_sec <= 0:
             raise ValueError(f"timeout_sec must be > 0, got {timeout_sec!r}")
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # requests of a former loop died with it
+            self._loop = loop
+            self._pending.clear()
+            self._in_flight.clear()
+            self._pump_scheduled = False
         answer: asyncio.Future[Any] = loop.create_future()
         self._pending.append((task, timeout_sec, answer))
         if not self._pump_scheduled:
@@ -350,12 +363,18 @@ class FlowHandle:
     async def _send(self, batch: list[tuple[BaseTask, float, asyncio.Future[Any]]]) -> None:
         tasks = [task for task, _, _ in batch]
         timeouts = [timeout for _, timeout, _ in batch]
-        response = self._handle.process_batch.remote(tasks, timeouts)
+        response = None
         try:
+            response = self._handle.process_batch.remote(tasks, timeouts)
             results = await asyncio.wait_for(_answer(response), max(timeouts) + self._wait_margin)
         except BaseException as exc:
-            if isinstance(exc, TimeoutError):
+            if response is not None and isinstance(exc, TimeoutError | asyncio.CancelledError):
                 response.cancel()
+            if len(batch) > 1 and _unpicklable(exc):
+                # one task spoils the request: send each alone, so only it fails
+                for entry in batch:
+                    await self._send([entry])
+                return
             error = _flow_error(exc)
             results = [error] * len(batch)
         for (_, _, answer), result in zip(batch, results, strict=True):
@@ -363,8 +382,18 @@ class FlowHandle:
                 answer.set_result(result)
 
 
+def _unpicklable(exc: BaseException) -> bool:
+    """Whether Ray could not serialize a request's arguments."""
+    return isinstance(exc, pickle.PicklingError | TypeError | AttributeError) or (
+        isinstance(exc, RaySystemError | RayError) and "serializ" in str(exc).lower()
+    )
+
+
 def _flow_error(exc: BaseException) -> BaseException:
     """What a caller gets for a Ray request that failed as a whole."""
+    if _unpicklable(exc):
+        first_line = str(exc).partition("\n")[0]  # Ray adds a long report
+        return TaskSerializationError(f"cannot send the task to the deployment: {first_line}")
     if isinstance(exc, TimeoutError):
         return TaskTimeoutError("no answer from the deployment in time")
     if isinstance(exc, RayTaskError):
