@@ -229,6 +229,52 @@ async def test_flow_handle_turns_ray_failures_into_flow_errors():
     assert silent.cancelled == 1  # the request was given up, not left behind
 
 
+async def test_check_health_fails_once_the_flow_cannot_serve():
+    from aqueduct.integrations.ray import FlowReplica
+
+    replica = FlowReplica(build_raises_batched, start_timeout=WAIT)
+    replica.check_health()  # running: healthy
+    await asyncio.wait_for(replica.__del__(), WAIT)
+    with pytest.raises(FlowError, match="stopped"):
+        replica.check_health()
+
+
+def _request(body: bytes) -> Any:
+    from starlette.requests import Request
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request({"type": "http", "method": "POST", "headers": [], "path": "/"}, receive)
+
+
+async def test_http_answers_500_for_what_the_conversions_get_wrong():
+    from aqueduct.integrations.ray import FlowReplica
+
+    async def not_a_task(request: Any) -> Any:
+        return {"value": 1}
+
+    def unserializable(task: Task) -> Any:
+        return {"lock": threading.Lock()}
+
+    replica = FlowReplica(
+        build_raises_batched,
+        task_from_request=not_a_task,
+        response_from_task=unserializable,
+        start_timeout=WAIT,
+    )
+    try:
+        reply = await asyncio.wait_for(replica(_request(b"{}")), WAIT)
+        assert reply.status_code == 500 and b"not a BaseTask" in reply.body
+        replica._task_from_request = _task_from_json
+        reply = await asyncio.wait_for(replica(_request(b'{"value": 5}')), WAIT)
+        assert reply.status_code == 500 and b"response_from_task" in reply.body
+        reply = await asyncio.wait_for(replica(_request(b'{"value": 3}')), WAIT)
+        assert reply.status_code == 500 and b"HandlerError" in reply.body  # Raises raised
+    finally:
+        await asyncio.wait_for(replica.__del__(), WAIT)
+
+
 # -- handles ---------------------------------------------------------------------
 
 
