@@ -400,6 +400,28 @@ async def test_replicas_on_both_nodes_each_own_a_flow(cluster, deploy):
     assert owners == set(replicas), (workers, replicas)
 
 
+async def test_flow_replica_subclassed_under_serve_deployment(cluster):
+    from aqueduct.integrations.ray import FlowReplica
+
+    @serve.deployment(name="subclassed", max_ongoing_requests=64)
+    class Counting(FlowReplica):
+        def __init__(self, batch_size: int) -> None:
+            super().__init__(functools.partial(build_recorder, batch_size))
+
+        def done(self) -> int:
+            return self.flow.task_counts["done"]
+
+    handle = serve.run(Counting.bind(4), name="subclassed", route_prefix=None)
+    try:
+        flow = FlowHandle(handle)
+        tasks = [Task(value=i) for i in range(20)]
+        await asyncio.wait_for(asyncio.gather(*(flow.process(t) for t in tasks)), WAIT)
+        assert max(t.batch_size or 0 for t in tasks) <= 4
+        assert await asyncio.wait_for(handle.done.remote(), WAIT) == 20
+    finally:
+        serve.delete("subclassed")
+
+
 async def test_autoscaling_config_passes_through(deploy):
     deployment = flow_deployment(
         build_recorder,

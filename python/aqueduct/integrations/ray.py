@@ -58,7 +58,10 @@ from ..task import BaseTask
 from .utils import dead_flow, error_status, get_start_timeout
 
 __all__ = [
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_ONGOING_REQUESTS",
+    "DEFAULT_SPLIT_AT",
     "FlowHandle",
     "FlowReplica",
     "flow_deployment",
@@ -122,7 +125,12 @@ async def _maybe_await(value: Any) -> Any:
 class FlowReplica:
     """What each replica of a :func:`flow_deployment` runs: it builds a Flow,
     starts it, serves ``process`` calls (deployment handle) and HTTP requests
-    (``__call__``), reports the Flow's health and stops it on shutdown."""
+    (``__call__``), reports the Flow's health and stops it on shutdown.
+
+    Subclass it under your own ``@serve.deployment`` to add methods, calling
+    ``super().__init__(build_flow, ...)`` with the arguments of
+    :func:`flow_deployment`; ``start_timeout`` defaults to
+    ``FLOW_START_TIMEOUT`` from the environment (300 s)."""
 
     def __init__(
         self,
@@ -136,7 +144,7 @@ class FlowReplica:
         if not isinstance(flow, Flow):
             raise TypeError(f"build_flow must return a Flow, got {type(flow).__name__}")
         if not flow.is_running:
-            flow.start(timeout=start_timeout)
+            flow.start(timeout=start_timeout if start_timeout is not None else get_start_timeout())
         self._flow = flow
         self._task_from_request = task_from_request
         self._response_from_task = response_from_task or task_fields
@@ -262,12 +270,13 @@ def flow_deployment(
     if timeout_sec <= 0:
         raise ValueError(f"timeout_sec must be > 0, got {timeout_sec!r}")
     options.setdefault("max_ongoing_requests", DEFAULT_MAX_ONGOING_REQUESTS)
-    start = start_timeout if start_timeout is not None else get_start_timeout()
 
     class Replica(FlowReplica):
         # the arguments travel with the class, so ``.bind()`` takes none
         def __init__(self) -> None:
-            super().__init__(build_flow, task_from_request, response_from_task, timeout_sec, start)
+            super().__init__(
+                build_flow, task_from_request, response_from_task, timeout_sec, start_timeout
+            )
 
     return serve.deployment(name=name, **options)(Replica)
 
