@@ -17,7 +17,12 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shutil
+import socket
 import statistics
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,11 @@ class ModelHandler(BaseTaskHandler):
             pass
         for task in tasks:
             task.result = task.value + 1
+
+
+async def task_from_request(request: Any) -> ModelTask:
+    """HTTP ingress: ``{"value": n}`` makes a task."""
+    return ModelTask(int((await request.json())["value"]))
 
 
 def build_flow(nprocs: int = 1) -> Flow:
@@ -91,28 +101,76 @@ async def without_ray(nprocs: int, callers: int, seconds: float) -> dict[str, fl
         await flow.stop()
 
 
-def with_ray(replicas: int, callers: list[int], seconds: float) -> dict[int, dict[str, float]]:
+def with_ray(
+    replicas: int, callers: list[int], seconds: float, http: str | None
+) -> tuple[dict[int, dict[str, float]], dict[str, float] | None]:
     """One deployment of ``replicas`` replicas, driven by each number of
-    ``callers`` in turn through a FlowHandle with its default settings."""
+    ``callers`` in turn through a FlowHandle with its default settings, then
+    (with ``http``, Serve's base URL, and wrk installed) over HTTP by wrk."""
     from aqueduct.integrations.ray import FlowHandle, flow_deployment
     from ray import serve
 
     deployment = flow_deployment(
         build_flow,
+        task_from_request=task_from_request,
         name=f"model{replicas}",
         num_replicas=replicas,
         ray_actor_options={"num_cpus": 1},
     )
-    app = f"bench{replicas}"
-    handle = FlowHandle(serve.run(deployment.bind(), name=app, route_prefix=None))
+    app, route = f"bench{replicas}", f"/model{replicas}"
+    handle = FlowHandle(serve.run(deployment.bind(), name=app, route_prefix=route))
 
     async def each() -> dict[int, dict[str, float]]:
         return {n: await drive(handle.process, n, seconds) for n in callers}
 
     try:
-        return asyncio.run(each())
+        by_callers = asyncio.run(each())
+        over_http = wrk(http + route, HTTP_CONNECTIONS, seconds) if http else None
+        return by_callers, over_http
     finally:
         serve.delete(app)
+
+
+HTTP_CONNECTIONS = 64
+_WRK_SCRIPT = """wrk.method = "POST"
+wrk.body = '{"value": 1}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def wrk(url: str, connections: int, seconds: float) -> dict[str, float] | None:
+    """Requests/s and latency percentiles of ``wrk`` POSTing to ``url``;
+    None when wrk is not installed or fails."""
+    if shutil.which("wrk") is None:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(_WRK_SCRIPT)
+        script.flush()
+        command = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s"]
+        out = subprocess.run(
+            [*command, "--latency", "-s", script.name, url],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        ).stdout
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rate is None:
+        print(f"wrk gave no figures:\n{out}")
+        return None
+    figures = {"tasks_per_s": float(rate[1])}
+    for name, pct in (("p50_ms", "50%"), ("p99_ms", "99%")):
+        match = re.search(rf"^\s+{pct}\s+([\d.]+)(us|ms|s)$", out, re.M)
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+        figures[name] = float(match[1]) * scale[match[2]] if match else float("nan")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    figures["errors"] = float(errors[1]) if errors else 0.0
+    return figures
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def main() -> None:
@@ -133,6 +191,7 @@ def main() -> None:
         results[f"Flow, {nprocs} worker(s), no Ray"] = {
             n: asyncio.run(without_ray(nprocs, n, args.seconds)) for n in callers
         }
+    http_rows: dict[str, dict[str, float]] = {}
     here = str(Path(__file__).resolve().parent)
     ray.init(
         num_cpus=os.cpu_count(),
@@ -141,8 +200,17 @@ def main() -> None:
         runtime_env={"env_vars": {"PYTHONPATH": here}},
     )
     try:
+        from ray import serve
+
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         for replicas in (1, 2):
-            results[f"Ray Serve, {replicas} replica(s)"] = with_ray(replicas, callers, args.seconds)
+            by_callers, over_http = with_ray(
+                replicas, callers, args.seconds, f"http://127.0.0.1:{port}"
+            )
+            results[f"Ray Serve, {replicas} replica(s)"] = by_callers
+            if over_http is not None:
+                http_rows[f"Ray Serve HTTP, {replicas} replica(s)"] = over_http
     finally:
         from ray import serve
 
@@ -161,13 +229,21 @@ def main() -> None:
                 f"{name:30} {n:>7} {figures['tasks_per_s']:>10,.0f} "
                 f"{figures['p50_ms']:>8.1f} {figures['p99_ms']:>8.1f}"
             )
+    for name, figures in http_rows.items():
+        print(
+            f"{name:30} {HTTP_CONNECTIONS:>7} {figures['tasks_per_s']:>10,.0f} "
+            f"{figures['p50_ms']:>8.1f} {figures['p99_ms']:>8.1f}"
+            + (f"  ({figures['errors']:.0f} errors)" if figures["errors"] else "")
+        )
+    if not http_rows:
+        print("(wrk is not installed: no HTTP figures)")
     for n in callers:
         one = results["Ray Serve, 1 replica(s)"][n]["tasks_per_s"]
         two = results["Ray Serve, 2 replica(s)"][n]["tasks_per_s"]
         print(f"two replicas vs one, {n} callers: {two / one:.2f}x")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"handle": results, "http": http_rows}, indent=2))
 
 
 if __name__ == "__main__":
