@@ -40,7 +40,7 @@ from typing import Any
 
 import ray
 from ray import serve
-from ray.exceptions import RayError, RaySystemError, RayTaskError
+from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -309,11 +309,11 @@ class FlowHandle:
     ) -> None:
         if min(max_in_flight, max_batch, split_at) < 1:
             raise ValueError("max_in_flight, max_batch and split_at must be at least 1")
-        self._split_at = split_at
         self._handle = handle
         self._wait_margin = wait_margin
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
+        self._split_at = split_at
         self._pending: list[tuple[BaseTask, float, asyncio.Future[Any]]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._pump_scheduled = False
@@ -392,10 +392,10 @@ class FlowHandle:
 
 
 def _unpicklable(exc: BaseException) -> bool:
-    """Whether Ray could not serialize a request's arguments."""
-    return isinstance(exc, pickle.PicklingError | TypeError | AttributeError) or (
-        isinstance(exc, RaySystemError | RayError) and "serializ" in str(exc).lower()
-    )
+    """Whether Ray could not serialize a request's arguments in this process
+    (it raises a plain TypeError): the replica ran none of its tasks. Errors
+    from the replica's side are RayErrors, and are never sent again."""
+    return isinstance(exc, pickle.PicklingError | TypeError) and not isinstance(exc, RayError)
 
 
 def _flow_error(exc: BaseException) -> BaseException:
