@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aqueduct import BaseTask, BaseTaskHandler, Flow, FlowStep
+from aqueduct import BaseTaskHandler, Flow, FlowStep
+from workloads import NoopTask
 
 #: CPU time of one batch: fixed part and per task (seconds)
 BATCH_COST = 0.002
@@ -35,27 +36,20 @@ TASK_COST = 0.0002
 BATCH_SIZE = 16
 
 
-class ModelTask(BaseTask):
-    def __init__(self, value: int = 0) -> None:
-        super().__init__()
-        self.value = value
-        self.result: int | None = None
-
-
 class ModelHandler(BaseTaskHandler):
     """Spins on the CPU for BATCH_COST + TASK_COST per task of the batch."""
 
-    def handle(self, *tasks: ModelTask) -> None:  # type: ignore[override]
+    def handle(self, *tasks: NoopTask) -> None:  # type: ignore[override]
         until = time.thread_time() + BATCH_COST + TASK_COST * len(tasks)
         while time.thread_time() < until:
             pass
         for task in tasks:
-            task.result = task.value + 1
+            task.result = task.value
 
 
-async def task_from_request(request: Any) -> ModelTask:
+async def task_from_request(request: Any) -> NoopTask:
     """HTTP ingress: ``{"value": n}`` makes a task."""
-    return ModelTask(int((await request.json())["value"]))
+    return NoopTask(int((await request.json())["value"]))
 
 
 def build_flow(nprocs: int = 1) -> Flow:
@@ -70,12 +64,12 @@ async def drive(process: Any, callers: int, seconds: float) -> dict[str, float]:
 
     async def caller(n: int) -> None:
         while time.monotonic() < stop_at:
-            task = ModelTask(n)
+            task = NoopTask(n)
             started = time.perf_counter()
             await process(task, 10.0)
             if recording:
                 latencies.append(time.perf_counter() - started)
-            assert task.result == n + 1
+            assert task.result == n
 
     stop_at = time.monotonic() + 1.0  # warm-up
     await asyncio.gather(*(caller(n) for n in range(callers)))
