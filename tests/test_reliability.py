@@ -201,7 +201,7 @@ async def test_stop_leaves_no_process_behind(make_flow, graceful):
 
 PARENT = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, os, sys
     sys.path.insert(0, {tests!r})
     from support import Square
     from aqueduct import Flow, FlowStep
@@ -209,8 +209,9 @@ PARENT = textwrap.dedent(
     async def main():
         flow = Flow(FlowStep(Square(), nprocs=2), FlowStep(Square()))
         flow.start(timeout=30)
-        children = __import__("multiprocessing").active_children()
-        print(" ".join(str(p.pid) for p in children), flush=True)
+        from support import children_of
+
+        print(" ".join(str(pid) for pid in children_of(os.getpid())), flush=True)
         await asyncio.sleep(60)
 
     if __name__ == "__main__":

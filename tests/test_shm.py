@@ -184,7 +184,9 @@ SERVICE = textwrap.dedent(
             task = ArrayTask(np.ones(64 << 20, dtype=np.uint8))
             await flow.process(task, timeout_sec=30)
             keep.append(task)
-        pids = [p.pid for p in __import__("multiprocessing").active_children()]
+        from support import children_of
+
+        pids = sorted(children_of(os.getpid()))
         print(" ".join(map(str, pids)), flush=True)
         await asyncio.sleep(60)
 

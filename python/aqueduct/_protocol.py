@@ -5,8 +5,6 @@ from __future__ import annotations
 import pickle
 import traceback
 from dataclasses import dataclass
-from multiprocessing import reduction
-from typing import Any
 
 from .exceptions import (
     FlowError,
@@ -38,25 +36,6 @@ FLAGS = FLAG_REFS | FLAG_BODY
 PICKLE_PROTOCOL = 5
 
 
-class InheritedFd:
-    """An fd a worker process inherits.
-
-    Under fork the number is simply inherited. Under spawn/forkserver the
-    object is pickled while the child is being launched, and multiprocessing's
-    ``DupFd`` arranges for the fd to be passed to it.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_fd, (reduction.DupFd(self.fd),))
-
-
-def _rebuild_fd(dup: Any) -> InheritedFd:
-    return InheritedFd(dup.detach())
-
-
 @dataclass
 class WorkerSpec:
     """Everything a worker needs, sent once at start."""
@@ -68,17 +47,22 @@ class WorkerSpec:
     batch_size: int
     batch_timeout: float
     nprocs: int  # processes of this step
-    queue_fds: list[InheritedFd]  # input queue of every step, then a result queue per client
-    doorbell_fds: list[InheritedFd]  # one per client
+    queue_fds: list[int]  # input queue of every step, then a result queue per client
+    doorbell_fds: list[int]  # one per client
     clients: int  # processes submitting tasks; arenas 0..clients-1 are theirs
-    arena_fds: list[InheritedFd]  # one per client, then one per worker process
+    arena_fds: list[int]  # one per client, then one per worker process
     own_arena: int  # index of this worker's arena in arena_fds
-    control_fd: InheritedFd  # claims and cancel set
+    control_fd: int  # claims and cancel set
     slot: int  # this worker's claim slot
     metrics: bool  # record handle times
     parent_pid: int  # the process that started the flow: workers exit with it
     log_level: int
     spin_us: int
+    sys_path: list[str]  # the parent's, so workers import what it can
+
+    def inherited_fds(self) -> list[int]:
+        """The parent's fds this worker maps (passed down by number)."""
+        return [*self.queue_fds, *self.doorbell_fds, *self.arena_fds, self.control_fd]
 
 
 def encode_error(step: str, exc: BaseException, kind: type[FlowError] | None = None) -> bytes:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from . import _worker
+from ._launch import definition, launch
 from ._protocol import WorkerSpec
 from .exceptions import FlowStartTimeoutError, WorkerStartError
 from .logger import log
@@ -57,7 +57,8 @@ class WorkerProcess:
         return self.spec.step_index
 
     def handle_control(self) -> None:
-        """Reads one control message: a log record, readiness or a start failure."""
+        """Reads one control message: a log record, readiness, a start
+        failure, or a request for a definition of ``__main__``."""
         assert self.conn is not None
         try:
             message = self.conn.recv()
@@ -74,6 +75,11 @@ class WorkerProcess:
                 self.ready = True
             case ("failed", text):
                 self.failure = text
+            case ("need", name):
+                try:
+                    self.conn.send(("definition", name, definition(name)))
+                except OSError:
+                    pass  # the worker died meanwhile; its sentinel tells
 
     def drain_control(self) -> None:
         """Handles whatever the process sent before it died."""
@@ -111,13 +117,13 @@ class Supervisor:
 
     def __init__(
         self,
-        context: Any,
+        start_method: str,
         control: Any,
         on_death: DeathCallback,
         on_step_down: Callable[[str], None],
         on_tick: Callable[[], None] = lambda: None,
     ) -> None:
-        self._context = context
+        self._start_method = start_method
         self._control = control
         self._on_death = on_death
         self._on_step_down = on_step_down
@@ -138,16 +144,10 @@ class Supervisor:
         return worker
 
     def _launch(self, worker: WorkerProcess) -> None:
-        reader, writer = self._context.Pipe(duplex=False)
-        process = self._context.Process(
-            target=_worker.run,
-            args=(worker.spec, writer),
-            name=f"aqueduct-{worker.step_name}-{worker.number}",
-            daemon=True,
+        process, conn = launch(
+            self._start_method, worker.spec, f"aqueduct-{worker.step_name}-{worker.number}"
         )
-        process.start()
-        writer.close()
-        worker.process, worker.conn = process, reader
+        worker.process, worker.conn = process, conn
         worker.ready, worker.failure, worker.dead = False, None, False
 
     def wait_ready(self, deadline: float | None) -> None:
@@ -237,6 +237,7 @@ class Supervisor:
         w.respawn_at = None
         if w.conn is not None:
             w.conn.close()
+        _close(w.process)
         try:
             self._launch(w)
         except Exception:
@@ -281,6 +282,7 @@ class Supervisor:
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join(2.0)
+            _close(w.process)
         for w in self.workers:
             if w.conn is not None:
                 w.conn.close()
@@ -292,6 +294,14 @@ class Supervisor:
             except OSError:
                 pass
         self._wake_r = self._wake_w = -1
+
+
+def _close(process: Any) -> None:
+    """Releases what a reaped process object holds (its pidfd)."""
+    try:
+        process.close()
+    except (ValueError, OSError):
+        pass  # still running: kept until it is reaped
 
 
 def with_slot(spec: WorkerSpec, slot: int, clients: int) -> WorkerSpec:

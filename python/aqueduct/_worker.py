@@ -11,12 +11,12 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable
-from multiprocessing.connection import Connection
 from typing import Any
 
 import cloudpickle
 
 from . import _core
+from ._bootstrap import Channel
 from ._protocol import (
     CLIENT_SHIFT,
     FLAG_REFS,
@@ -48,13 +48,12 @@ BURST = 16
 PUSH_WAIT_NO_DEADLINE = 60.0
 
 
-class _PipeLogHandler(logging.Handler):
+class _ChannelLogHandler(logging.Handler):
     """Forwards log records to the parent, which hands them to ``log``."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, channel: Channel) -> None:
         super().__init__()
-        self._conn = conn
-        self._send_lock = threading.Lock()
+        self._channel = channel
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -64,19 +63,18 @@ class _PipeLogHandler(logging.Handler):
             if record.exc_info:
                 fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
             fields["exc_info"] = None
-            with self._send_lock:
-                self._conn.send(("log", fields))
+            self._channel.send(("log", fields))
         except Exception:
             self.handleError(record)
 
 
-def run(spec: WorkerSpec, conn: Connection) -> None:
-    """Entry point of a worker process."""
+def run(spec: WorkerSpec, channel: Channel) -> None:
+    """Runs a worker process: its handler's ``on_start``, then its loop."""
     # The parent decides when workers stop: Ctrl-C in a terminal reaches the
     # whole process group, and the parent's shutdown closes our queue.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    log.handlers = [_PipeLogHandler(conn)]
+    log.handlers = [_ChannelLogHandler(channel)]
     log.propagate = False
     log.setLevel(spec.log_level)
     try:
@@ -84,11 +82,11 @@ def run(spec: WorkerSpec, conn: Connection) -> None:
         conditions = cloudpickle.loads(spec.conditions_blob)
         handler.on_start()
     except BaseException:
-        conn.send(("failed", traceback.format_exc()))
-        conn.close()
+        channel.send(("failed", traceback.format_exc()))
+        channel.close()
         sys.exit(1)
     _exit_with_parent(spec.parent_pid)
-    conn.send(("ready", os.getpid()))
+    channel.send(("ready", os.getpid()))
     _Worker(spec, handler, conditions).loop()
 
 
@@ -120,11 +118,11 @@ class _Worker:
         self.handler = handler
         # (index, condition) of the steps after this one, for routing
         self.later_conditions = list(enumerate(conditions))[spec.step_index + 1 :]
-        self.queues = [_core.Queue.open(f.fd, spin_us=spec.spin_us) for f in spec.queue_fds]
-        self.doorbells = [_core.Doorbell.open(f.fd) for f in spec.doorbell_fds]
+        self.queues = [_core.Queue.open(fd, spin_us=spec.spin_us) for fd in spec.queue_fds]
+        self.doorbells = [_core.Doorbell.open(fd) for fd in spec.doorbell_fds]
         self.nsteps = len(self.queues) - spec.clients
         self.clients = spec.clients
-        self.control = _core.Control.open(spec.control_fd.fd)
+        self.control = _core.Control.open(spec.control_fd)
         self.slot = spec.slot
         self.metrics = spec.metrics
         self.input = self.queues[self.step_index]
@@ -137,14 +135,14 @@ class _Worker:
         burst = BURST if spec.nprocs == 1 and spec.batch_timeout == 0 else 1
         self.batcher = _core.Batcher(spec.batch_size * burst, spec.batch_timeout)
         arenas = [
-            _core.SharedArena.open(f.fd, own=index == spec.own_arena)
-            for index, f in enumerate(spec.arena_fds)
+            _core.SharedArena.open(fd, own=index == spec.own_arena)
+            for index, fd in enumerate(spec.arena_fds)
         ]
         self.shm = SharedMemory(arenas, own=spec.own_arena)
         # the fds were duplicated by `open`; the inherited ones are not needed
-        for f in [*spec.queue_fds, *spec.doorbell_fds, *spec.arena_fds, spec.control_fd]:
+        for fd in spec.inherited_fds():
             try:
-                os.close(f.fd)
+                os.close(fd)
             except OSError:
                 pass
 

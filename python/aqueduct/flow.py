@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -27,7 +26,6 @@ from ._protocol import (
     FLAGS,
     KIND_DROPPED,
     KIND_ERROR,
-    InheritedFd,
     WorkerSpec,
     decode_error,
     encode_error,
@@ -131,8 +129,9 @@ class Flow:
     ``QueueFullError`` at once (for servers that prefer a fast 503).
     ``queue_priorities`` is the number of priority levels; ``task.priority``
     (clamped to ``0..queue_priorities-1``) picks one, higher served first.
-    Workers start with ``mp_start_method``, ``'spawn'`` by default (upstream
-    used ``'fork'``; both, and ``'forkserver'``, work).
+    Workers start with ``mp_start_method``: ``'spawn'`` (the default) and
+    ``'forkserver'`` start fresh interpreters on aqueduct's own entry point,
+    which never run the user's script; ``'fork'`` forks, as upstream did.
     """
 
     def __init__(
@@ -308,7 +307,7 @@ class Flow:
         except Exception as exc:
             raise FlowError(f"cannot pickle the steps' handle_condition: {exc}") from exc
         self._supervisor = Supervisor(
-            mp.get_context(self._mp_start_method),
+            self._mp_start_method,
             self._control,
             self._on_worker_death,
             self._on_step_down,
@@ -329,17 +328,18 @@ class Flow:
                 batch_size=step.batch_size,
                 batch_timeout=step.batch_timeout,
                 nprocs=step.nprocs,
-                queue_fds=[InheritedFd(q.fd) for q in self._queues],
-                doorbell_fds=[InheritedFd(d.fd) for d in self._doorbells],
+                queue_fds=[q.fd for q in self._queues],
+                doorbell_fds=[d.fd for d in self._doorbells],
                 clients=self._clients,
-                arena_fds=[InheritedFd(a.fd) for a in self._arenas],
+                arena_fds=[a.fd for a in self._arenas],
                 own_arena=0,
-                control_fd=InheritedFd(self._control.fd),
+                control_fd=self._control.fd,
                 slot=0,
                 metrics=self._collect_metrics,
                 parent_pid=os.getpid(),
                 log_level=log.getEffectiveLevel(),
                 spin_us=spin,
+                sys_path=list(sys.path),
             )
             for number in range(step.nprocs):
                 self._supervisor.spawn(with_slot(spec, slot, self._clients), number)
@@ -513,15 +513,11 @@ class Flow:
             self._spin_misses += 1
 
     def _needs_by_value(self, cls: type) -> bool:
-        """True for task classes a spawned worker cannot import by name: those
-        of an interactive ``__main__`` (a notebook, a REPL). Also notes
+        """True for task classes pickle cannot name (a class made inside a
+        function): their tasks travel pickled by value. Classes of
+        ``__main__`` travel by name: workers fetch them once. Also notes
         classes whose finished tasks may be copied field by field directly."""
-        main = sys.modules.get("__main__")
-        by_value = (
-            self._mp_start_method != "fork"
-            and cls.__module__ == "__main__"
-            and getattr(main, "__file__", None) is None
-        )
+        by_value = not _named(cls)
         self._by_value[cls] = by_value
         plain_update = getattr(cls, "update", None) is BaseTask.update
         if plain_update and cls.__setattr__ is object.__setattr__:
@@ -808,6 +804,14 @@ class Flow:
 #: finished fields are copied onto the caller's task with one dict update.
 _PLAIN_TASK_CLASSES: set[type] = set()
 _BOOKKEEPING_FIELDS = ("task_id", "priority", "expiration_time")
+
+
+def _named(cls: type) -> bool:
+    """True when ``cls`` can be found by its module and qualified name."""
+    found: Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    return found is cls
 
 
 def _try_push(queue: Any, entry: tuple[Any, ...]) -> bool:
