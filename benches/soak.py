@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from aqueduct import Flow, FlowStep
 from aqueduct.logger import log
+from web_workloads import children
 from workloads import NoopHandler, NoopTask
 
 TOTAL = int(os.environ.get("SOAK_TASKS", "1000000"))
@@ -57,7 +57,7 @@ async def main() -> None:
     log.setLevel(logging.WARNING)
     flow = Flow(FlowStep(NoopHandler()), FlowStep(NoopHandler(), batch_size=8))
     flow.start(timeout=60)
-    pids = [os.getpid()] + [p.pid for p in multiprocessing.active_children()]
+    pids = [os.getpid(), *children(os.getpid())]
     errors = await run(flow, WARMUP)
     before = sample(pids)
     started = time.perf_counter()

@@ -1,0 +1,275 @@
+"""Web-shaped benchmark workloads: the load a web server puts on a Flow.
+
+Every call is a new asyncio task (as a server makes one per request),
+``CALLS`` of them gathered behind an ``asyncio.Semaphore(callers)``, and the
+task and handler classes live in the script's ``__main__`` (this file run as a
+script), as they often do in users' services. Written against the public API
+shared by this package and upstream aqueduct 1.15, so the same file measures
+both. CPU time is reported per task, for the caller's process (total and
+beyond the bare harness: the same gather with a stand-in for
+``flow.process``) and for all worker processes together.
+
+    python web_workloads.py WORKLOAD [SCALE] [--module-classes]
+
+prints one JSON object. ``--module-classes`` takes the same classes from this
+file imported as a module (``web_workloads``) instead of ``__main__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aqueduct import BaseTask, BaseTaskHandler, Flow, FlowStep
+
+CALLERS = 32
+#: The batched model emulator: CPU time per batch and per task of the batch.
+MODEL_BATCH_S = 0.002
+MODEL_TASK_S = 0.0002
+MODEL_BATCH_SIZE = 32
+MODEL_CALLERS = 64
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class NoopTask(BaseTask):
+    def __init__(self, value: int = 0) -> None:
+        super().__init__()
+        self.value = value
+        self.result: int | None = None
+
+
+class NoopHandler(BaseTaskHandler):
+    def handle(self, *tasks: NoopTask) -> None:  # type: ignore[override]
+        for task in tasks:
+            task.result = task.value
+
+
+class ModelTask(NoopTask):
+    def __init__(self, value: int = 0) -> None:
+        super().__init__(value)
+        self.batch = 0
+
+
+class CpuModel(BaseTaskHandler):
+    """Spins on the CPU like a batched model: MODEL_BATCH_S + MODEL_TASK_S a task."""
+
+    def handle(self, *tasks: ModelTask) -> None:  # type: ignore[override]
+        until = time.thread_time() + MODEL_BATCH_S + MODEL_TASK_S * len(tasks)
+        while time.thread_time() < until:
+            pass
+        for task in tasks:
+            task.result = task.value
+            task.batch = len(tasks)
+
+
+class PlainRequest:
+    """What the bare harness builds per call: a plain object, no BaseTask."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.result: int | None = None
+
+
+# -- CPU accounting --------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """Every live descendant of ``pid``."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class CpuMeter:
+    """CPU used by this process and by its descendants between start and stop."""
+
+    def start(self) -> None:
+        self._workers = children(os.getpid())
+        self._worker_cpu = sum(_cpu_s(p) for p in self._workers)
+        self._self_cpu = time.process_time()
+        self._wall = time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._wall
+        own = time.process_time() - self._self_cpu
+        workers = sum(_cpu_s(p) for p in self._workers) - self._worker_cpu
+        return {"wall_s": wall, "caller_cpu_s": own, "worker_cpu_s": workers}
+
+
+# -- the harness -----------------------------------------------------------
+
+
+async def _fake_process(task: Any, timeout_sec: float = 5.0) -> bool:
+    await asyncio.sleep(0)  # a real call suspends at least once
+    task.result = task.value
+    return True
+
+
+async def gather_calls(
+    process: Callable[..., Awaitable[Any]],
+    make: Callable[[int], Any],
+    calls: int,
+    callers: int,
+) -> tuple[list[Any], int]:
+    """``calls`` calls of ``process``, each in a new asyncio task, at most
+    ``callers`` at a time; returns the finished tasks and the error count."""
+    semaphore = asyncio.Semaphore(callers)
+    errors = 0
+
+    async def call(i: int) -> Any:
+        nonlocal errors
+        async with semaphore:
+            task = make(i)
+            try:
+                await process(task, timeout_sec=30)
+            except Exception:
+                errors += 1
+            return task
+
+    done = await asyncio.gather(*(call(i) for i in range(calls)))
+    return done, errors
+
+
+async def measure(
+    process: Callable[..., Awaitable[Any]],
+    make: Callable[[int], Any],
+    calls: int,
+    callers: int,
+) -> tuple[dict[str, float], list[Any]]:
+    """A warm-up tenth, then ``calls`` measured calls: rate and CPU per call."""
+    await gather_calls(process, make, max(calls // 10, callers), callers)
+    meter = CpuMeter()
+    meter.start()
+    done, errors = await gather_calls(process, make, calls, callers)
+    used = meter.stop()
+    wrong = sum(1 for i, t in enumerate(done) if t.result != i)
+    out = {
+        "tasks_per_s": calls / used["wall_s"],
+        "caller_cpu_us": used["caller_cpu_s"] / calls * 1e6,
+        "worker_cpu_us": used["worker_cpu_s"] / calls * 1e6,
+        "errors": float(errors),
+        "wrong": float(wrong - errors),
+    }
+    return out, done
+
+
+async def with_harness(flow: Flow, make: Callable[[int], Any], calls: int, callers: int) -> dict:
+    """The flow's figures plus the bare harness's caller CPU, and the caller
+    CPU beyond it (what ``process`` itself costs the web process)."""
+    bare, _ = await measure(_fake_process, PlainRequest, calls, callers)
+    out, _ = await measure(flow.process, make, calls, callers)
+    out["harness_cpu_us"] = bare["caller_cpu_us"]
+    out["caller_beyond_harness_us"] = out["caller_cpu_us"] - bare["caller_cpu_us"]
+    return out
+
+
+async def latency(flow: Flow, make: Callable[[int], Any], calls: int) -> dict[str, float]:
+    """One caller; every call a new asyncio task, timed inside it."""
+    samples: list[float] = []
+
+    async def call(i: int) -> None:
+        task = make(i)
+        started = time.perf_counter()
+        await flow.process(task, timeout_sec=30)
+        samples.append(time.perf_counter() - started)
+
+    for i in range(200):  # warm-up
+        await asyncio.create_task(call(i))
+    samples.clear()
+    for i in range(calls):
+        await asyncio.create_task(call(i))
+    samples.sort()
+    return {
+        "p50_us": samples[len(samples) // 2] * 1e6,
+        "p99_us": samples[int(len(samples) * 0.99)] * 1e6,
+    }
+
+
+async def batch_fill(flow: Flow, make: Callable[[int], Any], calls: int) -> dict[str, float]:
+    """The model emulator under MODEL_CALLERS callers: throughput against the
+    ideal of full batches back to back, and the mean batch size."""
+    figures, done = await measure(flow.process, make, calls, MODEL_CALLERS)
+    batches = sum(1 / t.batch for t in done if t.batch)
+    ideal = MODEL_BATCH_SIZE / (MODEL_BATCH_S + MODEL_TASK_S * MODEL_BATCH_SIZE)
+    figures["mean_batch"] = len(done) / batches if batches else 0.0
+    figures["fill"] = figures["tasks_per_s"] / ideal
+    return figures
+
+
+def _quiet() -> None:
+    import logging
+
+    from aqueduct.logger import log
+
+    log.setLevel(logging.WARNING)
+
+
+async def run(name: str, scale: float, classes: Any) -> dict[str, float]:
+    _quiet()
+    noop = FlowStep(classes.NoopHandler())
+    calls = int(20_000 * scale)
+    if name == "web_latency":
+        flow = Flow(noop)
+    elif name in ("web_1step", "web_overload_1024"):
+        flow = Flow(noop)
+    elif name == "web_3step":
+        flow = Flow(noop, FlowStep(classes.NoopHandler()), FlowStep(classes.NoopHandler()))
+    elif name == "web_batch32":
+        flow = Flow(FlowStep(classes.NoopHandler(), batch_size=32))
+    elif name == "web_batch_fill":
+        flow = Flow(FlowStep(classes.CpuModel(), batch_size=MODEL_BATCH_SIZE))
+    else:
+        raise SystemExit(f"unknown workload {name}")
+    flow.start()
+    try:
+        if name == "web_latency":
+            return await latency(flow, classes.NoopTask, int(5000 * scale))
+        if name == "web_batch_fill":
+            return await batch_fill(flow, classes.ModelTask, int(10_000 * scale))
+        callers = 1024 if name == "web_overload_1024" else CALLERS
+        return await with_harness(flow, classes.NoopTask, calls, callers)
+    finally:
+        await flow.stop(graceful=False)
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    name = args[0]
+    scale = float(args[1]) if len(args) > 1 else 1.0
+    if "--module-classes" in sys.argv:
+        import web_workloads as classes  # the same classes, by module name
+    else:
+        classes = sys.modules[__name__]
+    print(json.dumps(asyncio.run(run(name, scale, classes))))
+
+
+if __name__ == "__main__":
+    main()
