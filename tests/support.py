@@ -265,3 +265,55 @@ def descendants_of(root: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
+
+
+# -- task classes that pickle in their own ways -----------------------------------
+
+
+class StatefulTask(Task):
+    """Pickles through __getstate__/__setstate__ (never as a bare dict)."""
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["marker"] = "via getstate"
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+
+
+class SlottedTask(Task):
+    __slots__ = ("extra",)
+
+    def __init__(self, value: int = 0) -> None:
+        super().__init__(value)
+        self.extra = "slot"
+
+
+class UpdatingTask(Task):
+    """Takes only `result` from the finished task, and says so."""
+
+    def update(self, source_task: BaseTask, excluded_fields: set[str] | None = None) -> None:
+        self.result = getattr(source_task, "result", None)
+        self.updated_by = "custom update"
+
+
+class GuardedTask(Task):
+    """Refuses to have `locked` set."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "locked":
+            raise AttributeError("locked is read-only")
+        super().__setattr__(name, value)
+
+
+class Rebrand(BaseTaskHandler):
+    """Squares the value and tries to change the task's bookkeeping."""
+
+    def handle(self, *tasks: Task) -> None:
+        for task in tasks:
+            task.result = task.value * task.value
+            task.task_id = "changed by the worker"
+            task.priority = 7
+            task.expiration_time = 0.0
+            task.pid = os.getpid()

@@ -13,9 +13,40 @@ from aqueduct import _core
 from aqueduct.exceptions import QueueFullError, TaskTooLargeError
 
 
-def test_a_waiting_batcher_releases_the_gil():
+class NoSlowPath:
+    """A worker's Python half for tests that never need it."""
+
+    def load(self, *args: object) -> None:
+        raise AssertionError(f"unexpected load{args}")
+
+    def forward(self, *args: object) -> None:
+        raise AssertionError(f"unexpected forward{args}")
+
+    def drop(self, messages: object) -> None:
+        pass
+
+    def retire(self, refs: object) -> None:
+        pass
+
+
+def step_worker(queue: _core.Queue, batch_size: int = 1) -> _core.StepWorker:
+    """A StepWorker reading ``queue``, with one client's result queue."""
+    results = _core.Queue.create()
+    return _core.StepWorker(
+        0,
+        0,
+        [queue, results],
+        [_core.Doorbell()],
+        _core.Control.create(1),
+        [],
+        NoSlowPath(),
+        batch_size,
+    )
+
+
+def test_a_waiting_worker_releases_the_gil():
     queue = _core.Queue.create()
-    batcher = _core.Batcher(1, 0.0)
+    worker = step_worker(queue)
     counter = 0
     done = threading.Event()
 
@@ -28,7 +59,7 @@ def test_a_waiting_batcher_releases_the_gil():
     thread.start()
     try:
         started = time.monotonic()
-        assert batcher.next(queue, 0.3) == ([], [])
+        assert worker.next(0.3) is False
         assert time.monotonic() - started >= 0.25
         before = counter
         time.sleep(0.05)
@@ -41,7 +72,7 @@ def test_a_waiting_batcher_releases_the_gil():
 
 def test_signal_handlers_run_during_a_wait_without_deadline():
     queue = _core.Queue.create()
-    batcher = _core.Batcher(1, 0.0)
+    worker = step_worker(queue)
 
     class Alarm(Exception):
         pass
@@ -54,7 +85,7 @@ def test_signal_handlers_run_during_a_wait_without_deadline():
         signal.setitimer(signal.ITIMER_REAL, 0.2)
         started = time.monotonic()
         with pytest.raises(Alarm):
-            batcher.next(queue, None)  # would wait forever
+            worker.next(None)  # would wait forever
         assert time.monotonic() - started < 2
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -88,7 +119,7 @@ def test_errors_map_to_public_exceptions():
     with pytest.raises(TaskTooLargeError, match="bytes"):
         queue.push(1, 0, 0, 0, b"x" * (queue.max_payload + 1))
     with pytest.raises(ValueError):
-        _core.Batcher(0, 0.0)
+        step_worker(queue, batch_size=0)
 
 
 def test_queues_are_anonymous_memfds_not_dev_shm_files():

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
+import struct
+import sys
 import traceback
 from dataclasses import dataclass
+from typing import Any
 
+# The wire constants are defined once, in the Rust core (aqueduct-core's wire.rs).
+from ._core import (
+    CLIENT_SHIFT,
+    FLAG_BODY,
+    FLAG_REFS,
+    FLAGS,
+    KIND_DROPPED,
+    KIND_ERROR,
+    KIND_STATE,
+    KIND_TASK,
+    KIND_TASK_BY_VALUE,
+    MAX_CLIENTS,
+    PICKLE_PROTOCOL,
+)
 from .exceptions import (
     FlowError,
     HandlerError,
@@ -15,25 +33,50 @@ from .exceptions import (
     WorkerDiedError,
 )
 
-# Message kinds (the `kind` field of a queue message header).
-KIND_TASK = 0
-KIND_ERROR = 1
-#: A task pickled by cloudpickle, its class by value: its class cannot be
-#: imported by name in workers (defined in a notebook, in exec'd code...).
-KIND_TASK_BY_VALUE = 2
-#: A worker dropped the task (its deadline passed); tells the parent that
-#: no process uses the task's shared-memory blocks any more.
-KIND_DROPPED = 3
-#: Bits of a task key above this one name the client that submitted it.
-CLIENT_SHIFT = 48
+__all__ = [
+    "CLIENT_SHIFT",
+    "FLAGS",
+    "FLAG_BODY",
+    "FLAG_REFS",
+    "KIND_DROPPED",
+    "KIND_ERROR",
+    "KIND_STATE",
+    "KIND_TASK",
+    "KIND_TASK_BY_VALUE",
+    "MAX_CLIENTS",
+    "PICKLE_PROTOCOL",
+    "WorkerSpec",
+    "decode_error",
+    "decode_state",
+    "encode_error",
+    "resolve_class",
+]
 
-#: Flag: the payload starts with shared-memory references (see _shm.split).
-FLAG_REFS = 0x100
-#: Flag (with FLAG_REFS): the last reference is the pickle itself.
-FLAG_BODY = 0x200
-FLAGS = FLAG_REFS | FLAG_BODY
 
-PICKLE_PROTOCOL = 5
+_NAME_LENGTH = struct.Struct("<H")
+
+
+def resolve_class(name: bytes) -> Any:
+    """The class a ``KIND_STATE`` message names (``module``, NUL,
+    ``qualname``); a worker finds classes of ``__main__`` through its own
+    ``__main__``, which fetches them from the parent."""
+    module_name, _, qualname = name.decode().partition("\0")
+    found: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    if not isinstance(found, type):
+        raise TypeError(f"{module_name}.{qualname} is not a class")
+    return found
+
+
+def decode_state(payload: bytes | memoryview) -> Any:
+    """The task a ``KIND_STATE`` payload describes: an object of its class
+    whose ``__dict__`` is the pickled dict (what unpickling would build)."""
+    (length,) = _NAME_LENGTH.unpack_from(payload)
+    cls = resolve_class(bytes(payload[2 : 2 + length]))
+    task = cls.__new__(cls)
+    task.__dict__ = pickle.loads(payload[2 + length :])
+    return task
 
 
 @dataclass

@@ -30,16 +30,22 @@ from typing import Any
 import cloudpickle
 
 from . import _core
-from ._protocol import FLAG_BODY, FLAG_REFS, KIND_TASK, KIND_TASK_BY_VALUE
+from ._core import BUFFER_THRESHOLD, INLINE_LIMIT
+from ._protocol import (
+    FLAG_BODY,
+    FLAG_REFS,
+    KIND_STATE,
+    KIND_TASK,
+    KIND_TASK_BY_VALUE,
+    PICKLE_PROTOCOL,
+    decode_state,
+)
 from .exceptions import SharedMemoryFullError, TaskSerializationError
 
 #: Buffers at least this large travel through shared memory.
-THRESHOLD = 64 * 1024
-#: Pickles larger than this travel in the arena rather than in the queue.
-INLINE_LIMIT = 256 * 1024
+THRESHOLD = BUFFER_THRESHOLD
 #: Default size of each arena (sparse: memory is used only by live buffers).
 DEFAULT_SHM_SIZE = 1 << 30
-PICKLE_PROTOCOL = 5
 
 _REF = struct.Struct("<IQQQ")  # arena, block, offset, length
 _COUNT = struct.Struct("<I")
@@ -204,6 +210,8 @@ class SharedMemory:
 
     def loads(self, kind: int, payload: bytes) -> tuple[Any, list[Ref]]:
         """Unpickles a message payload; returns the task and its refs."""
+        if kind == KIND_STATE:
+            return decode_state(payload), []
         if not kind & FLAG_REFS:
             return pickle.loads(payload), []
         refs, body = split(payload)

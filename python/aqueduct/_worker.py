@@ -26,6 +26,7 @@ from ._protocol import (
     KIND_TASK_BY_VALUE,
     WorkerSpec,
     encode_error,
+    resolve_class,
 )
 from ._shm import Ref, SharedMemory, split
 from .exceptions import (
@@ -43,6 +44,9 @@ Message = tuple[int, int, int, int, bytes]  # key, kind, priority, deadline_ns, 
 
 # How many batches a lone worker may take from its queue at once (see _Worker).
 BURST = 16
+# A batch whose handler took this long sends its results on at once instead
+# of with the rest of its burst (a wake-up costs far less than the wait).
+SLOW_BATCH_NS = 50_000
 # How long a worker waits for room in a full next-step queue when the task
 # has no deadline.
 PUSH_WAIT_NO_DEADLINE = 60.0
@@ -112,6 +116,11 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 class _Worker:
+    """A worker's loop over its step's batches. The per-task work (unpickling,
+    routing, pickling, pushing) is done by the Rust ``StepWorker``; this
+    class is its Python half for what involves shared memory, tasks pickled
+    by value, and errors."""
+
     def __init__(self, spec: WorkerSpec, handler: Any, conditions: list[Any]) -> None:
         self.step_index = spec.step_index
         self.step_name = spec.step_name
@@ -123,22 +132,30 @@ class _Worker:
         self.nsteps = len(self.queues) - spec.clients
         self.clients = spec.clients
         self.control = _core.Control.open(spec.control_fd)
-        self.slot = spec.slot
         self.metrics = spec.metrics
-        self.input = self.queues[self.step_index]
-        self.batch_size = spec.batch_size
-        # A step's only process, batching without a timeout, takes up to
-        # BURST batches' worth of what is queued at once and handles them one
-        # batch after the other: the same batches as taking them one by one,
-        # for one wait and one wake-up. With siblings, taking more than a
-        # batch could leave them idle, so each takes one.
-        burst = BURST if spec.nprocs == 1 and spec.batch_timeout == 0 else 1
-        self.batcher = _core.Batcher(spec.batch_size * burst, spec.batch_timeout)
         arenas = [
             _core.SharedArena.open(fd, own=index == spec.own_arena)
             for index, fd in enumerate(spec.arena_fds)
         ]
         self.shm = SharedMemory(arenas, own=spec.own_arena)
+        # A step's only process, batching without a timeout, takes up to
+        # BURST batches one after the other after one wait, and wakes the
+        # next consumers once for all of them. With siblings, each takes one
+        # batch per wait, so none is left idle while another works through a
+        # backlog.
+        burst = BURST if spec.nprocs == 1 and spec.batch_timeout == 0 else 1
+        self.engine = _core.StepWorker(
+            spec.step_index,
+            spec.slot,
+            self.queues,
+            self.doorbells,
+            self.control,
+            self.later_conditions,
+            self,
+            spec.batch_size,
+            spec.batch_timeout,
+            burst,
+        )
         # the fds were duplicated by `open`; the inherited ones are not needed
         for fd in spec.inherited_fds():
             try:
@@ -148,85 +165,57 @@ class _Worker:
 
     def loop(self) -> None:
         log.debug("[%s] worker %d ready", self.step_name, os.getpid())
+        engine = self.engine
+        handle = self.handler.handle
+        record = self.control.record_handle if self.metrics else None
+        step = self.step_index
+        clock = time.perf_counter_ns
         while True:
-            got = self.batcher.next(
-                self.input, IDLE_TIMEOUT, self.doorbells, self.control, self.slot, self.step_index
-            )
-            if got is None:
+            ready = engine.next(IDLE_TIMEOUT)
+            if ready is None:
                 break  # queue closed and drained: the flow is stopping
-            messages, expired = got
-            if expired:
-                self._drop_expired(expired)
-            size = self.batch_size
-            if len(messages) <= size:
-                self._notify_all(self._handle_batch(messages))
-                continue
-            touched: set[int] = set()
-            for start in range(0, len(messages), size):
-                chunk = messages[start : start + size]
-                if start:
-                    # taken in one burst: drop what expired or was cancelled
-                    # while the batches before it were handled
-                    chunk, stale = self._split_stale(chunk)
-                    if stale:
-                        self._drop_expired(stale)
-                if chunk:
-                    touched |= self._handle_batch(chunk)
-            # one wake-up per burst for each queue fed, not one per batch
-            self._notify_all(touched)
+            while tasks := engine.batch():
+                started = clock()
+                try:
+                    handle(*tasks)
+                except BaseException as exc:  # whatever the handler raises fails its batch only
+                    log.exception(
+                        "[%s] handler raised on a batch of %d", self.step_name, len(tasks)
+                    )
+                    engine.fail(encode_error(self.step_name, exc))
+                    continue
+                took = clock() - started
+                if record is not None:
+                    record(step, took // 1000, len(tasks))
+                engine.forward()
+                if took >= SLOW_BATCH_NS:
+                    engine.flush()  # its results are worth a wake-up of their own
+            engine.flush()  # one wake-up per burst for each queue fed
         log.debug("[%s] worker %d exits", self.step_name, os.getpid())
 
-    def _split_stale(self, messages: list[Message]) -> tuple[list[Message], list[Message]]:
-        now = _core.monotonic_ns_now()
-        live, stale = [], []
-        for message in messages:
-            key, _kind, _priority, deadline_ns, _payload = message
-            if (deadline_ns and now >= deadline_ns) or self.control.is_cancelled(key):
-                stale.append(message)
-            else:
-                live.append(message)
-        return live, stale
+    # -- the Python half, called by the StepWorker ----------------------------------
 
-    def _handle_batch(self, messages: list[tuple[int, int, int, int, bytes]]) -> set[int]:
-        """Handles one batch and sends its tasks on; returns the indices of
-        the queues it pushed to (to be notified)."""
-        touched: set[int] = set()
-        tasks: list[Any] = []
-        kept: list[tuple[int, int, int, int, list[Ref]]] = []
-        for key, kind, priority, deadline_ns, payload in messages:
-            try:
-                task, refs = self.shm.loads(kind, payload)
-                tasks.append(task)
-            except Exception as exc:
-                if kind & FLAG_REFS:
-                    self._retire(split(payload)[0], ())
-                self._send_error(key, priority, exc, TaskSerializationError)
-                touched.add(self._results_of(key))
-                continue
-            kept.append((key, kind, priority, deadline_ns, refs))
-        if tasks:
-            try:
-                if self.metrics:
-                    started = time.perf_counter_ns()
-                    self.handler.handle(*tasks)
-                    micros = (time.perf_counter_ns() - started) // 1000
-                    self.control.record_handle(self.step_index, micros, len(tasks))
-                else:
-                    self.handler.handle(*tasks)
-            except BaseException as exc:  # whatever the handler raises fails its batch only
-                log.exception("[%s] handler raised on a batch of %d", self.step_name, len(tasks))
-                for key, _kind, priority, _deadline, refs in kept:
-                    self._retire(refs, ())
-                    self._send_error(key, priority, exc)
-                    touched.add(self._results_of(key))
-                tasks = []
-        for task, (key, kind, priority, deadline_ns, refs) in zip(tasks, kept, strict=False):
-            touched.add(self._forward(task, key, kind, priority, deadline_ns, refs))
-        return touched
+    def load(
+        self, key: int, kind: int, priority: int, payload: bytes
+    ) -> tuple[Any, list[Ref]] | int:
+        """A task whose message refers to shared memory or was pickled by
+        value; when it cannot be loaded, its client is told why and the index
+        of the queue that went to is returned."""
+        try:
+            return self.shm.loads(kind, payload)
+        except Exception as exc:
+            if kind & FLAG_REFS:
+                self._retire(split(payload)[0], ())
+            self._send_error(key, priority, exc, TaskSerializationError)
+            return self._results_of(key)
 
-    def _notify_all(self, touched: set[int]) -> None:
-        for index in touched:
-            self._notify(index)
+    def resolve(self, name: bytes) -> Any:
+        """The class a ``KIND_STATE`` message names."""
+        return resolve_class(name)
+
+    def retire(self, refs: list[Ref]) -> None:
+        """A task that failed no longer needs its blocks."""
+        self._retire(refs, ())
 
     def _notify(self, index: int) -> None:
         """Wakes the consumer of queue ``index``: a worker, or a client's loop."""
@@ -246,7 +235,7 @@ class _Worker:
                 return index
         return self._results_of(key)
 
-    def _forward(
+    def forward(
         self, task: Any, key: int, kind: int, priority: int, deadline_ns: int, refs: list[Ref]
     ) -> int:
         """Sends a handled task on; returns the index of the queue it went to."""
@@ -277,7 +266,7 @@ class _Worker:
             if arena >= self.clients and (arena, block) not in kept:
                 self.shm.arenas[arena].free(block)
 
-    def _drop_expired(self, expired: list[tuple[int, int, int, int, bytes]]) -> None:
+    def drop(self, expired: list[Message]) -> None:
         """Expired and cancelled tasks are not handled; their blocks are released."""
         told: set[int] = set()
         for key, kind, priority, _deadline, payload in expired:

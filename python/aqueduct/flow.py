@@ -8,11 +8,10 @@ registered with its asyncio loop, so nothing polls.
 from __future__ import annotations
 
 import asyncio
-import collections
-import itertools
 import os
 import sys
 import time
+import weakref
 from enum import Enum
 from multiprocessing.connection import wait
 from typing import Any, Literal
@@ -20,32 +19,14 @@ from typing import Any, Literal
 import cloudpickle
 
 from . import _core
-from ._protocol import (
-    CLIENT_SHIFT,
-    FLAG_REFS,
-    FLAGS,
-    KIND_DROPPED,
-    KIND_ERROR,
-    WorkerSpec,
-    decode_error,
-    encode_error,
-)
-from ._shm import (
-    DEFAULT_SHM_SIZE,
-    THRESHOLD,
-    SharedMemory,
-    _set_parent_arena,
-    parent_arena,
-    split,
-)
+from ._client import Client
+from ._protocol import CLIENT_SHIFT, KIND_ERROR, MAX_CLIENTS, WorkerSpec, encode_error
+from ._shm import DEFAULT_SHM_SIZE, THRESHOLD, _set_parent_arena, parent_arena
 from ._supervisor import Supervisor, WorkerProcess, with_slot
 from .exceptions import (
     FlowError,
     MPStartMethodValueError,
     NotRunningError,
-    QueueFullError,
-    TaskSerializationError,
-    TaskTimeoutError,
     WorkerDiedError,
 )
 from .handler import BaseTaskHandler
@@ -69,23 +50,14 @@ START_METHODS = ("spawn", "fork", "forkserver")
 #: message may take up to half the ring.
 QUEUE_SLOTS = 16_384
 SLOT_BYTES = 256
-#: Results taken per drain before re-checking the loop.
-DRAIN_LIMIT = 4096
-#: How long a worker with an empty queue spins (yielding the core between
-#: checks) before it sleeps on its futex; AQUEDUCT_SPIN_US overrides it.
-#: Long enough to catch the next task of a sequential caller, short enough not
-#: to steal the cores of busy processes.
-DEFAULT_SPIN_US = 20
+#: How long a worker with an empty queue may spin (yielding the core between
+#: checks) before it sleeps on its futex, while spinning pays (see the core's
+#: spin.rs); AQUEDUCT_SPIN_US overrides it, 0 turns spinning off.
+DEFAULT_SPIN_US = _core.DEFAULT_SPIN_US
 #: How long the parent, with a single task in flight, spins on the result
 #: queue before going back to its event loop (a kernel wake-up costs more).
 PARENT_SPIN_BASE_US = 40
 PARENT_SPIN_PER_STEP_US = 30
-#: After this many spins in a row that saw no result, spin only on every
-#: SPIN_PROBE_EVERY-th call (the handler is slower than a spin is worth).
-SPIN_MISS_LIMIT = 4
-SPIN_PROBE_EVERY = 32
-#: Most processes that may submit tasks to one flow (see ``clients``).
-MAX_CLIENTS = 32
 #: How long stop() lets workers exit by themselves before terminating them.
 WORKER_EXIT_TIMEOUT = 5.0
 
@@ -168,8 +140,9 @@ class Flow:
         if not 1 <= int(clients) <= MAX_CLIENTS:
             raise ValueError(f"clients must be in 1..{MAX_CLIENTS}, got {clients}")
         self._clients = int(clients)
-        self._client = 0  # this process's client slot
-        self._client_pid = -1  # the process that holds it
+        # this process's client slot, taken on its first process() call (a
+        # process forked from this one takes its own: see _forget_clients)
+        self._client: Client | None = None
         self._owner_pid = os.getpid()  # the process that runs the workers
         if int(shm_size) < THRESHOLD:
             raise ValueError(f"shm_size must be >= {THRESHOLD} bytes, got {shm_size}")
@@ -190,25 +163,12 @@ class Flow:
         self._broken: str | None = None
         self._deaths = 0  # worker deaths seen (enables the unwedging check)
         self._unpublished: set[tuple[int, int, int]] = set()
+        # how earlier clients of this process ended their tasks
         self._counts = dict.fromkeys(("done", "failed", "timeout", "cancelled"), 0)
-        self._queues: list[Any] = []  # step input queues, then the result queue
+        self._queues: list[Any] = []  # step input queues, then a result queue per client
         self._doorbells: list[Any] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._futures: dict[int, asyncio.Future[bytes]] = {}
-        self._backlogs: dict[int, collections.deque[tuple[Any, ...]]] = {}
-        self._keys = itertools.count(1)
-        self._key_base = 0  # this client's slot, in the top bits of its keys
-        self._timeouts = _TimeoutWheel(self._futures)
-        self._by_value: dict[type, bool] = {}
-        self._first_condition = (
-            self._steps[0].handle_condition if self._steps else (lambda task: False)
-        )
         self._arenas: list[Any] = []
-        self._shm = SharedMemory([], own=None)
-        self._held: dict[int, list[int]] = {}
-        self._spin_budget_us = PARENT_SPIN_BASE_US + PARENT_SPIN_PER_STEP_US * len(self._steps)
-        self._spin_calls = 0
-        self._spin_misses = 0
+        _FLOWS.add(self)
 
     # -- state ---------------------------------------------------------------
 
@@ -231,7 +191,11 @@ class Flow:
         """How the tasks given to ``process`` ended: ``done``, ``failed``
         (handler error, dead worker, ...), ``timeout`` and ``cancelled`` (the
         caller was cancelled); workers skip timed-out and cancelled tasks."""
-        return dict(self._counts)
+        counts = dict(self._counts)
+        if self._client is not None:
+            for name, value in self._client.core.counts().items():
+                counts[name] += value
+        return counts
 
     @property
     def shm_used(self) -> int:
@@ -299,9 +263,8 @@ class Flow:
             _core.SharedArena.create(self._shm_size, True)
             for _ in range(self._clients - 1 + nworkers)
         ]
-        self._shm = SharedMemory(self._arenas, own=0)
         self._owner_pid = os.getpid()
-        self._client_pid = -1  # a client slot is taken on the first process() call
+        self._client = None  # a client slot is taken on the first process() call
         try:
             conditions_blob = cloudpickle.dumps([s.handle_condition for s in self._steps])
         except Exception as exc:
@@ -349,28 +312,32 @@ class Flow:
         log.info("Waiting for all workers to start up (timeout: %s s)", timeout)
         self._supervisor.wait_ready(deadline)
 
-    def _become_client(self) -> None:
+    def _become_client(self) -> Client:
         """First ``process`` call in this process — the one that started the
         flow, or one forked from it after the start (a web server's worker):
-        take a client slot of our own — its result queue, doorbell and arena —
-        and start afresh, leaving any parent's loop and workers alone."""
+        take a client slot of our own — its result queue, doorbell and arena."""
         slot = self._control.claim_client()
         if slot >= self._clients:
             raise FlowError(
                 f"more processes submit tasks than Flow(clients={self._clients}) allows"
             )
-        if self._client_pid != -1 and self._loop is not None:
-            self._loop = None  # inherited from the parent: not ours to touch
-        self._client = slot
-        self._client_pid = os.getpid()
-        self._key_base = slot << CLIENT_SHIFT
         self._export_task = None
-        self._futures.clear()
-        self._backlogs.clear()
-        self._held.clear()
-        self._timeouts = _TimeoutWheel(self._futures)
-        self._shm = SharedMemory(self._arenas, own=slot)
+        self._client = Client(
+            slot=slot,
+            steps=self._steps,
+            step_names=self._step_names,
+            queues=self._queues,
+            doorbell=self._doorbells[slot],
+            control=self._control,
+            arenas=self._arenas,
+            priorities=self._queue_priorities,
+            reject_when_full=self._reject_when_full,
+            queue_size=self._queue_size,
+            metrics=self._collect_metrics,
+            spin_us=PARENT_SPIN_BASE_US + PARENT_SPIN_PER_STEP_US * len(self._steps),
+        )
         _set_parent_arena(self._arenas[slot])  # share_value() allocates there now
+        return self._client
 
     def _on_worker_death(self, worker: WorkerProcess, how: str, keys: list[int]) -> None:
         """Monitor thread: a worker died. Each task it held fails at once (an
@@ -417,14 +384,10 @@ class Flow:
     def _on_step_down(self, step_name: str) -> None:
         """Monitor thread: every worker of a step keeps dying."""
         self._broken = f"{step_name} is down: its workers keep dying (see the log)"
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._fail_all, self._broken)
-
-    def _fail_all(self, message: str) -> None:
-        for future in self._futures.values():
-            if not future.done():
-                future.set_exception(FlowError(message))
+        client = self._client
+        loop = client.loop if client is not None else None
+        if client is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(client.core.fail_all, FlowError(self._broken))
 
     # -- processing ----------------------------------------------------------
 
@@ -433,231 +396,45 @@ class Flow:
         set on ``task`` itself. Raises ``TaskTimeoutError`` (a ``FlowError``)
         when ``timeout_sec`` passes, ``HandlerError`` when a handler raised,
         ``NotRunningError`` when the flow is not running."""
-        if self._state != FlowState.RUNNING:
+        if self._state is not FlowState.RUNNING:
             raise NotRunningError(f"Flow is not running (state: {self._state.value})")
-        if os.getpid() != self._client_pid:
-            self._become_client()
+        client = self._client
+        if client is None:
+            client = self._become_client()
         if self._broken is not None:
             raise FlowError(self._broken)
         if not timeout_sec or timeout_sec <= 0:
             raise ValueError(f"timeout_sec must be > 0, got {timeout_sec!r}")
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._attach_loop(loop)
-
-        priority = task.priority
-        if priority != 0 or self._queue_priorities > 1:
-            priority = task.priority = max(0, min(int(priority), self._queue_priorities - 1))
-        task.set_timeout(timeout_sec)
-        first = 0 if self._first_condition(task) else self._first_step(task)
-        if first == len(self._steps):
-            return True  # no step's condition holds: nothing to do
-        key = self._key_base | next(self._keys)
-        self._control.uncancel(key)  # the cancel set wraps around
-        cls = type(task)
-        by_value = self._by_value.get(cls)
-        if by_value is None:
-            by_value = self._needs_by_value(cls)
-        kind, payload, refs = self._shm.dumps(task, key, by_value)
-        if refs:
-            self._hold(key, refs)
-        deadline_ns = int(task.expiration_time * 1e9)  # type: ignore[operator]
-        future: asyncio.Future[Any] = loop.create_future()
-        self._futures[key] = future
-        self._timeouts.add(loop, key, timeout_sec)
+        if loop is not client.loop:
+            self._attach_loop(client, loop)
+        sent = client.core.submit(task, timeout_sec)
+        if type(sent) is tuple:
+            key, future = sent
+        else:
+            slow = client.submit(task, timeout_sec)  # what the Rust client leaves to Python
+            if slow is None:
+                return True  # no step's condition holds: nothing to do
+            key, future = slow
         try:
-            try:
-                self._submit(first, (future, key, deadline_ns, kind, priority, payload))
-            except BaseException:
-                self._release(key)
-                raise
-            if len(self._futures) == 1:
-                self._spin_for_result()
-            finished = await future
+            await future
         except asyncio.CancelledError:
-            self._control.cancel(key)  # workers skip it instead of handling it
-            self._counts["cancelled"] += 1
+            client.core.cancel(key)  # workers skip it instead of handling it
             if self._state in (FlowState.STOPPING, FlowState.STOPPED):
                 raise FlowError("Task was cancelled: the flow is stopping") from None
             raise
-        except TaskTimeoutError:
-            self._counts["timeout"] += 1  # workers skip it: its deadline passed
-            raise
-        except BaseException:
-            self._counts["failed"] += 1
-            raise
-        finally:
-            del self._futures[key]
-        self._counts["done"] += 1
-        if cls in _PLAIN_TASK_CLASSES:
-            fields = finished.__dict__
-            for name in _BOOKKEEPING_FIELDS:
-                fields.pop(name, None)
-            task.__dict__.update(fields)
-        else:
-            task.update(finished)
         return True
 
-    def _spin_for_result(self) -> None:
-        """With a single task in flight, wait for its result by spinning on
-        shared memory for a few tens of microseconds (GIL released) instead of
-        paying for a kernel wake-up through the event loop. Calls that keep
-        missing (slow handlers) stop spinning, probing again now and then."""
-        self._spin_calls += 1
-        if self._spin_misses >= SPIN_MISS_LIMIT and self._spin_calls % SPIN_PROBE_EVERY:
-            return
-        if self._results.spin_ready(self._spin_budget_us):
-            self._spin_misses = 0
-            self._on_doorbell()
-        else:
-            self._spin_misses += 1
-
-    def _needs_by_value(self, cls: type) -> bool:
-        """True for task classes pickle cannot name (a class made inside a
-        function): their tasks travel pickled by value. Classes of
-        ``__main__`` travel by name: workers fetch them once. Also notes
-        classes whose finished tasks may be copied field by field directly."""
-        by_value = not _named(cls)
-        self._by_value[cls] = by_value
-        plain_update = getattr(cls, "update", None) is BaseTask.update
-        if plain_update and cls.__setattr__ is object.__setattr__:
-            _PLAIN_TASK_CLASSES.add(cls)
-        return by_value
-
-    def _first_step(self, task: BaseTask) -> int:
-        """Index of the first step whose condition holds for ``task``."""
-        for index, step in enumerate(self._steps):
-            if step.handle_condition(task):
-                return index
-        return len(self._steps)
-
-    def _submit(self, index: int, entry: tuple[Any, ...]) -> None:
-        """Pushes a task into step ``index``'s queue, or queues it in arrival
-        order until a worker frees room (the doorbell rings then)."""
-        backlog = self._backlogs.get(index)
-        if backlog:
-            backlog.append(entry)
-            return
-        queue = self._queues[index]
-        if _try_push(queue, entry):
-            queue.notify()
-        elif self._reject_when_full:
-            raise QueueFullError(
-                f"the queue of {self._step_names[index]} is full "
-                f"({self._queue_size or 'its ring'} tasks)"
-            )
-        else:
-            self._backlogs.setdefault(index, collections.deque()).append(entry)
-
-    def _flush_backlogs(self) -> None:
-        for index, backlog in self._backlogs.items():
-            queue = self._queues[index]
-            pushed = False
-            while backlog:
-                future, key = backlog[0][0], backlog[0][1]
-                if future.done():
-                    self._release(key)  # timed out while waiting: never sent
-                else:
-                    try:
-                        if not _try_push(queue, backlog[0]):
-                            break
-                        pushed = True
-                    except Exception as exc:
-                        self._release(key)
-                        future.set_exception(exc)
-                backlog.popleft()
-            if pushed:
-                queue.notify()
-
-    def _attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _attach_loop(self, client: Client, loop: asyncio.AbstractEventLoop) -> None:
         if self._export_task is not None:
             try:
                 self._export_task.cancel()
             except RuntimeError:  # its loop is closed already
                 pass
             self._export_task = None
-        old = self._loop
-        if old is not None and not old.is_closed():
-            try:
-                old.remove_reader(self._doorbell.fd)
-            except Exception:  # the old loop may be gone with its thread
-                pass
-        self._loop = loop
-        loop.add_reader(self._doorbell.fd, self._on_doorbell)
-        self._on_doorbell()
+        client.attach(loop)
         if self._metrics_exporter is not None:
             self._export_task = loop.create_task(self._export_metrics(self._metrics_exporter))
-
-    @property
-    def _results(self) -> Any:
-        return self._queues[len(self._steps) + self._client]
-
-    @property
-    def _doorbell(self) -> Any:
-        return self._doorbells[self._client]
-
-    def _on_doorbell(self) -> None:
-        """Takes every ready result; re-arms the doorbell before going idle."""
-        self._doorbell.drain()
-        results = self._results
-        futures = self._futures
-        while True:
-            batch = results.drain(DRAIN_LIMIT, self._metrics_control, len(self._steps))
-            for key, kind, _priority, _deadline, payload in batch:
-                future = futures.get(key)
-                base = kind & ~FLAGS
-                if future is not None and not future.done():
-                    if base == KIND_ERROR:
-                        future.set_exception(decode_error(payload))
-                    elif base != KIND_DROPPED:
-                        self._deliver(future, kind, payload)
-                elif kind & FLAG_REFS:
-                    self._free_unwanted(payload)
-                if self._held:
-                    self._release(key)  # after _deliver made its views
-            if batch:
-                results.released()
-            if len(batch) < DRAIN_LIMIT and not results.arm_doorbell():
-                break
-        if self._backlogs:
-            self._flush_backlogs()
-
-    def _deliver(self, future: asyncio.Future[Any], kind: int, payload: bytes) -> None:
-        try:
-            finished, _refs = self._shm.loads(kind, payload)
-        except Exception as exc:
-            future.set_exception(
-                TaskSerializationError(f"cannot unpickle the finished task: {exc}")
-            )
-        else:
-            future.set_result(finished)
-
-    # -- shared memory bookkeeping ----------------------------------------------
-
-    def _hold(self, key: int, refs: list[Any]) -> None:
-        """Blocks of the parent's arena stay allocated while task ``key`` is in
-        flight (until its result, error or drop notice comes back)."""
-        own = self._client
-        arena = self._arenas[own]
-        held = [block for index, block, _offset, _size in refs if index == own]
-        for block in held:
-            arena.retain(block)
-        if held:
-            self._held[key] = held
-
-    def _release(self, key: int) -> None:
-        held = self._held.pop(key, None)
-        if held:
-            arena = self._arenas[self._client]
-            for block in held:
-                arena.release(block)
-
-    def _free_unwanted(self, payload: bytes) -> None:
-        """Frees the workers' blocks of a result nobody waits for any more."""
-        refs, _body = split(payload)
-        for index, block, _offset, _size in refs:
-            if index >= self._clients:
-                self._arenas[index].free(block)
 
     # -- stop ----------------------------------------------------------------
 
@@ -668,30 +445,28 @@ class Flow:
         if self._state not in (FlowState.RUNNING, FlowState.STEPS_INITIALIZED):
             log.info("Flow is not running")
             return
+        client = self._client
         if os.getpid() != self._owner_pid:
             # a forked client: its own tasks end here; the workers belong to
             # the process that started the flow, which stops them
-            for future in self._futures.values():
-                if not future.done():
-                    future.set_exception(FlowError("Flow was stopped"))
-            if os.getpid() == self._client_pid:
-                self._detach_loop()
+            if client is not None:
+                client.core.fail_all(FlowError("Flow was stopped"))
+                self._drop_client()
             self._state = FlowState.STOPPED
             return
         self._state = FlowState.STOPPING
         log.info("Flow is stopping")
-        pending = [f for f in self._futures.values() if not f.done()]
-        if graceful and pending:
-            await asyncio.wait(pending)  # each future has its own timeout timer
-        for future in self._futures.values():
-            if not future.done():
-                future.set_exception(FlowError("Flow was stopped"))
+        if client is not None:
+            pending = [f for f in client.core.futures() if not f.done()]
+            if graceful and pending:
+                await asyncio.wait(pending)  # each task has its own timeout
+            client.core.fail_all(FlowError("Flow was stopped"))
         if self._supervisor is not None:
             self._supervisor.stop_respawning()
         for queue in self._queues:
             queue.close()
         await self._join_workers()
-        self._detach_loop()
+        self._drop_client()
         self._release_queues()
         self._state = FlowState.STOPPED
         log.info("Flow was stopped")
@@ -773,106 +548,40 @@ class Flow:
                 log.exception("metrics exporter failed")
             last = now
 
-    def _detach_loop(self) -> None:
+    def _drop_client(self) -> None:
+        """Ends this process's client: its loop reader and timer go, its
+        counts are kept."""
         if self._export_task is not None:
             try:
                 self._export_task.cancel()
             except RuntimeError:
                 pass
             self._export_task = None
-        if self._loop is not None and not self._loop.is_closed() and self._doorbells:
-            try:
-                self._loop.remove_reader(self._doorbell.fd)
-            except Exception:
-                pass
-        self._loop = None
+        client, self._client = self._client, None
+        if client is not None:
+            for name, value in client.core.counts().items():
+                self._counts[name] += value
+            client.detach()
+            client.release_all()  # the workers that used them are gone
 
     def _release_queues(self) -> None:
         self._broken = None
-        for key in list(self._held):
-            self._release(key)  # the workers that used them are gone
         self._queues = []
         self._arenas = []
-        self._shm = SharedMemory([], own=None)
         self._doorbells = []
-        self._backlogs.clear()
-        self._futures.clear()
-        self._timeouts.clear()
 
 
-#: Task classes with BaseTask's update() and plain attribute setting: their
-#: finished fields are copied onto the caller's task with one dict update.
-_PLAIN_TASK_CLASSES: set[type] = set()
-_BOOKKEEPING_FIELDS = ("task_id", "priority", "expiration_time")
+#: Every Flow of this process, to forget their clients in a forked child.
+_FLOWS: weakref.WeakSet[Flow] = weakref.WeakSet()
 
 
-def _named(cls: type) -> bool:
-    """True when ``cls`` can be found by its module and qualified name."""
-    found: Any = sys.modules.get(cls.__module__)
-    for part in cls.__qualname__.split("."):
-        found = getattr(found, part, None)
-    return found is cls
+def _forget_clients() -> None:
+    """In a process just forked: the parent's clients are not ours (their
+    loop, futures and result queues stay the parent's); a flow used here
+    takes a client slot of its own on its first ``process`` call."""
+    for flow in list(_FLOWS):
+        flow._client = None
+        flow._export_task = None
 
 
-def _try_push(queue: Any, entry: tuple[Any, ...]) -> bool:
-    """Pushes a ``(future, key, deadline_ns, kind, priority, payload)`` entry;
-    False when the queue is full, after asking its consumers to ring the
-    doorbell once they free room (and retrying once, in case they just did)."""
-    _future, key, deadline_ns, kind, priority, payload = entry
-    client = key >> CLIENT_SHIFT
-    for attempt in range(2):
-        try:
-            queue.push(key, deadline_ns, kind, priority, payload)
-            return True
-        except QueueFullError:
-            if attempt == 0:
-                queue.want_space(client)
-    return False
-
-
-class _TimeoutWheel:
-    """Fails futures whose timeout passed, with one loop timer per distinct
-    timeout value instead of one per task. Tasks with the same ``timeout_sec``
-    expire in submission order, so each value keeps a FIFO of
-    ``(deadline, key)``; finished tasks (keys gone from ``futures``) are
-    dropped from its head as new ones arrive, keeping it about as long as the
-    number of tasks in flight."""
-
-    def __init__(self, futures: dict[int, asyncio.Future[bytes]]) -> None:
-        self._futures = futures
-        self._fifos: dict[float, collections.deque[tuple[float, int]]] = {}
-        self._timers: dict[float, asyncio.TimerHandle] = {}
-
-    def add(self, loop: asyncio.AbstractEventLoop, key: int, timeout: float) -> None:
-        fifo = self._fifos.get(timeout)
-        if fifo is None:
-            fifo = self._fifos[timeout] = collections.deque()
-        futures = self._futures
-        while fifo and fifo[0][1] not in futures:
-            fifo.popleft()
-        deadline = loop.time() + timeout
-        fifo.append((deadline, key))
-        if timeout not in self._timers:
-            self._timers[timeout] = loop.call_at(deadline, self._fire, loop, timeout)
-
-    def _fire(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        fifo = self._fifos[timeout]
-        now = loop.time()
-        while fifo and (fifo[0][1] not in self._futures or fifo[0][0] <= now):
-            _deadline, key = fifo.popleft()
-            future = self._futures.get(key)
-            if future is not None and not future.done():
-                future.set_exception(
-                    TaskTimeoutError(f"Task timeout error: not done in {timeout} s")
-                )
-        if fifo:
-            self._timers[timeout] = loop.call_at(fifo[0][0], self._fire, loop, timeout)
-        else:
-            del self._timers[timeout]
-            del self._fifos[timeout]
-
-    def clear(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        self._fifos.clear()
+os.register_at_fork(after_in_child=_forget_clients)

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from time import monotonic
 from typing import Any, Protocol
 
+from . import _core
+
 __all__ = ["DEFAULT_PRIORITY", "BaseTask", "HasReadany"]
 
 
@@ -32,7 +34,7 @@ class BaseTask:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.task_id = str(uuid.uuid4())
+        self.task_id = _core.uuid4() or str(uuid.uuid4())
         self.priority = DEFAULT_PRIORITY
 
     def __repr__(self) -> str:

@@ -123,6 +123,23 @@ impl BatchAssembler {
         batch
     }
 
+    /// The next batch of what is queued now, without waiting (empty when
+    /// nothing is): a worker that just finished a batch takes the next one
+    /// as it is at that moment. Claims are recorded as in
+    /// [`BatchAssembler::next_batch_claimed`].
+    pub fn next_ready(&self, queue: &TaskQueue, claims: Option<Claims<'_>>) -> Batch {
+        if let Some(c) = claims {
+            c.control.clear_claims(c.slot);
+        }
+        let mut batch = Batch::default();
+        let first_ns = monotonic_ns();
+        self.take_ready(queue, &mut batch, claims);
+        if !batch.messages.is_empty() {
+            Self::record_batch(first_ns, claims);
+        }
+        batch
+    }
+
     fn record_batch(first_ns: u64, claims: Option<Claims<'_>>) {
         if let Some(m) = claims.and_then(|c| c.control.metrics(c.step)) {
             m.batch_us

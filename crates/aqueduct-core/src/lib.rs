@@ -8,23 +8,32 @@
 //!   freed by anyone;
 //! * [`batch`] — batch assembly with `batch_size` / `batch_timeout`;
 //! * [`control`] — per-worker claims and the cancel set of a flow;
+//! * [`ids`] — random task ids without a system call per id;
 //! * [`metrics`] — per-step histograms and counters in shared memory;
-//! * [`notify`] — futex, eventfd and the monotonic clock.
+//! * [`notify`] — futex, eventfd and the monotonic clock;
+//! * [`pending`] — a client's tasks in flight: keys and deadlines;
+//! * [`spin`] — when a waiter spins before sleeping;
+//! * [`wire`] — message kinds, flags and key layout.
 
 pub mod arena;
 pub mod batch;
 pub mod control;
 pub mod error;
+pub mod ids;
 pub mod metrics;
 pub mod notify;
+pub mod pending;
 pub mod queue;
 pub mod ring;
 pub mod segment;
+pub mod spin;
+pub mod wire;
 
 pub use arena::{Arena, Block};
 pub use batch::{Batch, BatchAssembler, BatchPolicy};
 pub use control::Control;
 pub use error::{Error, Result};
 pub use notify::{monotonic_ns, EventFd};
+pub use pending::Pending;
 pub use queue::{Message, MessageHeader, QueueConfig, TaskQueue, Wait};
 pub use segment::Segment;

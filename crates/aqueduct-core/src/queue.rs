@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::notify::{futex_wait, futex_wake, monotonic_ns, EventFd};
 use crate::ring::{Ring, RingLayout};
 use crate::segment::Segment;
+use crate::spin::{SpinPolicy, DEFAULT_SPIN_US};
 
 const MAGIC: u64 = 0x6171_7565_6475_6374; // "aqueduct"
 const VERSION: u32 = 1;
@@ -161,7 +162,7 @@ pub enum Wait {
 pub struct TaskQueue {
     segment: Segment,
     rings: Vec<Ring>,
-    spin: Duration,
+    spin: SpinPolicy,
 }
 
 impl TaskQueue {
@@ -244,7 +245,7 @@ impl TaskQueue {
         Ok(TaskQueue {
             segment,
             rings,
-            spin: Duration::from_micros(50),
+            spin: SpinPolicy::new(Duration::from_micros(DEFAULT_SPIN_US)),
         })
     }
 
@@ -253,9 +254,10 @@ impl TaskQueue {
         unsafe { &*self.segment.as_ptr().cast::<QueueHeader>() }
     }
 
-    /// How long a waiter spins on shared memory before sleeping on the futex.
+    /// How long a consumer waiting for a message may spin on shared memory
+    /// before sleeping on the futex (see [`SpinPolicy`]).
     pub fn set_spin(&mut self, spin: Duration) {
-        self.spin = spin;
+        self.spin = SpinPolicy::new(spin);
     }
 
     pub fn priorities(&self) -> u32 {
@@ -279,11 +281,16 @@ impl TaskQueue {
     /// Appends a message at `header.priority` (clamped to the top level).
     /// Does not wake anyone: call [`TaskQueue::notify`] once after a burst.
     pub fn push(&self, header: &MessageHeader, payload: &[u8]) -> Result<()> {
+        self.push_parts(header, &[payload])
+    }
+
+    /// As [`TaskQueue::push`], the payload being `parts` one after the other.
+    pub fn push_parts(&self, header: &MessageHeader, parts: &[&[u8]]) -> Result<()> {
         let h = self.header();
         if h.closed.load(Ordering::Relaxed) != 0 {
             return Err(Error::Closed);
         }
-        let size = payload.len();
+        let size: usize = parts.iter().map(|p| p.len()).sum();
         if size > self.max_payload() {
             return Err(Error::TooLarge {
                 size,
@@ -300,11 +307,44 @@ impl TaskQueue {
         header.priority = level as u32;
         header.enqueued_ns = monotonic_ns();
         let encoded = header.encode();
-        match self.rings[level].push(&[&encoded, payload]) {
+        let mut all: [&[u8]; 4] = [&encoded, &[], &[], &[]];
+        let Some(slots) = all.get_mut(1..=parts.len()) else {
+            h.count.0.fetch_sub(1, Ordering::Relaxed);
+            return Err(Error::InvalidArgument(
+                "a message has at most 3 parts".into(),
+            ));
+        };
+        slots.copy_from_slice(parts);
+        match self.rings[level].push(&all[..=parts.len()]) {
             Ok(()) => Ok(()),
             Err(e) => {
                 h.count.0.fetch_sub(1, Ordering::Relaxed);
                 Err(e)
+            }
+        }
+    }
+
+    /// Pushes, waiting for room while the queue is full: until the message
+    /// is in, the queue closes (`Err(Closed)`), `give_up_ns` passes
+    /// (`Err(Full)`; `None`: no limit) or `interrupt` returns true
+    /// (`Err(Full)`). Consumers are woken while it waits, so they make room.
+    pub fn push_waiting(
+        &self,
+        header: &MessageHeader,
+        parts: &[&[u8]],
+        give_up_ns: Option<u64>,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> Result<()> {
+        loop {
+            match self.push_parts(header, parts) {
+                Err(Error::Full) => {}
+                done => return done,
+            }
+            self.notify(None);
+            match self.wait_space(give_up_ns, interrupt) {
+                Wait::Ready => {}
+                Wait::Closed => return Err(Error::Closed),
+                Wait::Timeout | Wait::Interrupted => return Err(Error::Full),
             }
         }
     }
@@ -463,7 +503,7 @@ impl TaskQueue {
         interrupt: &mut dyn FnMut() -> bool,
     ) -> Wait {
         let h = self.header();
-        self.wait_on(&h.ready, deadline_ns, interrupt, &|| {
+        self.wait_on(&h.ready, deadline_ns, interrupt, true, &|| {
             if self.has_ready() {
                 Some(Wait::Ready)
             } else if self.is_closed() {
@@ -483,7 +523,7 @@ impl TaskQueue {
     ) -> Wait {
         let h = self.header();
         let start = h.space.epoch.load(Ordering::SeqCst);
-        self.wait_on(&h.space, deadline_ns, interrupt, &|| {
+        self.wait_on(&h.space, deadline_ns, interrupt, false, &|| {
             if self.is_closed() {
                 Some(Wait::Closed)
             } else if h.space.epoch.load(Ordering::SeqCst) != start || self.has_room() {
@@ -509,26 +549,36 @@ impl TaskQueue {
         notice: &Notice,
         deadline_ns: Option<u64>,
         interrupt: &mut dyn FnMut() -> bool,
+        spin: bool,
         check: &dyn Fn() -> Option<Wait>,
     ) -> Wait {
         if let Some(done) = check() {
             return done;
         }
-        // Spin briefly: a wake-up through the kernel costs tens of microseconds.
-        // Yielding while spinning hands the core to any other runnable process
-        // (more workers than cores is common) and returns at once otherwise.
-        let spin_until = monotonic_ns() + self.spin.as_nanos() as u64;
-        loop {
-            // SAFETY: sched_yield has no preconditions.
-            unsafe {
-                libc::sched_yield();
+        // Spin while it pays: a wake-up through the kernel costs tens of
+        // microseconds. Yielding while spinning hands the core to any other
+        // runnable process and returns at once otherwise.
+        let budget = if spin {
+            self.spin.budget()
+        } else {
+            Duration::ZERO
+        };
+        if !budget.is_zero() {
+            let spin_until = monotonic_ns() + budget.as_nanos() as u64;
+            loop {
+                // SAFETY: sched_yield has no preconditions.
+                unsafe {
+                    libc::sched_yield();
+                }
+                if let Some(done) = check() {
+                    self.spin.record(true);
+                    return done;
+                }
+                if monotonic_ns() >= spin_until {
+                    break;
+                }
             }
-            if let Some(done) = check() {
-                return done;
-            }
-            if monotonic_ns() >= spin_until {
-                break;
-            }
+            self.spin.record(false);
         }
         loop {
             let now = monotonic_ns();

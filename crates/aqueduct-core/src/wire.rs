@@ -1,0 +1,106 @@
+//! What travels in a queue message besides its bytes: the kinds and flags of
+//! the header's `kind` word and the layout of task keys. Defined here once;
+//! the binding exports them to Python (`aqueduct._core`).
+
+/// A pickled task, its class found by name.
+pub const KIND_TASK: u32 = 0;
+/// A worker's error report for a task (a pickled description).
+pub const KIND_ERROR: u32 = 1;
+/// A task pickled by value (cloudpickle): its class cannot be found by name.
+pub const KIND_TASK_BY_VALUE: u32 = 2;
+/// A worker dropped the task (expired or cancelled): no process uses its
+/// shared-memory blocks any more.
+pub const KIND_DROPPED: u32 = 3;
+/// A task of a plain class (see [`encode_state`]): its class by name, its
+/// `__dict__` pickled. No class is pickled per task, and the caller's task
+/// is updated from the dict without building an object.
+pub const KIND_STATE: u32 = 4;
+
+/// Flag: the payload starts with shared-memory references.
+pub const FLAG_REFS: u32 = 0x100;
+/// Flag (with `FLAG_REFS`): the last reference is the pickle itself.
+pub const FLAG_BODY: u32 = 0x200;
+/// Every flag bit; `kind & !FLAGS` is the kind.
+pub const FLAGS: u32 = FLAG_REFS | FLAG_BODY;
+
+/// Bits of a task key above this one name the client that submitted it.
+pub const CLIENT_SHIFT: u32 = 48;
+/// Most processes that may submit tasks to one flow.
+pub const MAX_CLIENTS: u32 = 32;
+
+/// The pickle protocol of every payload (out-of-band buffers need 5).
+pub const PICKLE_PROTOCOL: u32 = 5;
+/// Buffers at least this large travel through shared memory, not the queue.
+pub const BUFFER_THRESHOLD: usize = 64 * 1024;
+/// Pickles larger than this travel in the arena rather than in the queue.
+pub const INLINE_LIMIT: usize = 256 * 1024;
+
+/// The prefix of a [`KIND_STATE`] payload: the length of the class name
+/// (little-endian u16), then the name (`module`, a NUL, `qualname`); the
+/// pickled `__dict__` follows.
+pub fn state_prefix(class_name: &[u8]) -> Option<Vec<u8>> {
+    let len = u16::try_from(class_name.len()).ok()?;
+    let mut out = Vec::with_capacity(2 + class_name.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(class_name);
+    Some(out)
+}
+
+/// Splits a [`KIND_STATE`] payload into the class name and the pickled dict.
+pub fn split_state(payload: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = usize::from(u16::from_le_bytes(payload.get(..2)?.try_into().ok()?));
+    let name = payload.get(2..2 + len)?;
+    Some((name, payload.get(2 + len..)?))
+}
+
+/// The kind of a `kind` word, without its flags.
+pub fn base_kind(kind: u32) -> u32 {
+    kind & !FLAGS
+}
+
+/// The client that submitted task `key` (clamped to the last of `clients`).
+pub fn client_of(key: u64, clients: u32) -> u32 {
+    let client = key >> CLIENT_SHIFT;
+    u32::try_from(client)
+        .unwrap_or(u32::MAX)
+        .min(clients.saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_flags_do_not_overlap() {
+        for kind in [
+            KIND_TASK,
+            KIND_ERROR,
+            KIND_TASK_BY_VALUE,
+            KIND_DROPPED,
+            KIND_STATE,
+        ] {
+            assert_eq!(kind & FLAGS, 0);
+            assert_eq!(base_kind(kind | FLAG_REFS | FLAG_BODY), kind);
+        }
+    }
+
+    #[test]
+    fn state_payloads_carry_the_class_name() {
+        let mut payload = state_prefix(b"app\0Task").unwrap_or_default();
+        payload.extend_from_slice(b"PICKLE");
+        assert_eq!(
+            split_state(&payload),
+            Some((&b"app\0Task"[..], &b"PICKLE"[..]))
+        );
+        assert_eq!(split_state(&payload[..5]), None, "a truncated name");
+        assert_eq!(split_state(b""), None);
+    }
+
+    #[test]
+    fn keys_name_their_client() {
+        let key = (3u64 << CLIENT_SHIFT) | 12345;
+        assert_eq!(client_of(key, 8), 3);
+        assert_eq!(client_of(key, 2), 1, "clamped to the clients there are");
+        assert_eq!(client_of(u64::MAX, MAX_CLIENTS), MAX_CLIENTS - 1);
+    }
+}

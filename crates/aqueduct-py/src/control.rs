@@ -1,0 +1,96 @@
+//! Binding of a flow's control block: claims, the cancel set, metrics.
+
+use aqueduct_core::Control;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::{dup_fd, to_py_err};
+
+/// A flow's control block: claim slots of the workers and the cancel set.
+#[pyclass(module = "aqueduct._core", name = "Control", frozen)]
+pub(crate) struct PyControl {
+    pub(crate) inner: Control,
+}
+
+#[pymethods]
+impl PyControl {
+    /// `slots` worker claim slots; metrics for `steps` steps.
+    #[staticmethod]
+    #[pyo3(signature = (slots, steps=1))]
+    fn create(slots: usize, steps: usize) -> PyResult<Self> {
+        Ok(PyControl {
+            inner: Control::create(slots, steps).map_err(to_py_err)?,
+        })
+    }
+
+    #[staticmethod]
+    fn open(fd: i32) -> PyResult<Self> {
+        Ok(PyControl {
+            inner: Control::open(dup_fd(fd)?).map_err(to_py_err)?,
+        })
+    }
+
+    #[getter]
+    fn fd(&self) -> i32 {
+        self.inner.raw_fd()
+    }
+
+    /// Marks task `key` cancelled: workers drop it instead of handling it.
+    fn cancel(&self, key: u64) {
+        self.inner.cancel(key);
+    }
+
+    fn uncancel(&self, key: u64) {
+        self.inner.uncancel(key);
+    }
+
+    fn is_cancelled(&self, key: u64) -> bool {
+        self.inner.is_cancelled(key)
+    }
+
+    /// The next client slot (each process submitting tasks takes one).
+    fn claim_client(&self) -> u64 {
+        self.inner.claim_client()
+    }
+
+    /// Keys of the tasks the worker of `slot` holds right now.
+    fn claims(&self, slot: usize) -> Vec<u64> {
+        self.inner.claims(slot)
+    }
+
+    fn clear_claims(&self, slot: usize) {
+        self.inner.clear_claims(slot);
+    }
+
+    /// A step's handler ran a batch of `tasks` tasks in `micros` µs.
+    fn record_handle(&self, step: usize, micros: u64, tasks: u64) {
+        if let Some(m) = self.inner.metrics(step) {
+            m.handle_us.record(micros);
+            m.batch_size.record(tasks);
+            m.handled
+                .fetch_add(tasks, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Step `step`'s metrics: counters, and histograms as
+    /// `(count, sum, buckets)` where bucket `i` counts values below `2**i`.
+    fn metrics<'py>(&self, py: Python<'py>, step: usize) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(m) = self.inner.metrics(step) else {
+            return Ok(None);
+        };
+        let snap = m.snapshot();
+        let d = PyDict::new(py);
+        for (name, h) in [
+            ("handle_us", &snap.handle_us),
+            ("batch_us", &snap.batch_us),
+            ("batch_size", &snap.batch_size),
+            ("transfer_us", &snap.transfer_us),
+        ] {
+            d.set_item(name, (h.count, h.sum, h.buckets.clone()))?;
+        }
+        d.set_item("handled", snap.handled)?;
+        d.set_item("expired", snap.expired)?;
+        d.set_item("cancelled", snap.cancelled)?;
+        Ok(Some(d))
+    }
+}

@@ -1,0 +1,105 @@
+//! Calls into CPython's C pickler on the per-task path, so pickling a task
+//! costs no Python frame, and the checks that send a task down the Python
+//! path instead (buffers for shared memory, pickles too big for a queue).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use aqueduct_core::wire::{BUFFER_THRESHOLD, PICKLE_PROTOCOL};
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+
+/// pickle's `buffer_callback` on the fast path: buffers smaller than
+/// [`BUFFER_THRESHOLD`] stay in the pickle; a bigger one (a numpy array for
+/// shared memory) is noted, and the pickle is thrown away for the Python path.
+#[pyclass(module = "aqueduct._core", frozen)]
+pub(crate) struct BufferProbe {
+    saw_big: AtomicBool,
+}
+
+#[pymethods]
+impl BufferProbe {
+    fn __call__(&self, buffer: &Bound<'_, PyAny>) -> bool {
+        let small = PyUntypedBuffer::get(buffer).is_ok_and(|b| b.len_bytes() < BUFFER_THRESHOLD);
+        if !small {
+            self.saw_big.store(true, Ordering::Relaxed);
+        }
+        small
+    }
+}
+
+struct Pickle {
+    dumps: Py<PyAny>,
+    loads: Py<PyAny>,
+    probe: Py<BufferProbe>,
+    /// `{"buffer_callback": probe}`, made once.
+    kwargs: Py<PyDict>,
+}
+
+static PICKLE: PyOnceLock<Pickle> = PyOnceLock::new();
+
+fn pickle(py: Python<'_>) -> PyResult<&Pickle> {
+    PICKLE.get_or_try_init(py, || {
+        let module = py.import("pickle")?;
+        let probe = Py::new(
+            py,
+            BufferProbe {
+                saw_big: AtomicBool::new(false),
+            },
+        )?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("buffer_callback", &probe)?;
+        Ok(Pickle {
+            dumps: module.getattr("dumps")?.unbind(),
+            loads: module.getattr("loads")?.unbind(),
+            probe,
+            kwargs: kwargs.unbind(),
+        })
+    })
+}
+
+/// Pickles `obj` with protocol 5; `None` when it holds a buffer big enough
+/// for shared memory (the Python path places those).
+pub(crate) fn dumps<'py>(
+    py: Python<'py>,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let p = pickle(py)?;
+    let probe = p.probe.get();
+    probe.saw_big.store(false, Ordering::Relaxed);
+    let out = p
+        .dumps
+        .bind(py)
+        .call((obj, PICKLE_PROTOCOL), Some(p.kwargs.bind(py)))?;
+    if probe.saw_big.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    Ok(Some(out.cast_into::<PyBytes>()?))
+}
+
+/// Unpickles a payload taken from a queue (copied into `bytes`, so the
+/// unpickler can keep nothing of ours alive).
+pub(crate) fn loads<'py>(
+    py: Python<'py>,
+    payload: &Bound<'py, PyBytes>,
+) -> PyResult<Bound<'py, PyAny>> {
+    pickle(py)?.loads.bind(py).call1((payload,))
+}
+
+/// True when one of `fields` (a task's `__dict__`) is a bytes-like object
+/// big enough to go through shared memory.
+pub(crate) fn has_big_bytes(fields: &Bound<'_, PyDict>) -> bool {
+    fields.iter().any(|(_, value)| {
+        let len = if let Ok(b) = value.cast_exact::<PyBytes>() {
+            b.as_bytes().len()
+        } else if let Ok(b) = value.cast_exact::<PyByteArray>() {
+            b.len()
+        } else if value.is_exact_instance_of::<PyMemoryView>() {
+            PyUntypedBuffer::get(&value).map_or(0, |b| b.len_bytes())
+        } else {
+            return false;
+        };
+        len >= BUFFER_THRESHOLD
+    })
+}

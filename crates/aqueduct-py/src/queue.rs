@@ -1,0 +1,238 @@
+//! Binding of the queues: `Queue` (a step's input or a client's result
+//! queue) and `Doorbell` (the eventfd an event loop watches).
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use aqueduct_core::spin::DEFAULT_SPIN_US;
+use aqueduct_core::{monotonic_ns, EventFd, MessageHeader, QueueConfig, TaskQueue, Wait};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use crate::control::PyControl;
+use crate::{deadline_after, dup_fd, signal_checker, to_py_err};
+
+/// The flow's doorbell: an eventfd the parent's event loop watches.
+#[pyclass(module = "aqueduct._core", frozen)]
+pub(crate) struct Doorbell {
+    pub(crate) inner: EventFd,
+}
+
+#[pymethods]
+impl Doorbell {
+    #[new]
+    fn new() -> PyResult<Self> {
+        Ok(Doorbell {
+            inner: EventFd::new().map_err(to_py_err)?,
+        })
+    }
+
+    /// Wraps a duplicate of an inherited eventfd.
+    #[staticmethod]
+    fn open(fd: i32) -> PyResult<Self> {
+        Ok(Doorbell {
+            inner: EventFd::from_fd(dup_fd(fd)?),
+        })
+    }
+
+    #[getter]
+    fn fd(&self) -> i32 {
+        self.inner.as_fd().as_raw_fd()
+    }
+
+    fn signal(&self) {
+        self.inner.signal();
+    }
+
+    /// Clears the doorbell; returns the number of rings since the last drain.
+    fn drain(&self) -> u64 {
+        self.inner.drain()
+    }
+}
+
+/// A step's input queue (or the result queue) in a shared memfd segment.
+#[pyclass(module = "aqueduct._core", frozen)]
+pub(crate) struct Queue {
+    pub(crate) inner: TaskQueue,
+}
+
+type PyMessage<'py> = Bound<'py, PyTuple>;
+
+pub(crate) fn message_tuple<'py>(
+    py: Python<'py>,
+    m: &aqueduct_core::Message,
+) -> PyResult<PyMessage<'py>> {
+    PyTuple::new(
+        py,
+        [
+            m.header.key.into_pyobject(py)?.into_any(),
+            m.header.kind.into_pyobject(py)?.into_any(),
+            m.header.priority.into_pyobject(py)?.into_any(),
+            m.header.deadline_ns.into_pyobject(py)?.into_any(),
+            PyBytes::new(py, m.payload()).into_any(),
+        ],
+    )
+}
+
+#[pymethods]
+impl Queue {
+    /// Creates a queue: `priorities` rings of `capacity` slots of `slot_bytes`,
+    /// holding at most `max_messages` messages (0 = as many as fit).
+    #[staticmethod]
+    #[pyo3(signature = (priorities=1, capacity=16384, slot_bytes=256, max_messages=0, spin_us=DEFAULT_SPIN_US))]
+    fn create(
+        priorities: u32,
+        capacity: u64,
+        slot_bytes: u64,
+        max_messages: u64,
+        spin_us: u64,
+    ) -> PyResult<Self> {
+        let mut inner = TaskQueue::create(QueueConfig {
+            priorities,
+            capacity,
+            slot_bytes,
+            max_messages,
+        })
+        .map_err(to_py_err)?;
+        inner.set_spin(Duration::from_micros(spin_us));
+        Ok(Queue { inner })
+    }
+
+    /// Maps the queue behind an inherited fd (the fd is duplicated, not taken).
+    #[staticmethod]
+    #[pyo3(signature = (fd, spin_us=DEFAULT_SPIN_US))]
+    fn open(fd: i32, spin_us: u64) -> PyResult<Self> {
+        let mut inner = TaskQueue::open(dup_fd(fd)?).map_err(to_py_err)?;
+        inner.set_spin(Duration::from_micros(spin_us));
+        Ok(Queue { inner })
+    }
+
+    #[getter]
+    fn fd(&self) -> i32 {
+        self.inner.raw_fd()
+    }
+
+    #[getter]
+    fn max_payload(&self) -> usize {
+        self.inner.max_payload()
+    }
+
+    #[getter]
+    fn priorities(&self) -> u32 {
+        self.inner.priorities()
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len() as usize
+    }
+
+    /// Appends a message; raises `QueueFullError`, `TaskTooLargeError` or
+    /// `NotRunningError` (closed). Wakes nobody: call `notify` after a burst.
+    #[pyo3(signature = (key, deadline_ns, kind, priority, payload))]
+    fn push(
+        &self,
+        key: u64,
+        deadline_ns: u64,
+        kind: u32,
+        priority: u32,
+        payload: &[u8],
+    ) -> PyResult<()> {
+        let header = MessageHeader {
+            key,
+            deadline_ns,
+            kind,
+            priority,
+            enqueued_ns: 0, // set by push
+        };
+        self.inner.push(&header, payload).map_err(to_py_err)
+    }
+
+    /// Wakes a sleeping consumer; rings `doorbell` if its owner armed it.
+    #[pyo3(signature = (doorbell=None))]
+    fn notify(&self, doorbell: Option<&Doorbell>) {
+        self.inner.notify(doorbell.map(|d| &d.inner));
+    }
+
+    /// Tells waiting producers that room was freed (after a burst of pops);
+    /// `doorbells[i]` is rung if client `i` asked for room.
+    #[pyo3(signature = (doorbells=Vec::new()))]
+    fn released(&self, doorbells: Vec<Py<Doorbell>>) {
+        let bells: Vec<&EventFd> = doorbells.iter().map(|d| &d.get().inner).collect();
+        self.inner.released(&bells);
+    }
+
+    /// Client `client` met a full queue and asks to be rung when room frees.
+    #[pyo3(signature = (client=0))]
+    fn want_space(&self, client: u32) {
+        self.inner.want_space(client);
+    }
+
+    /// Takes up to `limit` ready messages without waiting, as
+    /// `(key, kind, priority, deadline_ns, payload)` tuples; with `control`,
+    /// records their time in the queue as step `step`'s transfer time.
+    #[pyo3(signature = (limit, control=None, step=0))]
+    fn drain<'py>(
+        &self,
+        py: Python<'py>,
+        limit: usize,
+        control: Option<&PyControl>,
+        step: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        let metrics = control.and_then(|c| c.inner.metrics(step));
+        let now = monotonic_ns();
+        for _ in 0..limit {
+            let Some(m) = self.inner.try_pop() else { break };
+            if let Some(metrics) = metrics {
+                metrics
+                    .transfer_us
+                    .record(now.saturating_sub(m.header.enqueued_ns) / 1000);
+            }
+            list.append(message_tuple(py, &m)?)?;
+        }
+        Ok(list)
+    }
+
+    /// Blocks (GIL released) until a consumer frees room, the queue closes or
+    /// `timeout` seconds pass. True when it is worth retrying the push.
+    fn wait_space(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        let deadline = deadline_after(Some(timeout))?;
+        let mut pending = None;
+        let outcome = py.detach(|| {
+            self.inner
+                .wait_space(deadline, &mut signal_checker(&mut pending))
+        });
+        if let Some(e) = pending {
+            return Err(e);
+        }
+        Ok(outcome == Wait::Ready)
+    }
+
+    /// Fault injection for tests: leaves an unfinished message, as a producer
+    /// killed mid-push would.
+    fn _abandon_push(&self, payload_len: usize) -> PyResult<()> {
+        self.inner.abandon_push(payload_len).map_err(to_py_err)
+    }
+
+    /// `(ring, head)` of rings whose head is claimed but not published: a
+    /// producer is mid-push, or died there.
+    fn unpublished_heads(&self) -> Vec<(usize, u64)> {
+        self.inner.unpublished_heads()
+    }
+
+    /// Turns the message a dead producer left unfinished at `head` of `ring`
+    /// into one consumers skip; false if it was published meanwhile.
+    fn skip_abandoned(&self, ring: usize, head: u64) -> bool {
+        self.inner.skip_abandoned(ring, head)
+    }
+
+    /// Closes the queue and wakes everyone waiting on it.
+    fn close(&self) {
+        self.inner.close();
+    }
+}

@@ -1,0 +1,565 @@
+//! `StepWorker`: a worker process's per-task path, with no Python frame.
+//!
+//! The worker's loop (`aqueduct._worker`) waits for work (GIL released),
+//! then takes batches one after the other as long as some are queued, up to
+//! `burst` of them, without waiting again: each batch is what is queued when
+//! the one before is done, so a slow handler still gets full batches. It
+//! gets each batch as a list of unpickled tasks, calls the handler, and hands
+//! the batch back to be routed and pushed on: unpickling, the
+//! `handle_condition`s of later steps, pickling, pushing and the wake-ups
+//! (one per queue per burst) all happen here. Messages that
+//! refer to shared memory, tasks of classes pickled by value, and anything
+//! that fails go through the Python half of the worker (`slow`), which owns
+//! those cases: `load(key, kind, priority, payload)` returns `(task, refs)`
+//! or, having reported the error, the index of the queue it pushed to;
+//! `forward(task, key, kind, priority, deadline_ns, refs)` returns the index
+//! of the queue the task went to; `drop(messages)` releases dropped tasks'
+//! blocks; `retire(refs)` frees blocks of a task that failed.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use aqueduct_core::batch::Claims;
+use aqueduct_core::wire::{
+    client_of, split_state, state_prefix, FLAG_REFS, INLINE_LIMIT, KIND_ERROR, KIND_STATE,
+    KIND_TASK,
+};
+use aqueduct_core::{monotonic_ns, BatchAssembler, BatchPolicy, EventFd, Message, MessageHeader};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::control::PyControl;
+use crate::queue::{message_tuple, Doorbell, Queue};
+use crate::{deadline_after, pickle, signal_checker};
+
+/// How long a push waits for room in a full queue when its task has no deadline.
+const PUSH_WAIT_NO_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The class a `KIND_STATE` task came as, and its payloads' prefix.
+struct StateClass {
+    class: Py<PyAny>,
+    prefix: Vec<u8>,
+}
+
+/// The burst being worked on and its current batch.
+#[derive(Default)]
+struct Burst {
+    /// The current batch's messages, and per message its task once loaded
+    /// and its shared-memory refs (from the Python half) if it has any.
+    messages: Vec<Message>,
+    tasks: Vec<Option<Py<PyAny>>>,
+    refs: Vec<Option<Py<PyAny>>>,
+    /// Per message that came as `KIND_STATE`: its class and payload prefix.
+    classes: Vec<Option<StateClass>>,
+    /// The current batch was handed out.
+    handed: bool,
+    /// Batches taken in this burst.
+    taken: usize,
+    /// Bit `i`: queue `i` got messages this burst (its consumer is woken
+    /// once, at `flush`).
+    touched: u128,
+    /// A signal handler raised while tasks were in hand: raised on the next
+    /// call, after they are done.
+    deferred: Option<PyErr>,
+}
+
+/// One worker's side of its step (see the module docs).
+#[pyclass(module = "aqueduct._core", frozen)]
+pub(crate) struct StepWorker {
+    assembler: BatchAssembler,
+    /// Most batches taken after one wait.
+    burst_limit: usize,
+    step: usize,
+    slot: usize,
+    input: Py<Queue>,
+    /// Every step's input queue, then one result queue per client.
+    queues: Vec<Py<Queue>>,
+    doorbells: Vec<Py<Doorbell>>,
+    control: Py<PyControl>,
+    /// `(queue index, handle_condition)` of the steps after this one.
+    later: Vec<(usize, Py<PyAny>)>,
+    /// `operator.truth`, to test a task's truth without calling it.
+    truth: Py<PyAny>,
+    slow: Py<PyAny>,
+    burst: Mutex<Burst>,
+    /// `KIND_STATE` class names (module NUL qualname) -> classes.
+    classes: Mutex<HashMap<Vec<u8>, Py<PyAny>>>,
+}
+
+impl StepWorker {
+    fn burst(&self) -> PyResult<MutexGuard<'_, Burst>> {
+        // only the worker's loop calls in, one call at a time, and never
+        // while another call holds the lock across Python code
+        self.burst
+            .try_lock()
+            .map_err(|_| PyRuntimeError::new_err("aqueduct worker state is in use"))
+    }
+
+    fn classes(&self) -> PyResult<MutexGuard<'_, HashMap<Vec<u8>, Py<PyAny>>>> {
+        self.classes
+            .try_lock()
+            .map_err(|_| PyRuntimeError::new_err("aqueduct worker state is in use"))
+    }
+
+    fn nsteps(&self) -> usize {
+        self.queues.len() - self.doorbells.len()
+    }
+
+    /// Index of the result queue of the client that submitted `key`.
+    fn results_of(&self, key: u64) -> usize {
+        self.nsteps() + client_of(key, self.doorbells.len() as u32) as usize
+    }
+
+    /// Index of the next step whose condition holds for `task`, or of the
+    /// task's result queue.
+    fn route(&self, task: &Bound<'_, PyAny>, key: u64) -> PyResult<usize> {
+        let py = task.py();
+        for (index, condition) in &self.later {
+            let holds = if condition.bind(py).is(self.truth.bind(py)) {
+                task.is_truthy()?
+            } else {
+                condition.bind(py).call1((task,))?.is_truthy()?
+            };
+            if holds {
+                return Ok(*index);
+            }
+        }
+        Ok(self.results_of(key))
+    }
+
+    /// Pushes one message into queue `index`, waiting (GIL released) while
+    /// the queue is full and the task still wanted; false when it gave up.
+    fn push(&self, py: Python<'_>, index: usize, header: &MessageHeader, parts: &[&[u8]]) -> bool {
+        let queue = &self.queues[index].get().inner;
+        match queue.push_parts(header, parts) {
+            Err(aqueduct_core::Error::Full) => {}
+            done => return done.is_ok(),
+        }
+        let give_up = if header.deadline_ns == 0 {
+            monotonic_ns() + PUSH_WAIT_NO_DEADLINE.as_nanos() as u64
+        } else {
+            header.deadline_ns
+        };
+        let mut pending = None;
+        let pushed = py.detach(|| {
+            queue.push_waiting(
+                header,
+                parts,
+                Some(give_up),
+                &mut signal_checker(&mut pending),
+            )
+        });
+        pushed.is_ok()
+    }
+
+    /// Sends one handled task on; returns the queue it went to, or `None`
+    /// when the Python half must do it. `class` is the task's class and
+    /// `KIND_STATE` prefix when it came as one.
+    fn forward_fast(
+        &self,
+        task: &Bound<'_, PyAny>,
+        message: &Message,
+        class: Option<&StateClass>,
+    ) -> PyResult<Option<usize>> {
+        let py = task.py();
+        let header = &message.header;
+        let Ok(fields) = task.getattr(intern!(py, "__dict__")) else {
+            return Ok(None);
+        };
+        let Ok(fields) = fields.cast_into::<PyDict>() else {
+            return Ok(None);
+        };
+        if pickle::has_big_bytes(&fields) {
+            return Ok(None);
+        }
+        let prefix = match (header.kind, class) {
+            // still of the class it came as: its dict is all there is to send
+            (KIND_STATE, Some(c)) if task.get_type().is(c.class.bind(py)) => Some(&c.prefix),
+            (KIND_TASK, _) => None,
+            _ => return Ok(None),
+        };
+        let index = self.route(task, header.key)?;
+        let pickled = match prefix {
+            Some(_) => pickle::dumps(py, fields.as_any()),
+            None => pickle::dumps(py, task),
+        };
+        let Ok(Some(pickled)) = pickled else {
+            return Ok(None); // the Python half reports why
+        };
+        let pickled = pickled.as_bytes();
+        if pickled.len() > INLINE_LIMIT {
+            return Ok(None);
+        }
+        let out = MessageHeader {
+            enqueued_ns: 0,
+            ..*header
+        };
+        let pushed = match prefix {
+            Some(prefix) => self.push(py, index, &out, &[prefix, pickled]),
+            None => self.push(py, index, &out, &[pickled]),
+        };
+        if !pushed {
+            return Ok(None); // still full, or closed: the Python half decides
+        }
+        Ok(Some(index))
+    }
+
+    /// Builds a `KIND_STATE` task: an object of its class with the dict as
+    /// its `__dict__`; `None` when the Python half must.
+    fn load_state<'py>(
+        &self,
+        py: Python<'py>,
+        payload: &[u8],
+    ) -> PyResult<Option<(Bound<'py, PyAny>, StateClass)>> {
+        let Some((name, pickled)) = split_state(payload) else {
+            return Ok(None);
+        };
+        let known = self.classes()?.get(name).map(|c| c.clone_ref(py));
+        let class = match known {
+            Some(class) => class.into_bound(py),
+            None => {
+                let Ok(class) = self
+                    .slow
+                    .bind(py)
+                    .call_method1(intern!(py, "resolve"), (PyBytes::new(py, name),))
+                else {
+                    return Ok(None); // the Python half says why
+                };
+                self.classes()?
+                    .insert(name.to_vec(), class.clone().unbind());
+                class
+            }
+        };
+        let Ok(state) = pickle::loads(py, &PyBytes::new(py, pickled)) else {
+            return Ok(None);
+        };
+        let task = class.call_method1(intern!(py, "__new__"), (&class,))?;
+        task.setattr(intern!(py, "__dict__"), state)?;
+        let prefix = state_prefix(name).unwrap_or_default();
+        Ok(Some((
+            task,
+            StateClass {
+                class: class.unbind(),
+                prefix,
+            },
+        )))
+    }
+
+    /// Pushes a worker's error report for `key` to its client.
+    fn send_error(&self, py: Python<'_>, key: u64, priority: u32, payload: &[u8]) -> usize {
+        let index = self.results_of(key);
+        let header = MessageHeader {
+            key,
+            deadline_ns: 0,
+            kind: KIND_ERROR,
+            priority,
+            enqueued_ns: 0,
+        };
+        self.push(py, index, &header, &[payload]);
+        index
+    }
+
+    /// Hands expired or cancelled messages that refer to shared memory to
+    /// the Python half, which frees their blocks and tells their clients.
+    fn drop_messages(&self, py: Python<'_>, messages: &[Message]) -> PyResult<()> {
+        let list = PyList::empty(py);
+        for m in messages.iter().filter(|m| m.header.kind & FLAG_REFS != 0) {
+            list.append(message_tuple(py, m)?)?;
+        }
+        if !list.is_empty() {
+            self.slow
+                .bind(py)
+                .call_method1(intern!(py, "drop"), (list,))?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl StepWorker {
+    #[new]
+    #[pyo3(signature = (step, slot, queues, doorbells, control, later, slow, batch_size=1, batch_timeout=0.0, burst=1))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        step: usize,
+        slot: usize,
+        queues: Vec<Py<Queue>>,
+        doorbells: Vec<Py<Doorbell>>,
+        control: Py<PyControl>,
+        later: Vec<(usize, Py<PyAny>)>,
+        slow: Py<PyAny>,
+        batch_size: usize,
+        batch_timeout: f64,
+        burst: usize,
+    ) -> PyResult<Self> {
+        if batch_size == 0 || burst == 0 {
+            return Err(PyValueError::new_err("batch_size and burst must be >= 1"));
+        }
+        if batch_timeout.is_nan() || batch_timeout < 0.0 {
+            return Err(PyValueError::new_err("batch_timeout must be >= 0"));
+        }
+        if step >= queues.len() || doorbells.len() > queues.len() - step || queues.len() > 128 {
+            return Err(PyValueError::new_err("step and queues do not fit"));
+        }
+        Ok(StepWorker {
+            assembler: BatchAssembler::new(BatchPolicy {
+                size: batch_size,
+                timeout: Duration::from_secs_f64(batch_timeout.min(1e6)),
+            }),
+            burst_limit: burst,
+            step,
+            slot,
+            input: queues[step].clone_ref(py),
+            queues,
+            doorbells,
+            control,
+            later,
+            truth: py.import("operator")?.getattr("truth")?.unbind(),
+            slow,
+            burst: Mutex::new(Burst::default()),
+            classes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Waits (GIL released) for work: True when a batch is ready, False
+    /// when `idle_timeout` passed with nothing to do, None once the queue is
+    /// closed and drained.
+    fn next(&self, py: Python<'_>, idle_timeout: Option<f64>) -> PyResult<Option<bool>> {
+        let mut burst = self.burst()?;
+        if let Some(e) = burst.deferred.take() {
+            return Err(e);
+        }
+        *burst = Burst::default();
+        drop(burst);
+        let deadline = deadline_after(idle_timeout)?;
+        let control = &self.control.get().inner;
+        let queue = &self.input.get().inner;
+        let mut pending = None;
+        let batch = py.detach(|| {
+            let batch = self.assembler.next_batch_claimed(
+                queue,
+                deadline,
+                &mut signal_checker(&mut pending),
+                Some(self.claims(control)),
+            );
+            self.released(&batch);
+            batch
+        });
+        // dropped tasks are let go before anything else can fail
+        self.drop_messages(py, &batch.expired)?;
+        if let Some(e) = pending {
+            if batch.messages.is_empty() {
+                return Err(e);
+            }
+            self.burst()?.deferred = Some(e);
+        }
+        if batch.closed && batch.messages.is_empty() {
+            return Ok(None);
+        }
+        let ready = !batch.messages.is_empty();
+        self.burst()?.start(batch.messages);
+        Ok(Some(ready))
+    }
+
+    /// The tasks of the next batch, unpickled: the one `next` waited for,
+    /// then, up to the burst's limit, whatever is queued by now (empty when
+    /// nothing is: the burst is over).
+    fn batch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let take_more = {
+            let mut burst = self.burst()?;
+            let take_more = burst.handed;
+            if take_more && burst.taken >= self.burst_limit {
+                return Ok(PyList::empty(py));
+            }
+            burst.handed = true;
+            take_more
+        };
+        if take_more {
+            let control = &self.control.get().inner;
+            let queue = &self.input.get().inner;
+            let batch = self.assembler.next_ready(queue, Some(self.claims(control)));
+            self.released(&batch);
+            self.drop_messages(py, &batch.expired)?;
+            self.burst()?.start(batch.messages);
+        }
+        // the messages leave the burst while Python code runs on them
+        let messages = std::mem::take(&mut self.burst()?.messages);
+        let tasks = PyList::empty(py);
+        let mut loaded = Vec::with_capacity(messages.len());
+        let mut touched = 0u128;
+        for (i, message) in messages.iter().enumerate() {
+            let (header, payload) = (message.header, message.payload());
+            let fast = match header.kind {
+                KIND_STATE => self.load_state(py, payload)?.map(|(t, c)| (t, Some(c))),
+                KIND_TASK => pickle::loads(py, &PyBytes::new(py, payload))
+                    .ok()
+                    .map(|t| (t, None)),
+                _ => None,
+            };
+            let (task, refs, class) = match fast {
+                Some((task, class)) => (task, None, class),
+                None => {
+                    let got = self.slow.bind(py).call_method1(
+                        intern!(py, "load"),
+                        (
+                            header.key,
+                            header.kind,
+                            header.priority,
+                            PyBytes::new(py, payload),
+                        ),
+                    )?;
+                    if let Ok(to) = got.extract::<usize>() {
+                        touched |= 1 << to; // the Python half reported the error
+                        continue;
+                    }
+                    let (task, refs): (Bound<'py, PyAny>, Py<PyAny>) = got.extract()?;
+                    (task, Some(refs), None)
+                }
+            };
+            tasks.append(&task)?;
+            loaded.push((i, task.unbind(), refs, class));
+        }
+        let mut burst = self.burst()?;
+        burst.messages = messages;
+        burst.touched |= touched;
+        for (i, task, refs, class) in loaded {
+            burst.tasks[i] = Some(task);
+            burst.refs[i] = refs;
+            burst.classes[i] = class;
+        }
+        Ok(tasks)
+    }
+
+    /// Sends the handled tasks of the current batch on: to the next step
+    /// whose condition holds, or back to their clients.
+    fn forward(&self, py: Python<'_>) -> PyResult<()> {
+        let work = self.take()?;
+        let mut touched = 0u128;
+        for (message, task, refs, class) in work {
+            let task = task.into_bound(py);
+            let sent = match refs {
+                None => self.forward_fast(&task, &message, class.as_ref())?,
+                Some(_) => None,
+            };
+            let to = match sent {
+                Some(to) => to,
+                None => {
+                    let h = message.header;
+                    let refs = refs.unwrap_or_else(|| PyList::empty(py).into_any().unbind());
+                    self.slow
+                        .bind(py)
+                        .call_method1(
+                            intern!(py, "forward"),
+                            (&task, h.key, h.kind, h.priority, h.deadline_ns, refs),
+                        )?
+                        .extract()?
+                }
+            };
+            touched |= 1 << to;
+        }
+        self.burst()?.touched |= touched;
+        Ok(())
+    }
+
+    /// The handler raised on the current batch: each of its tasks fails
+    /// with the error report `payload`.
+    fn fail(&self, py: Python<'_>, payload: &[u8]) -> PyResult<()> {
+        let work = self.take()?;
+        let mut touched = 0u128;
+        for (message, _task, refs, _class) in work {
+            if let Some(refs) = refs {
+                self.slow
+                    .bind(py)
+                    .call_method1(intern!(py, "retire"), (refs,))?;
+            }
+            let h = message.header;
+            touched |= 1 << self.send_error(py, h.key, h.priority, payload);
+        }
+        self.burst()?.touched |= touched;
+        Ok(())
+    }
+
+    /// Wakes the consumer of every queue this burst pushed to, once.
+    fn flush(&self) -> PyResult<()> {
+        let touched = std::mem::take(&mut self.burst()?.touched);
+        let nsteps = self.nsteps();
+        for (index, queue) in self.queues.iter().enumerate() {
+            if touched & (1 << index) == 0 {
+                continue;
+            }
+            let bell = index
+                .checked_sub(nsteps)
+                .and_then(|client| self.doorbells.get(client))
+                .map(|d| &d.get().inner);
+            queue.get().inner.notify(bell);
+        }
+        Ok(())
+    }
+
+    /// The queue this worker takes its tasks from.
+    #[getter]
+    fn input(&self, py: Python<'_>) -> Py<Queue> {
+        self.input.clone_ref(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.slow)?;
+        for (_, condition) in &self.later {
+            visit.call(condition)?;
+        }
+        Ok(())
+    }
+}
+
+impl StepWorker {
+    fn claims<'a>(&self, control: &'a aqueduct_core::Control) -> Claims<'a> {
+        Claims {
+            control,
+            slot: self.slot,
+            step: self.step,
+        }
+    }
+
+    /// Frees the room taken messages held (ringing the doorbells of clients
+    /// waiting for it).
+    fn released(&self, batch: &aqueduct_core::Batch) {
+        if !batch.messages.is_empty() || !batch.expired.is_empty() {
+            let bells: Vec<&EventFd> = self.doorbells.iter().map(|d| &d.get().inner).collect();
+            self.input.get().inner.released(&bells);
+        }
+    }
+
+    /// Takes the loaded tasks of the current batch (with their messages,
+    /// refs and classes).
+    fn take(&self) -> PyResult<Vec<Handed>> {
+        let mut burst = self.burst()?;
+        let messages = std::mem::take(&mut burst.messages);
+        let mut work = Vec::with_capacity(messages.len());
+        for (i, message) in messages.into_iter().enumerate() {
+            if let Some(task) = burst.tasks[i].take() {
+                let refs = burst.refs[i].take();
+                let class = burst.classes[i].take();
+                work.push((message, task, refs, class));
+            }
+        }
+        Ok(work)
+    }
+}
+
+/// A task handed to the handler: its message, object, refs and class.
+type Handed = (Message, Py<PyAny>, Option<Py<PyAny>>, Option<StateClass>);
+
+impl Burst {
+    /// Makes `messages` the current batch, not handed out yet.
+    fn start(&mut self, messages: Vec<Message>) {
+        self.tasks = (0..messages.len()).map(|_| None).collect();
+        self.refs = (0..messages.len()).map(|_| None).collect();
+        self.classes = (0..messages.len()).map(|_| None).collect();
+        self.messages = messages;
+        self.taken += 1;
+    }
+}
