@@ -6,8 +6,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MATURIN := $(VENV)/bin/maturin
-# Optional: a Python with aqueduct==1.15.0 installed, to compare against upstream.
-UPSTREAM_PYTHON ?=
+# A Python with upstream aqueduct==1.15.0, to compare against (`make upstream-venv`
+# makes one in .venv-upstream; `make bench` uses it when it is there).
+UPSTREAM_VENV ?= .venv-upstream
+UPSTREAM_PYTHON ?= $(wildcard $(UPSTREAM_VENV)/bin/python)
 
 .PHONY: help
 help: ## List the targets
@@ -39,8 +41,13 @@ demo: build ## Serve a real model (digits, scikit-learn) and load it: accuracy, 
 demo-sum: build ## The README's Getting Started service under a short load
 	$(PY) examples/demo.py
 
+.PHONY: upstream-venv
+upstream-venv: ## A venv with upstream aqueduct==1.15.0 (.venv-upstream) for make bench to compare against
+	test -x $(UPSTREAM_VENV)/bin/python || $(PYTHON) -m venv $(UPSTREAM_VENV)
+	$(UPSTREAM_VENV)/bin/python -m pip install -q 'aqueduct==1.15.0' numpy
+
 .PHONY: bench
-bench: build ## Benchmarks vs upstream (set UPSTREAM_PYTHON=/path/to/python with aqueduct==1.15.0), then 1 vs 2 Ray Serve replicas
+bench: build ## Web-shaped benchmarks vs upstream (when .venv-upstream or UPSTREAM_PYTHON is there), then 1 vs 2 Ray Serve replicas
 	$(PY) benches/bench.py $(if $(UPSTREAM_PYTHON),--upstream $(UPSTREAM_PYTHON),)
 	$(PY) benches/ray_bench.py --json bench-report/ray.json
 

@@ -161,9 +161,9 @@ class Client:
 
     # -- the Python path of submitting --------------------------------------------
 
-    def submit(self, task: BaseTask, timeout_sec: float) -> tuple[int, Any] | None:
-        """Sends a task the Rust client left to Python; returns ``(key,
-        future)``, or None when no step's condition holds for it."""
+    def submit(self, task: BaseTask, timeout_sec: float) -> asyncio.Future[Any] | None:
+        """Sends a task the Rust client left to Python; returns its future,
+        or None when no step's condition holds for it."""
         priority = task.priority
         if priority != 0 or self._priorities > 1:
             priority = task.priority = max(0, min(int(priority), self._priorities - 1))
@@ -187,7 +187,7 @@ class Client:
             self._release(key)
             self.core.forget(key)
             raise
-        return key, future
+        return future
 
     def _first_step(self, task: BaseTask) -> int:
         """Index of the first step whose condition holds for ``task``."""

@@ -10,6 +10,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from . import _core
+
 # The wire constants are defined once, in the Rust core (aqueduct-core's wire.rs).
 from ._core import (
     CLIENT_SHIFT,
@@ -75,7 +77,7 @@ def decode_state(payload: bytes | memoryview) -> Any:
     (length,) = _NAME_LENGTH.unpack_from(payload)
     cls = resolve_class(bytes(payload[2 : 2 + length]))
     task = cls.__new__(cls)
-    task.__dict__ = pickle.loads(payload[2 + length :])
+    task.__dict__ = _core.state_fields(bytes(payload[2 + length :]))
     return task
 
 

@@ -409,17 +409,17 @@ class Flow:
         if loop is not client.loop:
             self._attach_loop(client, loop)
         sent = client.core.submit(task, timeout_sec)
-        if type(sent) is tuple:
-            key, future = sent
-        else:
+        if isinstance(sent, int):
             slow = client.submit(task, timeout_sec)  # what the Rust client leaves to Python
             if slow is None:
                 return True  # no step's condition holds: nothing to do
-            key, future = slow
+            future = slow
+        else:
+            future = sent
         try:
             await future
         except asyncio.CancelledError:
-            client.core.cancel(key)  # workers skip it instead of handling it
+            client.core.cancel(future)  # workers skip it instead of handling it
             if self._state in (FlowState.STOPPING, FlowState.STOPPED):
                 raise FlowError("Task was cancelled: the flow is stopping") from None
             raise

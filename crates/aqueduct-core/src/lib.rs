@@ -13,6 +13,7 @@
 //! * [`notify`] — futex, eventfd and the monotonic clock;
 //! * [`pending`] — a client's tasks in flight: keys and deadlines;
 //! * [`spin`] — when a waiter spins before sleeping;
+//! * [`state`] — a task's fields as a message body;
 //! * [`wire`] — message kinds, flags and key layout.
 
 pub mod arena;
@@ -27,6 +28,7 @@ pub mod queue;
 pub mod ring;
 pub mod segment;
 pub mod spin;
+pub mod state;
 pub mod wire;
 
 pub use arena::{Arena, Block};

@@ -126,6 +126,11 @@ impl<T> Pending<T> {
         self.entries.values().map(|(entry, _)| entry)
     }
 
+    /// Every task's key and entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
+        self.entries.iter().map(|(key, (entry, _))| (*key, entry))
+    }
+
     /// Drops heap nodes of finished tasks from the top.
     fn prune(&mut self) {
         while let Some(&Reverse((deadline, key))) = self.deadlines.peek() {

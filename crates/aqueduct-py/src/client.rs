@@ -29,12 +29,13 @@ use aqueduct_core::{monotonic_ns, Message, MessageHeader, Pending};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyDictMethods, PyFloat, PyInt, PyTuple, PyType};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyDictMethods, PyFloat, PyInt, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use crate::calls::{call1, call_method1, instance_dict, set_instance_dict};
 use crate::control::PyControl;
-use crate::pickle;
 use crate::queue::{Doorbell, Queue};
+use crate::{pickle, state};
 
 /// Results taken from the queue per pass before the doorbell is re-armed.
 const DRAIN_LIMIT: usize = 4096;
@@ -59,19 +60,10 @@ const EAGER_WAKE: bool = false;
 /// What `submit` returns when the task must take the Python path.
 pub(crate) const SUBMIT_SLOW: u8 = 1;
 
-/// A finished task as it came back: an object, or a `KIND_STATE` dict.
-enum Finished<'py> {
+/// A finished task as it came back: an object, or a `KIND_STATE` body.
+enum Finished<'py, 'a> {
     Object(Bound<'py, PyAny>),
-    State(Bound<'py, PyDict>),
-}
-
-impl<'py> Finished<'py> {
-    fn py(&self) -> Python<'py> {
-        match self {
-            Finished::Object(o) => o.py(),
-            Finished::State(s) => s.py(),
-        }
-    }
+    State(&'a [u8]),
 }
 
 /// What the client knows of a task class.
@@ -96,6 +88,9 @@ struct Entry {
 /// The event loop this client's futures belong to, and its callbacks.
 struct Loop {
     create_future: Py<PyAny>,
+    /// `{"loop": loop}` when `create_future` is asyncio's own: futures are
+    /// then made as `asyncio.Future(loop=loop)`, with no Python frame.
+    future_kwargs: Option<Py<PyDict>>,
     call_at: Py<PyAny>,
     call_soon: Py<PyAny>,
     time: Py<PyAny>,
@@ -164,6 +159,11 @@ fn exception_type<'py>(
     cell.import(py, "aqueduct.exceptions", name)
 }
 
+fn future_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static FUTURE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    FUTURE.import(py, "asyncio", "Future")
+}
+
 fn timeout_error(py: Python<'_>, timeout_s: f64) -> PyResult<Bound<'_, PyAny>> {
     static TIMEOUT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     let message = format!("Task timeout error: not done in {timeout_s} s");
@@ -214,7 +214,7 @@ impl Client {
         &self,
         task: &Bound<'py, PyAny>,
         timeout_s: f64,
-    ) -> PyResult<Option<(u64, Bound<'py, PyAny>)>> {
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = task.py();
         if self.steps.is_empty() || self.state()?.backlogged & 1 != 0 {
             return Ok(None);
@@ -223,9 +223,7 @@ impl Client {
         if bits & CLASS_FAST == 0 {
             return Ok(None);
         }
-        let fields = task
-            .getattr(intern!(py, "__dict__"))?
-            .cast_into::<PyDict>()?;
+        let fields = instance_dict(task)?;
         let Some(priority) = self.priority(&fields)? else {
             return Ok(None);
         };
@@ -234,26 +232,23 @@ impl Client {
         let first = if self.condition_is_truth {
             task.is_truthy()?
         } else {
-            self.first_condition.bind(py).call1((task,))?.is_truthy()?
+            call1(self.first_condition.bind(py), task)?.is_truthy()?
         };
         if !first || pickle::has_big_bytes(&fields) {
             return Ok(None);
         }
         // a task that cannot be pickled fails on the Python path, which says why
-        let pickled = match &prefix {
-            Some(_) => pickle::dumps(py, fields.as_any()),
-            None => pickle::dumps(py, task),
-        };
-        let Ok(Some(pickled)) = pickled else {
-            return Ok(None);
-        };
-        let pickled = pickled.as_bytes();
-        if pickled.len() > INLINE_LIMIT {
-            return Ok(None);
-        }
-        let (kind, parts): (u32, [&[u8]; 2]) = match &prefix {
-            Some(prefix) => (KIND_STATE, [prefix, pickled]),
-            None => (KIND_TASK, [pickled, &[]]),
+        let (kind, payload) = match prefix {
+            Some(mut payload) => match state::encode(&fields, &mut payload) {
+                Ok(true) => (KIND_STATE, payload),
+                _ => return Ok(None),
+            },
+            None => match pickle::dumps(py, task) {
+                Ok(Some(pickled)) if pickled.as_bytes().len() <= INLINE_LIMIT => {
+                    (KIND_TASK, pickled.as_bytes().to_vec())
+                }
+                _ => return Ok(None),
+            },
         };
         let queue = &self.steps[0].get().inner;
         let (key, lone) = {
@@ -269,7 +264,7 @@ impl Client {
             priority,
             enqueued_ns: 0,
         };
-        if queue.push_parts(&header, &parts).is_err() {
+        if queue.push(&header, &payload).is_err() {
             return Ok(None); // full (or closed): the Python path backlogs or raises
         }
         let future = self.register_entry(py, key, task, timeout_s, true)?;
@@ -277,7 +272,7 @@ impl Client {
         if lone {
             self.spin_for_result(py)?;
         }
-        Ok(Some((key, future)))
+        Ok(Some(future))
     }
 
     /// The task's priority level, clamped (and set back) when the flow has
@@ -306,14 +301,20 @@ impl Client {
         timeout_s: f64,
         plain: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let create_future = {
+        let (create_future, kwargs) = {
             let state = self.state()?;
             let Some(event_loop) = &state.event_loop else {
                 return Err(PyRuntimeError::new_err("aqueduct client has no event loop"));
             };
-            event_loop.create_future.clone_ref(py)
+            (
+                event_loop.create_future.clone_ref(py),
+                event_loop.future_kwargs.as_ref().map(|k| k.clone_ref(py)),
+            )
         };
-        let future = create_future.bind(py).call0()?;
+        let future = match kwargs {
+            Some(kwargs) => future_type(py)?.call((), Some(kwargs.bind(py)))?,
+            None => create_future.bind(py).call0()?,
+        };
         let deadline_ns = monotonic_ns().saturating_add((timeout_s * 1e9) as u64);
         let arm = self.state()?.pending.insert(
             key,
@@ -500,9 +501,8 @@ impl Client {
             };
             let finished = if kind == KIND_STATE {
                 split_state(message.payload())
-                    .and_then(|(_, pickled)| pickle::loads(py, &PyBytes::new(py, pickled)).ok())
-                    .and_then(|state| state.cast_into::<PyDict>().ok())
-                    .map_or_else(slow_result, |state| Ok(Finished::State(state)))
+                    .map(|(_, body)| Ok(Finished::State(body)))
+                    .unwrap_or_else(slow_result)
             } else if kind & FLAG_REFS == 0 {
                 pickle::loads(py, &PyBytes::new(py, message.payload()))
                     .map(Finished::Object)
@@ -510,7 +510,14 @@ impl Client {
             } else {
                 slow_result()
             };
-            match finished.and_then(|f| Self::update(entry, f)) {
+            let finished = finished.and_then(|f| match Self::update(py, entry, f) {
+                // a body the fast path cannot read: the Python half says why
+                Err(_) if kind == KIND_STATE => {
+                    slow_result().and_then(|f| Self::update(py, entry, f))
+                }
+                done => done,
+            });
+            match finished {
                 Ok(()) => Ok(()),
                 Err(e) => Err(e.into_value(py).into_bound(py).into_any()),
             }
@@ -520,51 +527,48 @@ impl Client {
             Ok(()) => {
                 state.counts.done += 1;
                 drop(state);
-                future.call_method1(intern!(py, "set_result"), (true,))?;
+                call_method1(
+                    future,
+                    intern!(py, "set_result"),
+                    PyBool::new(py, true).as_any(),
+                )?;
             }
             Err(exc) => {
                 state.counts.failed += 1;
                 drop(state);
-                future.call_method1(intern!(py, "set_exception"), (exc,))?;
+                call_method1(future, intern!(py, "set_exception"), &exc)?;
             }
         }
         Ok(())
     }
 
     /// Copies what the handlers set onto the caller's task.
-    fn update(entry: &Entry, finished: Finished<'_>) -> PyResult<()> {
-        let task = entry.task.bind(finished.py());
-        let py = task.py();
-        let state = match finished {
+    fn update(py: Python<'_>, entry: &Entry, finished: Finished<'_, '_>) -> PyResult<()> {
+        let task = entry.task.bind(py);
+        match finished {
             Finished::Object(object) if !entry.plain => {
-                task.call_method1(intern!(py, "update"), (object,))?;
-                return Ok(());
+                call_method1(task, intern!(py, "update"), &object)?;
             }
-            Finished::Object(object) => object
-                .getattr(intern!(py, "__dict__"))?
-                .cast_into::<PyDict>()?
-                .copy()?,
-            Finished::State(state) => state,
-        };
-        for name in [
-            intern!(py, "task_id"),
-            intern!(py, "priority"),
-            intern!(py, "expiration_time"),
-        ] {
-            if state.contains(name)? {
-                state.del_item(name)?;
+            Finished::Object(object) => {
+                let state = instance_dict(&object)?.copy()?;
+                for name in [
+                    intern!(py, "task_id"),
+                    intern!(py, "priority"),
+                    intern!(py, "expiration_time"),
+                ] {
+                    if state.contains(name)? {
+                        state.del_item(name)?;
+                    }
+                }
+                instance_dict(task)?.update(state.as_mapping())?;
             }
-        }
-        if entry.plain {
-            let target = task
-                .getattr(intern!(py, "__dict__"))?
-                .cast_into::<PyDict>()?;
-            target.update(state.as_mapping())?;
-        } else {
-            let ty = task.get_type();
-            let object = ty.call_method1(intern!(py, "__new__"), (&ty,))?;
-            object.setattr(intern!(py, "__dict__"), state)?;
-            task.call_method1(intern!(py, "update"), (object,))?;
+            Finished::State(body) if entry.plain => state::apply(py, body, &instance_dict(task)?)?,
+            Finished::State(body) => {
+                let ty = task.get_type();
+                let object = call_method1(&ty, intern!(py, "__new__"), &ty)?;
+                set_instance_dict(&object, &state::decode(py, body)?)?;
+                call_method1(task, intern!(py, "update"), &object)?;
+            }
         }
         Ok(())
     }
@@ -578,7 +582,7 @@ impl Client {
         for (_, entry) in entries {
             let future = entry.future.bind(py);
             if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
-                future.call_method1(intern!(py, "set_exception"), (exc,))?;
+                call_method1(future, intern!(py, "set_exception"), exc)?;
             }
         }
         Ok(())
@@ -649,8 +653,21 @@ impl Client {
         if let Some(timer) = old.and_then(|l| l.timer) {
             timer.bind(py).call_method0(intern!(py, "cancel"))?;
         }
+        let default = py
+            .import("asyncio")?
+            .getattr("BaseEventLoop")?
+            .getattr("create_future")?;
+        let own = event_loop.get_type().getattr("create_future")?;
+        let future_kwargs = if own.is(&default) {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("loop", event_loop)?;
+            Some(kwargs.unbind())
+        } else {
+            None
+        };
         let new = Loop {
             create_future: event_loop.getattr("create_future")?.unbind(),
+            future_kwargs,
             call_at: event_loop.getattr("call_at")?.unbind(),
             call_soon: event_loop.getattr("call_soon")?.unbind(),
             time: event_loop.getattr("time")?.unbind(),
@@ -680,9 +697,7 @@ impl Client {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = task.py();
         match self.submit_fast(task, timeout_sec)? {
-            Some((key, future)) => {
-                Ok(PyTuple::new(py, [key.into_pyobject(py)?.into_any(), future])?.into_any())
-            }
+            Some(future) => Ok(future),
             None => Ok(SUBMIT_SLOW.into_pyobject(py)?.into_any()),
         }
     }
@@ -775,15 +790,21 @@ impl Client {
         Ok(())
     }
 
-    /// The caller of `key` gave up: workers skip the task.
-    fn cancel(&self, key: u64) -> PyResult<()> {
+    /// The caller waiting on `future` gave up: workers skip its task.
+    fn cancel(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
         let entry = {
             let mut state = self.state()?;
             state.counts.cancelled += 1;
-            state.pending.remove(key)
+            let key = state
+                .pending
+                .iter()
+                .find(|(_, e)| e.future.is(future))
+                .map(|(key, _)| key);
+            key.and_then(|key| state.pending.remove(key).map(|entry| (key, entry)))
         };
-        self.control.get().inner.cancel(key);
-        drop(entry);
+        if let Some((key, _)) = entry {
+            self.control.get().inner.cancel(key);
+        }
         Ok(())
     }
 

@@ -12,11 +12,13 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
+mod calls;
 mod client;
 mod control;
 mod pickle;
 mod queue;
 mod shm;
+mod state;
 mod worker;
 
 /// Raises the public exception from `aqueduct.exceptions` for a core error.
@@ -86,6 +88,12 @@ fn uuid4() -> Option<String> {
     aqueduct_core::ids::uuid4()
 }
 
+/// The fields a `KIND_STATE` body holds, as a dict (for the Python paths).
+#[pyfunction]
+fn state_fields<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+    state::decode(py, body)
+}
+
 /// Nanoseconds of CLOCK_MONOTONIC (the clock of task deadlines).
 #[pyfunction]
 fn monotonic_ns_now() -> u64 {
@@ -103,6 +111,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<shm::ShmView>()?;
     m.add_function(wrap_pyfunction!(monotonic_ns_now, m)?)?;
     m.add_function(wrap_pyfunction!(uuid4, m)?)?;
+    m.add_function(wrap_pyfunction!(state_fields, m)?)?;
     m.add("DEFAULT_SPIN_US", aqueduct_core::spin::DEFAULT_SPIN_US)?;
     // the wire constants, defined once in the core
     use aqueduct_core::wire;

@@ -84,7 +84,7 @@ pub(crate) fn loads<'py>(
     py: Python<'py>,
     payload: &Bound<'py, PyBytes>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    pickle(py)?.loads.bind(py).call1((payload,))
+    crate::calls::call1(pickle(py)?.loads.bind(py), payload)
 }
 
 /// True when one of `fields` (a task's `__dict__`) is a bytes-like object

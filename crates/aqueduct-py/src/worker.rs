@@ -28,12 +28,13 @@ use aqueduct_core::wire::{
 use aqueduct_core::{monotonic_ns, BatchAssembler, BatchPolicy, EventFd, Message, MessageHeader};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyList};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use crate::calls::{call1, call_method1, instance_dict, set_instance_dict};
 use crate::control::PyControl;
 use crate::queue::{message_tuple, Doorbell, Queue};
-use crate::{deadline_after, pickle, signal_checker};
+use crate::{deadline_after, pickle, signal_checker, state};
 
 /// How long a push waits for room in a full queue when its task has no deadline.
 const PUSH_WAIT_NO_DEADLINE: Duration = Duration::from_secs(60);
@@ -121,7 +122,7 @@ impl StepWorker {
             let holds = if condition.bind(py).is(self.truth.bind(py)) {
                 task.is_truthy()?
             } else {
-                condition.bind(py).call1((task,))?.is_truthy()?
+                call1(condition.bind(py), task)?.is_truthy()?
             };
             if holds {
                 return Ok(*index);
@@ -166,10 +167,7 @@ impl StepWorker {
     ) -> PyResult<Option<usize>> {
         let py = task.py();
         let header = &message.header;
-        let Ok(fields) = task.getattr(intern!(py, "__dict__")) else {
-            return Ok(None);
-        };
-        let Ok(fields) = fields.cast_into::<PyDict>() else {
+        let Ok(fields) = instance_dict(task) else {
             return Ok(None);
         };
         if pickle::has_big_bytes(&fields) {
@@ -182,26 +180,26 @@ impl StepWorker {
             _ => return Ok(None),
         };
         let index = self.route(task, header.key)?;
-        let pickled = match prefix {
-            Some(_) => pickle::dumps(py, fields.as_any()),
-            None => pickle::dumps(py, task),
-        };
-        let Ok(Some(pickled)) = pickled else {
-            return Ok(None); // the Python half reports why
-        };
-        let pickled = pickled.as_bytes();
-        if pickled.len() > INLINE_LIMIT {
-            return Ok(None);
-        }
         let out = MessageHeader {
             enqueued_ns: 0,
             ..*header
         };
-        let pushed = match prefix {
-            Some(prefix) => self.push(py, index, &out, &[prefix, pickled]),
-            None => self.push(py, index, &out, &[pickled]),
+        let payload = match prefix {
+            Some(prefix) => {
+                let mut payload = prefix.clone();
+                if !state::encode(&fields, &mut payload).unwrap_or(false) {
+                    return Ok(None);
+                }
+                payload
+            }
+            None => match pickle::dumps(py, task) {
+                Ok(Some(pickled)) if pickled.as_bytes().len() <= INLINE_LIMIT => {
+                    pickled.as_bytes().to_vec()
+                }
+                _ => return Ok(None), // the Python half reports why
+            },
         };
-        if !pushed {
+        if !self.push(py, index, &out, &[&payload]) {
             return Ok(None); // still full, or closed: the Python half decides
         }
         Ok(Some(index))
@@ -214,7 +212,7 @@ impl StepWorker {
         py: Python<'py>,
         payload: &[u8],
     ) -> PyResult<Option<(Bound<'py, PyAny>, StateClass)>> {
-        let Some((name, pickled)) = split_state(payload) else {
+        let Some((name, body)) = split_state(payload) else {
             return Ok(None);
         };
         let known = self.classes()?.get(name).map(|c| c.clone_ref(py));
@@ -233,11 +231,11 @@ impl StepWorker {
                 class
             }
         };
-        let Ok(state) = pickle::loads(py, &PyBytes::new(py, pickled)) else {
-            return Ok(None);
+        let Ok(state) = state::decode(py, body) else {
+            return Ok(None); // the Python half says why
         };
-        let task = class.call_method1(intern!(py, "__new__"), (&class,))?;
-        task.setattr(intern!(py, "__dict__"), state)?;
+        let task = call_method1(&class, intern!(py, "__new__"), &class)?;
+        set_instance_dict(&task, &state)?;
         let prefix = state_prefix(name).unwrap_or_default();
         Ok(Some((
             task,

@@ -1,0 +1,74 @@
+//! Calls into Python on the per-task path without building an argument
+//! tuple or a bound method per call: every tuple is a tracked container that
+//! brings the next garbage collection closer. (The vectorcall API is not in
+//! the 3.11 stable ABI; these functions of it use vectorcall inside.)
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+
+/// `callable(arg)`.
+pub(crate) fn call1<'py>(
+    callable: &Bound<'py, PyAny>,
+    arg: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: both pointers are live objects (borrowed for the call); the
+    // argument list ends with the NULL the variadic API requires; the result
+    // is a new reference or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            callable.py(),
+            ffi::PyObject_CallFunctionObjArgs(
+                callable.as_ptr(),
+                arg.as_ptr(),
+                std::ptr::null_mut::<ffi::PyObject>(),
+            ),
+        )
+    }
+}
+
+/// `obj.name(arg)`.
+pub(crate) fn call_method1<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+    arg: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: as in `call1`; `name` is a str, as the API requires.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            obj.py(),
+            ffi::PyObject_CallMethodObjArgs(
+                obj.as_ptr(),
+                name.as_ptr(),
+                arg.as_ptr(),
+                std::ptr::null_mut::<ffi::PyObject>(),
+            ),
+        )
+    }
+}
+
+/// `obj.__dict__`, without looking `__dict__` up on the type.
+pub(crate) fn instance_dict<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+    // SAFETY: `obj` is a live object; the result is a new reference or NULL
+    // with an exception set (no `__dict__`).
+    let dict = unsafe {
+        Bound::from_owned_ptr_or_err(
+            obj.py(),
+            ffi::PyObject_GenericGetDict(obj.as_ptr(), std::ptr::null_mut()),
+        )?
+    };
+    Ok(dict.cast_into::<PyDict>()?)
+}
+
+/// `obj.__dict__ = dict`.
+pub(crate) fn set_instance_dict(obj: &Bound<'_, PyAny>, dict: &Bound<'_, PyDict>) -> PyResult<()> {
+    // SAFETY: both are live objects; the call takes its own reference to
+    // `dict` and returns -1 with an exception set on failure.
+    let rc =
+        unsafe { ffi::PyObject_GenericSetDict(obj.as_ptr(), dict.as_ptr(), std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(PyErr::fetch(obj.py()))
+    }
+}
