@@ -9,10 +9,10 @@ both. CPU time is reported per task, for the caller's process (total and
 beyond the bare harness: the same gather with a stand-in for
 ``flow.process``) and for all worker processes together.
 
-    python web_workloads.py WORKLOAD [SCALE] [--module-classes]
+    python web_workloads.py WORKLOAD [SCALE]
 
-prints one JSON object. ``--module-classes`` takes the same classes from this
-file imported as a module (``web_workloads``) instead of ``__main__``.
+prints one JSON object. ``web_main_vs_module`` runs the same flow with these
+classes from ``__main__`` and from this file imported as a module.
 """
 
 from __future__ import annotations
@@ -193,6 +193,7 @@ async def measure(
 #: rounds, so a machine whose speed drifts during the run (a shared VM)
 #: affects both alike.
 ROUNDS = 4
+MAIN_VS_MODULE_ROUNDS = 20
 
 
 async def with_harness(flow: Flow, make: Callable[[int], Any], calls: int, callers: int) -> dict:
@@ -272,6 +273,40 @@ async def batch_fill(flow: Flow, make: Callable[[int], Any], calls: int) -> dict
     return figures
 
 
+async def main_vs_module(calls: int) -> dict[str, float]:
+    """The same flow with the task and handler classes of ``__main__`` and
+    with the same classes imported from a module, measured in one process in
+    short alternating rounds (the two differ in nothing but names, so only a
+    machine whose speed drifts tells them apart), twice: once with each flow
+    started first (the flow started second runs a few % faster here)."""
+    import web_workloads as module
+
+    both = [("main", sys.modules[__name__]), ("module", module)]
+    rounds: dict[str, list[dict[str, float]]] = {"main": [], "module": []}
+    for order in (both, both[::-1]):
+        setups: list[tuple[str, Flow, Callable[[int], Any]]] = []
+        try:
+            for label, classes in order:
+                flow = Flow(FlowStep(classes.NoopHandler()))
+                setups.append((label, flow, classes.NoopTask))
+                flow.start()
+            for turn in range(MAIN_VS_MODULE_ROUNDS // 2):
+                for label, flow, make in setups if turn % 2 == 0 else setups[::-1]:
+                    size = calls // MAIN_VS_MODULE_ROUNDS
+                    figures, _ = await measure(flow.process, make, size, CALLERS)
+                    rounds[label].append(figures)
+        finally:
+            for _label, flow, _make in setups:
+                await flow.stop(graceful=False)
+    result: dict[str, float] = {}
+    for label, runs in rounds.items():
+        result[f"{label}_tasks_per_s"] = len(runs) / sum(1 / r["tasks_per_s"] for r in runs)
+        result[f"{label}_caller_cpu_us"] = _mean(runs, "caller_cpu_us")
+        result[f"{label}_worker_cpu_us"] = _mean(runs, "worker_cpu_us")
+    result["gap"] = result["main_tasks_per_s"] / result["module_tasks_per_s"] - 1
+    return result
+
+
 def _quiet() -> None:
     import logging
 
@@ -280,10 +315,14 @@ def _quiet() -> None:
     log.setLevel(logging.WARNING)
 
 
-async def run(name: str, scale: float, classes: Any) -> dict[str, float]:
+async def run(name: str, scale: float) -> dict[str, float]:
+    """Runs workload ``name`` with the classes of ``__main__`` (this file)."""
+    classes = sys.modules[__name__]
     _quiet()
     noop = FlowStep(classes.NoopHandler())
     calls = int(20_000 * scale)
+    if name == "web_main_vs_module":
+        return await main_vs_module(2 * calls)
     if name == "web_latency":
         flow = Flow(noop)
     elif name in ("web_1step", "web_overload_1024"):
@@ -309,14 +348,9 @@ async def run(name: str, scale: float, classes: Any) -> dict[str, float]:
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    name = args[0]
-    scale = float(args[1]) if len(args) > 1 else 1.0
-    if "--module-classes" in sys.argv:
-        import web_workloads as classes  # the same classes, by module name
-    else:
-        classes = sys.modules[__name__]
-    print(json.dumps(asyncio.run(run(name, scale, classes))))
+    name = sys.argv[1]
+    scale = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
+    print(json.dumps(asyncio.run(run(name, scale))))
 
 
 if __name__ == "__main__":

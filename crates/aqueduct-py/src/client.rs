@@ -9,12 +9,12 @@
 //! classes with their own `update` or `__setattr__`, a full queue, worker
 //! errors.
 //!
-//! Wake-ups: the first task pushed in an event-loop iteration wakes the step's
-//! workers at once (they start while the loop goes on); later ones only mark
-//! the queue, and one notice at the start of the next iteration covers them.
-//! A lone task in flight is waited for by spinning on the result queue for a
-//! few tens of microseconds (GIL released) before going back to the loop,
-//! while that pays.
+//! Wake-ups: tasks pushed during an event-loop iteration only mark their
+//! queue; one notice at the start of the next iteration wakes the workers for
+//! all of them, so a burst of requests costs one wake-up, not one each. A
+//! lone task (a caller waiting for one task at a time) wakes them at once and
+//! is waited for by spinning on the result queue for a few tens of
+//! microseconds (GIL released) before going back to the loop, while that pays.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -52,10 +52,6 @@ pub(crate) const CLASS_FAST: u32 = 1;
 /// (no `__reduce__`, `__getstate__`, `__setstate__`, `__slots__`...), so its
 /// tasks travel as [`KIND_STATE`] messages.
 pub(crate) const CLASS_STATE: u32 = 4;
-
-/// Whether the first task of an iteration wakes its workers at once (else
-/// all wait for the iteration's end).
-const EAGER_WAKE: bool = false;
 
 /// What `submit` returns when the task must take the Python path.
 pub(crate) const SUBMIT_SLOW: u8 = 1;
@@ -359,29 +355,26 @@ impl Client {
         Ok(())
     }
 
-    /// Wakes step `step`'s workers now for the first task of an iteration
-    /// (or a lone one), later for the others (see the module docs).
-    fn wake(&self, py: Python<'_>, step: usize, now: bool) -> PyResult<()> {
-        let (notify, flush) = {
+    /// Wakes step `step`'s workers: at once for a lone task, else once for
+    /// every task the loop's current iteration sends (see the module docs).
+    fn wake(&self, py: Python<'_>, step: usize, lone: bool) -> PyResult<()> {
+        if lone {
+            self.steps[step].get().inner.notify(None);
+            return Ok(());
+        }
+        let flush = {
             let mut state = self.state()?;
-            if now {
-                (true, None)
-            } else if !state.flush_scheduled {
+            state.deferred |= 1 << step;
+            if state.flush_scheduled {
+                None
+            } else {
                 state.flush_scheduled = true;
-                state.deferred |= 1 << step;
-                let flush = state
+                state
                     .event_loop
                     .as_ref()
-                    .map(|l| (l.call_soon.clone_ref(py), l.flush.clone_ref(py)));
-                (EAGER_WAKE, flush)
-            } else {
-                state.deferred |= 1 << step;
-                (false, None)
+                    .map(|l| (l.call_soon.clone_ref(py), l.flush.clone_ref(py)))
             }
         };
-        if notify {
-            self.steps[step].get().inner.notify(None);
-        }
         if let Some((call_soon, flush)) = flush {
             call_soon.bind(py).call1((flush,))?;
         }
