@@ -510,3 +510,23 @@ async def test_a_caller_waiting_for_room_still_times_out(make_flow):
     task = Task(3)
     await asyncio.wait_for(flow.process(task), WAIT)
     assert task.trail == ["r"]
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_idle_workers_do_not_spin(make_flow):
+    """Workers spin for the next task only while spinning catches tasks:
+    an idle flow's workers sleep."""
+    flow = make_flow(FlowStep(Square(), nprocs=2), FlowStep(Square()))
+    for _ in range(50):  # a sequential caller: the kind of load spinning pays for
+        await asyncio.wait_for(flow.process(Task(2)), WAIT)
+    workers = sorted(support.children_of(os.getpid()))
+    await asyncio.sleep(0.5)  # a few waits that catch nothing
+    before = {pid: _cpu_seconds(pid) for pid in workers}
+    await asyncio.sleep(2.0)
+    used = {pid: _cpu_seconds(pid) - before[pid] for pid in workers}
+    assert workers and all(seconds < 0.1 for seconds in used.values()), used
