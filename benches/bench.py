@@ -34,6 +34,7 @@ HEADLINE: list[Metric] = [
     ("web_latency", "p50_us", False, 12.0),
     ("web_latency", "p99_us", False, None),
     ("web_1step", "tasks_per_s", True, 6.0),
+    ("web_1step", "caller_cpu_us", False, None),
     ("web_1step", "caller_beyond_harness_us", False, 10.0),
     ("web_1step", "worker_cpu_us", False, 8.0),
     ("web_3step", "tasks_per_s", True, 6.0),

@@ -452,16 +452,32 @@ impl Client {
                     })
                     .collect()
             };
+            // every message is settled, whatever fails: a future left behind
+            // would never be resolved (its entry is gone)
+            let mut failure = None;
             for (message, entry, held) in settled {
-                self.settle(py, &message, entry)?;
-                if held {
+                let released = || {
                     self.slow
                         .bind(py)
-                        .call_method1(intern!(py, "release"), (message.header.key,))?;
+                        .call_method1(intern!(py, "release"), (message.header.key,))
+                        .map(drop)
+                };
+                let done = self.settle(py, &message, entry).and_then(|()| {
+                    if held {
+                        released()
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(e) = done {
+                    failure.get_or_insert(e);
                 }
             }
             if drained > 0 {
                 results.released(&[]);
+            }
+            if let Some(e) = failure {
+                return Err(e);
             }
             if drained < DRAIN_LIMIT && !results.arm_doorbell() {
                 return Ok(());
@@ -473,66 +489,45 @@ impl Client {
     fn settle(&self, py: Python<'_>, message: &Message, entry: Option<Entry>) -> PyResult<()> {
         let kind = message.header.kind;
         let slow = self.slow.bind(py);
-        let future = entry.as_ref().map(|e| e.future.bind(py));
-        let wanted = match future {
-            Some(f) => !f.call_method0(intern!(py, "done"))?.is_truthy()?,
-            None => false,
-        };
-        let (Some(entry), Some(future), true) = (&entry, future, wanted) else {
-            if kind & FLAG_REFS != 0 {
-                slow.call_method1(intern!(py, "unwanted"), (message.payload(),))?;
+        let entry = match entry {
+            Some(entry) if !is_done(entry.future.bind(py))? => entry,
+            _ => {
+                if kind & FLAG_REFS != 0 {
+                    slow.call_method1(intern!(py, "unwanted"), (message.payload(),))?;
+                }
+                return Ok(());
             }
-            return Ok(());
         };
         let outcome = if base_kind(kind) == KIND_ERROR {
-            Err(slow.call_method1(intern!(py, "error"), (message.payload(),))?)
+            slow.call_method1(intern!(py, "error"), (message.payload(),))
+                .map_or_else(|e| Err(e.into_value(py).into_bound(py).into_any()), Err)
         } else {
-            let slow_result = || {
+            let finished = if kind == KIND_STATE {
+                split_state(message.payload())
+                    .map(|(_, body)| Finished::State(body))
+                    .ok_or_else(state::corrupt)
+            } else if kind & FLAG_REFS == 0 {
+                pickle::loads(py, &PyBytes::new(py, message.payload())).map(Finished::Object)
+            } else {
+                Err(PyRuntimeError::new_err("shared memory"))
+            }
+            .or_else(|_| {
                 // the Python half builds it, or says why not (TaskSerializationError)
                 slow.call_method1(intern!(py, "result"), (kind, message.payload()))
                     .map(Finished::Object)
-            };
-            let finished = if kind == KIND_STATE {
-                split_state(message.payload())
-                    .map(|(_, body)| Ok(Finished::State(body)))
-                    .unwrap_or_else(slow_result)
-            } else if kind & FLAG_REFS == 0 {
-                pickle::loads(py, &PyBytes::new(py, message.payload()))
-                    .map(Finished::Object)
-                    .or_else(|_| slow_result())
-            } else {
-                slow_result()
-            };
-            let finished = finished.and_then(|f| match Self::update(py, entry, f) {
-                // a body the fast path cannot read: the Python half says why
-                Err(_) if kind == KIND_STATE => {
-                    slow_result().and_then(|f| Self::update(py, entry, f))
-                }
-                done => done,
             });
-            match finished {
-                Ok(()) => Ok(()),
-                Err(e) => Err(e.into_value(py).into_bound(py).into_any()),
-            }
+            finished
+                .and_then(|f| Self::update(py, &entry, f))
+                .map_err(|e| e.into_value(py).into_bound(py).into_any())
         };
-        let mut state = self.state()?;
-        match outcome {
-            Ok(()) => {
-                state.counts.done += 1;
-                drop(state);
-                call_method1(
-                    future,
-                    intern!(py, "set_result"),
-                    PyBool::new(py, true).as_any(),
-                )?;
-            }
-            Err(exc) => {
-                state.counts.failed += 1;
-                drop(state);
-                call_method1(future, intern!(py, "set_exception"), &exc)?;
+        {
+            let mut state = self.state()?;
+            match outcome {
+                Ok(()) => state.counts.done += 1,
+                Err(_) => state.counts.failed += 1,
             }
         }
-        Ok(())
+        resolve(entry.future.bind(py), outcome)
     }
 
     /// Copies what the handlers set onto the caller's task.
@@ -566,20 +561,40 @@ impl Client {
         Ok(())
     }
 
-    fn fail(
-        &self,
-        py: Python<'_>,
-        entries: Vec<(u64, Entry)>,
-        exc: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
+    /// Fails every one of `entries` with `exc` (each, whatever fails).
+    fn fail(py: Python<'_>, entries: Vec<(u64, Entry)>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut failure = None;
         for (_, entry) in entries {
-            let future = entry.future.bind(py);
-            if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
-                call_method1(future, intern!(py, "set_exception"), exc)?;
+            if let Err(e) = resolve(entry.future.bind(py), Err(exc.clone())) {
+                failure.get_or_insert(e);
             }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
+}
+
+/// True when `future` is done (resolved or cancelled).
+fn is_done(future: &Bound<'_, PyAny>) -> PyResult<bool> {
+    future
+        .call_method0(intern!(future.py(), "done"))?
+        .is_truthy()
+}
+
+/// Resolves `future` with True or the exception, unless it is done already.
+fn resolve(future: &Bound<'_, PyAny>, outcome: Result<(), Bound<'_, PyAny>>) -> PyResult<()> {
+    let py = future.py();
+    if is_done(future)? {
+        return Ok(());
+    }
+    match outcome {
+        Ok(()) => call_method1(
+            future,
+            intern!(py, "set_result"),
+            PyBool::new(py, true).as_any(),
+        ),
+        Err(exc) => call_method1(future, intern!(py, "set_exception"), &exc),
+    }
+    .map(drop)
 }
 
 #[pymethods]
@@ -755,17 +770,18 @@ impl Client {
             state.counts.timeout += due.len() as u64;
             (due, next)
         };
+        let mut failure = None;
         for (_, entry) in due {
-            let future = entry.future.bind(py);
-            if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
-                let exc = timeout_error(py, entry.timeout_s)?;
-                future.call_method1(intern!(py, "set_exception"), (exc,))?;
+            let failed = timeout_error(py, entry.timeout_s)
+                .and_then(|exc| resolve(entry.future.bind(py), Err(exc)));
+            if let Err(e) = failed {
+                failure.get_or_insert(e);
             }
         }
         if let Some(at) = next {
             self.arm_timer(py, at)?;
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     /// Wakes the workers of every step that got tasks since they were woken.
@@ -819,7 +835,7 @@ impl Client {
             state.counts.failed += entries.len() as u64;
             entries
         };
-        self.fail(py, entries, exc)
+        Self::fail(py, entries, exc)
     }
 
     /// The futures of the tasks in flight.

@@ -10,7 +10,7 @@ use aqueduct_core::wire::{BUFFER_THRESHOLD, INLINE_LIMIT};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyString};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyString, PyType};
 
 use crate::pickle;
 
@@ -148,6 +148,14 @@ fn to_python<'py>(py: Python<'py>, value: Field<'_>) -> Bound<'py, PyAny> {
     }
 }
 
-fn corrupt() -> PyErr {
-    PyValueError::new_err("a task's state in a queue message is corrupt")
+/// The error for a body that cannot be read.
+pub(crate) fn corrupt() -> PyErr {
+    static SERIALIZATION: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let message = "a task's state in a queue message is corrupt";
+    Python::attach(|py| {
+        match SERIALIZATION.import(py, "aqueduct.exceptions", "TaskSerializationError") {
+            Ok(ty) => PyErr::from_type(ty.clone(), message),
+            Err(_) => PyValueError::new_err(message),
+        }
+    })
 }
