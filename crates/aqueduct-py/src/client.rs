@@ -16,26 +16,24 @@
 //! is waited for by spinning on the result queue for a few tens of
 //! microseconds (GIL released) before going back to the loop, while that pays.
 
+mod event_loop;
+mod settle;
+mod submit;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aqueduct_core::spin::machine_is_crowded;
-use aqueduct_core::wire::{
-    base_kind, split_state, state_prefix, FLAG_REFS, INLINE_LIMIT, KIND_DROPPED, KIND_ERROR,
-    KIND_STATE, KIND_TASK,
-};
-use aqueduct_core::{monotonic_ns, Message, MessageHeader, Pending};
+use aqueduct_core::{monotonic_ns, Pending};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyDictMethods, PyFloat, PyInt, PyType};
+use pyo3::types::{PyDict, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use crate::calls::{call1, call_method1, instance_dict, set_instance_dict};
+use self::event_loop::{timeout_error, Loop};
+use self::settle::resolve;
 use crate::control::PyControl;
 use crate::queue::{Doorbell, Queue};
-use crate::{pickle, state};
 
 /// Results taken from the queue per pass before the doorbell is re-armed.
 const DRAIN_LIMIT: usize = 4096;
@@ -56,12 +54,6 @@ pub(crate) const CLASS_STATE: u32 = 4;
 /// What `submit` returns when the task must take the Python path.
 pub(crate) const SUBMIT_SLOW: u8 = 1;
 
-/// A finished task as it came back: an object, or a `KIND_STATE` body.
-enum Finished<'py, 'a> {
-    Object(Bound<'py, PyAny>),
-    State(&'a [u8]),
-}
-
 /// What the client knows of a task class.
 struct ClassInfo {
     /// Kept alive, so its address (the map's key) is not reused.
@@ -79,21 +71,6 @@ struct Entry {
     /// otherwise `task.update(finished)` is called.
     plain: bool,
     timeout_s: f64,
-}
-
-/// The event loop this client's futures belong to, and its callbacks.
-struct Loop {
-    create_future: Py<PyAny>,
-    /// `{"loop": loop}` when `create_future` is asyncio's own: futures are
-    /// then made as `asyncio.Future(loop=loop)`, with no Python frame.
-    future_kwargs: Option<Py<PyDict>>,
-    call_at: Py<PyAny>,
-    call_soon: Py<PyAny>,
-    time: Py<PyAny>,
-    /// `client.expire` and `client.flush`, bound once.
-    expire: Py<PyAny>,
-    flush: Py<PyAny>,
-    timer: Option<Py<PyAny>>,
 }
 
 #[derive(Default)]
@@ -147,25 +124,6 @@ pub(crate) struct Client {
     state: Mutex<State>,
 }
 
-fn exception_type<'py>(
-    py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyType>>,
-    name: &str,
-) -> PyResult<&'py Bound<'py, PyType>> {
-    cell.import(py, "aqueduct.exceptions", name)
-}
-
-fn future_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    static FUTURE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    FUTURE.import(py, "asyncio", "Future")
-}
-
-fn timeout_error(py: Python<'_>, timeout_s: f64) -> PyResult<Bound<'_, PyAny>> {
-    static TIMEOUT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    let message = format!("Task timeout error: not done in {timeout_s} s");
-    exception_type(py, &TIMEOUT, "TaskTimeoutError")?.call1((message,))
-}
-
 impl Client {
     fn state(&self) -> PyResult<std::sync::MutexGuard<'_, State>> {
         // Every method runs with the GIL held and never calls Python while
@@ -174,427 +132,6 @@ impl Client {
             .try_lock()
             .map_err(|_| PyRuntimeError::new_err("aqueduct client state is in use"))
     }
-
-    /// The `classify` bits of the task's class and its `KIND_STATE` prefix.
-    fn class_of(&self, task: &Bound<'_, PyAny>) -> PyResult<(u32, Option<Vec<u8>>)> {
-        let ty = task.get_type();
-        let id = ty.as_ptr() as usize;
-        if let Some(info) = self.state()?.classes.get(&id) {
-            return Ok((info.bits, info.prefix.clone()));
-        }
-        let py = task.py();
-        let bits: u32 = self.classify.bind(py).call1((&ty,))?.extract()?;
-        let prefix = if bits & CLASS_STATE != 0 {
-            let module: String = ty.getattr(intern!(py, "__module__"))?.extract()?;
-            let qualname: String = ty.getattr(intern!(py, "__qualname__"))?.extract()?;
-            state_prefix(format!("{module}\0{qualname}").as_bytes())
-        } else {
-            None
-        };
-        let bits = if prefix.is_none() {
-            bits & !CLASS_STATE
-        } else {
-            bits
-        };
-        let info = ClassInfo {
-            _class: ty.unbind(),
-            bits,
-            prefix: prefix.clone(),
-        };
-        self.state()?.classes.insert(id, info);
-        Ok((bits, prefix))
-    }
-
-    /// The fast path of `submit`: `Ok(None)` when the task needs the Python path.
-    fn submit_fast<'py>(
-        &self,
-        task: &Bound<'py, PyAny>,
-        timeout_s: f64,
-    ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let py = task.py();
-        if self.steps.is_empty() || self.state()?.backlogged & 1 != 0 {
-            return Ok(None);
-        }
-        let (bits, prefix) = self.class_of(task)?;
-        if bits & CLASS_FAST == 0 {
-            return Ok(None);
-        }
-        let fields = instance_dict(task)?;
-        let Some(priority) = self.priority(&fields)? else {
-            return Ok(None);
-        };
-        let expires = monotonic_ns() as f64 / 1e9 + timeout_s;
-        fields.set_item(intern!(py, "expiration_time"), PyFloat::new(py, expires))?;
-        let first = if self.condition_is_truth {
-            task.is_truthy()?
-        } else {
-            call1(self.first_condition.bind(py), task)?.is_truthy()?
-        };
-        if !first || pickle::has_big_bytes(&fields) {
-            return Ok(None);
-        }
-        // a task that cannot be pickled fails on the Python path, which says why
-        let (kind, payload) = match prefix {
-            Some(mut payload) => match state::encode(&fields, &mut payload) {
-                Ok(true) => (KIND_STATE, payload),
-                _ => return Ok(None),
-            },
-            None => match pickle::dumps(py, task) {
-                Ok(Some(pickled)) if pickled.as_bytes().len() <= INLINE_LIMIT => {
-                    (KIND_TASK, pickled.as_bytes().to_vec())
-                }
-                _ => return Ok(None),
-            },
-        };
-        let queue = &self.steps[0].get().inner;
-        let (key, lone) = {
-            let mut state = self.state()?;
-            let key = state.pending.next_key();
-            (key, state.pending.is_empty())
-        };
-        self.control.get().inner.uncancel(key);
-        let header = MessageHeader {
-            key,
-            deadline_ns: (expires * 1e9) as u64,
-            kind,
-            priority,
-            enqueued_ns: 0,
-        };
-        if queue.push(&header, &payload).is_err() {
-            return Ok(None); // full (or closed): the Python path backlogs or raises
-        }
-        let future = self.register_entry(py, key, task, timeout_s, true)?;
-        self.wake(py, 0, lone)?;
-        if lone {
-            self.spin_for_result(py)?;
-        }
-        Ok(Some(future))
-    }
-
-    /// The task's priority level, clamped (and set back) when the flow has
-    /// levels; `None` for a value only the Python path understands.
-    fn priority(&self, fields: &Bound<'_, PyDict>) -> PyResult<Option<u32>> {
-        let py = fields.py();
-        let Some(value) = fields.get_item(intern!(py, "priority"))? else {
-            return Ok(Some(0));
-        };
-        let Ok(value) = value.cast_exact::<PyInt>() else {
-            return Ok(None);
-        };
-        let level: i64 = value.extract().unwrap_or(-1);
-        let clamped = level.clamp(0, i64::from(self.priorities) - 1);
-        if clamped != level {
-            fields.set_item(intern!(py, "priority"), clamped)?;
-        }
-        Ok(Some(clamped as u32))
-    }
-
-    fn register_entry<'py>(
-        &self,
-        py: Python<'py>,
-        key: u64,
-        task: &Bound<'py, PyAny>,
-        timeout_s: f64,
-        plain: bool,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let (create_future, kwargs) = {
-            let state = self.state()?;
-            let Some(event_loop) = &state.event_loop else {
-                return Err(PyRuntimeError::new_err("aqueduct client has no event loop"));
-            };
-            (
-                event_loop.create_future.clone_ref(py),
-                event_loop.future_kwargs.as_ref().map(|k| k.clone_ref(py)),
-            )
-        };
-        let future = match kwargs {
-            Some(kwargs) => future_type(py)?.call((), Some(kwargs.bind(py)))?,
-            None => create_future.bind(py).call0()?,
-        };
-        let deadline_ns = monotonic_ns().saturating_add((timeout_s * 1e9) as u64);
-        let arm = self.state()?.pending.insert(
-            key,
-            Entry {
-                future: future.clone().unbind(),
-                task: task.clone().unbind(),
-                plain,
-                timeout_s,
-            },
-            deadline_ns,
-        );
-        if let Some(at) = arm {
-            self.arm_timer(py, at)?;
-        }
-        Ok(future)
-    }
-
-    /// Sets the loop timer to fire at `deadline_ns` (CLOCK_MONOTONIC),
-    /// replacing the one set before.
-    fn arm_timer(&self, py: Python<'_>, deadline_ns: u64) -> PyResult<()> {
-        let (time, call_at, expire, old) = {
-            let mut state = self.state()?;
-            let Some(event_loop) = state.event_loop.as_mut() else {
-                return Ok(());
-            };
-            (
-                event_loop.time.clone_ref(py),
-                event_loop.call_at.clone_ref(py),
-                event_loop.expire.clone_ref(py),
-                event_loop.timer.take(),
-            )
-        };
-        if let Some(old) = old {
-            old.bind(py).call_method0(intern!(py, "cancel"))?;
-        }
-        let now: f64 = time.bind(py).call0()?.extract()?;
-        let delay = deadline_ns.saturating_sub(monotonic_ns()) as f64 / 1e9;
-        let timer = call_at.bind(py).call1((now + delay, expire))?;
-        if let Some(event_loop) = self.state()?.event_loop.as_mut() {
-            event_loop.timer = Some(timer.unbind());
-        }
-        Ok(())
-    }
-
-    /// Wakes step `step`'s workers: at once for a lone task, else once for
-    /// every task the loop's current iteration sends (see the module docs).
-    fn wake(&self, py: Python<'_>, step: usize, lone: bool) -> PyResult<()> {
-        if lone {
-            self.steps[step].get().inner.notify(None);
-            return Ok(());
-        }
-        let flush = {
-            let mut state = self.state()?;
-            state.deferred |= 1 << step;
-            if state.flush_scheduled {
-                None
-            } else {
-                state.flush_scheduled = true;
-                state
-                    .event_loop
-                    .as_ref()
-                    .map(|l| (l.call_soon.clone_ref(py), l.flush.clone_ref(py)))
-            }
-        };
-        if let Some((call_soon, flush)) = flush {
-            call_soon.bind(py).call1((flush,))?;
-        }
-        Ok(())
-    }
-
-    /// With one task in flight, waits for its result by spinning on shared
-    /// memory (GIL released) instead of a kernel wake-up through the loop.
-    fn spin_for_result(&self, py: Python<'_>) -> PyResult<()> {
-        if self.spin.is_zero() {
-            return Ok(());
-        }
-        {
-            let mut state = self.state()?;
-            // the first task of a burst is alone for an instant: its
-            // siblings are about to be submitted, don't hold them up
-            if state.last_settled > 1 {
-                return Ok(());
-            }
-            state.spin_calls = state.spin_calls.wrapping_add(1);
-            if state.spin_misses >= SPIN_MISS_LIMIT && state.spin_calls % SPIN_PROBE_EVERY != 0 {
-                return Ok(());
-            }
-        }
-        if machine_is_crowded() {
-            return Ok(());
-        }
-        let results = &self.results.get().inner;
-        let spin = self.spin;
-        let ready = py.detach(|| results.spin_until_ready(spin));
-        {
-            let mut state = self.state()?;
-            state.spin_misses = if ready { 0 } else { state.spin_misses + 1 };
-        }
-        if ready {
-            self.resolve_ready(py)?;
-        }
-        Ok(())
-    }
-
-    /// Takes every ready result and settles its task.
-    fn resolve_ready(&self, py: Python<'_>) -> PyResult<()> {
-        let results = &self.results.get().inner;
-        let control = &self.control.get().inner;
-        let metrics = self.metrics_step.and_then(|step| control.metrics(step));
-        loop {
-            let now = monotonic_ns();
-            let mut messages: Vec<Message> = Vec::new();
-            while messages.len() < DRAIN_LIMIT {
-                let Some(m) = results.try_pop() else { break };
-                if let Some(metrics) = metrics {
-                    metrics
-                        .transfer_us
-                        .record(now.saturating_sub(m.header.enqueued_ns) / 1000);
-                }
-                messages.push(m);
-            }
-            let drained = messages.len();
-            if drained > 0 {
-                self.state()?.last_settled = drained;
-            }
-            let settled: Vec<(Message, Option<Entry>, bool)> = {
-                let mut state = self.state()?;
-                messages
-                    .into_iter()
-                    .map(|m| {
-                        let key = m.header.key;
-                        let entry = if base_kind(m.header.kind) == KIND_DROPPED {
-                            None
-                        } else {
-                            state.pending.remove(key)
-                        };
-                        let held = state.held.remove(&key);
-                        (m, entry, held)
-                    })
-                    .collect()
-            };
-            // every message is settled, whatever fails: a future left behind
-            // would never be resolved (its entry is gone)
-            let mut failure = None;
-            for (message, entry, held) in settled {
-                let released = || {
-                    self.slow
-                        .bind(py)
-                        .call_method1(intern!(py, "release"), (message.header.key,))
-                        .map(drop)
-                };
-                let done = self.settle(py, &message, entry).and_then(|()| {
-                    if held {
-                        released()
-                    } else {
-                        Ok(())
-                    }
-                });
-                if let Err(e) = done {
-                    failure.get_or_insert(e);
-                }
-            }
-            if drained > 0 {
-                results.released(&[]);
-            }
-            if let Some(e) = failure {
-                return Err(e);
-            }
-            if drained < DRAIN_LIMIT && !results.arm_doorbell() {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Delivers one message to its task's future.
-    fn settle(&self, py: Python<'_>, message: &Message, entry: Option<Entry>) -> PyResult<()> {
-        let kind = message.header.kind;
-        let slow = self.slow.bind(py);
-        let entry = match entry {
-            Some(entry) if !is_done(entry.future.bind(py))? => entry,
-            _ => {
-                if kind & FLAG_REFS != 0 {
-                    slow.call_method1(intern!(py, "unwanted"), (message.payload(),))?;
-                }
-                return Ok(());
-            }
-        };
-        let outcome = if base_kind(kind) == KIND_ERROR {
-            slow.call_method1(intern!(py, "error"), (message.payload(),))
-                .map_or_else(|e| Err(e.into_value(py).into_bound(py).into_any()), Err)
-        } else {
-            let finished = if kind == KIND_STATE {
-                split_state(message.payload())
-                    .map(|(_, body)| Finished::State(body))
-                    .ok_or_else(state::corrupt)
-            } else if kind & FLAG_REFS == 0 {
-                pickle::loads(py, &PyBytes::new(py, message.payload())).map(Finished::Object)
-            } else {
-                Err(PyRuntimeError::new_err("shared memory"))
-            }
-            .or_else(|_| {
-                // the Python half builds it, or says why not (TaskSerializationError)
-                slow.call_method1(intern!(py, "result"), (kind, message.payload()))
-                    .map(Finished::Object)
-            });
-            finished
-                .and_then(|f| Self::update(py, &entry, f))
-                .map_err(|e| e.into_value(py).into_bound(py).into_any())
-        };
-        {
-            let mut state = self.state()?;
-            match outcome {
-                Ok(()) => state.counts.done += 1,
-                Err(_) => state.counts.failed += 1,
-            }
-        }
-        resolve(entry.future.bind(py), outcome)
-    }
-
-    /// Copies what the handlers set onto the caller's task.
-    fn update(py: Python<'_>, entry: &Entry, finished: Finished<'_, '_>) -> PyResult<()> {
-        let task = entry.task.bind(py);
-        match finished {
-            Finished::Object(object) if !entry.plain => {
-                call_method1(task, intern!(py, "update"), &object)?;
-            }
-            Finished::Object(object) => {
-                let state = instance_dict(&object)?.copy()?;
-                for name in [
-                    intern!(py, "task_id"),
-                    intern!(py, "priority"),
-                    intern!(py, "expiration_time"),
-                ] {
-                    if state.contains(name)? {
-                        state.del_item(name)?;
-                    }
-                }
-                instance_dict(task)?.update(state.as_mapping())?;
-            }
-            Finished::State(body) if entry.plain => state::apply(py, body, &instance_dict(task)?)?,
-            Finished::State(body) => {
-                let ty = task.get_type();
-                let object = call_method1(&ty, intern!(py, "__new__"), &ty)?;
-                set_instance_dict(&object, &state::decode(py, body)?)?;
-                call_method1(task, intern!(py, "update"), &object)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Fails every one of `entries` with `exc` (each, whatever fails).
-    fn fail(py: Python<'_>, entries: Vec<(u64, Entry)>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
-        let mut failure = None;
-        for (_, entry) in entries {
-            if let Err(e) = resolve(entry.future.bind(py), Err(exc.clone())) {
-                failure.get_or_insert(e);
-            }
-        }
-        failure.map_or(Ok(()), Err)
-    }
-}
-
-/// True when `future` is done (resolved or cancelled).
-fn is_done(future: &Bound<'_, PyAny>) -> PyResult<bool> {
-    future
-        .call_method0(intern!(future.py(), "done"))?
-        .is_truthy()
-}
-
-/// Resolves `future` with True or the exception, unless it is done already.
-fn resolve(future: &Bound<'_, PyAny>, outcome: Result<(), Bound<'_, PyAny>>) -> PyResult<()> {
-    let py = future.py();
-    if is_done(future)? {
-        return Ok(());
-    }
-    match outcome {
-        Ok(()) => call_method1(
-            future,
-            intern!(py, "set_result"),
-            PyBool::new(py, true).as_any(),
-        ),
-        Err(exc) => call_method1(future, intern!(py, "set_exception"), &exc),
-    }
-    .map(drop)
 }
 
 #[pymethods]
@@ -661,28 +198,7 @@ impl Client {
         if let Some(timer) = old.and_then(|l| l.timer) {
             timer.bind(py).call_method0(intern!(py, "cancel"))?;
         }
-        let default = py
-            .import("asyncio")?
-            .getattr("BaseEventLoop")?
-            .getattr("create_future")?;
-        let own = event_loop.get_type().getattr("create_future")?;
-        let future_kwargs = if own.is(&default) {
-            let kwargs = PyDict::new(py);
-            kwargs.set_item("loop", event_loop)?;
-            Some(kwargs.unbind())
-        } else {
-            None
-        };
-        let new = Loop {
-            create_future: event_loop.getattr("create_future")?.unbind(),
-            future_kwargs,
-            call_at: event_loop.getattr("call_at")?.unbind(),
-            call_soon: event_loop.getattr("call_soon")?.unbind(),
-            time: event_loop.getattr("time")?.unbind(),
-            expire: slf.getattr("expire")?.unbind(),
-            flush: slf.getattr("flush")?.unbind(),
-            timer: None,
-        };
+        let new = Loop::new(slf, event_loop)?;
         let mut state = this.state()?;
         state.event_loop = Some(new);
         state.flush_scheduled = false;

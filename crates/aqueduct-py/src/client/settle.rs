@@ -1,0 +1,221 @@
+//! Settling results: every ready message of the result queue delivered to
+//! its task's future, the handlers' fields copied onto the caller's task.
+
+use aqueduct_core::monotonic_ns;
+use aqueduct_core::wire::{
+    base_kind, split_state, FLAG_REFS, KIND_DROPPED, KIND_ERROR, KIND_STATE,
+};
+use aqueduct_core::Message;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDictMethods};
+
+use super::{Client, Entry, DRAIN_LIMIT};
+use crate::calls::{call_method1, instance_dict, set_instance_dict};
+use crate::{pickle, state};
+
+/// A finished task as it came back: an object, or a `KIND_STATE` body.
+pub(super) enum Finished<'py, 'a> {
+    Object(Bound<'py, PyAny>),
+    State(&'a [u8]),
+}
+
+impl Client {
+    /// Takes every ready result and settles its task.
+    pub(super) fn resolve_ready(&self, py: Python<'_>) -> PyResult<()> {
+        let results = &self.results.get().inner;
+        let control = &self.control.get().inner;
+        let metrics = self.metrics_step.and_then(|step| control.metrics(step));
+        loop {
+            let now = monotonic_ns();
+            let mut messages: Vec<Message> = Vec::new();
+            while messages.len() < DRAIN_LIMIT {
+                let Some(m) = results.try_pop() else { break };
+                if let Some(metrics) = metrics {
+                    metrics
+                        .transfer_us
+                        .record(now.saturating_sub(m.header.enqueued_ns) / 1000);
+                }
+                messages.push(m);
+            }
+            let drained = messages.len();
+            if drained > 0 {
+                self.state()?.last_settled = drained;
+            }
+            let settled: Vec<(Message, Option<Entry>, bool)> = {
+                let mut state = self.state()?;
+                messages
+                    .into_iter()
+                    .map(|m| {
+                        let key = m.header.key;
+                        let entry = if base_kind(m.header.kind) == KIND_DROPPED {
+                            None
+                        } else {
+                            state.pending.remove(key)
+                        };
+                        let held = state.held.remove(&key);
+                        (m, entry, held)
+                    })
+                    .collect()
+            };
+            // every message is settled, whatever fails: a future left behind
+            // would never be resolved (its entry is gone)
+            let mut failure = None;
+            for (message, entry, held) in settled {
+                let released = || {
+                    self.slow
+                        .bind(py)
+                        .call_method1(intern!(py, "release"), (message.header.key,))
+                        .map(drop)
+                };
+                let done = self.settle(py, &message, entry).and_then(|()| {
+                    if held {
+                        released()
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(e) = done {
+                    failure.get_or_insert(e);
+                }
+            }
+            if drained > 0 {
+                results.released(&[]);
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if drained < DRAIN_LIMIT && !results.arm_doorbell() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Delivers one message to its task's future.
+    pub(super) fn settle(
+        &self,
+        py: Python<'_>,
+        message: &Message,
+        entry: Option<Entry>,
+    ) -> PyResult<()> {
+        let kind = message.header.kind;
+        let slow = self.slow.bind(py);
+        let entry = match entry {
+            Some(entry) if !is_done(entry.future.bind(py))? => entry,
+            _ => {
+                if kind & FLAG_REFS != 0 {
+                    slow.call_method1(intern!(py, "unwanted"), (message.payload(),))?;
+                }
+                return Ok(());
+            }
+        };
+        let outcome = if base_kind(kind) == KIND_ERROR {
+            slow.call_method1(intern!(py, "error"), (message.payload(),))
+                .map_or_else(|e| Err(e.into_value(py).into_bound(py).into_any()), Err)
+        } else {
+            let finished = if kind == KIND_STATE {
+                split_state(message.payload())
+                    .map(|(_, body)| Finished::State(body))
+                    .ok_or_else(state::corrupt)
+            } else if kind & FLAG_REFS == 0 {
+                pickle::loads(py, &PyBytes::new(py, message.payload())).map(Finished::Object)
+            } else {
+                Err(PyRuntimeError::new_err("shared memory"))
+            }
+            .or_else(|_| {
+                // the Python half builds it, or says why not (TaskSerializationError)
+                slow.call_method1(intern!(py, "result"), (kind, message.payload()))
+                    .map(Finished::Object)
+            });
+            finished
+                .and_then(|f| Self::update(py, &entry, f))
+                .map_err(|e| e.into_value(py).into_bound(py).into_any())
+        };
+        {
+            let mut state = self.state()?;
+            match outcome {
+                Ok(()) => state.counts.done += 1,
+                Err(_) => state.counts.failed += 1,
+            }
+        }
+        resolve(entry.future.bind(py), outcome)
+    }
+
+    /// Copies what the handlers set onto the caller's task.
+    pub(super) fn update(
+        py: Python<'_>,
+        entry: &Entry,
+        finished: Finished<'_, '_>,
+    ) -> PyResult<()> {
+        let task = entry.task.bind(py);
+        match finished {
+            Finished::Object(object) if !entry.plain => {
+                call_method1(task, intern!(py, "update"), &object)?;
+            }
+            Finished::Object(object) => {
+                let state = instance_dict(&object)?.copy()?;
+                for name in [
+                    intern!(py, "task_id"),
+                    intern!(py, "priority"),
+                    intern!(py, "expiration_time"),
+                ] {
+                    if state.contains(name)? {
+                        state.del_item(name)?;
+                    }
+                }
+                instance_dict(task)?.update(state.as_mapping())?;
+            }
+            Finished::State(body) if entry.plain => state::apply(py, body, &instance_dict(task)?)?,
+            Finished::State(body) => {
+                let ty = task.get_type();
+                let object = call_method1(&ty, intern!(py, "__new__"), &ty)?;
+                set_instance_dict(&object, &state::decode(py, body)?)?;
+                call_method1(task, intern!(py, "update"), &object)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails every one of `entries` with `exc` (each, whatever fails).
+    pub(super) fn fail(
+        py: Python<'_>,
+        entries: Vec<(u64, Entry)>,
+        exc: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let mut failure = None;
+        for (_, entry) in entries {
+            if let Err(e) = resolve(entry.future.bind(py), Err(exc.clone())) {
+                failure.get_or_insert(e);
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+/// True when `future` is done (resolved or cancelled).
+pub(super) fn is_done(future: &Bound<'_, PyAny>) -> PyResult<bool> {
+    future
+        .call_method0(intern!(future.py(), "done"))?
+        .is_truthy()
+}
+
+/// Resolves `future` with True or the exception, unless it is done already.
+pub(super) fn resolve(
+    future: &Bound<'_, PyAny>,
+    outcome: Result<(), Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let py = future.py();
+    if is_done(future)? {
+        return Ok(());
+    }
+    match outcome {
+        Ok(()) => call_method1(
+            future,
+            intern!(py, "set_result"),
+            PyBool::new(py, true).as_any(),
+        ),
+        Err(exc) => call_method1(future, intern!(py, "set_exception"), &exc),
+    }
+    .map(drop)
+}
