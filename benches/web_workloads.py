@@ -193,7 +193,7 @@ async def measure(
 #: rounds, so a machine whose speed drifts during the run (a shared VM)
 #: affects both alike.
 ROUNDS = 4
-MAIN_VS_MODULE_ROUNDS = 20
+SIDE_BY_SIDE_ROUNDS = 20
 
 
 async def with_harness(flow: Flow, make: Callable[[int], Any], calls: int, callers: int) -> dict:
@@ -273,38 +273,59 @@ async def batch_fill(flow: Flow, make: Callable[[int], Any], calls: int) -> dict
     return figures
 
 
-async def main_vs_module(calls: int) -> dict[str, float]:
-    """The same flow with the task and handler classes of ``__main__`` and
-    with the same classes imported from a module, measured in one process in
-    short alternating rounds (the two differ in nothing but names, so only a
-    machine whose speed drifts tells them apart), twice: once with each flow
-    started first (the flow started second runs a few % faster here)."""
-    import web_workloads as module
+#: A variant of a flow to compare: its label, and how to make the flow and its tasks.
+Variant = tuple[str, Callable[[], Flow], Callable[[int], Any]]
 
-    both = [("main", sys.modules[__name__]), ("module", module)]
-    rounds: dict[str, list[dict[str, float]]] = {"main": [], "module": []}
-    for order in (both, both[::-1]):
-        setups: list[tuple[str, Flow, Callable[[int], Any]]] = []
+
+async def side_by_side(variants: list[Variant], calls: int) -> dict[str, float]:
+    """Two variants of a flow measured in one process in short alternating
+    rounds, so only a machine whose speed drifts tells them apart, and twice:
+    once with each flow started first (the flow started second runs a few %
+    faster here). ``gap`` is the first's throughput over the second's, - 1."""
+    rounds: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in variants}
+    for order in (variants, variants[::-1]):
+        started: list[tuple[str, Flow, Callable[[int], Any]]] = []
         try:
-            for label, classes in order:
-                flow = Flow(FlowStep(classes.NoopHandler()))
-                setups.append((label, flow, classes.NoopTask))
+            for label, make_flow, make_task in order:
+                flow = make_flow()
+                started.append((label, flow, make_task))
                 flow.start()
-            for turn in range(MAIN_VS_MODULE_ROUNDS // 2):
-                for label, flow, make in setups if turn % 2 == 0 else setups[::-1]:
-                    size = calls // MAIN_VS_MODULE_ROUNDS
+            for turn in range(SIDE_BY_SIDE_ROUNDS // 2):
+                for label, flow, make in started if turn % 2 == 0 else started[::-1]:
+                    size = calls // SIDE_BY_SIDE_ROUNDS
                     figures, _ = await measure(flow.process, make, size, CALLERS)
                     rounds[label].append(figures)
         finally:
-            for _label, flow, _make in setups:
+            for _label, flow, _make in started:
                 await flow.stop(graceful=False)
     result: dict[str, float] = {}
     for label, runs in rounds.items():
         result[f"{label}_tasks_per_s"] = len(runs) / sum(1 / r["tasks_per_s"] for r in runs)
         result[f"{label}_caller_cpu_us"] = _mean(runs, "caller_cpu_us")
         result[f"{label}_worker_cpu_us"] = _mean(runs, "worker_cpu_us")
-    result["gap"] = result["main_tasks_per_s"] / result["module_tasks_per_s"] - 1
+    first, second = (label for label, *_ in variants)
+    result["gap"] = result[f"{first}_tasks_per_s"] / result[f"{second}_tasks_per_s"] - 1
     return result
+
+
+def main_vs_module() -> list[Variant]:
+    """The task and handler classes of ``__main__`` against the same classes
+    imported from a module (they differ in nothing but names)."""
+    import web_workloads as module
+
+    main = sys.modules[__name__]
+    return [
+        ("main", lambda: Flow(FlowStep(main.NoopHandler())), main.NoopTask),
+        ("module", lambda: Flow(FlowStep(module.NoopHandler())), module.NoopTask),
+    ]
+
+
+def metrics_on_off() -> list[Variant]:
+    """The same flow with metrics (the default) and without."""
+    return [
+        ("on", lambda: Flow(FlowStep(NoopHandler())), NoopTask),
+        ("off", lambda: Flow(FlowStep(NoopHandler()), metrics_enabled=False), NoopTask),
+    ]
 
 
 def _quiet() -> None:
@@ -322,7 +343,9 @@ async def run(name: str, scale: float) -> dict[str, float]:
     noop = FlowStep(classes.NoopHandler())
     calls = int(20_000 * scale)
     if name == "web_main_vs_module":
-        return await main_vs_module(2 * calls)
+        return await side_by_side(main_vs_module(), 2 * calls)
+    if name == "web_metrics":
+        return await side_by_side(metrics_on_off(), 2 * calls)
     if name == "web_latency":
         flow = Flow(noop)
     elif name in ("web_1step", "web_overload_1024"):
@@ -340,7 +363,7 @@ async def run(name: str, scale: float) -> dict[str, float]:
         if name == "web_latency":
             return await latency(flow, classes.NoopTask, int(5000 * scale))
         if name == "web_batch_fill":
-            return await batch_fill(flow, classes.ModelTask, int(10_000 * scale))
+            return await batch_fill(flow, classes.ModelTask, calls)
         callers = 1024 if name == "web_overload_1024" else CALLERS
         return await with_harness(flow, classes.NoopTask, calls, callers)
     finally:

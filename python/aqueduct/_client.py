@@ -131,6 +131,7 @@ class Client:
             self,
             len(steps) if metrics else None,
             spin_us,
+            steps[0].batch_size if steps else 1,
         )
 
     # -- the event loop ---------------------------------------------------------

@@ -99,7 +99,6 @@ class WorkerSpec:
     own_arena: int  # index of this worker's arena in arena_fds
     control_fd: int  # claims and cancel set
     slot: int  # this worker's claim slot
-    metrics: bool  # record handle times
     parent_pid: int  # the process that started the flow: workers exit with it
     log_level: int
     spin_us: int

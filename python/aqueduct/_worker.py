@@ -44,9 +44,6 @@ Message = tuple[int, int, int, int, bytes]  # key, kind, priority, deadline_ns, 
 
 # How many batches a lone worker may take from its queue at once (see _Worker).
 BURST = 16
-# A batch whose handler took this long sends its results on at once instead
-# of with the rest of its burst (a wake-up costs far less than the wait).
-SLOW_BATCH_NS = 50_000
 # How long a worker waits for room in a full next-step queue when the task
 # has no deadline.
 PUSH_WAIT_NO_DEADLINE = 60.0
@@ -132,7 +129,6 @@ class _Worker:
         self.nsteps = len(self.queues) - spec.clients
         self.clients = spec.clients
         self.control = _core.Control.open(spec.control_fd)
-        self.metrics = spec.metrics
         arenas = [
             _core.SharedArena.open(fd, own=index == spec.own_arena)
             for index, fd in enumerate(spec.arena_fds)
@@ -167,8 +163,6 @@ class _Worker:
         log.debug("[%s] worker %d ready", self.step_name, os.getpid())
         engine = self.engine
         handle = self.handler.handle
-        record = self.control.record_handle if self.metrics else None
-        step = self.step_index
         clock = time.perf_counter_ns
         while True:
             ready = engine.next(IDLE_TIMEOUT)
@@ -184,12 +178,7 @@ class _Worker:
                     )
                     engine.fail(encode_error(self.step_name, exc))
                     continue
-                took = clock() - started
-                if record is not None:
-                    record(step, took // 1000, len(tasks))
-                engine.forward()
-                if took >= SLOW_BATCH_NS:
-                    engine.flush()  # its results are worth a wake-up of their own
+                engine.forward(clock() - started)
             engine.flush()  # one wake-up per burst for each queue fed
         log.debug("[%s] worker %d exits", self.step_name, os.getpid())
 

@@ -298,7 +298,6 @@ class Flow:
                 own_arena=0,
                 control_fd=self._control.fd,
                 slot=0,
-                metrics=self._collect_metrics,
                 parent_pid=os.getpid(),
                 log_level=log.getEffectiveLevel(),
                 spin_us=spin,

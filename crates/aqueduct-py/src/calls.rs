@@ -3,9 +3,10 @@
 //! brings the next garbage collection closer. (The vectorcall API is not in
 //! the 3.11 stable ABI; these functions of it use vectorcall inside.)
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 /// `callable(arg)`.
 pub(crate) fn call1<'py>(
@@ -43,6 +44,30 @@ pub(crate) fn call_method1<'py>(
                 arg.as_ptr(),
                 std::ptr::null_mut::<ffi::PyObject>(),
             ),
+        )
+    }
+}
+
+/// A new object of class `cls` made by its `tp_new` with no arguments, as
+/// unpickling makes one (`cls.__new__(cls)`, with no method lookup).
+pub(crate) fn new_instance<'py>(cls: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = cls.py();
+    let ty = cls.cast::<PyType>()?;
+    // SAFETY: `ty` is a live type object; `PyType_GetSlot` reads its
+    // `tp_new` slot (any type since 3.10); the slot, when set, has the
+    // `newfunc` signature. It is called with the type, an empty argument
+    // tuple and no keywords, and returns a new reference or NULL with an
+    // exception set.
+    unsafe {
+        let slot = ffi::PyType_GetSlot(ty.as_type_ptr(), ffi::Py_tp_new);
+        if slot.is_null() {
+            return Err(PyTypeError::new_err("the class cannot be instantiated"));
+        }
+        let tp_new: ffi::newfunc = std::mem::transmute(slot);
+        let args = PyTuple::empty(py);
+        Bound::from_owned_ptr_or_err(
+            py,
+            tp_new(ty.as_type_ptr(), args.as_ptr(), std::ptr::null_mut()),
         )
     }
 }

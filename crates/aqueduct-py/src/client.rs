@@ -116,6 +116,9 @@ pub(crate) struct Client {
     first_condition: Py<PyAny>,
     /// `first_condition` is `operator.truth`: test the task's truth directly.
     condition_is_truth: bool,
+    /// The first step takes one task per batch: a lone task wakes its
+    /// workers at once (a batching step's waits for the iteration's end).
+    eager: bool,
     classify: Py<PyAny>,
     /// The Python half: `result(kind, payload)`, `error(payload)`,
     /// `release(key)`, `unwanted(payload)`.
@@ -139,7 +142,7 @@ impl Client {
     /// `steps`: every step's input queue; `results`, `doorbell`: this
     /// client's; `metrics_step`: where result transfer times go (None: off).
     #[new]
-    #[pyo3(signature = (client, steps, results, doorbell, control, priorities, first_condition, classify, slow, metrics_step=None, spin_us=0))]
+    #[pyo3(signature = (client, steps, results, doorbell, control, priorities, first_condition, classify, slow, metrics_step=None, spin_us=0, first_batch_size=1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -154,6 +157,7 @@ impl Client {
         slow: Py<PyAny>,
         metrics_step: Option<usize>,
         spin_us: u64,
+        first_batch_size: usize,
     ) -> PyResult<Self> {
         if steps.len() > 64 {
             return Err(pyo3::exceptions::PyValueError::new_err(
@@ -169,6 +173,7 @@ impl Client {
             metrics_step,
             priorities: priorities.max(1),
             condition_is_truth: first_condition.bind(py).is(&truth),
+            eager: first_batch_size <= 1,
             first_condition,
             classify,
             slow,
@@ -301,16 +306,22 @@ impl Client {
     }
 
     /// Wakes the workers of every step that got tasks since they were woken.
-    fn flush(&self) -> PyResult<()> {
-        let deferred = {
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let (deferred, lone) = {
             let mut state = self.state()?;
             state.flush_scheduled = false;
-            std::mem::take(&mut state.deferred)
+            (
+                std::mem::take(&mut state.deferred),
+                state.pending.len() == 1,
+            )
         };
         for (step, queue) in self.steps.iter().enumerate() {
             if deferred & (1 << step) != 0 {
                 queue.get().inner.notify(None);
             }
+        }
+        if lone && deferred != 0 {
+            self.spin_for_result(py)?; // one task in flight: as in `submit`
         }
         Ok(())
     }

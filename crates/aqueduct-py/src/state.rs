@@ -3,6 +3,7 @@
 //! else the dict pickled.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
 use aqueduct_core::state::{Field, FieldReader, FieldWriter, CODEC_FIELDS, CODEC_PICKLE};
@@ -21,9 +22,33 @@ const MAX_NAMES: usize = 4096;
 /// The fields of `BaseTask` a caller's task keeps, whatever the workers did.
 const BOOKKEEPING: [&str; 3] = ["task_id", "priority", "expiration_time"];
 
+/// FNV-1a: field names are short, and come from our own messages.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for byte in bytes {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+}
+
+type Names = HashMap<String, Py<PyString>, BuildHasherDefault<Fnv>>;
+
 fn name<'py>(py: Python<'py>, text: &str) -> Bound<'py, PyString> {
-    static NAMES: PyOnceLock<Mutex<HashMap<String, Py<PyString>>>> = PyOnceLock::new();
-    let names = NAMES.get_or_init(py, || Mutex::new(HashMap::new()));
+    static NAMES: PyOnceLock<Mutex<Names>> = PyOnceLock::new();
+    let names = NAMES.get_or_init(py, || Mutex::new(Names::default()));
     let Ok(mut names) = names.lock() else {
         return PyString::intern(py, text);
     };
@@ -42,8 +67,12 @@ fn name<'py>(py: Python<'py>, text: &str) -> Bound<'py, PyString> {
 /// message.
 pub(crate) fn encode(fields: &Bound<'_, PyDict>, out: &mut Vec<u8>) -> PyResult<bool> {
     let start = out.len();
-    if encode_fields(fields, out) {
-        return Ok(out.len() - start <= INLINE_LIMIT);
+    out.reserve(256);
+    match encode_fields(fields, out) {
+        Fields::Written => return Ok(out.len() - start <= INLINE_LIMIT),
+        Fields::BigBuffer => return Ok(false),
+        Fields::Other if pickle::has_big_bytes(fields) => return Ok(false),
+        Fields::Other => {}
     }
     out.truncate(start);
     let Some(pickled) = pickle::dumps(fields.py(), fields.as_any())? else {
@@ -54,14 +83,23 @@ pub(crate) fn encode(fields: &Bound<'_, PyDict>, out: &mut Vec<u8>) -> PyResult<
     Ok(out.len() - start <= INLINE_LIMIT)
 }
 
-fn encode_fields(fields: &Bound<'_, PyDict>, out: &mut Vec<u8>) -> bool {
+/// What `encode_fields` made of a dict.
+enum Fields {
+    Written,
+    /// A bytes value for shared memory.
+    BigBuffer,
+    /// A value (or name) only pickle can write.
+    Other,
+}
+
+fn encode_fields(fields: &Bound<'_, PyDict>, out: &mut Vec<u8>) -> Fields {
     let mut writer = FieldWriter::new(out);
     for (key, value) in fields.iter() {
         let Ok(key) = key.cast_exact::<PyString>() else {
-            return false;
+            return Fields::Other;
         };
         let Ok(key) = key.to_str() else {
-            return false;
+            return Fields::Other;
         };
         let written = if value.is_none() {
             writer.field(key, Field::None)
@@ -81,16 +119,19 @@ fn encode_fields(fields: &Bound<'_, PyDict>, out: &mut Vec<u8>) -> bool {
             }
         } else if let Ok(b) = value.cast_exact::<PyBytes>() {
             let b = b.as_bytes();
-            b.len() < BUFFER_THRESHOLD && writer.field(key, Field::Bytes(b))
+            if b.len() >= BUFFER_THRESHOLD {
+                return Fields::BigBuffer;
+            }
+            writer.field(key, Field::Bytes(b))
         } else {
             false
         };
         if !written {
-            return false;
+            return Fields::Other;
         }
     }
     writer.finish();
-    true
+    Fields::Written
 }
 
 /// The fields a body holds, as a dict.

@@ -34,10 +34,23 @@ use crate::{deadline_after, pickle, signal_checker};
 
 mod tasks;
 
+/// A batch whose handler took this long sends its results on at once instead
+/// of with the rest of its burst.
+const SLOW_BATCH_NS: u64 = 50_000;
+
 /// The class a `KIND_STATE` task came as, and its payloads' prefix.
 struct StateClass {
     class: Py<PyAny>,
-    prefix: Vec<u8>,
+    prefix: std::sync::Arc<[u8]>,
+}
+
+impl StateClass {
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        StateClass {
+            class: self.class.clone_ref(py),
+            prefix: self.prefix.clone(),
+        }
+    }
 }
 
 /// The burst being worked on and its current batch.
@@ -82,7 +95,7 @@ pub(crate) struct StepWorker {
     slow: Py<PyAny>,
     burst: Mutex<Burst>,
     /// `KIND_STATE` class names (module NUL qualname) -> classes.
-    classes: Mutex<HashMap<Vec<u8>, Py<PyAny>>>,
+    classes: Mutex<HashMap<Vec<u8>, StateClass>>,
 }
 
 impl StepWorker {
@@ -94,7 +107,7 @@ impl StepWorker {
             .map_err(|_| PyRuntimeError::new_err("aqueduct worker state is in use"))
     }
 
-    fn classes(&self) -> PyResult<MutexGuard<'_, HashMap<Vec<u8>, Py<PyAny>>>> {
+    fn classes(&self) -> PyResult<MutexGuard<'_, HashMap<Vec<u8>, StateClass>>> {
         self.classes
             .try_lock()
             .map_err(|_| PyRuntimeError::new_err("aqueduct worker state is in use"))
@@ -282,9 +295,20 @@ impl StepWorker {
     }
 
     /// Sends the handled tasks of the current batch on: to the next step
-    /// whose condition holds, or back to their clients.
-    fn forward(&self, py: Python<'_>) -> PyResult<()> {
+    /// whose condition holds, or back to their clients. `took_ns`: how long
+    /// the handler took (recorded in the step's metrics); a batch that took
+    /// [`SLOW_BATCH_NS`] or more wakes the next consumers at once instead of
+    /// with the rest of its burst.
+    #[pyo3(signature = (took_ns=0))]
+    fn forward(&self, py: Python<'_>, took_ns: u64) -> PyResult<()> {
         let work = self.take()?;
+        if let Some(m) = self.control.get().inner.metrics(self.step) {
+            let tasks = work.len() as u64;
+            m.handle_us.record(took_ns / 1000);
+            m.batch_size.record(tasks);
+            m.handled
+                .fetch_add(tasks, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut touched = 0u128;
         for (message, task, refs, class) in work {
             let task = task.into_bound(py);
@@ -309,6 +333,9 @@ impl StepWorker {
             touched |= 1 << to;
         }
         self.burst()?.touched |= touched;
+        if took_ns >= SLOW_BATCH_NS {
+            self.flush()?; // a wake-up costs far less than the wait
+        }
         Ok(())
     }
 

@@ -69,7 +69,7 @@ impl Client {
         } else {
             call1(self.first_condition.bind(py), task)?.is_truthy()?
         };
-        if !first || pickle::has_big_bytes(&fields) {
+        if !first {
             return Ok(None);
         }
         // a task that cannot be pickled fails on the Python path, which says why
@@ -78,6 +78,7 @@ impl Client {
                 Ok(true) => (KIND_STATE, payload),
                 _ => return Ok(None),
             },
+            None if pickle::has_big_bytes(&fields) => return Ok(None),
             None => match pickle::dumps(py, task) {
                 Ok(Some(pickled)) if pickled.as_bytes().len() <= INLINE_LIMIT => {
                     (KIND_TASK, pickled.as_bytes().to_vec())
@@ -103,8 +104,11 @@ impl Client {
             return Ok(None); // full (or closed): the Python path backlogs or raises
         }
         let future = self.register_entry(py, key, task, timeout_s, true)?;
-        self.wake(py, 0, lone)?;
-        if lone {
+        // a lone task of a batching step waits for the iteration's end too:
+        // siblings sent in the same iteration then share its batch
+        let now = lone && self.eager;
+        self.wake(py, 0, now)?;
+        if now {
             self.spin_for_result(py)?;
         }
         Ok(Some(future))
@@ -167,10 +171,10 @@ impl Client {
         Ok(future)
     }
 
-    /// Wakes step `step`'s workers: at once for a lone task, else once for
-    /// every task the loop's current iteration sends (see the module docs).
-    pub(super) fn wake(&self, py: Python<'_>, step: usize, lone: bool) -> PyResult<()> {
-        if lone {
+    /// Wakes step `step`'s workers: `now`, or once for every task the
+    /// loop's current iteration sends (see the module docs).
+    pub(super) fn wake(&self, py: Python<'_>, step: usize, now: bool) -> PyResult<()> {
+        if now {
             self.steps[step].get().inner.notify(None);
             return Ok(());
         }

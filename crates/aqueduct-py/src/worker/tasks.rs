@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::{StateClass, StepWorker};
-use crate::calls::{call1, call_method1, instance_dict, set_instance_dict};
+use crate::calls::{call1, instance_dict, new_instance, set_instance_dict};
 use crate::{pickle, signal_checker, state};
 
 /// How long a push waits for room in a full queue when its task has no deadline.
@@ -81,13 +81,10 @@ impl StepWorker {
         let Ok(fields) = instance_dict(task) else {
             return Ok(None);
         };
-        if pickle::has_big_bytes(&fields) {
-            return Ok(None);
-        }
         let prefix = match (header.kind, class) {
             // still of the class it came as: its dict is all there is to send
             (KIND_STATE, Some(c)) if task.get_type().is(c.class.bind(py)) => Some(&c.prefix),
-            (KIND_TASK, _) => None,
+            (KIND_TASK, _) if !pickle::has_big_bytes(&fields) => None,
             _ => return Ok(None),
         };
         let index = self.route(task, header.key)?;
@@ -97,7 +94,7 @@ impl StepWorker {
         };
         let payload = match prefix {
             Some(prefix) => {
-                let mut payload = prefix.clone();
+                let mut payload = prefix.to_vec();
                 if !state::encode(&fields, &mut payload).unwrap_or(false) {
                     return Ok(None);
                 }
@@ -128,7 +125,7 @@ impl StepWorker {
         };
         let known = self.classes()?.get(name).map(|c| c.clone_ref(py));
         let class = match known {
-            Some(class) => class.into_bound(py),
+            Some(class) => class,
             None => {
                 let Ok(class) = self
                     .slow
@@ -137,24 +134,20 @@ impl StepWorker {
                 else {
                     return Ok(None); // the Python half says why
                 };
-                self.classes()?
-                    .insert(name.to_vec(), class.clone().unbind());
+                let class = StateClass {
+                    class: class.unbind(),
+                    prefix: state_prefix(name).unwrap_or_default().into(),
+                };
+                self.classes()?.insert(name.to_vec(), class.clone_ref(py));
                 class
             }
         };
         let Ok(state) = state::decode(py, body) else {
             return Ok(None); // the Python half says why
         };
-        let task = call_method1(&class, intern!(py, "__new__"), &class)?;
+        let task = new_instance(class.class.bind(py))?;
         set_instance_dict(&task, &state)?;
-        let prefix = state_prefix(name).unwrap_or_default();
-        Ok(Some((
-            task,
-            StateClass {
-                class: class.unbind(),
-                prefix,
-            },
-        )))
+        Ok(Some((task, class)))
     }
 
     /// Pushes a worker's error report for `key` to its client.
