@@ -172,6 +172,32 @@ def test_module_level_work_is_not_repeated_in_workers(tmp_path):
     assert loads.read_text().split() == [loads.read_text().split()[0]]
 
 
+def test_main_definitions_reach_each_worker_once(tmp_path):
+    """Tasks of __main__ classes travel by name: each worker fetches a
+    definition once, however many tasks it handles."""
+    script = SCRIPT.replace(
+        'print("module body ran", flush=True)',
+        'print("module body ran", flush=True)\n'
+        "import logging, sys\n"
+        "from aqueduct.logger import log\n"
+        "log.setLevel(logging.DEBUG)\n"
+        "log.addHandler(logging.StreamHandler(sys.stdout))",
+    )
+    script = script.replace("range(-2, 40)", "range(-2, 400)")
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    _check(out)
+    for name in ("Task", "Doubled"):
+        sent = out.stdout.count(f"Sent __main__.{name} to a worker of")
+        assert 1 <= sent <= 3, (name, sent)  # at most once for each of the 3 workers
+
+
 def test_a_main_class_that_cannot_be_sent_fails_its_task_clearly(tmp_path):
     script = textwrap.dedent(
         """

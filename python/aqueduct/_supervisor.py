@@ -76,8 +76,11 @@ class WorkerProcess:
             case ("failed", text):
                 self.failure = text
             case ("need", name):
+                answer = definition(name)
+                if isinstance(answer, bytes):
+                    log.debug("Sent __main__.%s to a worker of %s", name, self.step_name)
                 try:
-                    self.conn.send(("definition", name, definition(name)))
+                    self.conn.send(("definition", name, answer))
                 except OSError:
                     pass  # the worker died meanwhile; its sentinel tells
 
