@@ -13,29 +13,9 @@ import sys
 import time
 
 from aqueduct import BaseTask, BaseTaskHandler, Flow, FlowStep
+from web_workloads import NoopHandler, NoopTask, _quiet  # one definition of each
 
 CONCURRENCY = 32
-
-
-class NoopTask(BaseTask):
-    def __init__(self, value: int = 0) -> None:
-        super().__init__()
-        self.value = value
-        self.result: int | None = None
-
-
-class NoopHandler(BaseTaskHandler):
-    def handle(self, *tasks: NoopTask) -> None:
-        for task in tasks:
-            task.result = task.value
-
-
-def _quiet() -> None:
-    import logging
-
-    from aqueduct.logger import log
-
-    log.setLevel(logging.WARNING)
 
 
 async def _latency(flow: Flow, count: int) -> dict[str, float]:
