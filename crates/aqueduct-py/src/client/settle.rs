@@ -27,6 +27,7 @@ impl Client {
         let results = &self.results.get().inner;
         let control = &self.control.get().inner;
         let metrics = self.metrics_step.and_then(|step| control.metrics(step));
+        let mut first_failure = None;
         loop {
             let now = monotonic_ns();
             let mut messages: Vec<Message> = Vec::new();
@@ -84,10 +85,11 @@ impl Client {
                 results.released(&[]);
             }
             if let Some(e) = failure {
-                return Err(e);
+                first_failure.get_or_insert(e);
             }
+            // re-armed whatever failed: a doorbell left unarmed never rings again
             if drained < DRAIN_LIMIT && !results.arm_doorbell() {
-                return Ok(());
+                return first_failure.map_or(Ok(()), Err);
             }
         }
     }
