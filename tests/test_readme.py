@@ -75,10 +75,21 @@ async def test_getting_started_aiohttp_service(aiohttp_client):
 
 
 async def test_batching_example_meets_its_own_timing_assertions():
+    """The example asserts wall-clock bounds with 20 ms of slack; on a shared
+    2-core machine a neighbour (a Ray cluster shutting down, say) can eat that,
+    so a missed bound is retried twice. A batching bug misses it every time."""
     pytest.importorskip("numpy")
-    _, coroutine = run_block(block_containing("CatDetectorHandler"), "readme_batching")
-    assert asyncio.iscoroutine(coroutine)
-    await asyncio.wait_for(coroutine, 60)
+    misses = []
+    for _ in range(3):
+        namespace, coroutine = run_block(block_containing("CatDetectorHandler"), "readme_batching")
+        assert asyncio.iscoroutine(coroutine)
+        try:
+            await asyncio.wait_for(coroutine, 60)
+            return
+        except TimeoutError as exc:
+            misses.append(exc)
+            await asyncio.wait_for(namespace["flow_with_batch_handler"].stop(), 20)
+    pytest.fail(f"the README batching example missed its time bound 3 times: {misses!r}")
 
 
 def test_sentry_example_runs():
