@@ -252,7 +252,10 @@ async def test_http_answers_500_for_what_the_conversions_get_wrong():
     from aqueduct.integrations.ray import FlowReplica
 
     async def not_a_task(request: Any) -> Any:
-        return {"value": 1}
+        """An empty body makes no task: a dict comes back instead."""
+        if await request.body() == b"{}":
+            return {"value": 1}
+        return await _task_from_json(request)
 
     def unserializable(task: Task) -> Any:
         return {"lock": threading.Lock()}
@@ -266,9 +269,10 @@ async def test_http_answers_500_for_what_the_conversions_get_wrong():
     try:
         reply = await asyncio.wait_for(replica(_request(b"{}")), WAIT)
         assert reply.status_code == 500 and b"not a BaseTask" in reply.body
-        replica._task_from_request = _task_from_json
+        assert json.loads(reply.body)["type"] == "TypeError"
         reply = await asyncio.wait_for(replica(_request(b'{"value": 5}')), WAIT)
         assert reply.status_code == 500 and b"response_from_task" in reply.body
+        assert json.loads(reply.body)["type"] == "TypeError"
         reply = await asyncio.wait_for(replica(_request(b'{"value": 3}')), WAIT)
         assert reply.status_code == 500 and b"HandlerError" in reply.body  # Raises raised
     finally:
@@ -347,6 +351,7 @@ async def test_http_ingress_answers_json_and_maps_errors(cluster, deploy):
     assert (status, body) == (200, {"sum": 285})
     status, body = await asyncio.to_thread(_post, url, b"not json")
     assert status == 400 and body["error"].startswith("cannot make a task of this request")
+    assert body["type"] == "JSONDecodeError"
 
     slow = flow_deployment(
         build_recorder,
@@ -364,6 +369,7 @@ async def test_http_ingress_answers_json_and_maps_errors(cluster, deploy):
     deploy(flow_deployment(build_recorder, name="no_http"), route_prefix="/none")
     status, body = await asyncio.to_thread(_post, cluster["url"] + "/none", {})
     assert status == 404 and "task_from_request" in body["error"]
+    assert body["type"] == "NotFound"
 
 
 async def _task_from_json(request: Any) -> Task:

@@ -170,11 +170,11 @@ class SharedMemory:
         kind = KIND_TASK_BY_VALUE if by_value else KIND_TASK
         if len(payload) > INLINE_LIMIT and self.own is not None:
             try:
-                block, offset = self.arenas[self.own].place(payload, key)
+                block = self.arenas[self.own].place(payload, key)
             except Exception:
                 self.discard(refs)
                 raise
-            refs.append((self.own, block, offset, len(payload)))
+            refs.append((self.own, block, block, len(payload)))
             return kind | FLAG_REFS | FLAG_BODY, encode_refs(refs), refs
         if refs:
             return kind | FLAG_REFS, encode_refs(refs) + payload, refs
@@ -196,8 +196,8 @@ class SharedMemory:
                 return False
         if self.own is None:
             return True
-        block, offset = self.arenas[self.own].place(raw, self._key)
-        self._refs.append((self.own, block, offset, size))
+        block = self.arenas[self.own].place(raw, self._key)
+        self._refs.append((self.own, block, block, size))
         return False
 
     def discard(self, refs: Iterable[Ref]) -> None:

@@ -80,8 +80,8 @@ class BaseTask:
         import numpy
 
         contiguous = numpy.ascontiguousarray(value)
-        block, offset = arena.place(contiguous.reshape(-1).view(numpy.uint8), 0)
-        view = arena.view(block, offset, contiguous.nbytes)
+        block = arena.place(contiguous.reshape(-1).view(numpy.uint8), 0)
+        view = arena.view(block, block, contiguous.nbytes)
         shared = numpy.ndarray(value.shape, dtype=value.dtype, buffer=view)
         self.__dict__[field_name] = shared
 

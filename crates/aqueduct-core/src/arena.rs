@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::segment::Segment;
@@ -191,10 +191,6 @@ impl Arena {
         self.pages * PAGE
     }
 
-    pub fn is_owner(&self) -> bool {
-        self.free.is_some()
-    }
-
     /// Start of the data region in this process.
     pub fn data_ptr(&self) -> *mut u8 {
         // SAFETY: `data_offset` lies inside the segment (checked on open).
@@ -216,9 +212,9 @@ impl Arena {
                 free: 0,
             });
         }
-        let mut guard = free
-            .lock()
-            .map_err(|_| Error::InvalidArgument("arena lock poisoned".into()))?;
+        // A thread that panicked while holding the lock left the map whole
+        // (each change is one insert or remove), so the arena keeps serving.
+        let mut guard = free.lock().unwrap_or_else(PoisonError::into_inner);
         let (runs, seen) = &mut *guard;
         // Take back what others freed first: the lowest (already faulted)
         // pages are then the ones reused.
@@ -382,5 +378,27 @@ impl Arena {
 impl AsFd for Arena {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.segment.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_while_allocating_does_not_wedge_the_arena() {
+        let arena = Arena::create(8 * PAGE).expect("arena");
+        std::thread::scope(|s| {
+            let joined = s
+                .spawn(|| {
+                    let _held = arena.free.as_ref().map(|m| m.lock());
+                    panic!("a thread dies holding the free list");
+                })
+                .join();
+            assert!(joined.is_err());
+        });
+        assert!(arena.free.as_ref().is_some_and(Mutex::is_poisoned));
+        let block = arena.alloc(PAGE, 1).expect("allocates after the panic");
+        assert!(arena.free(block.offset));
     }
 }

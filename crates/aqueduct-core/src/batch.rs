@@ -60,10 +60,6 @@ impl BatchAssembler {
         }
     }
 
-    pub fn policy(&self) -> BatchPolicy {
-        self.policy
-    }
-
     /// Takes the next batch from `queue`. Waits for the first task until
     /// `idle_deadline_ns` (then returns an empty batch, so the caller can do
     /// housekeeping); `interrupt` is polled while asleep and, when it returns

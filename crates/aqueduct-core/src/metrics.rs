@@ -32,15 +32,6 @@ pub fn bucket_of(value: u64) -> usize {
     ((u64::BITS - value.leading_zeros()) as usize).min(BUCKETS - 1)
 }
 
-/// Upper bound (exclusive) of bucket `i`.
-pub fn bucket_bound(i: usize) -> u64 {
-    if i >= 63 {
-        u64::MAX
-    } else {
-        1u64 << i
-    }
-}
-
 impl Histogram {
     pub fn record(&self, value: u64) {
         self.count.fetch_add(1, Ordering::Relaxed);

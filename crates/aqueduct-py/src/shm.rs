@@ -122,8 +122,9 @@ impl SharedArena {
     }
 
     /// Copies a C-contiguous buffer into a new block for task `key`; returns
-    /// `(block, offset)`. The copy runs with the GIL released.
-    fn place(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>, key: u64) -> PyResult<(u64, u64)> {
+    /// the block (its offset, which is also where the data starts). The copy
+    /// runs with the GIL released.
+    fn place(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>, key: u64) -> PyResult<u64> {
         let src = buffer_of(buffer)?;
         let len = src.len_bytes();
         let ptr = src.buf_ptr() as usize;
@@ -135,8 +136,7 @@ impl SharedArena {
             }
             Ok(block)
         });
-        let block = block.map_err(to_py_err)?;
-        Ok((block.offset, block.offset))
+        Ok(block.map_err(to_py_err)?.offset)
     }
 
     /// `(block, offset)` if the buffer's memory lies inside this arena.

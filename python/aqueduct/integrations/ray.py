@@ -103,10 +103,13 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _error_response(status: int, exc: BaseException | str) -> JSONResponse:
-    if isinstance(exc, str):
-        return JSONResponse({"error": exc}, status_code=status)
-    return JSONResponse({"error": str(exc), "type": type(exc).__name__}, status_code=status)
+def _error_response(status: int, error: str, type_name: str) -> JSONResponse:
+    """Every HTTP error of the ingress: a JSON ``{"error", "type"}`` body."""
+    return JSONResponse({"error": error, "type": type_name}, status_code=status)
+
+
+def _exception_response(status: int, exc: BaseException) -> JSONResponse:
+    return _error_response(status, str(exc), type(exc).__name__)
 
 
 def _picklable(result: object) -> BaseException:
@@ -182,21 +185,25 @@ class FlowReplica:
         a full queue, 504 for a timeout, 500 for other flow errors."""
         if self._task_from_request is None:
             return _error_response(
-                404, "this deployment has no HTTP ingress: give flow_deployment a task_from_request"
+                404,
+                "this deployment has no HTTP ingress: give flow_deployment a task_from_request",
+                "NotFound",
             )
         try:
             task = await _maybe_await(self._task_from_request(request))
         except Exception as exc:  # the request's fault, not the flow's
             reason = f"cannot make a task of this request: {type(exc).__name__}: {exc}"
-            return _error_response(400, reason)
+            return _error_response(400, reason, type(exc).__name__)
         if not isinstance(task, BaseTask):
             return _error_response(
-                500, f"task_from_request returned {type(task).__name__}, not a BaseTask"
+                500,
+                f"task_from_request returned {type(task).__name__}, not a BaseTask",
+                "TypeError",
             )
         try:
             await self._flow.process(task, self._timeout_sec)
         except AqueductError as exc:
-            return _error_response(error_status(exc) or 500, exc)
+            return _exception_response(error_status(exc) or 500, exc)
         result = await _maybe_await(self._response_from_task(task))
         if isinstance(result, Response):
             return result
@@ -204,7 +211,9 @@ class FlowReplica:
             body = json.dumps(result, default=_json_default).encode()
         except (TypeError, ValueError) as exc:
             return _error_response(
-                500, f"the result is not JSON serializable ({exc}); give a response_from_task"
+                500,
+                f"the result is not JSON serializable ({exc}); give a response_from_task",
+                type(exc).__name__,
             )
         return Response(body, media_type="application/json")
 
