@@ -82,13 +82,29 @@ wheel: $(PY) ## Build a release abi3 wheel into dist/
 	$(MATURIN) build --release --out dist
 
 .PHONY: wheel-test
-wheel-test: wheel ## Install the wheel into a fresh venv and run the quick start from there
-	rm -rf .venv-wheel && $(PYTHON) -m venv .venv-wheel
-	.venv-wheel/bin/python -m pip install -q --upgrade pip
-	.venv-wheel/bin/python -m pip install -q --force-reinstall "$$(ls -t dist/aqueduct-*-abi3-*.whl | head -1)[aiohttp]"
-	cd /tmp && $(abspath .venv-wheel)/bin/python $(abspath examples/wheel_smoke.py)
+# Every CPython from 3.11 the machine has (on PATH, or installed by pyenv); override
+# with WHEEL_PYTHONS="python3.11 /path/to/python3.13".
+WHEEL_PYTHONS ?= python3.11 python3.12 python3.13 python3.14
+wheel-test: wheel ## Install the abi3 wheel into a fresh venv per CPython >= 3.11 here and run the quick start in each
+	@wheel="$$(ls -t dist/aqueduct-*-abi3-*.whl | head -1)"; tested=0; \
+	for py in $(WHEEL_PYTHONS); do \
+		exe="$$(command -v $$py)"; "$$exe" -c '' 2>/dev/null \
+			|| exe="$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/*/bin/$$py 2>/dev/null | tail -1)"; \
+		[ -n "$$exe" ] && "$$exe" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+			|| { echo "wheel-test: $$py not here, skipped"; continue; }; \
+		venv=".venv-wheel-$$("$$exe" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"; \
+		echo "wheel-test: $$wheel on $$("$$exe" --version) in $$venv"; \
+		rm -rf "$$venv" && "$$exe" -m venv "$$venv" \
+			&& "$$venv/bin/python" -m pip install -q --upgrade pip \
+			&& "$$venv/bin/python" -m pip install -q --force-reinstall "$$wheel[aiohttp]" \
+			&& (cd /tmp && "$(CURDIR)/$$venv/bin/python" "$(abspath examples/wheel_smoke.py)") \
+			|| exit 1; \
+		tested=$$((tested + 1)); \
+	done; \
+	test $$tested -gt 0 || { echo "wheel-test: no CPython >= 3.11 found"; exit 1; }; \
+	echo "wheel-test: passed on $$tested interpreter(s)"
 
 .PHONY: clean
 clean: ## Remove build outputs and the virtualenv
 	cargo clean
-	rm -rf $(VENV) dist
+	rm -rf $(VENV) dist .venv-wheel-*

@@ -53,7 +53,7 @@ def classify(cls: type) -> int:
     their class's name and that dict)."""
     plain = (
         getattr(cls, "update", None) is BaseTask.update
-        and cls.__setattr__ is object.__setattr__
+        and getattr(cls, "__setattr__", None) is object.__setattr__
         and getattr(cls, "__dictoffset__", 0) != 0
     )
     fast = (
@@ -76,7 +76,7 @@ def _pickles_as_its_dict(cls: type) -> bool:
         cls.__reduce_ex__ is object.__reduce_ex__  # type: ignore[comparison-overlap]
         and cls.__reduce__ is object.__reduce__  # type: ignore[comparison-overlap]
         and getattr(cls, "__getstate__", None) is getattr(object, "__getstate__", None)
-        and cls.__new__ is object.__new__
+        and getattr(cls, "__new__", None) is object.__new__
         and not any(hasattr(cls, name) for name in custom)
         and cls not in copyreg.dispatch_table
         and all("__slots__" not in vars(base) for base in cls.__mro__)

@@ -147,6 +147,7 @@ def definition(name: str) -> bytes | str:
     if value is missing:
         return f"module '__main__' has no attribute {name!r}"
     try:
-        return cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+        sent: bytes = cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+        return sent
     except Exception as exc:
         return f"__main__.{name} cannot be sent to workers: {type(exc).__name__}: {exc}"

@@ -231,4 +231,4 @@ def split(payload: bytes) -> tuple[list[Ref], memoryview]:
     (count,) = _COUNT.unpack_from(view)
     end = _COUNT.size + count * _REF.size
     refs = [_REF.unpack_from(view, _COUNT.size + i * _REF.size) for i in range(count)]
-    return refs, view[end:]  # type: ignore[return-value]
+    return refs, view[end:]

@@ -204,9 +204,9 @@ class Supervisor:
                 if self._stop.is_set():
                     return
                 if ready in by_conn:
-                    by_conn[ready].handle_control()  # type: ignore[index]
+                    by_conn[ready].handle_control()
                 elif ready in by_sentinel:
-                    self._died(by_sentinel[ready])  # type: ignore[index]
+                    self._died(by_sentinel[ready])
 
     def _died(self, w: WorkerProcess) -> None:
         w.dead = True

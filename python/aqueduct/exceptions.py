@@ -79,7 +79,8 @@ class HandlerError(FlowError):
         self.exc_message = exc_message
         self.worker_traceback = worker_traceback
 
-    def __reduce__(self):  # keep the attributes across pickling
+    def __reduce__(self) -> tuple[type[HandlerError], tuple[str, str, str, str]]:
+        """Keeps the attributes across pickling."""
         return (
             type(self),
             (self.step, self.exc_type, self.exc_message, self.worker_traceback),

@@ -81,7 +81,7 @@ def _step_name(handler: Any, number: int) -> str:
     get_name = getattr(handler, "get_step_name", None)
     if callable(get_name):
         return str(get_name(number))
-    return BaseTaskHandler.get_step_name.__func__(type(handler), number)  # type: ignore[attr-defined]
+    return str(BaseTaskHandler.get_step_name.__func__(type(handler), number))  # type: ignore[attr-defined]
 
 
 class FlowState(Enum):

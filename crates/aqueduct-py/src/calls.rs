@@ -4,7 +4,10 @@
 //! the 3.11 stable ABI; these functions of it use vectorcall inside.)
 
 use pyo3::exceptions::PyTypeError;
+use std::sync::OnceLock;
+
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
@@ -87,6 +90,14 @@ pub(crate) fn instance_dict<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py,
 
 /// `obj.__dict__ = dict`.
 pub(crate) fn set_instance_dict(obj: &Bound<'_, PyAny>, dict: &Bound<'_, PyDict>) -> PyResult<()> {
+    let py = obj.py();
+    if inline_values(py) {
+        // CPython 3.13's `PyObject_GenericSetDict` stores the dict but leaves
+        // an object's inline values in charge of attribute lookup (a fresh
+        // object's attributes would all be missing); the `__dict__`
+        // descriptor hands the values over to the new dict.
+        return obj.setattr(intern!(py, "__dict__"), dict);
+    }
     // SAFETY: both are live objects; the call takes its own reference to
     // `dict` and returns -1 with an exception set on failure.
     let rc =
@@ -94,6 +105,12 @@ pub(crate) fn set_instance_dict(obj: &Bound<'_, PyAny>, dict: &Bound<'_, PyDict>
     if rc == 0 {
         Ok(())
     } else {
-        Err(PyErr::fetch(obj.py()))
+        Err(PyErr::fetch(py))
     }
+}
+
+/// Whether objects keep their attributes inline, outside any dict (3.13+).
+fn inline_values(py: Python<'_>) -> bool {
+    static INLINE: OnceLock<bool> = OnceLock::new();
+    *INLINE.get_or_init(|| py.version_info() >= (3, 13))
 }

@@ -47,7 +47,10 @@ def get_flow(flow_name: str = FLOW_NAME) -> Callable[[Request], Flow]:
     ``flow: Flow = Depends(get_flow())``."""
 
     def _get_flow(request: Request) -> Flow:
-        return getattr(request.app.state, flow_name)
+        flow = getattr(request.app.state, flow_name)
+        if not isinstance(flow, Flow):
+            raise TypeError(f"app.state.{flow_name} is {type(flow).__name__}, not a Flow")
+        return flow
 
     return _get_flow
 
