@@ -26,11 +26,11 @@ venv: $(PY) ## Create the local virtualenv (.venv) with maturin
 .PHONY: build
 build: $(PY) ## Build the extension in release mode into .venv (with test/dev deps)
 	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH \
-		$(MATURIN) develop --release --quiet --extras test,dev
+		$(MATURIN) develop --release --quiet --extras test,dev --features fault-injection
 
 .PHONY: test
 test: build ## Build, then run cargo test (core) and pytest
-	cargo test -p aqueduct-core
+	cargo test -p aqueduct-core --all-features
 	$(PY) -m pytest tests -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 .PHONY: demo
@@ -64,12 +64,13 @@ soak: build ## A million tasks: RSS and open fds of every process before and aft
 	$(PY) benches/soak.py
 
 .PHONY: lint
-lint: $(PY) ## cargo fmt --check, clippy -D warnings, ruff check + format --check
+lint: $(PY) ## cargo fmt --check, clippy -D warnings, ruff check + format --check, mypy --strict
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --all-features -- -D warnings
 	$(VENV)/bin/ruff check python tests examples benches
 	$(VENV)/bin/ruff format --check python tests examples benches
-	$(VENV)/bin/mypy python/aqueduct
+	$(VENV)/bin/mypy --strict python/aqueduct
 	$(VENV)/bin/mypy --explicit-package-bases examples
 
 .PHONY: fmt

@@ -1,6 +1,7 @@
 """Checks an installed wheel (`make wheel-test`): imports aqueduct from
 site-packages, not the source tree, and serves the README's quick start
-(examples/aiohttp_sum.py) over real HTTP."""
+(examples/aiohttp_sum.py) over real HTTP. A release wheel has no
+fault-injection hooks."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aqueduct
 from aiohttp import ClientSession, web
 from aiohttp_sum import prepare_app
+from aqueduct.testing import fault_injection_available
 
 WHERE = Path(aqueduct.__file__).resolve()
 
 
 async def main() -> None:
     assert "site-packages" in WHERE.parts, f"aqueduct imported from {WHERE}, not the wheel"
+    assert not fault_injection_available(), "a release wheel carries fault-injection hooks"
     runner = web.AppRunner(prepare_app())
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -21,6 +21,7 @@ from aqueduct.exceptions import (
     WorkerDiedError,
     WorkerStartError,
 )
+from aqueduct.testing import abandon_push, fault_injection_available
 from support import (
     DiesOnStart,
     Mortal,
@@ -272,13 +273,16 @@ async def test_tasks_taken_together_still_expire_before_handle(make_flow):
     assert probe.order == 3  # the blocker, the slow one, the probe: never the expired one
 
 
+@pytest.mark.skipif(
+    not fault_injection_available(), reason="built without fault-injection (make build has it)"
+)
 async def test_a_queue_left_mid_push_by_a_dead_worker_is_unblocked(make_flow, tmp_path):
     flow = make_flow(FlowStep(Mortal(str(tmp_path / "starts"))))
     with pytest.raises(WorkerDiedError):
         await asyncio.wait_for(flow.process(Task(-9), timeout_sec=WAIT), WAIT)
     # fault injection: what a producer killed between claiming room in the
     # queue and publishing its message leaves behind
-    flow._queues[0]._abandon_push(100)
+    abandon_push(flow, step=0, payload_len=100)
     task = Task(4)
     started = time.monotonic()
     await asyncio.wait_for(flow.process(task, timeout_sec=WAIT), WAIT)

@@ -21,8 +21,9 @@ from typing import Any
 
 from . import _core
 from ._protocol import decode_error
-from ._shm import SharedMemory, split
-from .exceptions import QueueFullError, TaskSerializationError
+from ._shm import SharedMemory, _set_parent_arena, split
+from ._topology import Topology
+from .exceptions import FlowError, QueueFullError, TaskSerializationError
 from .step import FlowStep
 from .task import BaseTask
 
@@ -93,10 +94,7 @@ class Client:
         slot: int,
         steps: list[FlowStep],
         step_names: list[str],
-        queues: list[Any],
-        doorbell: Any,
-        control: Any,
-        arenas: list[Any],
+        topology: Topology,
         priorities: int,
         reject_when_full: bool,
         queue_size: int | None,
@@ -106,15 +104,15 @@ class Client:
         self.slot = slot
         self._steps = steps
         self._step_names = step_names
-        self._queues = queues[: len(steps)]
-        self._results = queues[len(steps) + slot]
-        self.doorbell = doorbell
-        self._arena = arenas[slot]
-        self._shm = SharedMemory(arenas, own=slot)
+        self._queues = topology.queues[: topology.steps]
+        self._results = topology.result_queue(slot)
+        self.doorbell = topology.doorbells[slot]
+        self._arena = topology.arenas[slot]
+        self._shm = SharedMemory(topology.arenas, own=slot)
         self._priorities = priorities
         self._reject_when_full = reject_when_full
         self._queue_size = queue_size
-        self._clients = len(queues) - len(steps)
+        self._clients = topology.clients
         self._held: dict[int, list[int]] = {}
         self._backlogs: dict[int, collections.deque[Entry]] = {}
         self._classes: dict[type, int] = {}
@@ -123,8 +121,8 @@ class Client:
             slot,
             self._queues,
             self._results,
-            doorbell,
-            control,
+            self.doorbell,
+            topology.control,
             priorities,
             steps[0].handle_condition if steps else _no_step,
             classify,
@@ -133,6 +131,55 @@ class Client:
             spin_us,
             steps[0].batch_size if steps else 1,
         )
+
+    @classmethod
+    def claim(
+        cls,
+        topology: Topology,
+        *,
+        steps: list[FlowStep],
+        step_names: list[str],
+        priorities: int,
+        reject_when_full: bool,
+        queue_size: int | None,
+        metrics: bool,
+        spin_us: int,
+    ) -> Client:
+        """Takes a free client slot of the flow for this process; its arena
+        becomes the one ``share_value`` allocates in."""
+        slot = topology.control.claim_client()
+        if slot >= topology.clients:
+            raise FlowError(
+                f"more processes submit tasks than Flow(clients={topology.clients}) allows"
+            )
+        client = cls(
+            slot=slot,
+            steps=steps,
+            step_names=step_names,
+            topology=topology,
+            priorities=priorities,
+            reject_when_full=reject_when_full,
+            queue_size=queue_size,
+            metrics=metrics,
+            spin_us=spin_us,
+        )
+        _set_parent_arena(topology.arenas[slot])
+        return client
+
+    def close(self) -> dict[str, int]:
+        """Ends the client (the flow stopped): its loop reader goes, the
+        blocks its tasks held are released (the workers that used them are
+        gone). Returns how its tasks ended."""
+        counts = self.core.counts()
+        self.detach()
+        self.release_all()
+        return counts
+
+    def fail_all_threadsafe(self, error: BaseException) -> None:
+        """From any thread: every task this client waits for fails."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.core.fail_all, error)
 
     # -- the event loop ---------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any, final
+from typing import Any, TypedDict, final
 
 # The wire constants (aqueduct-core's wire.rs) and defaults.
 KIND_TASK: int
@@ -19,6 +19,8 @@ PICKLE_PROTOCOL: int
 BUFFER_THRESHOLD: int
 INLINE_LIMIT: int
 DEFAULT_SPIN_US: int
+DEFAULT_RING_SLOTS: int
+DEFAULT_SLOT_BYTES: int
 SUBMIT_SLOW: int
 CLASS_FAST: int
 CLASS_STATE: int
@@ -45,8 +47,8 @@ class Queue:
     @staticmethod
     def create(
         priorities: int = 1,
-        capacity: int = 16384,
-        slot_bytes: int = 256,
+        capacity: int = ...,  # DEFAULT_RING_SLOTS
+        slot_bytes: int = ...,  # DEFAULT_SLOT_BYTES
         max_messages: int = 0,
         spin_us: int = ...,
     ) -> Queue: ...
@@ -70,7 +72,7 @@ class Queue:
     def drain(self, limit: int, control: Control | None = None, step: int = 0) -> list[Message]: ...
     def wait_space(self, timeout: float) -> bool: ...
     def unpublished_heads(self) -> list[tuple[int, int]]: ...
-    def _abandon_push(self, payload_len: int) -> None: ...
+    def _abandon_push(self, payload_len: int) -> None: ...  # fault-injection builds only
     def skip_abandoned(self, ring: int, head: int) -> bool: ...
     def close(self) -> None: ...
 
@@ -150,6 +152,17 @@ class Client:
 Histogram = tuple[int, int, list[int]]
 """``(count, sum, buckets)``; bucket ``i`` counts values below ``2**i``."""
 
+class StepMetricsRaw(TypedDict):
+    """What ``Control.metrics`` reads for one step."""
+
+    handle_us: Histogram
+    batch_us: Histogram
+    batch_size: Histogram
+    transfer_us: Histogram
+    handled: int
+    expired: int
+    cancelled: int
+
 @final
 class Control:
     """A flow's control block: workers' claims, the cancel set, metrics."""
@@ -167,7 +180,7 @@ class Control:
     def claims(self, slot: int) -> list[int]: ...
     def clear_claims(self, slot: int) -> None: ...
     def record_handle(self, step: int, micros: int, tasks: int) -> None: ...
-    def metrics(self, step: int) -> dict[str, object] | None: ...
+    def metrics(self, step: int) -> StepMetricsRaw | None: ...
 
 def monotonic_ns_now() -> int: ...
 def uuid4() -> str | None: ...

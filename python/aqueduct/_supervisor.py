@@ -4,9 +4,9 @@ respawning it — with a backoff, and giving up on a worker that keeps dying."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import collections
-import dataclasses
 import logging
 import os
 import signal
@@ -140,6 +140,21 @@ class Supervisor:
 
     # -- starting ----------------------------------------------------------------
 
+    def start_all(
+        self, specs: list[WorkerSpec], on_start_waits: list[float], deadline: float | None
+    ) -> None:
+        """Starts a worker per spec (``on_start_waits[i]`` seconds pass after
+        the last one of step ``i``) and waits until all are ready."""
+        numbers: dict[int, int] = {}  # workers of each step so far
+        for spec in specs:
+            number = numbers[spec.step_index] = numbers.get(spec.step_index, -1) + 1
+            self.spawn(spec, number)
+            if on_start_waits[spec.step_index] and number == spec.nprocs - 1:
+                time.sleep(on_start_waits[spec.step_index])
+        timeout = None if deadline is None else round(deadline - time.monotonic(), 3)
+        log.info("Waiting for all workers to start up (timeout: %s s)", timeout)
+        self.wait_ready(deadline)
+
     def spawn(self, spec: WorkerSpec, number: int) -> WorkerProcess:
         worker = WorkerProcess(spec, number)
         self._launch(worker)
@@ -258,6 +273,14 @@ class Supervisor:
             if w.process is not None and w.process.is_alive()
         ]
 
+    async def join(self, grace: float) -> None:
+        """Lets the workers exit by themselves (their queues are closed) for
+        at most ``grace`` seconds, then terminates the rest."""
+        deadline = time.monotonic() + grace
+        while (alive := self.sentinels_alive()) and time.monotonic() < deadline:
+            await asyncio.to_thread(wait, alive, deadline - time.monotonic())
+        self.kill_all()
+
     def stop_respawning(self) -> None:
         """From now on exits are expected: no failing of tasks, no respawn."""
         self._respawning = False
@@ -305,9 +328,3 @@ def _close(process: Any) -> None:
         process.close()
     except (ValueError, OSError):
         pass  # still running: kept until it is reaped
-
-
-def with_slot(spec: WorkerSpec, slot: int, clients: int) -> WorkerSpec:
-    """The spec of worker slot ``slot``: its own arena (after the clients')
-    and claim slot."""
-    return dataclasses.replace(spec, own_arena=clients + slot, slot=slot)

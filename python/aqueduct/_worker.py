@@ -18,7 +18,6 @@ import cloudpickle
 from . import _core
 from ._bootstrap import Channel
 from ._protocol import (
-    CLIENT_SHIFT,
     FLAG_REFS,
     FLAGS,
     KIND_DROPPED,
@@ -29,6 +28,7 @@ from ._protocol import (
     resolve_class,
 )
 from ._shm import Ref, SharedMemory, split
+from ._topology import Topology
 from .exceptions import (
     NotRunningError,
     QueueFullError,
@@ -124,16 +124,17 @@ class _Worker:
         self.handler = handler
         # (index, condition) of the steps after this one, for routing
         self.later_conditions = list(enumerate(conditions))[spec.step_index + 1 :]
-        self.queues = [_core.Queue.open(fd, spin_us=spec.spin_us) for fd in spec.queue_fds]
-        self.doorbells = [_core.Doorbell.open(fd) for fd in spec.doorbell_fds]
-        self.nsteps = len(self.queues) - spec.clients
+        self.topology = topology = Topology.open(
+            queue_fds=spec.queue_fds,
+            doorbell_fds=spec.doorbell_fds,
+            control_fd=spec.control_fd,
+            arena_fds=spec.arena_fds,
+            own_arena=spec.own_arena,
+            spin=spec.spin_us,
+        )
+        self.queues = topology.queues
         self.clients = spec.clients
-        self.control = _core.Control.open(spec.control_fd)
-        arenas = [
-            _core.SharedArena.open(fd, own=index == spec.own_arena)
-            for index, fd in enumerate(spec.arena_fds)
-        ]
-        self.shm = SharedMemory(arenas, own=spec.own_arena)
+        self.shm = SharedMemory(topology.arenas, own=spec.own_arena)
         # A step's only process, batching without a timeout, takes up to
         # BURST batches one after the other after one wait, and wakes the
         # next consumers once for all of them. With siblings, each takes one
@@ -143,9 +144,9 @@ class _Worker:
         self.engine = _core.StepWorker(
             spec.step_index,
             spec.slot,
-            self.queues,
-            self.doorbells,
-            self.control,
+            topology.queues,
+            topology.doorbells,
+            topology.control,
             self.later_conditions,
             self,
             spec.batch_size,
@@ -196,7 +197,7 @@ class _Worker:
             if kind & FLAG_REFS:
                 self._retire(split(payload)[0], ())
             self._send_error(key, priority, exc, TaskSerializationError)
-            return self._results_of(key)
+            return self.topology.results_index(key)
 
     def resolve(self, name: bytes) -> Any:
         """The class a ``KIND_STATE`` message names."""
@@ -206,23 +207,12 @@ class _Worker:
         """A task that failed no longer needs its blocks."""
         self._retire(refs, ())
 
-    def _notify(self, index: int) -> None:
-        """Wakes the consumer of queue ``index``: a worker, or a client's loop."""
-        if index >= self.nsteps:
-            self.queues[index].notify(self.doorbells[index - self.nsteps])
-        else:
-            self.queues[index].notify()
-
-    def _results_of(self, key: int) -> int:
-        """Index of the result queue of the client that submitted ``key``."""
-        return self.nsteps + min(key >> CLIENT_SHIFT, self.clients - 1)
-
     def _next_queue(self, task: Any, key: int) -> int:
         """Index of the next step whose condition holds, or of the result queue."""
         for index, condition in self.later_conditions:
             if condition(task):
                 return index
-        return self._results_of(key)
+        return self.topology.results_index(key)
 
     def forward(
         self, task: Any, key: int, kind: int, priority: int, deadline_ns: int, refs: list[Ref]
@@ -241,7 +231,7 @@ class _Worker:
                 exc, TaskTooLargeError | TaskSerializationError | SharedMemoryFullError
             )
             self._send_error(key, priority, exc, type(exc) if passes_as_is else None)
-            return self._results_of(key)
+            return self.topology.results_index(key)
         self._retire(refs, out)
         return index
 
@@ -264,11 +254,11 @@ class _Worker:
             refs, _body = split(payload)
             self._retire(refs, ())
             if any(arena < self.clients for arena, *_rest in refs):
-                index = self._results_of(key)
+                index = self.topology.results_index(key)
                 self._push(self.queues[index], key, 0, KIND_DROPPED, priority, b"")
                 told.add(index)
         for index in told:
-            self._notify(index)
+            self.topology.notify(index)
 
     def _push(
         self, queue: Any, key: int, deadline_ns: int, kind: int, priority: int, payload: bytes
@@ -290,4 +280,5 @@ class _Worker:
 
     def _send_error(self, key: int, priority: int, exc: BaseException, kind: Any = None) -> None:
         payload = encode_error(self.step_name, exc, kind)
-        self._push(self.queues[self._results_of(key)], key, 0, KIND_ERROR, priority, payload)
+        queue = self.queues[self.topology.results_index(key)]
+        self._push(queue, key, 0, KIND_ERROR, priority, payload)

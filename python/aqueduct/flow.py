@@ -9,50 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 import weakref
 from enum import Enum
-from multiprocessing.connection import wait
 from typing import Any, Literal
-
-import cloudpickle
 
 from . import _core
 from ._client import Client
-from ._protocol import CLIENT_SHIFT, KIND_ERROR, MAX_CLIENTS, WorkerSpec, encode_error
-from ._shm import DEFAULT_SHM_SIZE, THRESHOLD, _set_parent_arena, parent_arena
-from ._supervisor import Supervisor, WorkerProcess, with_slot
-from .exceptions import (
-    FlowError,
-    MPStartMethodValueError,
-    NotRunningError,
-    WorkerDiedError,
-)
+from ._flow_metrics import export_periodically, snapshot
+from ._protocol import MAX_CLIENTS
+from ._recovery import Recovery
+from ._shm import DEFAULT_SHM_SIZE, THRESHOLD
+from ._supervisor import Supervisor
+from ._topology import Topology, spin_us
+from .exceptions import FlowError, MPStartMethodValueError, NotRunningError
 from .handler import BaseTaskHandler
 from .logger import log
-from .metrics import (
-    MAIN_PROCESS,
-    Collector,
-    Exporter,
-    FlowMetrics,
-    Histogram,
-    MetricsTypes,
-    StepMetrics,
-)
+from .metrics import Collector, Exporter, FlowMetrics, MetricsTypes
 from .step import FlowStep
 from .task import BaseTask
 
 __all__ = ["Flow", "FlowState", "FlowStep"]
 
 START_METHODS = ("spawn", "fork", "forkserver")
-#: Slots per priority ring of every queue (x SLOT_BYTES = 4 MiB a ring); a
-#: message may take up to half the ring.
-QUEUE_SLOTS = 16_384
-SLOT_BYTES = 256
-#: How long a worker with an empty queue may spin (yielding the core between
-#: checks) before it sleeps on its futex, while spinning pays (see the core's
-#: spin.rs); AQUEDUCT_SPIN_US overrides it, 0 turns spinning off.
+#: How long a worker with an empty queue may spin before it sleeps (see
+#: ``_topology.spin_us``); AQUEDUCT_SPIN_US overrides it, 0 turns it off.
 DEFAULT_SPIN_US = _core.DEFAULT_SPIN_US
 #: How long the parent, with a single task in flight, spins on the result
 #: queue before going back to its event loop (a kernel wake-up costs more).
@@ -62,26 +43,35 @@ PARENT_SPIN_PER_STEP_US = 30
 WORKER_EXIT_TIMEOUT = 5.0
 
 
-def _spin_us() -> int:
-    try:
-        return max(0, int(os.environ.get("AQUEDUCT_SPIN_US", DEFAULT_SPIN_US)))
-    except ValueError:
-        return DEFAULT_SPIN_US
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def _step_name(handler: Any, number: int) -> str:
     get_name = getattr(handler, "get_step_name", None)
     if callable(get_name):
         return str(get_name(number))
     return str(BaseTaskHandler.get_step_name.__func__(type(handler), number))  # type: ignore[attr-defined]
+
+
+def _check_arguments(
+    queue_size: int | None,
+    queue_priorities: int,
+    mp_start_method: str,
+    shm_size: int,
+    queue_full: str,
+    clients: int,
+) -> None:
+    if mp_start_method not in START_METHODS:
+        raise MPStartMethodValueError(
+            f"mp_start_method must be one of {START_METHODS}, got {mp_start_method!r}"
+        )
+    if queue_size is not None and int(queue_size) < 1:
+        raise ValueError(f"queue_size must be >= 1 or None, got {queue_size}")
+    if not 1 <= int(queue_priorities) <= 64:
+        raise ValueError(f"queue_priorities must be in 1..64, got {queue_priorities}")
+    if queue_full not in ("wait", "reject"):
+        raise ValueError(f"queue_full must be 'wait' or 'reject', got {queue_full!r}")
+    if not 1 <= int(clients) <= MAX_CLIENTS:
+        raise ValueError(f"clients must be in 1..{MAX_CLIENTS}, got {clients}")
+    if int(shm_size) < THRESHOLD:
+        raise ValueError(f"shm_size must be >= {THRESHOLD} bytes, got {shm_size}")
 
 
 class FlowState(Enum):
@@ -104,14 +94,20 @@ class Flow:
     Workers start with ``mp_start_method``: ``'spawn'`` (the default) and
     ``'forkserver'`` start fresh interpreters on aqueduct's own entry point,
     which never run the user's script; ``'fork'`` forks, as upstream did.
+
+    The flow's jobs live in rooms of their own: the shared memory and its
+    layout in ``Topology``, this process's submitting and settling in
+    ``Client``, worker processes in ``Supervisor``, what to do when they die
+    in ``Recovery``, metrics in ``_flow_metrics``; this class ties them to
+    the flow's states.
     """
 
     def __init__(
         self,
         *steps: FlowStep | BaseTaskHandler,
         metrics_enabled: bool = True,
-        metrics_collector: Any = None,
-        metrics_exporter: Any = None,
+        metrics_collector: Collector | None = None,
+        metrics_exporter: Exporter | None = None,
         queue_size: int | None = None,
         queue_priorities: int = 1,
         mp_start_method: Literal["fork", "spawn", "forkserver"] = "spawn",
@@ -119,14 +115,9 @@ class Flow:
         queue_full: Literal["wait", "reject"] = "wait",
         clients: int = 1,
     ) -> None:
-        if mp_start_method not in START_METHODS:
-            raise MPStartMethodValueError(
-                f"mp_start_method must be one of {START_METHODS}, got {mp_start_method!r}"
-            )
-        if queue_size is not None and int(queue_size) < 1:
-            raise ValueError(f"queue_size must be >= 1 or None, got {queue_size}")
-        if not 1 <= int(queue_priorities) <= 64:
-            raise ValueError(f"queue_priorities must be in 1..64, got {queue_priorities}")
+        _check_arguments(
+            queue_size, queue_priorities, mp_start_method, shm_size, queue_full, clients
+        )
         self._steps: list[FlowStep] = [
             step if isinstance(step, FlowStep) else FlowStep(step) for step in steps
         ]
@@ -134,18 +125,8 @@ class Flow:
             _step_name(step.handler, number) for number, step in enumerate(self._steps, 1)
         ]
         self._queue_size = queue_size
-        if queue_full not in ("wait", "reject"):
-            raise ValueError(f"queue_full must be 'wait' or 'reject', got {queue_full!r}")
         self._reject_when_full = queue_full == "reject"
-        if not 1 <= int(clients) <= MAX_CLIENTS:
-            raise ValueError(f"clients must be in 1..{MAX_CLIENTS}, got {clients}")
         self._clients = int(clients)
-        # this process's client slot, taken on its first process() call (a
-        # process forked from this one takes its own: see _forget_clients)
-        self._client: Client | None = None
-        self._owner_pid = os.getpid()  # the process that runs the workers
-        if int(shm_size) < THRESHOLD:
-            raise ValueError(f"shm_size must be >= {THRESHOLD} bytes, got {shm_size}")
         self._shm_size = int(shm_size)
         self._queue_priorities = int(queue_priorities)
         self._mp_start_method = mp_start_method
@@ -154,20 +135,19 @@ class Flow:
             log.warning("Metrics collecting is disabled")
             self._metrics_collector = Collector(collectible_metrics=[])
         self._collect_metrics = self._metrics_collector.is_collectible(MetricsTypes.TASK_TIMERS)
-        self._metrics_exporter: Exporter | None = metrics_exporter
+        self._metrics_exporter = metrics_exporter
         self._export_task: asyncio.Task[None] | None = None
 
         self._state = FlowState.STOPPED
+        self._owner_pid = os.getpid()  # the process that runs the workers
+        self._topology: Topology | None = None
         self._supervisor: Supervisor | None = None
-        self._control: Any = None
-        self._broken: str | None = None
-        self._deaths = 0  # worker deaths seen (enables the unwedging check)
-        self._unpublished: set[tuple[int, int, int]] = set()
+        self._recovery: Recovery | None = None
+        # this process's client slot, taken on its first process() call (a
+        # process forked from this one takes its own: see _forget_clients)
+        self._client: Client | None = None
         # how earlier clients of this process ended their tasks
         self._counts = dict.fromkeys(("done", "failed", "timeout", "cancelled"), 0)
-        self._queues: list[Any] = []  # step input queues, then a result queue per client
-        self._doorbells: list[Any] = []
-        self._arenas: list[Any] = []
         _FLOWS.add(self)
 
     # -- state ---------------------------------------------------------------
@@ -184,7 +164,7 @@ class Flow:
     def failure(self) -> str | None:
         """Why the flow cannot serve although it runs (a step whose workers
         keep dying), or None. Integrations stop the app on it."""
-        return self._broken
+        return self._recovery.broken if self._recovery is not None else None
 
     @property
     def task_counts(self) -> dict[str, int]:
@@ -201,7 +181,7 @@ class Flow:
     def shm_used(self) -> int:
         """Bytes of shared memory held by buffers now: in the workers' arenas
         of this flow and in this process's arena (shared by its flows)."""
-        return sum(arena.used for arena in self._arenas)
+        return self._topology.shm_used if self._topology is not None else 0
 
     @property
     def are_steps_initialized(self) -> bool:
@@ -226,14 +206,13 @@ class Flow:
         log.info("Flow is starting")
         self._state = FlowState.STARTING
         try:
-            self._spawn_workers(timeout)
+            supervisor = self._spawn_workers(timeout)
         except BaseException:
             self._kill_workers()
-            self._release_queues()
+            self._topology = self._recovery = None
             self._state = FlowState.STOPPED
             raise
-        assert self._supervisor is not None
-        self._supervisor.start_monitor()
+        supervisor.start_monitor()
         self._state = FlowState.STEPS_INITIALIZED
 
     def start_inited(self) -> None:
@@ -243,150 +222,61 @@ class Flow:
         self._state = FlowState.RUNNING
         log.info("Flow was started")
 
-    def _spawn_workers(self, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        spin = _spin_us()
-        slots = QUEUE_SLOTS
-        max_messages = self._queue_size or 0
-        self._queues = [
-            _core.Queue.create(self._queue_priorities, slots, SLOT_BYTES, max_messages, spin)
-            for _ in self._steps
-        ]
-        for _ in range(self._clients):  # a result queue and a doorbell per client
-            self._queues.append(_core.Queue.create(1, slots, SLOT_BYTES, 0, spin))
-            self._doorbells.append(_core.Doorbell())
-        nworkers = sum(step.nprocs for step in self._steps)
-        # metrics for each step and the result queue, or none at all
-        metric_steps = len(self._steps) + 1 if self._collect_metrics else 0
-        self._control = _core.Control.create(nworkers, metric_steps)
-        self._arenas = [parent_arena(self._shm_size)] + [
-            _core.SharedArena.create(self._shm_size, True)
-            for _ in range(self._clients - 1 + nworkers)
-        ]
+    def _spawn_workers(self, timeout: float | None) -> Supervisor:
+        spin = spin_us()
+        topology = self._topology = Topology.create(
+            steps=len(self._steps),
+            clients=self._clients,
+            workers=sum(step.nprocs for step in self._steps),
+            priorities=self._queue_priorities,
+            queue_size=self._queue_size,
+            shm_size=self._shm_size,
+            # metrics for each step and the result queue, or none at all
+            metric_steps=len(self._steps) + 1 if self._collect_metrics else 0,
+            spin=spin,
+        )
         self._owner_pid = os.getpid()
         self._client = None  # a client slot is taken on the first process() call
-        try:
-            conditions_blob = cloudpickle.dumps([s.handle_condition for s in self._steps])
-        except Exception as exc:
-            raise FlowError(f"cannot pickle the steps' handle_condition: {exc}") from exc
-        self._supervisor = Supervisor(
+        recovery = self._recovery = Recovery(topology, self._serving, self._fail_callers)
+        supervisor = self._supervisor = Supervisor(
             self._mp_start_method,
-            self._control,
-            self._on_worker_death,
-            self._on_step_down,
-            self._unwedge_queues,
+            topology.control,
+            recovery.worker_died,
+            recovery.step_down,
+            recovery.unwedge_queues,
         )
-        slot = 0
-        for index, step in enumerate(self._steps):
-            try:
-                handler_blob = cloudpickle.dumps(step.handler)
-            except Exception as exc:
-                name = self._step_names[index]
-                raise FlowError(f"cannot pickle handler of {name}: {exc}") from exc
-            spec = WorkerSpec(
-                step_index=index,
-                step_name=self._step_names[index],
-                handler_blob=handler_blob,
-                conditions_blob=conditions_blob,
-                batch_size=step.batch_size,
-                batch_timeout=step.batch_timeout,
-                nprocs=step.nprocs,
-                queue_fds=[q.fd for q in self._queues],
-                doorbell_fds=[d.fd for d in self._doorbells],
-                clients=self._clients,
-                arena_fds=[a.fd for a in self._arenas],
-                own_arena=0,
-                control_fd=self._control.fd,
-                slot=0,
-                parent_pid=os.getpid(),
-                log_level=log.getEffectiveLevel(),
-                spin_us=spin,
-                sys_path=list(sys.path),
-            )
-            for number in range(step.nprocs):
-                self._supervisor.spawn(with_slot(spec, slot, self._clients), number)
-                slot += 1
-            if step.on_start_wait:
-                time.sleep(step.on_start_wait)
-        log.info("Waiting for all workers to start up (timeout: %s s)", timeout)
-        self._supervisor.wait_ready(deadline)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        supervisor.start_all(
+            topology.worker_specs(self._steps, self._step_names, spin),
+            [step.on_start_wait for step in self._steps],
+            deadline,
+        )
+        return supervisor
 
-    def _become_client(self) -> Client:
+    def _serving(self) -> bool:
+        return self._state in (FlowState.RUNNING, FlowState.STEPS_INITIALIZED)
+
+    def _fail_callers(self, error: FlowError) -> None:
+        """Any thread: every task this process's client waits for fails."""
+        if self._client is not None:
+            self._client.fail_all_threadsafe(error)
+
+    def _become_client(self, topology: Topology) -> Client:
         """First ``process`` call in this process — the one that started the
         flow, or one forked from it after the start (a web server's worker):
         take a client slot of our own — its result queue, doorbell and arena."""
-        slot = self._control.claim_client()
-        if slot >= self._clients:
-            raise FlowError(
-                f"more processes submit tasks than Flow(clients={self._clients}) allows"
-            )
         self._export_task = None
-        self._client = Client(
-            slot=slot,
+        self._client = Client.claim(
+            topology,
             steps=self._steps,
             step_names=self._step_names,
-            queues=self._queues,
-            doorbell=self._doorbells[slot],
-            control=self._control,
-            arenas=self._arenas,
             priorities=self._queue_priorities,
             reject_when_full=self._reject_when_full,
             queue_size=self._queue_size,
             metrics=self._collect_metrics,
             spin_us=PARENT_SPIN_BASE_US + PARENT_SPIN_PER_STEP_US * len(self._steps),
         )
-        _set_parent_arena(self._arenas[slot])  # share_value() allocates there now
         return self._client
-
-    def _on_worker_death(self, worker: WorkerProcess, how: str, keys: list[int]) -> None:
-        """Monitor thread: a worker died. Each task it held fails at once (an
-        error in its client's result queue, whichever process that is); the
-        supervisor respawns the worker."""
-        if self._state not in (FlowState.RUNNING, FlowState.STEPS_INITIALIZED):
-            return
-        self._deaths += 1
-        pid = worker.process.pid
-        name = worker.step_name
-        log.error("The process %s of %s died (%s) holding %d task(s)", pid, name, how, len(keys))
-        died = WorkerDiedError(f"{name}: worker {pid} died ({how}) while handling the task")
-        payload = encode_error(name, died, WorkerDiedError)
-        touched = set()
-        for key in keys:
-            client = min(key >> CLIENT_SHIFT, self._clients - 1)
-            try:
-                self._queues[len(self._steps) + client].push(key, 0, KIND_ERROR, 0, payload)
-                touched.add(client)
-            except Exception:
-                log.exception("could not report the lost task %s", key)
-        for client in touched:
-            self._queues[len(self._steps) + client].notify(self._doorbells[client])
-        if worker.spec.own_arena < len(self._arenas):
-            self._arenas[worker.spec.own_arena].free_keys(keys)
-
-    def _unwedge_queues(self) -> None:
-        """Monitor thread, every tick: a worker killed in the instant between
-        claiming room in a queue and publishing its message leaves that queue
-        stuck at it. After a death, a head seen unpublished on two ticks in a
-        row is such a leftover, and becomes a message consumers skip."""
-        if not self._deaths:
-            return
-        seen = {
-            (index, ring, head)
-            for index, queue in enumerate(self._queues)
-            for ring, head in queue.unpublished_heads()
-        }
-        for index, ring, head in seen & self._unpublished:
-            if self._queues[index].skip_abandoned(ring, head):
-                log.warning("Skipped a message a dead worker left unfinished in queue %d", index)
-        self._unpublished = seen
-
-    def _on_step_down(self, step_name: str) -> None:
-        """Monitor thread: every worker of a step keeps dying."""
-        self._broken = f"{step_name} is down: its workers keep dying (see the log)"
-        client = self._client
-        loop = client.loop if client is not None else None
-        if client is not None and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(client.core.fail_all, FlowError(self._broken))
 
     # -- processing ----------------------------------------------------------
 
@@ -399,9 +289,10 @@ class Flow:
             raise NotRunningError(f"Flow is not running (state: {self._state.value})")
         client = self._client
         if client is None:
-            client = self._become_client()
-        if self._broken is not None:
-            raise FlowError(self._broken)
+            assert self._topology is not None
+            client = self._become_client(self._topology)
+        if self._recovery is not None and self._recovery.broken is not None:
+            raise FlowError(self._recovery.broken)
         if not timeout_sec or timeout_sec <= 0:
             raise ValueError(f"timeout_sec must be > 0, got {timeout_sec!r}")
         loop = asyncio.get_running_loop()
@@ -425,15 +316,12 @@ class Flow:
         return True
 
     def _attach_loop(self, client: Client, loop: asyncio.AbstractEventLoop) -> None:
-        if self._export_task is not None:
-            try:
-                self._export_task.cancel()
-            except RuntimeError:  # its loop is closed already
-                pass
-            self._export_task = None
+        self._cancel_export()
         client.attach(loop)
         if self._metrics_exporter is not None:
-            self._export_task = loop.create_task(self._export_metrics(self._metrics_exporter))
+            self._export_task = loop.create_task(
+                export_periodically(self.metrics, self._metrics_exporter)
+            )
 
     # -- stop ----------------------------------------------------------------
 
@@ -441,7 +329,7 @@ class Flow:
         """Stops the flow. ``graceful``: let queued tasks finish (each within
         its own timeout) first; otherwise fail them at once with ``FlowError``.
         Worker processes are gone when this returns."""
-        if self._state not in (FlowState.RUNNING, FlowState.STEPS_INITIALIZED):
+        if not self._serving():
             log.info("Flow is not running")
             return
         client = self._client
@@ -462,112 +350,56 @@ class Flow:
             client.core.fail_all(FlowError("Flow was stopped"))
         if self._supervisor is not None:
             self._supervisor.stop_respawning()
-        for queue in self._queues:
-            queue.close()
-        await self._join_workers()
+        if self._topology is not None:
+            self._topology.close()
+        if self._supervisor is not None:
+            await self._supervisor.join(WORKER_EXIT_TIMEOUT)
+            self._supervisor = None
         self._drop_client()
-        self._release_queues()
+        self._topology = self._recovery = None
         self._state = FlowState.STOPPED
         log.info("Flow was stopped")
-
-    async def _join_workers(self) -> None:
-        """Lets workers exit by themselves (bounded), then terminates the rest."""
-        supervisor = self._supervisor
-        if supervisor is not None:
-            deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
-            while (alive := supervisor.sentinels_alive()) and time.monotonic() < deadline:
-                await asyncio.to_thread(wait, alive, deadline - time.monotonic())
-        self._kill_workers()
 
     def _kill_workers(self) -> None:
         if self._supervisor is not None:
             self._supervisor.kill_all()
             self._supervisor = None
 
-    # -- metrics -----------------------------------------------------------------
+    def _cancel_export(self) -> None:
+        if self._export_task is not None:
+            try:
+                self._export_task.cancel()
+            except RuntimeError:  # its loop is closed already
+                pass
+            self._export_task = None
 
-    @property
-    def _metrics_control(self) -> Any:
-        return self._control if self._collect_metrics else None
+    def _drop_client(self) -> None:
+        """Ends this process's client: its loop reader and timer go, its
+        counts are kept."""
+        self._cancel_export()
+        client, self._client = self._client, None
+        if client is not None:
+            for name, value in client.close().items():
+                self._counts[name] += value
+
+    # -- metrics -----------------------------------------------------------------
 
     def metrics(self) -> FlowMetrics | None:
         """A snapshot of what the flow recorded since it started (None when
         it is not started or metrics are off): per step handle, batch and
         queue times, batch sizes, tasks handled / expired / cancelled, queue
         sizes; how tasks ended; resident memory per process."""
-        control = self._metrics_control
-        if control is None or self._supervisor is None:
+        topology, supervisor = self._topology, self._supervisor
+        if not self._collect_metrics or topology is None or supervisor is None:
             return None
-        collector = self._metrics_collector
-        steps = []
-        names = [*self._step_names, MAIN_PROCESS]
-        for index, name in enumerate(names):
-            raw = control.metrics(index)
-            if raw is None:
-                continue
-            queue_size = len(self._queues[index]) if index < len(self._queues) else 0
-            if not collector.is_collectible(MetricsTypes.QUEUE_SIZE):
-                queue_size = 0
-            steps.append(
-                StepMetrics(
-                    name=name,
-                    handle_us=Histogram.from_raw(raw["handle_us"]),
-                    batch_us=Histogram.from_raw(raw["batch_us"]),
-                    batch_size=Histogram.from_raw(raw["batch_size"]),
-                    transfer_us=Histogram.from_raw(raw["transfer_us"]),
-                    handled=raw["handled"],
-                    expired=raw["expired"],
-                    cancelled=raw["cancelled"],
-                    queue_size=queue_size,
-                )
-            )
-        memory: dict[str, int] = {}
-        if collector.is_collectible(MetricsTypes.MEMORY_USAGE):
-            memory[MAIN_PROCESS] = _rss_bytes(os.getpid())
-            for w in self._supervisor.workers:
-                label = w.step_name if w.spec.nprocs == 1 else f"{w.step_name}_{w.number}"
-                if w.process is not None and w.process.pid:
-                    memory[label] = _rss_bytes(w.process.pid)
-        tasks = self.task_counts if collector.is_collectible(MetricsTypes.TASKS) else {}
-        return FlowMetrics(steps=steps, tasks=tasks, memory=memory)
-
-    async def _export_metrics(self, exporter: Exporter) -> None:
-        """Every ``export_period`` seconds, hands the exporter what changed."""
-        last = self.metrics()
-        if last is not None:
-            last = last.zero()  # the first export tells everything so far
-        while last is not None:
-            await asyncio.sleep(exporter.export_period)
-            now = self.metrics()
-            if now is None:
-                return
-            try:
-                exporter.export(now - last)
-            except Exception:
-                log.exception("metrics exporter failed")
-            last = now
-
-    def _drop_client(self) -> None:
-        """Ends this process's client: its loop reader and timer go, its
-        counts are kept."""
-        if self._export_task is not None:
-            try:
-                self._export_task.cancel()
-            except RuntimeError:
-                pass
-            self._export_task = None
-        client, self._client = self._client, None
-        if client is not None:
-            for name, value in client.core.counts().items():
-                self._counts[name] += value
-            client.detach()
-            client.release_all()  # the workers that used them are gone
-
-    def _release_queues(self) -> None:
-        self._broken = None
-        self._queues = []
-        self._arenas = []
-        self._doorbells = []
+        return snapshot(
+            control=topology.control,
+            step_names=self._step_names,
+            queues=topology.queues,
+            collector=self._metrics_collector,
+            workers=supervisor.workers,
+            task_counts=lambda: self.task_counts,
+        )
 
 
 #: Every Flow of this process, to forget their clients in a forked child.

@@ -83,6 +83,12 @@ impl Message {
     }
 }
 
+/// Slots per priority ring of a flow's queues (x [`DEFAULT_SLOT_BYTES`] =
+/// 4 MiB a ring); a message may take up to half a ring.
+pub const DEFAULT_RING_SLOTS: u64 = 16_384;
+/// Bytes per ring slot of a flow's queues.
+pub const DEFAULT_SLOT_BYTES: u64 = 256;
+
 /// Shape of a queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueConfig {
@@ -100,8 +106,8 @@ impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             priorities: 1,
-            capacity: 16_384,
-            slot_bytes: 256,
+            capacity: DEFAULT_RING_SLOTS,
+            slot_bytes: DEFAULT_SLOT_BYTES,
             max_messages: 0,
         }
     }
@@ -445,7 +451,7 @@ impl TaskQueue {
     }
 
     /// Leaves an unfinished message in ring 0, as a producer killed mid-push.
-    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
     pub fn abandon_push(&self, payload_len: usize) -> Result<()> {
         self.header().count.0.fetch_add(1, Ordering::Relaxed);
         self.rings[0].claim_and_abandon(HEADER_BYTES + payload_len)

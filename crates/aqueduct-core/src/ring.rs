@@ -302,7 +302,7 @@ impl Ring {
 
     /// Claims room for a message of `len` bytes and never publishes it: what
     /// a producer killed mid-push leaves behind. For tests of the recovery.
-    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
     pub fn claim_and_abandon(&self, len: usize) -> Result<()> {
         let n = self.layout.slots_for(len);
         let tail = &self.header().tail.0;

@@ -181,6 +181,7 @@ fn many_producers_and_consumers_lose_and_duplicate_nothing() {
     assert_eq!(all, expected);
 }
 
+#[cfg(feature = "fault-injection")]
 #[test]
 fn a_message_abandoned_by_a_dead_producer_can_be_skipped() {
     let q = queue(64, 64);
@@ -210,6 +211,7 @@ fn a_message_abandoned_by_a_dead_producer_can_be_skipped() {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 #[test]
 fn an_abandoned_last_message_is_skipped_up_to_the_tail() {
     let q = queue(16, 64);

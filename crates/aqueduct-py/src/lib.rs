@@ -113,6 +113,14 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(uuid4, m)?)?;
     m.add_function(wrap_pyfunction!(state_fields, m)?)?;
     m.add("DEFAULT_SPIN_US", aqueduct_core::spin::DEFAULT_SPIN_US)?;
+    m.add(
+        "DEFAULT_RING_SLOTS",
+        aqueduct_core::queue::DEFAULT_RING_SLOTS,
+    )?;
+    m.add(
+        "DEFAULT_SLOT_BYTES",
+        aqueduct_core::queue::DEFAULT_SLOT_BYTES,
+    )?;
     // the wire constants, defined once in the core
     use aqueduct_core::wire;
     m.add("KIND_TASK", wire::KIND_TASK)?;

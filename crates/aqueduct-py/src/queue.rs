@@ -4,6 +4,7 @@
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
+use aqueduct_core::queue::{DEFAULT_RING_SLOTS, DEFAULT_SLOT_BYTES};
 use aqueduct_core::spin::DEFAULT_SPIN_US;
 use aqueduct_core::{monotonic_ns, EventFd, MessageHeader, QueueConfig, TaskQueue, Wait};
 use pyo3::prelude::*;
@@ -79,7 +80,7 @@ impl Queue {
     /// Creates a queue: `priorities` rings of `capacity` slots of `slot_bytes`,
     /// holding at most `max_messages` messages (0 = as many as fit).
     #[staticmethod]
-    #[pyo3(signature = (priorities=1, capacity=16384, slot_bytes=256, max_messages=0, spin_us=DEFAULT_SPIN_US))]
+    #[pyo3(signature = (priorities=1, capacity=DEFAULT_RING_SLOTS, slot_bytes=DEFAULT_SLOT_BYTES, max_messages=0, spin_us=DEFAULT_SPIN_US))]
     fn create(
         priorities: u32,
         capacity: u64,
@@ -215,6 +216,7 @@ impl Queue {
 
     /// Fault injection for tests: leaves an unfinished message, as a producer
     /// killed mid-push would.
+    #[cfg(feature = "fault-injection")]
     fn _abandon_push(&self, payload_len: usize) -> PyResult<()> {
         self.inner.abandon_push(payload_len).map_err(to_py_err)
     }

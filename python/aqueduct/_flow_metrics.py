@@ -1,0 +1,96 @@
+"""A flow's metrics: reading what steps recorded in shared memory into a
+:class:`FlowMetrics`, and handing an exporter what changed every period."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterable
+
+from . import _core
+from ._supervisor import WorkerProcess
+from .logger import log
+from .metrics import (
+    MAIN_PROCESS,
+    Collector,
+    Exporter,
+    FlowMetrics,
+    Histogram,
+    MetricsTypes,
+    StepMetrics,
+)
+
+__all__ = ["export_periodically", "snapshot"]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of process ``pid`` (0 when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def snapshot(
+    *,
+    control: _core.Control,
+    step_names: list[str],
+    queues: list[_core.Queue],
+    collector: Collector,
+    workers: Iterable[WorkerProcess],
+    task_counts: Callable[[], dict[str, int]],
+) -> FlowMetrics:
+    """What the flow recorded since it started: per step (and, as
+    ``MAIN_PROCESS``, the result queue) handle, batch and queue times, batch
+    sizes, tasks handled / expired / cancelled, queue sizes; how tasks
+    ended; resident memory per process."""
+    steps = []
+    for index, name in enumerate([*step_names, MAIN_PROCESS]):
+        raw = control.metrics(index)
+        if raw is None:
+            continue
+        queue_size = 0
+        if index < len(queues) and collector.is_collectible(MetricsTypes.QUEUE_SIZE):
+            queue_size = len(queues[index])
+        steps.append(
+            StepMetrics(
+                name=name,
+                handle_us=Histogram.from_raw(raw["handle_us"]),
+                batch_us=Histogram.from_raw(raw["batch_us"]),
+                batch_size=Histogram.from_raw(raw["batch_size"]),
+                transfer_us=Histogram.from_raw(raw["transfer_us"]),
+                handled=raw["handled"],
+                expired=raw["expired"],
+                cancelled=raw["cancelled"],
+                queue_size=queue_size,
+            )
+        )
+    memory: dict[str, int] = {}
+    if collector.is_collectible(MetricsTypes.MEMORY_USAGE):
+        memory[MAIN_PROCESS] = rss_bytes(os.getpid())
+        for w in workers:
+            label = w.step_name if w.spec.nprocs == 1 else f"{w.step_name}_{w.number}"
+            if w.process is not None and w.process.pid:
+                memory[label] = rss_bytes(w.process.pid)
+    tasks = task_counts() if collector.is_collectible(MetricsTypes.TASKS) else {}
+    return FlowMetrics(steps=steps, tasks=tasks, memory=memory)
+
+
+async def export_periodically(read: Callable[[], FlowMetrics | None], exporter: Exporter) -> None:
+    """Every ``export_period`` seconds, hands the exporter what changed
+    since the last time (the first time: everything so far), until ``read``
+    returns None (the flow stopped)."""
+    last = read()
+    if last is not None:
+        last = last.zero()
+    while last is not None:
+        await asyncio.sleep(exporter.export_period)
+        now = read()
+        if now is None:
+            return
+        try:
+            exporter.export(now - last)
+        except Exception:
+            log.exception("metrics exporter failed")
+        last = now
