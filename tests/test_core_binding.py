@@ -10,7 +10,7 @@ import time
 
 import pytest
 from aqueduct import _core
-from aqueduct.exceptions import QueueFullError, TaskTooLargeError
+from aqueduct.exceptions import TaskTooLargeError
 
 
 class NoSlowPath:
@@ -92,12 +92,30 @@ def test_signal_handlers_run_during_a_wait_without_deadline():
         signal.signal(signal.SIGALRM, previous)
 
 
+def message(key: int, payload: bytes = b"", **fields: int) -> _core.Message:
+    return _core.Message(key=key, kind=_core.KIND_TASK, payload=payload, **fields)
+
+
+def test_a_message_comes_out_as_it_went_in():
+    queue = _core.Queue.create(2, 8, 64)
+    sent = message(7, b"body", priority=1, deadline_ns=123)
+    assert queue.try_push(sent) is True
+    (got,) = queue.drain(4)
+    assert (got.key, got.kind, got.priority, got.deadline_ns, got.payload) == (
+        7,
+        _core.KIND_TASK,
+        1,
+        123,
+        b"body",
+    )
+    assert "key=7" in repr(got)
+
+
 def test_wait_space_is_bounded_and_wakes_on_release():
     queue = _core.Queue.create(1, 4, 64, 2)
-    queue.push(1, 0, 0, 0, b"a")
-    queue.push(2, 0, 0, 0, b"b")
-    with pytest.raises(QueueFullError):
-        queue.push(3, 0, 0, 0, b"c")
+    assert queue.try_push(message(1, b"a")) is True
+    assert queue.try_push(message(2, b"b")) is True
+    assert queue.try_push(message(3, b"c")) is False  # full is an answer, not an error
     started = time.monotonic()
     assert queue.wait_space(0.2) is False
     assert 0.15 <= time.monotonic() - started < 2
@@ -111,13 +129,37 @@ def test_wait_space_is_bounded_and_wakes_on_release():
     thread.start()
     assert queue.wait_space(5) is True
     thread.join(5)
-    queue.push(3, 0, 0, 0, b"c")
+    assert queue.try_push(message(3, b"c")) is True
+
+
+def test_push_waiting_waits_for_room_within_its_bound():
+    queue = _core.Queue.create(1, 4, 64, 1)
+    assert queue.try_push(message(1))
+    started = time.monotonic()
+    assert queue.push_waiting(message(2), 0.2) is False  # no room came
+    assert 0.15 <= time.monotonic() - started < 2
+    expired = message(3, deadline_ns=_core.monotonic_ns_now() + 100_000_000)
+    assert queue.push_waiting(expired, 60) is False  # its own deadline bounds it
+    assert time.monotonic() - started < 3
+
+    def consume() -> None:
+        time.sleep(0.1)
+        queue.drain(1)
+        queue.released()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    assert queue.push_waiting(message(4), 5) is True
+    thread.join(5)
+    assert [m.key for m in queue.drain(4)] == [4]
+    queue.close()
+    assert queue.push_waiting(message(5), 5) is False  # closed: dropped at once
 
 
 def test_errors_map_to_public_exceptions():
     queue = _core.Queue.create(1, 8, 64)
     with pytest.raises(TaskTooLargeError, match="bytes"):
-        queue.push(1, 0, 0, 0, b"x" * (queue.max_payload + 1))
+        queue.try_push(message(1, b"x" * (queue.max_payload + 1)))
     with pytest.raises(ValueError):
         step_worker(queue, batch_size=0)
 

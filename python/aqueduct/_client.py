@@ -32,8 +32,8 @@ CLASS_FAST = _core.CLASS_FAST
 CLASS_PLAIN = 2
 CLASS_STATE = _core.CLASS_STATE
 
-#: A task waiting in a backlog: (future, key, deadline_ns, kind, priority, payload).
-Entry = tuple[Any, int, int, int, int, bytes]
+#: A task waiting in a backlog: its future and its message.
+Entry = tuple["asyncio.Future[Any]", _core.Message]
 
 
 def named(cls: type) -> bool:
@@ -230,7 +230,10 @@ class Client:
         deadline_ns = int(task.expiration_time * 1e9)  # type: ignore[operator]
         future = self.core.register(key, task, timeout_sec, bool(bits & CLASS_PLAIN))
         try:
-            self._submit(first, (future, key, deadline_ns, kind, priority, payload))
+            message = _core.Message(
+                key=key, kind=kind, payload=payload, priority=priority, deadline_ns=deadline_ns
+            )
+            self._submit(first, (future, message))
         except BaseException:
             self._release(key)
             self.core.forget(key)
@@ -252,7 +255,7 @@ class Client:
             backlog.append(entry)
             return
         queue = self._queues[index]
-        if _try_push(queue, entry, self.slot):
+        if _try_push(queue, entry[1], self.slot):
             queue.notify()
         elif self._reject_when_full:
             raise QueueFullError(
@@ -268,12 +271,13 @@ class Client:
             queue = self._queues[index]
             pushed = False
             while backlog:
-                future, key = backlog[0][0], backlog[0][1]
+                future, message = backlog[0]
+                key = message.key
                 if future.done():
                     self._release(key)  # timed out while waiting: never sent
                 else:
                     try:
-                        if not _try_push(queue, backlog[0], self.slot):
+                        if not _try_push(queue, message, self.slot):
                             break
                         pushed = True
                     except Exception as exc:
@@ -340,16 +344,11 @@ def _no_step(task: Any) -> bool:
     return False
 
 
-def _try_push(queue: Any, entry: Entry, client: int) -> bool:
-    """Pushes a backlog entry; False when the queue is full, after asking
-    its consumers to ring the doorbell once they free room (and retrying
-    once, in case they just did)."""
-    _future, key, deadline_ns, kind, priority, payload = entry
-    for attempt in range(2):
-        try:
-            queue.push(key, deadline_ns, kind, priority, payload)
-            return True
-        except QueueFullError:
-            if attempt == 0:
-                queue.want_space(client)
-    return False
+def _try_push(queue: _core.Queue, message: _core.Message, client: int) -> bool:
+    """Pushes a message; False when the queue is full, after asking its
+    consumers to ring the doorbell once they free room (and retrying once,
+    in case they just did)."""
+    if queue.try_push(message):
+        return True
+    queue.want_space(client)
+    return queue.try_push(message)

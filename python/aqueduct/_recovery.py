@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._core import KIND_ERROR
+from ._core import KIND_ERROR, Message
 from ._protocol import encode_error
 from ._supervisor import WorkerProcess
 from ._topology import Topology
@@ -50,9 +50,12 @@ class Recovery:
         touched = set()
         for key in keys:
             index = topology.results_index(key)
+            message = Message(key=key, kind=KIND_ERROR, payload=payload)
             try:
-                topology.queues[index].push(key, 0, KIND_ERROR, 0, payload)
-                touched.add(index)
+                if topology.queues[index].try_push(message):
+                    touched.add(index)
+                    continue
+                log.error("could not report the lost task %s: its result queue is full", key)
             except Exception:
                 log.exception("could not report the lost task %s", key)
         for index in touched:

@@ -30,8 +30,7 @@ from ._protocol import (
 from ._shm import Ref, SharedMemory, split
 from ._topology import Topology
 from .exceptions import (
-    NotRunningError,
-    QueueFullError,
+    FlowError,
     SharedMemoryFullError,
     TaskSerializationError,
     TaskTooLargeError,
@@ -40,13 +39,9 @@ from .logger import log
 
 # How long a worker sleeps with nothing to do before it looks around again.
 IDLE_TIMEOUT = 1.0
-Message = tuple[int, int, int, int, bytes]  # key, kind, priority, deadline_ns, payload
 
 # How many batches a lone worker may take from its queue at once (see _Worker).
 BURST = 16
-# How long a worker waits for room in a full next-step queue when the task
-# has no deadline.
-PUSH_WAIT_NO_DEADLINE = 60.0
 
 
 class _ChannelLogHandler(logging.Handler):
@@ -185,19 +180,17 @@ class _Worker:
 
     # -- the Python half, called by the StepWorker ----------------------------------
 
-    def load(
-        self, key: int, kind: int, priority: int, payload: bytes
-    ) -> tuple[Any, list[Ref]] | int:
+    def load(self, message: _core.Message) -> tuple[Any, list[Ref]] | int:
         """A task whose message refers to shared memory or was pickled by
         value; when it cannot be loaded, its client is told why and the index
         of the queue that went to is returned."""
         try:
-            return self.shm.loads(kind, payload)
+            return self.shm.loads(message.kind, message.payload)
         except Exception as exc:
-            if kind & FLAG_REFS:
-                self._retire(split(payload)[0], ())
-            self._send_error(key, priority, exc, TaskSerializationError)
-            return self.topology.results_index(key)
+            if message.kind & FLAG_REFS:
+                self._retire(split(message.payload)[0], ())
+            self._send_error(message.key, message.priority, exc, TaskSerializationError)
+            return self.topology.results_index(message.key)
 
     def resolve(self, name: bytes) -> Any:
         """The class a ``KIND_STATE`` message names."""
@@ -223,14 +216,20 @@ class _Worker:
             index = self._next_queue(task, key)
             by_value = kind & ~FLAGS == KIND_TASK_BY_VALUE
             kind, payload, out = self.shm.dumps(task, key, by_value)
-            self._push(self.queues[index], key, deadline_ns, kind, priority, payload)
+            self._push(
+                index,
+                _core.Message(
+                    key=key, kind=kind, payload=payload, priority=priority, deadline_ns=deadline_ns
+                ),
+            )
         except Exception as exc:
             self._retire(refs, ())
             self.shm.discard(out)
-            passes_as_is = isinstance(
-                exc, TaskTooLargeError | TaskSerializationError | SharedMemoryFullError
-            )
-            self._send_error(key, priority, exc, type(exc) if passes_as_is else None)
+            # errors of these kinds reach the caller as themselves
+            passes: type[FlowError] | None = None
+            if isinstance(exc, TaskTooLargeError | TaskSerializationError | SharedMemoryFullError):
+                passes = type(exc)
+            self._send_error(key, priority, exc, passes)
             return self.topology.results_index(key)
         self._retire(refs, out)
         return index
@@ -245,40 +244,35 @@ class _Worker:
             if arena >= self.clients and (arena, block) not in kept:
                 self.shm.arenas[arena].free(block)
 
-    def drop(self, expired: list[Message]) -> None:
-        """Expired and cancelled tasks are not handled; their blocks are released."""
+    def drop(self, expired: list[_core.Message]) -> None:
+        """Expired and cancelled tasks are not handled; their blocks are
+        released, and a client whose blocks they held is told."""
         told: set[int] = set()
-        for key, kind, priority, _deadline, payload in expired:
-            if not kind & FLAG_REFS:
+        for message in expired:
+            if not message.kind & FLAG_REFS:
                 continue
-            refs, _body = split(payload)
+            refs, _body = split(message.payload)
             self._retire(refs, ())
             if any(arena < self.clients for arena, *_rest in refs):
-                index = self.topology.results_index(key)
-                self._push(self.queues[index], key, 0, KIND_DROPPED, priority, b"")
+                index = self.topology.results_index(message.key)
+                notice = _core.Message(
+                    key=message.key, kind=KIND_DROPPED, payload=b"", priority=message.priority
+                )
+                self._push(index, notice)
                 told.add(index)
         for index in told:
             self.topology.notify(index)
 
-    def _push(
-        self, queue: Any, key: int, deadline_ns: int, kind: int, priority: int, payload: bytes
-    ) -> None:
-        """Pushes, waiting for room (GIL released) while the task is still wanted."""
-        while True:
-            try:
-                queue.push(key, deadline_ns, kind, priority, payload)
-                return
-            except NotRunningError:
-                return  # the queue was closed: the flow is stopping
-            except QueueFullError:
-                queue.notify()
-                now = _core.monotonic_ns_now()
-                if deadline_ns and now >= deadline_ns:
-                    return  # the caller has given up; drop the task
-                remaining = (deadline_ns - now) / 1e9 if deadline_ns else PUSH_WAIT_NO_DEADLINE
-                queue.wait_space(min(remaining, IDLE_TIMEOUT))
+    def _push(self, index: int, message: _core.Message) -> None:
+        """Pushes into queue ``index``, waiting for room (GIL released) while
+        the task is still wanted: until its deadline, or for the core's
+        ``PUSH_WAIT_NO_DEADLINE`` without one. A closed queue (the flow is
+        stopping) or a caller that gave up drops it."""
+        self.queues[index].push_waiting(message)
 
-    def _send_error(self, key: int, priority: int, exc: BaseException, kind: Any = None) -> None:
+    def _send_error(
+        self, key: int, priority: int, exc: BaseException, kind: type[FlowError] | None = None
+    ) -> None:
         payload = encode_error(self.step_name, exc, kind)
-        queue = self.queues[self.topology.results_index(key)]
-        self._push(queue, key, 0, KIND_ERROR, priority, payload)
+        message = _core.Message(key=key, kind=KIND_ERROR, payload=payload, priority=priority)
+        self._push(self.topology.results_index(key), message)

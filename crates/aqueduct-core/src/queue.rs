@@ -89,6 +89,10 @@ pub const DEFAULT_RING_SLOTS: u64 = 16_384;
 /// Bytes per ring slot of a flow's queues.
 pub const DEFAULT_SLOT_BYTES: u64 = 256;
 
+/// How long a worker waits for room in a full queue to pass on a task that
+/// has no deadline (a task with one waits until its deadline).
+pub const PUSH_WAIT_NO_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Shape of a queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueConfig {

@@ -15,6 +15,7 @@ use pyo3::types::PyType;
 mod calls;
 mod client;
 mod control;
+mod message;
 mod pickle;
 mod queue;
 mod shm;
@@ -102,6 +103,7 @@ fn monotonic_ns_now() -> u64 {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<message::PyMessage>()?;
     m.add_class::<queue::Queue>()?;
     m.add_class::<queue::Doorbell>()?;
     m.add_class::<control::PyControl>()?;

@@ -4,13 +4,14 @@
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
-use aqueduct_core::queue::{DEFAULT_RING_SLOTS, DEFAULT_SLOT_BYTES};
+use aqueduct_core::queue::{DEFAULT_RING_SLOTS, DEFAULT_SLOT_BYTES, PUSH_WAIT_NO_DEADLINE};
 use aqueduct_core::spin::DEFAULT_SPIN_US;
-use aqueduct_core::{monotonic_ns, EventFd, MessageHeader, QueueConfig, TaskQueue, Wait};
+use aqueduct_core::{monotonic_ns, Error, EventFd, QueueConfig, TaskQueue, Wait};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::PyList;
 
 use crate::control::PyControl;
+use crate::message::PyMessage;
 use crate::{deadline_after, dup_fd, signal_checker, to_py_err};
 
 /// The flow's doorbell: an eventfd the parent's event loop watches.
@@ -57,22 +58,16 @@ pub(crate) struct Queue {
     pub(crate) inner: TaskQueue,
 }
 
-type PyMessage<'py> = Bound<'py, PyTuple>;
-
-pub(crate) fn message_tuple<'py>(
+/// Messages taken from a queue, as a Python list of `Message`.
+pub(crate) fn message_list<'py, 'm>(
     py: Python<'py>,
-    m: &aqueduct_core::Message,
-) -> PyResult<PyMessage<'py>> {
-    PyTuple::new(
-        py,
-        [
-            m.header.key.into_pyobject(py)?.into_any(),
-            m.header.kind.into_pyobject(py)?.into_any(),
-            m.header.priority.into_pyobject(py)?.into_any(),
-            m.header.deadline_ns.into_pyobject(py)?.into_any(),
-            PyBytes::new(py, m.payload()).into_any(),
-        ],
-    )
+    messages: impl IntoIterator<Item = &'m aqueduct_core::Message>,
+) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for m in messages {
+        list.append(PyMessage::of(py, m))?;
+    }
+    Ok(list)
 }
 
 #[pymethods]
@@ -132,25 +127,49 @@ impl Queue {
         self.inner.len() as usize
     }
 
-    /// Appends a message; raises `QueueFullError`, `TaskTooLargeError` or
-    /// `NotRunningError` (closed). Wakes nobody: call `notify` after a burst.
-    #[pyo3(signature = (key, deadline_ns, kind, priority, payload))]
-    fn push(
-        &self,
-        key: u64,
-        deadline_ns: u64,
-        kind: u32,
-        priority: u32,
-        payload: &[u8],
-    ) -> PyResult<()> {
-        let header = MessageHeader {
-            key,
-            deadline_ns,
-            kind,
-            priority,
-            enqueued_ns: 0, // set by push
+    /// Appends a message if there is room: False when the queue is full.
+    /// Raises `TaskTooLargeError` (it can never fit) or `NotRunningError`
+    /// (closed). Wakes nobody: call `notify` after a burst.
+    fn try_push(&self, py: Python<'_>, message: &PyMessage) -> PyResult<bool> {
+        match self.inner.push(&message.header(), message.payload(py)) {
+            Ok(()) => Ok(true),
+            Err(Error::Full) => Ok(false),
+            Err(err) => Err(to_py_err(err)),
+        }
+    }
+
+    /// Appends a message, waiting (GIL released) while the queue is full
+    /// and waking its consumers so they make room, until the message's
+    /// deadline or, without one, `timeout` seconds (default: the core's
+    /// `PUSH_WAIT_NO_DEADLINE`). False when it gave up or
+    /// the queue closed; raises `TaskTooLargeError` for a message that can
+    /// never fit, and what a signal handler raised meanwhile.
+    #[pyo3(signature = (message, timeout=PUSH_WAIT_NO_DEADLINE.as_secs_f64()))]
+    fn push_waiting(&self, py: Python<'_>, message: &PyMessage, timeout: f64) -> PyResult<bool> {
+        let header = message.header();
+        let give_up = if header.deadline_ns == 0 {
+            deadline_after(Some(timeout))?
+        } else {
+            Some(header.deadline_ns)
         };
-        self.inner.push(&header, payload).map_err(to_py_err)
+        let payload = message.payload(py);
+        let mut pending = None;
+        let outcome = py.detach(|| {
+            self.inner.push_waiting(
+                &header,
+                &[payload],
+                give_up,
+                &mut signal_checker(&mut pending),
+            )
+        });
+        if let Some(e) = pending {
+            return Err(e);
+        }
+        match outcome {
+            Ok(()) => Ok(true),
+            Err(Error::Full | Error::Closed) => Ok(false),
+            Err(err) => Err(to_py_err(err)),
+        }
     }
 
     /// Wakes a sleeping consumer; rings `doorbell` if its owner armed it.
@@ -173,8 +192,8 @@ impl Queue {
         self.inner.want_space(client);
     }
 
-    /// Takes up to `limit` ready messages without waiting, as
-    /// `(key, kind, priority, deadline_ns, payload)` tuples; with `control`,
+    /// Takes up to `limit` ready messages without waiting, as `Message`s;
+    /// with `control`,
     /// records their time in the queue as step `step`'s transfer time.
     #[pyo3(signature = (limit, control=None, step=0))]
     fn drain<'py>(
@@ -194,7 +213,7 @@ impl Queue {
                     .transfer_us
                     .record(now.saturating_sub(m.header.enqueued_ns) / 1000);
             }
-            list.append(message_tuple(py, &m)?)?;
+            list.append(PyMessage::of(py, &m))?;
         }
         Ok(list)
     }

@@ -29,7 +29,8 @@ use pyo3::types::{PyBytes, PyList};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::control::PyControl;
-use crate::queue::{message_tuple, Doorbell, Queue};
+use crate::message::PyMessage;
+use crate::queue::{message_list, Doorbell, Queue};
 use crate::{deadline_after, pickle, signal_checker};
 
 mod tasks;
@@ -125,10 +126,10 @@ impl StepWorker {
     /// Hands expired or cancelled messages that refer to shared memory to
     /// the Python half, which frees their blocks and tells their clients.
     fn drop_messages(&self, py: Python<'_>, messages: &[Message]) -> PyResult<()> {
-        let list = PyList::empty(py);
-        for m in messages.iter().filter(|m| m.header.kind & FLAG_REFS != 0) {
-            list.append(message_tuple(py, m)?)?;
-        }
+        let list = message_list(
+            py,
+            messages.iter().filter(|m| m.header.kind & FLAG_REFS != 0),
+        )?;
         if !list.is_empty() {
             self.slow
                 .bind(py)
@@ -263,15 +264,10 @@ impl StepWorker {
             let (task, refs, class) = match fast {
                 Some((task, class)) => (task, None, class),
                 None => {
-                    let got = self.slow.bind(py).call_method1(
-                        intern!(py, "load"),
-                        (
-                            header.key,
-                            header.kind,
-                            header.priority,
-                            PyBytes::new(py, payload),
-                        ),
-                    )?;
+                    let got = self
+                        .slow
+                        .bind(py)
+                        .call_method1(intern!(py, "load"), (PyMessage::of(py, message),))?;
                     if let Ok(to) = got.extract::<usize>() {
                         touched |= 1 << to; // the Python half reported the error
                         continue;

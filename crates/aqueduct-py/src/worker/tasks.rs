@@ -1,8 +1,7 @@
 //! A worker's tasks in and out of queue messages: building `KIND_STATE`
 //! tasks, routing handled ones, pushing them on (waiting for room).
 
-use std::time::Duration;
-
+use aqueduct_core::queue::PUSH_WAIT_NO_DEADLINE;
 use aqueduct_core::wire::{
     split_state, state_prefix, INLINE_LIMIT, KIND_ERROR, KIND_STATE, KIND_TASK,
 };
@@ -14,9 +13,6 @@ use pyo3::types::PyBytes;
 use super::{StateClass, StepWorker};
 use crate::calls::{call1, instance_dict, new_instance, set_instance_dict};
 use crate::{pickle, signal_checker, state};
-
-/// How long a push waits for room in a full queue when its task has no deadline.
-const PUSH_WAIT_NO_DEADLINE: Duration = Duration::from_secs(60);
 
 impl StepWorker {
     /// Index of the next step whose condition holds for `task`, or of the
