@@ -1,5 +1,7 @@
-"""The native binding's promises: blocking calls release the GIL and still
-run Python signal handlers; queues are anonymous shared memory."""
+"""The native binding's promises (``aqueduct._core``, typed by its
+``_core.pyi``): blocking calls release the GIL and still run Python signal
+handlers; queues are anonymous shared memory; messages keep their fields;
+arena reference counts stay in range."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import time
 
 import pytest
 from aqueduct import _core
-from aqueduct.exceptions import TaskTooLargeError
+from aqueduct.exceptions import BadReferenceCount, TaskTooLargeError
 
 
 class NoSlowPath:
@@ -178,3 +180,17 @@ def test_the_doorbell_is_an_eventfd_for_the_event_loop():
     bell.signal()
     assert bell.drain() == 2
     assert os.readlink(f"/proc/self/fd/{bell.fd}") == "anon_inode:[eventfd]"
+
+
+def test_a_block_released_more_often_than_retained_is_refused_not_freed():
+    arena = _core.SharedArena.create(1 << 22, True)
+    block = arena.place(b"x" * 100_000, 1)
+    arena.retain(block)
+    arena.release(block)  # the last holder: freed
+    assert arena.used == 0
+    with pytest.raises(BadReferenceCount, match=f"block {block}"):
+        arena.release(block)
+    kept = arena.place(b"y" * 100_000, 2)  # allocated, not yet retained
+    with pytest.raises(BadReferenceCount):
+        arena.release(kept)
+    assert arena.used >= 100_000, "a refused release frees nothing"

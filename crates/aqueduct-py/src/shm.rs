@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::os::raw::c_int;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aqueduct_core::{Arena, Error};
 use pyo3::buffer::PyUntypedBuffer;
@@ -22,16 +22,23 @@ struct ArenaState {
 }
 
 impl ArenaState {
-    /// Applies `change` to a block's holds and frees it when none is left.
-    fn adjust(&self, block: u64, change: impl FnOnce(&mut (u32, u32))) {
-        let Some(holds) = &self.holds else { return };
-        let Ok(mut holds) = holds.lock() else { return };
+    /// Applies `change` to a block's `(views, tasks)` holds and frees the
+    /// block when none is left. `change` returns false, changing nothing,
+    /// when the count would leave its range: then nothing is freed either.
+    fn adjust(&self, block: u64, change: impl FnOnce(&mut (u32, u32)) -> bool) -> bool {
+        let Some(holds) = &self.holds else {
+            return true;
+        };
+        let mut holds = holds.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = holds.entry(block).or_insert((0, 0));
-        change(entry);
+        let in_range = change(entry);
         if *entry == (0, 0) {
             holds.remove(&block);
-            self.arena.free(block);
+            if in_range {
+                self.arena.free(block);
+            }
         }
+        in_range
     }
 }
 
@@ -166,12 +173,31 @@ impl SharedArena {
 
     /// A task in flight now refers to `block` (tracked arenas only).
     fn retain(&self, block: u64) {
-        self.inner.adjust(block, |h| h.1 += 1);
+        self.inner.adjust(block, |h| {
+            h.1 += 1;
+            true
+        });
     }
 
     /// A task that referred to `block` has finished (tracked arenas only).
-    fn release(&self, block: u64) {
-        self.inner.adjust(block, |h| h.1 = h.1.saturating_sub(1));
+    /// Raises `BadReferenceCount` for a block no task holds: freeing it then
+    /// could hand memory someone still reads to the next task.
+    fn release(&self, py: Python<'_>, block: u64) -> PyResult<()> {
+        let released = self.inner.adjust(block, |h| {
+            let held = h.1 > 0;
+            h.1 = h.1.saturating_sub(1);
+            held
+        });
+        if released {
+            return Ok(());
+        }
+        let ty = py
+            .import("aqueduct.exceptions")?
+            .getattr("BadReferenceCount")?;
+        Err(PyErr::from_type(
+            ty.cast_into()?,
+            format!("block {block} released by more tasks than retained it"),
+        ))
     }
 
     /// Frees every block allocated for one of `keys` (tasks a dead worker
@@ -201,7 +227,10 @@ impl SharedArena {
         let ptr = self.inner.arena.ptr_at(offset, len).ok_or_else(|| {
             PyValueError::new_err(format!("range {offset}+{len} is outside the arena"))
         })?;
-        self.inner.adjust(block, |h| h.0 += 1);
+        self.inner.adjust(block, |h| {
+            h.0 += 1;
+            true
+        });
         Ok(ShmView {
             state: Arc::clone(&self.inner),
             block,
@@ -264,7 +293,9 @@ impl ShmView {
 
 impl Drop for ShmView {
     fn drop(&mut self) {
-        self.state
-            .adjust(self.block, |h| h.0 = h.0.saturating_sub(1));
+        self.state.adjust(self.block, |h| {
+            h.0 = h.0.saturating_sub(1);
+            true
+        });
     }
 }
