@@ -3,11 +3,60 @@ what they run must be importable by name (this module is on sys.path)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+import uuid
+from pathlib import Path
 
 from aqueduct import BaseTask, BaseTaskHandler
 from aqueduct.logger import log
+
+
+class Gate:
+    """A handshake between a test and the worker that handles one task, so
+    tests order events across processes without guessing times: the worker
+    marks the gate reached when it starts on the task, then holds the task
+    until the test opens the gate (at most ``HOLD_LIMIT`` seconds)."""
+
+    HOLD_LIMIT = 15.0
+
+    def __init__(self, directory: str | Path) -> None:
+        name = uuid.uuid4().hex
+        self.reached_path = str(Path(directory) / f"gate-{name}-reached")
+        self.open_path = str(Path(directory) / f"gate-{name}-open")
+
+    def hold(self) -> None:
+        """In the worker: reached; wait until opened."""
+        Path(self.reached_path).touch()
+        deadline = time.monotonic() + self.HOLD_LIMIT
+        while not os.path.exists(self.open_path) and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    async def reached(self, within: float = 20.0) -> None:
+        """In the test: until a worker holds the task (TimeoutError after
+        ``within`` seconds)."""
+        deadline = time.monotonic() + within
+        while not self.is_reached():
+            if time.monotonic() > deadline:
+                raise TimeoutError("no worker reached the gate")
+            await asyncio.sleep(0.002)
+
+    def is_reached(self) -> bool:
+        return os.path.exists(self.reached_path)
+
+    def open(self) -> None:
+        Path(self.open_path).touch()
+
+
+def pause(tasks: tuple[Task, ...]) -> None:
+    """What a test handler does before its work: holds at the gates of its
+    tasks, then sleeps the longest ``sleep`` of the batch."""
+    for task in tasks:
+        gate = getattr(task, "gate", None)  # duck-typed tasks may have none
+        if gate is not None:
+            gate.hold()
+    time.sleep(max((t.sleep for t in tasks), default=0))
 
 
 class Task(BaseTask):
@@ -20,6 +69,11 @@ class Task(BaseTask):
         self.pid: int | None = None
         self.batch_size: int | None = None
         self.order: int | None = None
+        self.gate: Gate | None = None
+
+    def gated(self, gate: Gate) -> Task:
+        self.gate = gate
+        return self
 
 
 class Square(BaseTaskHandler):
@@ -38,7 +92,7 @@ class Recorder(BaseTaskHandler):
         self.handled = 0
 
     def handle(self, *tasks: Task) -> None:
-        time.sleep(max((t.sleep for t in tasks), default=0))
+        pause(tasks)
         for task in tasks:
             self.handled += 1
             task.order = self.handled
@@ -76,7 +130,7 @@ class FailOn(BaseTaskHandler):
         self.bad = bad
 
     def handle(self, *tasks: Task) -> None:
-        time.sleep(max((t.sleep for t in tasks), default=0))
+        pause(tasks)
         for task in tasks:
             if task.value == self.bad:
                 raise ValueError(f"cannot handle {task.value}")
@@ -153,7 +207,7 @@ class Reader(BaseTaskHandler):
     """Only reads: notes the first element and whether the input is a shm view."""
 
     def handle(self, *tasks: ArrayTask) -> None:
-        time.sleep(max((t.sleep for t in tasks), default=0))
+        pause(tasks)
         for task in tasks:
             task.seen_in_shm.append(shm_backed(task.array))
             task.first.append(int(task.array.reshape(-1)[0]))
@@ -189,7 +243,7 @@ class Mortal(BaseTaskHandler):
             f.write(f"{os.getpid()}\n")
 
     def handle(self, *tasks: Task) -> None:
-        time.sleep(max((t.sleep for t in tasks), default=0))
+        pause(tasks)
         for task in tasks:
             if task.value == -9:
                 os.kill(os.getpid(), 9)

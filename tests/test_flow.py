@@ -27,6 +27,7 @@ from aqueduct.logger import log
 from support import (
     FailingStart,
     FailOn,
+    Gate,
     Logs,
     Recorder,
     SetsUnpicklable,
@@ -196,21 +197,24 @@ async def test_a_full_batch_does_not_wait_for_batch_timeout(make_flow):
     assert {t.batch_size for t in tasks} == {4}
 
 
-async def test_higher_priority_is_served_first_at_every_step(make_flow):
+async def test_higher_priority_is_served_first_at_every_step(make_flow, tmp_path):
     flow = make_flow(
         FlowStep(Recorder("one"), batch_size=1),
         FlowStep(Recorder("two"), batch_size=1),
         queue_priorities=2,
     )
-    blocker = Task(0, sleep=0.5)  # occupies step one while the others queue up
+    gate = Gate(tmp_path)
+    blocker = Task(0).gated(gate)  # occupies step one while the others queue up
     blocker_run = asyncio.ensure_future(flow.process(blocker, timeout_sec=WAIT))
-    await asyncio.sleep(0.2)
+    await gate.reached()
     low = [Task(i, sleep=0.01) for i in range(1, 6)]
     high = [Task(i, sleep=0.01) for i in range(6, 11)]
     for t in high:
         t.set_priority(1)
-    runs = [flow.process(t, timeout_sec=WAIT) for t in low]  # queued first
-    runs += [flow.process(t, timeout_sec=WAIT) for t in high]
+    runs = [asyncio.ensure_future(flow.process(t, timeout_sec=WAIT)) for t in low]
+    runs += [asyncio.ensure_future(flow.process(t, timeout_sec=WAIT)) for t in high]
+    await asyncio.sleep(0)  # every one submitted (low ones first) before the gate opens
+    gate.open()
     await asyncio.wait_for(asyncio.gather(blocker_run, *runs), WAIT)
     assert max(t.order for t in high) < min(t.order for t in low)
     # in step two the high ones also arrive first: they left step one first
@@ -225,15 +229,17 @@ async def test_priority_above_the_levels_is_clamped(make_flow):
     assert task.result == 4 and task.priority == 1
 
 
-async def test_a_task_that_times_out_raises_and_is_not_handled(make_flow):
+async def test_a_task_that_times_out_raises_and_is_not_handled(make_flow, tmp_path):
     flow = make_flow(FlowStep(Recorder("slow")))
-    blocker = asyncio.ensure_future(flow.process(Task(0, sleep=1.0), timeout_sec=WAIT))
-    await asyncio.sleep(0.2)
+    gate = Gate(tmp_path)
+    blocker = asyncio.ensure_future(flow.process(Task(0).gated(gate), timeout_sec=WAIT))
+    await gate.reached()
     started = time.monotonic()
     with pytest.raises(TaskTimeoutError) as info:
         await asyncio.wait_for(flow.process(Task(1), timeout_sec=0.3), WAIT)
     assert isinstance(info.value, FlowError)
     assert 0.25 <= time.monotonic() - started < 1.0
+    gate.open()
     await asyncio.wait_for(blocker, WAIT)
     probe = Task(2)
     await asyncio.wait_for(flow.process(probe), WAIT)
@@ -258,14 +264,16 @@ async def test_a_handler_exception_fails_only_its_batch(make_flow):
     assert [t.result for t in ok] == list(range(5))
 
 
-async def test_a_failing_batch_fails_every_task_in_it_and_no_other(make_flow):
+async def test_a_failing_batch_fails_every_task_in_it_and_no_other(make_flow, tmp_path):
     flow = make_flow(FlowStep(FailOn(bad=13), batch_size=4))
-    blocker = asyncio.ensure_future(flow.process(Task(0, sleep=0.3)))
-    await asyncio.sleep(0.1)
+    gate = Gate(tmp_path)
+    blocker = asyncio.ensure_future(flow.process(Task(0).gated(gate)))
+    await gate.reached()
     batch = [Task(13), Task(1), Task(2)]  # queued together: one batch
-    results = await asyncio.wait_for(
-        asyncio.gather(*(flow.process(t) for t in batch), return_exceptions=True), WAIT
-    )
+    runs = asyncio.gather(*(flow.process(t) for t in batch), return_exceptions=True)
+    await asyncio.sleep(0)  # all three queued behind the blocker
+    gate.open()
+    results = await asyncio.wait_for(runs, WAIT)
     assert all(isinstance(r, HandlerError) for r in results)
     await asyncio.wait_for(blocker, WAIT)
     task = Task(1)
@@ -375,23 +383,29 @@ async def test_task_classes_that_workers_cannot_import_travel_by_value(make_flow
     assert task.trail == ["r"]  # type: ignore[attr-defined]
 
 
-async def test_graceful_stop_finishes_tasks_in_flight(make_flow):
+async def test_graceful_stop_finishes_tasks_in_flight(make_flow, tmp_path):
     flow = make_flow(FlowStep(Recorder("r")))
-    tasks = [Task(i, sleep=0.05) for i in range(5)]
+    gate = Gate(tmp_path)
+    tasks = [Task(0).gated(gate)] + [Task(i, sleep=0.05) for i in range(1, 5)]
     runs = asyncio.gather(*(flow.process(t, timeout_sec=WAIT) for t in tasks))
-    await asyncio.sleep(0.05)
-    await asyncio.wait_for(flow.stop(graceful=True), WAIT)
+    await gate.reached()  # one task in the handler, four queued
+    stopping = asyncio.ensure_future(flow.stop(graceful=True))
+    await asyncio.sleep(0)
+    assert flow.state == FlowState.STOPPING
+    gate.open()
+    await asyncio.wait_for(stopping, WAIT)
     assert await asyncio.wait_for(runs, WAIT) == [True] * 5
     assert flow.state == FlowState.STOPPED
 
 
-async def test_hard_stop_fails_tasks_in_flight_at_once(make_flow):
+async def test_hard_stop_fails_tasks_in_flight_at_once(make_flow, tmp_path):
     flow = make_flow(FlowStep(Recorder("r")))
-    tasks = [Task(i, sleep=1.0) for i in range(3)]
+    gate = Gate(tmp_path)  # never opened: the handler holds its task
+    tasks = [Task(0).gated(gate), Task(1), Task(2)]
     runs = asyncio.gather(
         *(flow.process(t, timeout_sec=WAIT) for t in tasks), return_exceptions=True
     )
-    await asyncio.sleep(0.1)
+    await gate.reached()
     started = time.monotonic()
     await asyncio.wait_for(flow.stop(graceful=False), WAIT)
     results = await asyncio.wait_for(runs, WAIT)
@@ -399,13 +413,15 @@ async def test_hard_stop_fails_tasks_in_flight_at_once(make_flow):
     assert time.monotonic() - started < 8
 
 
-async def test_a_cancelled_caller_does_not_disturb_the_others(make_flow):
+async def test_a_cancelled_caller_does_not_disturb_the_others(make_flow, tmp_path):
     flow = make_flow(FlowStep(Recorder("r")))
-    doomed = asyncio.ensure_future(flow.process(Task(1, sleep=0.2)))
-    await asyncio.sleep(0.05)
+    gate = Gate(tmp_path)
+    doomed = asyncio.ensure_future(flow.process(Task(1).gated(gate)))
+    await gate.reached()
     doomed.cancel()
     with pytest.raises(asyncio.CancelledError):
         await doomed
+    gate.open()
     task = Task(2)
     await asyncio.wait_for(flow.process(task), WAIT)
     assert task.trail == ["r"]
@@ -496,16 +512,18 @@ async def test_callers_meeting_a_full_queue_wait_for_room_in_arrival_order(make_
     assert orders == sorted(orders)  # served in the order they arrived
 
 
-async def test_a_caller_waiting_for_room_still_times_out(make_flow):
+async def test_a_caller_waiting_for_room_still_times_out(make_flow, tmp_path):
     flow = make_flow(FlowStep(Recorder("r")), queue_size=1)
-    busy = [
-        asyncio.ensure_future(flow.process(Task(i, sleep=0.5), timeout_sec=WAIT)) for i in range(2)
-    ]
-    await asyncio.sleep(0.1)  # one in the handler, one filling the queue
+    gate = Gate(tmp_path)
+    busy = [asyncio.ensure_future(flow.process(Task(0).gated(gate), timeout_sec=WAIT))]
+    await gate.reached()  # one in the handler
+    busy.append(asyncio.ensure_future(flow.process(Task(1), timeout_sec=WAIT)))
+    await asyncio.sleep(0)  # one filling the queue
     started = time.monotonic()
     with pytest.raises(TaskTimeoutError):
         await asyncio.wait_for(flow.process(Task(9), timeout_sec=0.2), WAIT)
     assert time.monotonic() - started < 0.6
+    gate.open()
     await asyncio.wait_for(asyncio.gather(*busy), WAIT)
     task = Task(3)
     await asyncio.wait_for(flow.process(task), WAIT)

@@ -7,8 +7,9 @@ import time
 
 import pytest
 from aqueduct import FlowStep
+from aqueduct.exceptions import TaskTimeoutError
 from aqueduct.metrics import MAIN_PROCESS, ToStatsDMetricsExporter
-from support import Recorder, Square, Task
+from support import Gate, Recorder, Square, Task
 
 WAIT = 20
 
@@ -43,15 +44,17 @@ async def test_each_step_records_handle_batch_and_queue_metrics(make_flow):
     assert snapshot.memory[MAIN_PROCESS] > 0 and snapshot.memory["step1_Recorder"] > 0
 
 
-async def test_dropped_tasks_are_counted_per_step(make_flow):
+async def test_dropped_tasks_are_counted_per_step(make_flow, tmp_path):
     flow = make_flow(FlowStep(Recorder("a")))
-    blocker = asyncio.ensure_future(flow.process(Task(0, sleep=0.3), timeout_sec=WAIT))
-    await asyncio.sleep(0.05)
-    with pytest.raises(Exception):  # noqa: B017 - the timeout error
+    gate = Gate(tmp_path)
+    blocker = asyncio.ensure_future(flow.process(Task(0).gated(gate), timeout_sec=WAIT))
+    await gate.reached()
+    with pytest.raises(TaskTimeoutError):
         await asyncio.wait_for(flow.process(Task(1), timeout_sec=0.1), WAIT)
     cancelled = asyncio.ensure_future(flow.process(Task(2), timeout_sec=WAIT))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # queued behind the blocker
     cancelled.cancel()
+    gate.open()
     await asyncio.wait_for(blocker, WAIT)
     await asyncio.wait_for(flow.process(Task(3)), WAIT)
     step = flow.metrics().steps[0]

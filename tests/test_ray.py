@@ -34,7 +34,16 @@ from aqueduct.exceptions import (  # noqa: E402
 )
 from aqueduct.integrations.ray import FlowHandle, flow_deployment  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
-from support import DiesOnStart, Mortal, Raises, Recorder, Task, children_of, running  # noqa: E402
+from support import (  # noqa: E402
+    DiesOnStart,
+    Gate,
+    Mortal,
+    Raises,
+    Recorder,
+    Task,
+    children_of,
+    running,
+)
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent / "examples"
@@ -471,17 +480,18 @@ async def test_a_replica_whose_flow_dies_is_replaced(deploy, tmp_path):
         await asyncio.sleep(0.2)
 
 
-async def test_a_killed_replica_fails_its_tasks_and_takes_its_workers(deploy):
+async def test_a_killed_replica_fails_its_tasks_and_takes_its_workers(deploy, tmp_path):
     handle = deploy(flow_deployment(build_recorder, name="killed"))
     flow = FlowHandle(handle)
     replica = (await _info(handle))["pid"]
     await asyncio.wait_for(flow.process(Task(value=1)), WAIT)
     workers = children_of(replica)
+    gate = Gate(tmp_path)  # never opened: the worker holds the batch
     in_flight = [
-        asyncio.ensure_future(flow.process(Task(value=i, sleep=2), timeout_sec=10))
+        asyncio.ensure_future(flow.process(Task(value=i).gated(gate), timeout_sec=10))
         for i in range(4)
     ]
-    await asyncio.sleep(0.5)
+    await gate.reached()  # in the replica's worker
     os.kill(replica, signal.SIGKILL)
     results = await asyncio.wait_for(asyncio.gather(*in_flight, return_exceptions=True), WAIT)
     assert all(isinstance(r, FlowError) for r in results), results
@@ -500,7 +510,7 @@ async def test_a_killed_replica_fails_its_tasks_and_takes_its_workers(deploy):
     assert task.trail == ["a"] and (await _info(handle))["pid"] != replica
 
 
-async def test_deleting_the_app_stops_the_flow_gracefully(deploy):
+async def test_deleting_the_app_stops_the_flow_gracefully(deploy, tmp_path):
     handle = deploy(flow_deployment(build_recorder, name="stopping"))
     flow = FlowHandle(handle)
     replica = (await _info(handle))["pid"]
@@ -508,8 +518,10 @@ async def test_deleting_the_app_stops_the_flow_gracefully(deploy):
     await asyncio.wait_for(flow.process(warm), WAIT)
     workers = children_of(replica)
     assert workers
-    in_flight = asyncio.ensure_future(flow.process(Task(value=2, sleep=0.5)))
-    await asyncio.sleep(0.1)
+    gate = Gate(tmp_path)
+    in_flight = asyncio.ensure_future(flow.process(Task(value=2, sleep=0.3).gated(gate)))
+    await gate.reached()  # in the replica's worker
+    gate.open()
     await asyncio.to_thread(serve.delete, deploy_name(handle))
     assert await asyncio.wait_for(in_flight, WAIT)  # finished before the stop
     deadline = time.monotonic() + WAIT

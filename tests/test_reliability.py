@@ -24,6 +24,7 @@ from aqueduct.exceptions import (
 from aqueduct.testing import abandon_push, fault_injection_available
 from support import (
     DiesOnStart,
+    Gate,
     Mortal,
     Raises,
     Recorder,
@@ -51,17 +52,24 @@ async def test_a_killed_worker_fails_its_tasks_fast_and_is_respawned(make_flow, 
     starts = tmp_path / "starts"
     flow = make_flow(FlowStep(Mortal(str(starts)), batch_size=4))
     first_pid = _starts(starts)[0]
-    blocker = asyncio.ensure_future(flow.process(Task(0, sleep=0.2), timeout_sec=WAIT))
-    await asyncio.sleep(0.05)
+    gate = Gate(tmp_path)
+    blocker = asyncio.ensure_future(flow.process(Task(0).gated(gate), timeout_sec=WAIT))
+    await gate.reached()
     # queued together behind the blocker, these form one batch; the worker
     # dies while handling it, and every task of it fails
-    doomed = [Task(-9, sleep=0.3), Task(1), Task(2)]
-    runs = [flow.process(t, timeout_sec=WAIT) for t in doomed]
+    death = Gate(tmp_path)
+    doomed = [Task(-9).gated(death), Task(1), Task(2)]
+    runs = asyncio.gather(
+        *(flow.process(t, timeout_sec=WAIT) for t in doomed), return_exceptions=True
+    )
+    await asyncio.sleep(0)
+    gate.open()
+    await death.reached()
+    death.open()  # the worker kills itself now
     started = time.monotonic()
-    results = await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), WAIT)
-    # the batch starts after the blocker (~0.15 s) and dies 0.3 s in: the
-    # callers hear of it well within a second of the death
-    assert time.monotonic() - started < 0.45 + 1.0
+    results = await asyncio.wait_for(runs, WAIT)
+    # the callers hear of the death well within a second
+    assert time.monotonic() - started < 1.0
     assert all(isinstance(r, WorkerDiedError) for r in results), results
     assert "step1_Mortal" in str(results[0]) and "SIGKILL" in str(results[0])
     await asyncio.wait_for(blocker, WAIT)
@@ -76,12 +84,14 @@ async def test_a_killed_worker_fails_its_tasks_fast_and_is_respawned(make_flow, 
 
 async def test_tasks_queued_behind_a_dead_worker_are_served_by_its_successor(make_flow, tmp_path):
     flow = make_flow(FlowStep(Mortal(str(tmp_path / "starts"))))
-    doomed = asyncio.ensure_future(flow.process(Task(-9, sleep=0.2), timeout_sec=WAIT))
-    await asyncio.sleep(0.05)
+    death = Gate(tmp_path)
+    doomed = asyncio.ensure_future(flow.process(Task(-9).gated(death), timeout_sec=WAIT))
+    await death.reached()
     waiting = [Task(i) for i in range(10)]  # still in the queue when it dies
-    results = await asyncio.wait_for(
-        asyncio.gather(*(flow.process(t, timeout_sec=WAIT) for t in waiting)), WAIT
-    )
+    runs = asyncio.gather(*(flow.process(t, timeout_sec=WAIT) for t in waiting))
+    await asyncio.sleep(0)
+    death.open()
+    results = await asyncio.wait_for(runs, WAIT)
     assert results == [True] * 10 and [t.result for t in waiting] == list(range(10))
     with pytest.raises(WorkerDiedError):
         await asyncio.wait_for(doomed, WAIT)
@@ -117,34 +127,38 @@ async def test_a_worker_dying_in_on_start_fails_start(make_flow):
     assert flow.state == FlowState.STOPPED
 
 
-async def test_a_cancelled_caller_s_task_is_skipped_by_the_worker(make_flow):
+async def test_a_cancelled_caller_s_task_is_skipped_by_the_worker(make_flow, tmp_path):
     flow = make_flow(FlowStep(Recorder("r")))
-    blocker = asyncio.ensure_future(flow.process(Task(0, sleep=0.4), timeout_sec=WAIT))
-    await asyncio.sleep(0.1)
+    gate = Gate(tmp_path)
+    blocker = asyncio.ensure_future(flow.process(Task(0).gated(gate), timeout_sec=WAIT))
+    await gate.reached()
     cancelled = asyncio.ensure_future(flow.process(Task(1), timeout_sec=WAIT))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # queued behind the blocker
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
         await cancelled
+    gate.open()
     await asyncio.wait_for(blocker, WAIT)
     probe = Task(2)
     await asyncio.wait_for(flow.process(probe), WAIT)
     assert probe.order == 2  # handled: the blocker, then the probe; never the cancelled one
 
 
-async def test_reject_policy_fails_fast_with_queue_full(make_flow):
+async def test_reject_policy_fails_fast_with_queue_full(make_flow, tmp_path):
     flow = make_flow(FlowStep(Recorder("r")), queue_size=2, queue_full="reject")
-    blocker = asyncio.ensure_future(flow.process(Task(0, sleep=1.0), timeout_sec=WAIT))
-    await asyncio.sleep(0.1)  # the worker is busy with it
+    gate = Gate(tmp_path)
+    blocker = asyncio.ensure_future(flow.process(Task(0).gated(gate), timeout_sec=WAIT))
+    await gate.reached()  # the worker is busy with it
     busy = [blocker] + [
         asyncio.ensure_future(flow.process(Task(i, sleep=0.01), timeout_sec=WAIT))
         for i in range(1, 3)  # these two fill the queue
     ]
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0)
     started = time.monotonic()
     with pytest.raises(QueueFullError):
         await flow.process(Task(9), timeout_sec=WAIT)
     assert time.monotonic() - started < 0.1
+    gate.open()
     await asyncio.wait_for(asyncio.gather(*busy), WAIT)
     task = Task(4)
     await asyncio.wait_for(flow.process(task), WAIT)  # serving again
@@ -190,7 +204,7 @@ async def test_stop_leaves_no_process_behind(make_flow, graceful):
     flow = make_flow(FlowStep(Square(), nprocs=2), FlowStep(Recorder("r")))
     runs = [flow.process(Task(i, sleep=0.05), timeout_sec=WAIT) for i in range(10)]
     pending = asyncio.gather(*runs, return_exceptions=True)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # every task submitted
     await asyncio.wait_for(flow.stop(graceful=graceful), WAIT)
     results = await asyncio.wait_for(pending, WAIT)
     if graceful:
@@ -259,12 +273,16 @@ async def test_task_counts_tell_how_tasks_ended(make_flow):
     assert flow.task_counts == {"done": 1, "failed": 1, "timeout": 1, "cancelled": 1}
 
 
-async def test_tasks_taken_together_still_expire_before_handle(make_flow):
+async def test_tasks_taken_together_still_expire_before_handle(make_flow, tmp_path):
     flow = make_flow(FlowStep(Recorder("r")))  # one worker: it takes what is queued at once
-    blocker = asyncio.ensure_future(flow.process(Task(0, sleep=0.3), timeout_sec=WAIT))
-    await asyncio.sleep(0.1)
-    slow = asyncio.ensure_future(flow.process(Task(1, sleep=0.4), timeout_sec=WAIT))
+    gate = Gate(tmp_path)
+    blocker = asyncio.ensure_future(flow.process(Task(0).gated(gate), timeout_sec=WAIT))
+    await gate.reached()
+    # the short one's time runs out while the slow one is handled
+    slow = asyncio.ensure_future(flow.process(Task(1, sleep=0.8), timeout_sec=WAIT))
     short = asyncio.ensure_future(flow.process(Task(2), timeout_sec=0.5))
+    await asyncio.sleep(0)  # both queued behind the blocker
+    gate.open()
     await asyncio.wait_for(asyncio.gather(blocker, slow), WAIT)
     with pytest.raises(FlowError):
         await asyncio.wait_for(short, WAIT)

@@ -22,6 +22,7 @@ from support import (  # noqa: E402
     ArrayTask,
     Describe,
     Doubler,
+    Gate,
     IncrementInPlace,
     Reader,
     Task,
@@ -71,14 +72,16 @@ async def test_any_array_arrives_intact(make_flow, make):
     assert (task.out == array * 2).all()
 
 
-async def test_a_buffer_passes_between_steps_without_a_copy(make_flow):
+async def test_a_buffer_passes_between_steps_without_a_copy(make_flow, tmp_path):
     flow = make_flow(FlowStep(Reader()), FlowStep(Reader()), FlowStep(Reader()))
     before = flow.shm_used
-    task = ArrayTask(np.full(8 * MB, 5, dtype=np.uint8), sleep=0.3)
+    gate = Gate(tmp_path)
+    task = ArrayTask(np.full(8 * MB, 5, dtype=np.uint8)).gated(gate)
     run = asyncio.ensure_future(flow.process(task, timeout_sec=WAIT))
-    await asyncio.sleep(0.5)  # the task is now in one of the sleeping readers
+    await gate.reached()  # the first reader holds the task
     # one 8 MiB block for the whole trip: no step copied it again
     assert flow.shm_used - before == 8 * MB
+    gate.open()
     await asyncio.wait_for(run, WAIT)
     assert task.seen_in_shm == [True, True, True] and task.first == [5, 5, 5]
 
@@ -213,7 +216,10 @@ def test_after_sigkill_nothing_remains(tmp_path, victim):
         assert during - baseline > 200 * 1024, (baseline, during)  # > 200 MiB in use
         if victim == "worker":
             os.kill(workers[0], signal.SIGKILL)
-            time.sleep(0.5)
+            deadline = time.monotonic() + 5
+            while running(workers[0]):  # the parent sees the death before it dies too
+                assert time.monotonic() < deadline, "SIGKILL did not end the worker"
+                time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         deadline = time.monotonic() + 5

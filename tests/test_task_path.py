@@ -13,6 +13,7 @@ import pytest
 from aqueduct import BaseTask, FlowStep
 from aqueduct.exceptions import TaskTimeoutError
 from support import (
+    Gate,
     GuardedTask,
     Rebrand,
     Recorder,
@@ -71,15 +72,17 @@ async def test_a_class_defined_in_a_function_travels_by_value(make_flow):
     assert task.result == 81
 
 
-async def test_each_task_times_out_at_its_own_deadline(make_flow):
+async def test_each_task_times_out_at_its_own_deadline(make_flow, tmp_path):
     flow = make_flow(FlowStep(Recorder("slow")))
     # the later deadline is submitted first: the earlier one must still fire on time
-    patient = asyncio.ensure_future(flow.process(Task(1, sleep=0.6), timeout_sec=WAIT))
-    await asyncio.sleep(0.05)
+    gate = Gate(tmp_path)
+    patient = asyncio.ensure_future(flow.process(Task(1).gated(gate), timeout_sec=WAIT))
+    await gate.reached()
     started = time.monotonic()
     with pytest.raises(TaskTimeoutError, match=re.escape("not done in 0.2 s")):
         await asyncio.wait_for(flow.process(Task(2), timeout_sec=0.2), WAIT)
     assert time.monotonic() - started < 0.5
+    gate.open()
     assert await asyncio.wait_for(patient, WAIT) is True
 
 
