@@ -33,6 +33,10 @@ test: build ## Build, then run cargo test (core) and pytest
 	cargo test -p aqueduct-core --all-features
 	$(PY) -m pytest tests -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
+.PHONY: loom
+loom: ## Model-check the ring protocol with loom (every interleaving of its tests)
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p aqueduct-core --release --all-features --test loom_ring
+
 .PHONY: demo
 demo: build ## Serve a real model (digits, scikit-learn) and load it: accuracy, latency, throughput
 	$(PY) examples/digits/demo.py

@@ -17,6 +17,12 @@
 //! others behind a mutex. The data of consecutive slots is contiguous (the
 //! sequence numbers live in their own array), so a message is copied with at
 //! most two `memcpy`s (one if it does not wrap).
+//!
+//! The protocol runs on [`Slots`]: the words and bytes of a ring. In a flow
+//! they live in shared memory ([`ShmSlots`]); built with `--cfg loom`, the
+//! same code runs on loom's atomics ([`model::ModelSlots`]) so its tests
+//! check every interleaving of producers, consumers and a producer that
+//! dies mid-push (tests/loom_ring.rs).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,6 +30,15 @@ use crate::error::{Error, Result};
 
 /// Bytes of the length prefix stored at the start of every message's first slot.
 const LEN_PREFIX: usize = 8;
+/// The length word holds the message's length in its low bits and, above
+/// them, the low bits of the position it was written for: recovery can tell
+/// the length a producer wrote before it died from a stale one of an older lap.
+const LEN_BITS: u32 = 40;
+const LEN_MASK: u64 = (1 << LEN_BITS) - 1;
+
+fn length_word(pos: u64, len: usize) -> u64 {
+    (pos << LEN_BITS) | (len as u64 & LEN_MASK)
+}
 
 /// A cache line, to keep `head` and `tail` from sharing one.
 #[repr(C, align(64))]
@@ -91,22 +106,143 @@ impl RingLayout {
     }
 }
 
-/// A view of one ring living at some address of a mapped segment.
+/// An atomic 64-bit word, as the ring protocol uses it.
+pub trait Word {
+    fn load(&self, order: Ordering) -> u64;
+    fn store(&self, value: u64, order: Ordering);
+    fn compare_exchange(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> std::result::Result<u64, u64>;
+    fn compare_exchange_weak(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> std::result::Result<u64, u64>;
+}
+
+macro_rules! impl_word {
+    ($atomic:ty) => {
+        impl Word for $atomic {
+            fn load(&self, order: Ordering) -> u64 {
+                <$atomic>::load(self, order)
+            }
+            fn store(&self, value: u64, order: Ordering) {
+                <$atomic>::store(self, value, order)
+            }
+            fn compare_exchange(
+                &self,
+                current: u64,
+                new: u64,
+                success: Ordering,
+                failure: Ordering,
+            ) -> std::result::Result<u64, u64> {
+                <$atomic>::compare_exchange(self, current, new, success, failure)
+            }
+            fn compare_exchange_weak(
+                &self,
+                current: u64,
+                new: u64,
+                success: Ordering,
+                failure: Ordering,
+            ) -> std::result::Result<u64, u64> {
+                <$atomic>::compare_exchange_weak(self, current, new, success, failure)
+            }
+        }
+    };
+}
+
+impl_word!(AtomicU64);
+#[cfg(loom)]
+impl_word!(loom::sync::atomic::AtomicU64);
+
+/// Where a ring's words and bytes live.
+pub trait Slots {
+    type Word: Word;
+    fn tail(&self) -> &Self::Word;
+    fn head(&self) -> &Self::Word;
+    /// The sequence word of slot `index` (`index < capacity`).
+    fn seq(&self, index: usize) -> &Self::Word;
+    /// The length word of slot `index`: where a message starting there
+    /// keeps its length.
+    fn len_word(&self, index: usize) -> &Self::Word;
+    /// Start of the data area: `capacity * slot_bytes` bytes, each slot's
+    /// first `LEN_PREFIX` bytes reserved for its length word.
+    fn data(&self) -> *mut u8;
+}
+
+/// A ring's words and bytes in a mapped segment (see [`RingLayout`]).
 #[derive(Debug)]
-pub struct Ring {
+pub struct ShmSlots {
     base: *mut u8,
     layout: RingLayout,
 }
 
-// SAFETY: `Ring` is a view into shared memory designed for concurrent use by
-// many processes (hence many threads): every shared word is an atomic, and the
+impl Slots for ShmSlots {
+    type Word = AtomicU64;
+
+    fn tail(&self) -> &AtomicU64 {
+        // SAFETY: `base` points to an initialised, suitably aligned header for
+        // the life of `self` (contract of `Ring::init`/`Ring::attach`).
+        unsafe { &(*self.base.cast::<RingHeader>()).tail.0 }
+    }
+
+    fn head(&self) -> &AtomicU64 {
+        // SAFETY: as in `tail`.
+        unsafe { &(*self.base.cast::<RingHeader>()).head.0 }
+    }
+
+    fn seq(&self, index: usize) -> &AtomicU64 {
+        // SAFETY: `index < capacity` (callers mask positions), so the word
+        // lies inside the sequence array, which is 8-byte aligned (the header
+        // is 128 bytes).
+        unsafe {
+            &*self
+                .base
+                .add(RingLayout::seqs_offset() + index * 8)
+                .cast::<AtomicU64>()
+        }
+    }
+
+    fn len_word(&self, index: usize) -> &AtomicU64 {
+        // SAFETY: slot `index` lies inside the data area; every slot starts
+        // 8-byte aligned (slot_bytes % 8 == 0 and the data area is 8-byte
+        // aligned), so its first 8 bytes can hold an atomic.
+        unsafe {
+            &*self
+                .data()
+                .add(index * self.layout.slot_bytes as usize)
+                .cast::<AtomicU64>()
+        }
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: the data area starts inside the ring's memory.
+        unsafe { self.base.add(self.layout.data_offset()) }
+    }
+}
+
+/// A ring: its layout and where its words and bytes live.
+#[derive(Debug)]
+pub struct Ring<M = ShmSlots> {
+    mem: M,
+    layout: RingLayout,
+}
+
+// SAFETY: a `Ring` over shared memory is designed for concurrent use by many
+// processes (hence many threads): every shared word is an atomic, and the
 // data of a slot is only touched by the one party that owns it through the
 // sequence protocol described in the module docs.
-unsafe impl Send for Ring {}
+unsafe impl Send for Ring<ShmSlots> {}
 // SAFETY: see `Send`.
-unsafe impl Sync for Ring {}
+unsafe impl Sync for Ring<ShmSlots> {}
 
-impl Ring {
+impl Ring<ShmSlots> {
     /// Initialises a ring in zeroed memory at `base`.
     ///
     /// # Safety
@@ -116,11 +252,7 @@ impl Ring {
     pub unsafe fn init(base: *mut u8, layout: RingLayout) -> Ring {
         // SAFETY: the caller guarantees exclusive, valid memory.
         let ring = unsafe { Ring::attach(base, layout) };
-        for i in 0..layout.capacity {
-            ring.seq(i).store(i, Ordering::Relaxed);
-        }
-        ring.header().tail.0.store(0, Ordering::Relaxed);
-        ring.header().head.0.store(0, Ordering::Relaxed);
+        ring.reset();
         std::sync::atomic::fence(Ordering::Release);
         ring
     }
@@ -131,44 +263,52 @@ impl Ring {
     /// As for [`Ring::init`], except that the memory already holds an
     /// initialised ring with this `layout`.
     pub unsafe fn attach(base: *mut u8, layout: RingLayout) -> Ring {
-        Ring { base, layout }
+        Ring {
+            mem: ShmSlots { base, layout },
+            layout,
+        }
+    }
+}
+
+impl<M: Slots> Ring<M> {
+    /// A ring over `mem`, which must hold `layout`'s slots; `reset` it
+    /// before first use.
+    pub fn over(mem: M, layout: RingLayout) -> Ring<M> {
+        Ring { mem, layout }
+    }
+
+    /// Every slot free for lap 0, nothing claimed.
+    pub fn reset(&self) {
+        for i in 0..self.layout.capacity {
+            self.seq(i).store(i, Ordering::Relaxed);
+        }
+        self.mem.tail().store(0, Ordering::Relaxed);
+        self.mem.head().store(0, Ordering::Relaxed);
     }
 
     pub fn layout(&self) -> RingLayout {
         self.layout
     }
 
-    fn header(&self) -> &RingHeader {
-        // SAFETY: `base` points to an initialised, suitably aligned header for
-        // the life of `self` (contract of `init`/`attach`).
-        unsafe { &*self.base.cast::<RingHeader>() }
+    fn index(&self, pos: u64) -> usize {
+        (pos & (self.layout.capacity - 1)) as usize
     }
 
-    fn seq(&self, pos: u64) -> &AtomicU64 {
-        let index = (pos & (self.layout.capacity - 1)) as usize;
-        // SAFETY: `index < capacity`, so the word lies inside the sequence array,
-        // which is 8-byte aligned (the header is 128 bytes).
-        unsafe {
-            &*self
-                .base
-                .add(RingLayout::seqs_offset() + index * 8)
-                .cast::<AtomicU64>()
-        }
+    fn seq(&self, pos: u64) -> &M::Word {
+        self.mem.seq(self.index(pos))
     }
 
     fn slot_ptr(&self, pos: u64) -> *mut u8 {
-        let index = (pos & (self.layout.capacity - 1)) as usize;
         // SAFETY: inside the data area by construction of `index`.
         unsafe {
-            self.base
-                .add(self.layout.data_offset() + index * self.layout.slot_bytes as usize)
+            self.mem
+                .data()
+                .add(self.index(pos) * self.layout.slot_bytes as usize)
         }
     }
 
-    fn len_word(&self, pos: u64) -> &AtomicU64 {
-        // SAFETY: every slot starts 8-byte aligned (slot_bytes % 8 == 0 and the
-        // data area is 8-byte aligned), so its first 8 bytes can hold an atomic.
-        unsafe { &*self.slot_ptr(pos).cast::<AtomicU64>() }
+    fn len_word(&self, pos: u64) -> &M::Word {
+        self.mem.len_word(self.index(pos))
     }
 
     /// Copies the `len`-byte message at slot `pos` (after the length prefix)
@@ -178,16 +318,14 @@ impl Ring {
     /// The caller owns slots `pos..pos + slots_for(len)` (claimed by CAS) and
     /// `buf` has room for `len` bytes.
     unsafe fn copy_out(&self, pos: u64, buf: *mut u8, len: usize) {
-        let data_start = self.layout.data_offset();
         let area = (self.layout.capacity * self.layout.slot_bytes) as usize;
-        let index = (pos & (self.layout.capacity - 1)) as usize;
-        let start = index * self.layout.slot_bytes as usize + LEN_PREFIX;
+        let start = self.index(pos) * self.layout.slot_bytes as usize + LEN_PREFIX;
         let first = len.min(area - start);
         // SAFETY: both ranges are inside the data area (first part up to its end,
         // second part from its start) and inside `buf`; the slots are owned by us.
         unsafe {
-            let ring_first = self.base.add(data_start + start);
-            let ring_second = self.base.add(data_start);
+            let ring_first = self.mem.data().add(start);
+            let ring_second = self.mem.data();
             std::ptr::copy_nonoverlapping(ring_first, buf, first);
             std::ptr::copy_nonoverlapping(ring_second, buf.add(first), len - first);
         }
@@ -204,7 +342,7 @@ impl Ring {
             });
         }
         let n = self.layout.slots_for(len);
-        let tail = &self.header().tail.0;
+        let tail = self.mem.tail();
         let mut pos = tail.load(Ordering::Relaxed);
         'claim: loop {
             for i in 0..n {
@@ -231,12 +369,12 @@ impl Ring {
             }
         }
         // We own slots pos..pos+n now.
-        self.len_word(pos).store(len as u64, Ordering::Relaxed);
+        self.len_word(pos)
+            .store(length_word(pos, len), Ordering::Relaxed);
         let mut offset = 0usize;
         let area = (self.layout.capacity * self.layout.slot_bytes) as usize;
-        let index = (pos & (self.layout.capacity - 1)) as usize;
-        let start = index * self.layout.slot_bytes as usize + LEN_PREFIX;
-        let data = self.layout.data_offset();
+        let start = self.index(pos) * self.layout.slot_bytes as usize + LEN_PREFIX;
+        let data = self.mem.data();
         for part in parts {
             // Copy each part, splitting at the end of the data area if needed.
             let at = (start + offset) % area;
@@ -244,12 +382,8 @@ impl Ring {
             // SAFETY: the destination lies inside the data area (see
             // `copy_out`) in slots we own; sources are live slices.
             unsafe {
-                std::ptr::copy_nonoverlapping(part.as_ptr(), self.base.add(data + at), first);
-                std::ptr::copy_nonoverlapping(
-                    part.as_ptr().add(first),
-                    self.base.add(data),
-                    part.len() - first,
-                );
+                std::ptr::copy_nonoverlapping(part.as_ptr(), data.add(at), first);
+                std::ptr::copy_nonoverlapping(part.as_ptr().add(first), data, part.len() - first);
             }
             offset += part.len();
         }
@@ -259,18 +393,18 @@ impl Ring {
 
     /// True when the next message is published and can be popped now.
     pub fn has_ready(&self) -> bool {
-        let head = self.header().head.0.load(Ordering::Acquire);
+        let head = self.mem.head().load(Ordering::Acquire);
         self.seq(head).load(Ordering::Acquire) == head + 1
     }
 
     /// Takes the next message, if one is published. `Ok(None)` when empty.
     pub fn pop(&self) -> Option<Vec<u8>> {
-        let head = &self.header().head.0;
+        let head = self.mem.head();
         let mut pos = head.load(Ordering::Relaxed);
         loop {
             let seq = self.seq(pos).load(Ordering::Acquire);
             if seq == pos + 1 {
-                let len = self.len_word(pos).load(Ordering::Relaxed) as usize;
+                let len = (self.len_word(pos).load(Ordering::Relaxed) & LEN_MASK) as usize;
                 // A corrupt length (only possible if memory was scribbled on)
                 // must not make us read outside the ring.
                 let len = len.min(self.layout.max_message());
@@ -305,7 +439,7 @@ impl Ring {
     #[cfg(feature = "fault-injection")]
     pub fn claim_and_abandon(&self, len: usize) -> Result<()> {
         let n = self.layout.slots_for(len);
-        let tail = &self.header().tail.0;
+        let tail = self.mem.tail();
         let pos = tail.load(Ordering::Relaxed);
         for i in 0..n {
             if self.seq(pos + i).load(Ordering::Acquire) != pos + i {
@@ -313,45 +447,57 @@ impl Ring {
             }
         }
         tail.compare_exchange(pos, pos + n, Ordering::Relaxed, Ordering::Relaxed)
-            .map(|_| ())
-            .map_err(|_| Error::Full)
+            .map_err(|_| Error::Full)?;
+        // killed while copying the message in: its length is written
+        self.len_word(pos)
+            .store(length_word(pos, len), Ordering::Relaxed);
+        Ok(())
     }
 
     /// The head position if it is claimed by a producer but not published
     /// (a producer is writing it — or died doing so).
     pub fn unpublished_head(&self) -> Option<u64> {
-        let head = self.header().head.0.load(Ordering::Acquire);
-        let tail = self.header().tail.0.load(Ordering::Acquire);
+        let head = self.mem.head().load(Ordering::Acquire);
+        let tail = self.mem.tail().load(Ordering::Acquire);
         (tail > head && self.seq(head).load(Ordering::Acquire) == head).then_some(head)
     }
 
     /// Publishes, in place of the message a dead producer claimed at `head`,
-    /// a message made of `filler` (which must say it is to be skipped),
-    /// spanning up to the next published message (or the tail). Only for a
-    /// head that `unpublished_head` returned and that stayed unpublished far
-    /// longer than any live producer takes; false if that is not so any more.
+    /// a message made of `filler` (which must say it is to be skipped and
+    /// fit in one slot) spanning the dead message's slots: as many as the
+    /// length it wrote says, or one slot when it died before writing it (a
+    /// message of several slots is then skipped a slot at a time). Slots
+    /// claimed after it, by producers still writing, are never touched. Only
+    /// for a head that `unpublished_head` returned and that stayed
+    /// unpublished far longer than any live producer takes; false if that is
+    /// not so any more.
     pub fn fill_abandoned(&self, head: u64, filler: &[u8]) -> bool {
-        let header = self.header();
-        if header.head.0.load(Ordering::Acquire) != head
+        if self.mem.head().load(Ordering::Acquire) != head
             || self.seq(head).load(Ordering::Acquire) != head
         {
             return false;
         }
-        let tail = header.tail.0.load(Ordering::Acquire);
-        let mut next = head + 1;
-        while next < tail && self.seq(next).load(Ordering::Acquire) != next + 1 {
-            next += 1;
+        let tail = self.mem.tail().load(Ordering::Acquire);
+        let word = self.len_word(head).load(Ordering::Relaxed);
+        let written = (word >> LEN_BITS) == (head & (u64::MAX >> LEN_BITS))
+            && (word & LEN_MASK) as usize <= self.layout.max_message();
+        let slots = if written {
+            self.layout.slots_for((word & LEN_MASK) as usize)
+        } else {
+            1
+        };
+        if head + slots > tail {
+            return false; // not all claimed: not what a producer leaves
         }
-        let slots = next - head;
         let len = (slots * self.layout.slot_bytes) as usize - LEN_PREFIX;
         if filler.len() > len {
             return false;
         }
-        self.len_word(head).store(len as u64, Ordering::Relaxed);
+        self.len_word(head)
+            .store(length_word(head, len), Ordering::Relaxed);
         let start = self.slot_ptr(head) as usize + LEN_PREFIX;
-        let area_end = self.base as usize
-            + self.layout.data_offset()
-            + (self.layout.capacity * self.layout.slot_bytes) as usize;
+        let area_end =
+            self.mem.data() as usize + (self.layout.capacity * self.layout.slot_bytes) as usize;
         let first = filler.len().min(area_end - start);
         // SAFETY: the slots head..next were claimed by a producer that is gone;
         // no one else writes them, and the copy stays inside the data area
@@ -360,7 +506,7 @@ impl Ring {
             std::ptr::copy_nonoverlapping(filler.as_ptr(), start as *mut u8, first);
             std::ptr::copy_nonoverlapping(
                 filler.as_ptr().add(first),
-                self.base.add(self.layout.data_offset()),
+                self.mem.data(),
                 filler.len() - first,
             );
         }
@@ -371,8 +517,152 @@ impl Ring {
     /// Number of slots claimed by producers and not yet freed (approximate
     /// while others are active).
     pub fn used_slots(&self) -> u64 {
-        let tail = self.header().tail.0.load(Ordering::Relaxed);
-        let head = self.header().head.0.load(Ordering::Relaxed);
+        let tail = self.mem.tail().load(Ordering::Relaxed);
+        let head = self.mem.head().load(Ordering::Relaxed);
         tail.saturating_sub(head)
+    }
+}
+
+/// A ring's words on loom's atomics, for model-checking the protocol
+/// (`RUSTFLAGS="--cfg loom" cargo test -p aqueduct-core --test loom_ring`).
+#[cfg(loom)]
+pub mod model {
+    use loom::sync::atomic::AtomicU64;
+
+    use super::{Ring, RingLayout, Slots};
+
+    /// Words as loom atomics; the data area in ordinary memory.
+    #[derive(Debug)]
+    pub struct ModelSlots {
+        tail: AtomicU64,
+        head: AtomicU64,
+        seqs: Vec<AtomicU64>,
+        lens: Vec<AtomicU64>,
+        data: *mut u8,
+        bytes: usize,
+    }
+
+    impl ModelSlots {
+        pub fn new(layout: RingLayout) -> Self {
+            let bytes = (layout.capacity * layout.slot_bytes) as usize;
+            let words = || (0..layout.capacity).map(|_| AtomicU64::new(0)).collect();
+            ModelSlots {
+                tail: AtomicU64::new(0),
+                head: AtomicU64::new(0),
+                seqs: words(),
+                lens: words(),
+                data: Box::into_raw(vec![0u8; bytes].into_boxed_slice()).cast::<u8>(),
+                bytes,
+            }
+        }
+    }
+
+    impl Drop for ModelSlots {
+        fn drop(&mut self) {
+            // SAFETY: `data` came from `Box::into_raw` of a slice of `bytes`
+            // bytes and is freed once, here.
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.data, self.bytes))
+            });
+        }
+    }
+
+    impl Slots for ModelSlots {
+        type Word = AtomicU64;
+
+        fn tail(&self) -> &AtomicU64 {
+            &self.tail
+        }
+
+        fn head(&self) -> &AtomicU64 {
+            &self.head
+        }
+
+        fn seq(&self, index: usize) -> &AtomicU64 {
+            &self.seqs[index]
+        }
+
+        fn len_word(&self, index: usize) -> &AtomicU64 {
+            &self.lens[index]
+        }
+
+        fn data(&self) -> *mut u8 {
+            self.data
+        }
+    }
+
+    // SAFETY: as for the shared-memory ring: the words are atomics and the
+    // data of a slot is touched only by the party the protocol gives it to.
+    unsafe impl Send for Ring<ModelSlots> {}
+    // SAFETY: see `Send`.
+    unsafe impl Sync for Ring<ModelSlots> {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::{alloc_zeroed, dealloc, Layout};
+
+    use super::*;
+
+    /// A ring in heap memory laid out as in a segment.
+    struct Heap {
+        ptr: *mut u8,
+        layout: Layout,
+        ring: Ring,
+    }
+
+    impl Heap {
+        fn new(capacity: u64, slot_bytes: u64) -> Heap {
+            let ring_layout = RingLayout::new(capacity, slot_bytes).expect("layout");
+            let layout = Layout::from_size_align(ring_layout.size(), 64).expect("alloc layout");
+            // SAFETY: a non-zero size; the memory is freed in `drop`.
+            let ptr = unsafe { alloc_zeroed(layout) };
+            assert!(!ptr.is_null());
+            // SAFETY: 64-byte aligned, `size()` zeroed bytes, ours alone.
+            let ring = unsafe { Ring::init(ptr, ring_layout) };
+            Heap { ptr, layout, ring }
+        }
+    }
+
+    impl Drop for Heap {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { dealloc(self.ptr, self.layout) };
+        }
+    }
+
+    #[test]
+    fn a_producer_dead_before_writing_its_length_is_skipped_a_slot_at_a_time() {
+        let heap = Heap::new(8, 32);
+        let ring = &heap.ring;
+        // claims three slots and dies before storing the length word
+        ring.mem.tail().store(3, Ordering::Relaxed);
+        ring.push(&[b"after"]).expect("push");
+        for slot in 0..3 {
+            assert_eq!(ring.unpublished_head(), Some(slot));
+            assert!(ring.fill_abandoned(slot, b"skip"));
+            assert!(!ring.fill_abandoned(slot, b"skip"), "only once");
+            let filler = ring.pop().expect("the filler");
+            assert_eq!(&filler[..4], b"skip");
+            assert_eq!(filler.len(), 32 - LEN_PREFIX, "one slot");
+        }
+        assert_eq!(ring.pop().as_deref(), Some(&b"after"[..]));
+        assert_eq!(ring.used_slots(), 0);
+    }
+
+    #[test]
+    fn a_stale_length_of_an_older_lap_is_not_taken_for_the_dead_producer_s() {
+        let heap = Heap::new(4, 32);
+        let ring = &heap.ring;
+        ring.push(&[&[1u8; 40]]).expect("two slots at 0");
+        ring.push(&[&[2u8; 40]]).expect("two slots at 2");
+        assert!(ring.pop().is_some() && ring.pop().is_some());
+        // lap 1: a producer claims slot 4 (index 0) and dies before its
+        // length: the word still holds lap 0's
+        ring.mem.tail().store(5, Ordering::Relaxed);
+        assert_eq!(ring.unpublished_head(), Some(4));
+        assert!(ring.fill_abandoned(4, b"skip"));
+        assert_eq!(ring.pop().map(|m| m.len()), Some(32 - LEN_PREFIX));
+        assert_eq!(ring.used_slots(), 0);
     }
 }
