@@ -28,7 +28,7 @@ import socket
 import subprocess
 import sys
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Protocol
 
 import cloudpickle
 
@@ -42,6 +42,23 @@ _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from aqueduct._bootstrap import boot; boot(int(sys.argv[2]), int(sys.argv[3]))"
 )
+
+
+class WorkerHandle(Protocol):
+    """What the supervisor needs of a worker process: a forked
+    ``multiprocessing.Process`` or a :class:`ChildProcess`."""
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def sentinel(self) -> int: ...
+    @property
+    def exitcode(self) -> int | None: ...
+    def is_alive(self) -> bool: ...
+    def join(self, timeout: float | None = None) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class ChildProcess:
@@ -88,7 +105,7 @@ class ChildProcess:
             self.sentinel = -1
 
 
-def launch(method: str, spec: WorkerSpec, name: str) -> tuple[Any, Connection]:
+def launch(method: str, spec: WorkerSpec, name: str) -> tuple[WorkerHandle, Connection]:
     """Starts one worker; returns its process and the parent's end of its
     control channel."""
     parent_end, child_end = socket.socketpair()
@@ -98,10 +115,11 @@ def launch(method: str, spec: WorkerSpec, name: str) -> tuple[Any, Connection]:
         if method == "fork":
             from . import _bootstrap
 
-            process: Any = multiprocessing.get_context("fork").Process(
+            forked = multiprocessing.get_context("fork").Process(
                 target=_bootstrap.run_forked, args=(spec, child_conn), name=name, daemon=True
             )
-            process.start()
+            forked.start()
+            process: WorkerHandle = forked
         else:
             process = _start_interpreter(spec, child_conn.fileno())
     except BaseException:

@@ -54,24 +54,25 @@ _BYTES_EXACT = frozenset(_BYTES_TYPES)
 
 Ref = tuple[int, int, int, int]
 
-_parent_arena: Any = None
+_parent_arena: _core.SharedArena | None = None
 _parent_lock = threading.Lock()
 
 
-def parent_arena(size: int | None = None) -> Any:
+def parent_arena(size: int | None = None) -> _core.SharedArena:
     """This process's own arena (arena 0 of every flow it starts), created
     on first use with ``size`` bytes (default ``DEFAULT_SHM_SIZE``)."""
     global _parent_arena
     with _parent_lock:
         if _parent_arena is None or _parent_pid != os.getpid():
             _set_parent_arena(_core.SharedArena.create(size or _default_size(), True))
+        assert _parent_arena is not None
         return _parent_arena
 
 
 _parent_pid = -1
 
 
-def _set_parent_arena(arena: Any) -> None:
+def _set_parent_arena(arena: _core.SharedArena) -> None:
     global _parent_arena, _parent_pid
     _parent_arena, _parent_pid = arena, os.getpid()
 
@@ -133,7 +134,7 @@ class SharedMemory:
     """One process's view of a flow's arenas: ``arenas[own]`` is where it
     allocates (``None``: it never copies buffers in)."""
 
-    def __init__(self, arenas: list[Any], own: int | None) -> None:
+    def __init__(self, arenas: list[_core.SharedArena], own: int | None) -> None:
         self.arenas = arenas
         self.own = own
         # state of the dumps in progress, read by the buffer callback (one
@@ -214,10 +215,9 @@ class SharedMemory:
             return decode_state(payload), []
         if not kind & FLAG_REFS:
             return pickle.loads(payload), []
-        refs, body = split(payload)
+        refs, inline = split(payload)
         views = [self.arenas[a].view(block, offset, size) for a, block, offset, size in refs]
-        if kind & FLAG_BODY:
-            body = views.pop()
+        body = views.pop() if kind & FLAG_BODY else inline
         return pickle.loads(body, buffers=views), refs
 
 

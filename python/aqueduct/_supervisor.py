@@ -15,9 +15,9 @@ import time
 import weakref
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
-from typing import Any
 
-from ._launch import definition, launch
+from . import _core
+from ._launch import WorkerHandle, definition, launch
 from ._protocol import WorkerSpec
 from .exceptions import FlowStartTimeoutError, WorkerStartError
 from .logger import log
@@ -36,11 +36,13 @@ MONITOR_TICK = 0.5
 class WorkerProcess:
     """One worker slot: its current process, control pipe and history."""
 
-    def __init__(self, spec: WorkerSpec, number: int) -> None:
+    def __init__(
+        self, spec: WorkerSpec, number: int, process: WorkerHandle, conn: Connection
+    ) -> None:
         self.spec = spec
         self.number = number
-        self.process: Any = None
-        self.conn: Connection | None = None
+        self.process = process
+        self.conn: Connection | None = conn
         self.ready = False
         self.failure: str | None = None
         self.dead = False
@@ -121,7 +123,7 @@ class Supervisor:
     def __init__(
         self,
         start_method: str,
-        control: Any,
+        control: _core.Control,
         on_death: DeathCallback,
         on_step_down: Callable[[str], None],
         on_tick: Callable[[], None] = lambda: None,
@@ -156,16 +158,15 @@ class Supervisor:
         self.wait_ready(deadline)
 
     def spawn(self, spec: WorkerSpec, number: int) -> WorkerProcess:
-        worker = WorkerProcess(spec, number)
-        self._launch(worker)
+        process, conn = launch(self._start_method, spec, _process_name(spec, number))
+        worker = WorkerProcess(spec, number, process, conn)
         self.workers.append(worker)
         return worker
 
     def _launch(self, worker: WorkerProcess) -> None:
-        process, conn = launch(
-            self._start_method, worker.spec, f"aqueduct-{worker.step_name}-{worker.number}"
+        worker.process, worker.conn = launch(
+            self._start_method, worker.spec, _process_name(worker.spec, worker.number)
         )
-        worker.process, worker.conn = process, conn
         worker.ready, worker.failure, worker.dead = False, None, False
 
     def wait_ready(self, deadline: float | None) -> None:
@@ -322,7 +323,11 @@ class Supervisor:
         self._wake_r = self._wake_w = -1
 
 
-def _close(process: Any) -> None:
+def _process_name(spec: WorkerSpec, number: int) -> str:
+    return f"aqueduct-{spec.step_name}-{number}"
+
+
+def _close(process: WorkerHandle) -> None:
     """Releases what a reaped process object holds (its pidfd)."""
     try:
         process.close()

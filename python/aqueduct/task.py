@@ -82,7 +82,7 @@ class BaseTask:
         contiguous = numpy.ascontiguousarray(value)
         block = arena.place(contiguous.reshape(-1).view(numpy.uint8), 0)
         view = arena.view(block, block, contiguous.nbytes)
-        shared = numpy.ndarray(value.shape, dtype=value.dtype, buffer=view)
+        shared = numpy.ndarray(value.shape, dtype=value.dtype, buffer=memoryview(view))
         self.__dict__[field_name] = shared
 
     async def share_value_with_data(
