@@ -127,4 +127,6 @@ class BaseTask:
                 setattr(self, field, value)
 
 
-_BOOKKEEPING_FIELDS = frozenset(BaseTask.__dict__)
+#: What ``update`` never copies: the flow's bookkeeping (defined once, in
+#: the core, for this and the Rust path that settles results).
+_BOOKKEEPING_FIELDS = frozenset(_core.BOOKKEEPING_FIELDS)

@@ -28,6 +28,10 @@ pub const CLIENT_SHIFT: u32 = 48;
 /// Most processes that may submit tasks to one flow.
 pub const MAX_CLIENTS: u32 = 32;
 
+/// The fields of `BaseTask` that are the flow's bookkeeping: a caller's task
+/// keeps its own, whatever the workers did to theirs.
+pub const BOOKKEEPING_FIELDS: [&str; 3] = ["task_id", "priority", "expiration_time"];
+
 /// The pickle protocol of every payload (out-of-band buffers need 5).
 pub const PICKLE_PROTOCOL: u32 = 5;
 /// Buffers at least this large travel through shared memory, not the queue.

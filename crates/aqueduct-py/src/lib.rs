@@ -136,6 +136,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CLIENT_SHIFT", wire::CLIENT_SHIFT)?;
     m.add("MAX_CLIENTS", wire::MAX_CLIENTS)?;
     m.add("PICKLE_PROTOCOL", wire::PICKLE_PROTOCOL)?;
+    m.add("BOOKKEEPING_FIELDS", wire::BOOKKEEPING_FIELDS)?;
     m.add("BUFFER_THRESHOLD", wire::BUFFER_THRESHOLD)?;
     m.add("INLINE_LIMIT", wire::INLINE_LIMIT)?;
     m.add("SUBMIT_SLOW", client::SUBMIT_SLOW)?;

@@ -7,7 +7,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
 use aqueduct_core::state::{Field, FieldReader, FieldWriter, CODEC_FIELDS, CODEC_PICKLE};
-use aqueduct_core::wire::{BUFFER_THRESHOLD, INLINE_LIMIT};
+use aqueduct_core::wire::{BOOKKEEPING_FIELDS as BOOKKEEPING, BUFFER_THRESHOLD, INLINE_LIMIT};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -18,9 +18,6 @@ use crate::pickle;
 /// Field names already made into interned Python strings (bounded: tasks
 /// rarely have more than a few dozen distinct field names).
 const MAX_NAMES: usize = 4096;
-
-/// The fields of `BaseTask` a caller's task keeps, whatever the workers did.
-const BOOKKEEPING: [&str; 3] = ["task_id", "priority", "expiration_time"];
 
 /// FNV-1a: field names are short, and come from our own messages.
 #[derive(Default)]

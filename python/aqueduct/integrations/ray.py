@@ -45,6 +45,7 @@ from ray.serve.exceptions import BackPressureError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .. import _core
 from ..exceptions import (
     AqueductError,
     FlowError,
@@ -78,8 +79,9 @@ DEFAULT_MAX_IN_FLIGHT = 16
 DEFAULT_MAX_BATCH = 256
 DEFAULT_SPLIT_AT = 16
 
-#: Fields of a task that are the flow's bookkeeping, not results.
-_INTERNAL_FIELDS = frozenset({"expiration_time", "priority"})
+#: Fields of a task that are the flow's bookkeeping, not results (its id is
+#: kept in the answer).
+_INTERNAL_FIELDS = frozenset(_core.BOOKKEEPING_FIELDS) - {"task_id"}
 
 TaskFromRequest = Callable[[Request], "BaseTask | Awaitable[BaseTask]"]
 #: takes the task (any BaseTask subclass) after the flow handled it
