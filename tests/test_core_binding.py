@@ -113,6 +113,19 @@ def test_a_message_comes_out_as_it_went_in():
     assert "key=7" in repr(got)
 
 
+def consume_one_soon(queue: _core.Queue) -> threading.Thread:
+    """A consumer that takes one message 0.1 s from now and says it made room."""
+
+    def consume() -> None:
+        time.sleep(0.1)
+        queue.drain(1)
+        queue.released()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    return thread
+
+
 def test_wait_space_is_bounded_and_wakes_on_release():
     queue = _core.Queue.create(1, 4, 64, 2)
     assert queue.try_push(message(1, b"a")) is True
@@ -122,13 +135,7 @@ def test_wait_space_is_bounded_and_wakes_on_release():
     assert queue.wait_space(0.2) is False
     assert 0.15 <= time.monotonic() - started < 2
 
-    def consume() -> None:
-        time.sleep(0.1)
-        queue.drain(1)
-        queue.released()
-
-    thread = threading.Thread(target=consume)
-    thread.start()
+    thread = consume_one_soon(queue)
     assert queue.wait_space(5) is True
     thread.join(5)
     assert queue.try_push(message(3, b"c")) is True
@@ -144,13 +151,7 @@ def test_push_waiting_waits_for_room_within_its_bound():
     assert queue.push_waiting(expired, 60) is False  # its own deadline bounds it
     assert time.monotonic() - started < 3
 
-    def consume() -> None:
-        time.sleep(0.1)
-        queue.drain(1)
-        queue.released()
-
-    thread = threading.Thread(target=consume)
-    thread.start()
+    thread = consume_one_soon(queue)
     assert queue.push_waiting(message(4), 5) is True
     thread.join(5)
     assert [m.key for m in queue.drain(4)] == [4]
