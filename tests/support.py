@@ -371,3 +371,42 @@ class Rebrand(BaseTaskHandler):
             task.priority = 7
             task.expiration_time = 0.0
             task.pid = os.getpid()
+
+
+def scribble(seed: int, names: tuple[str, ...] = ("aqueduct-",), span: int = 64 * 1024) -> int:
+    """Overwrites the first ``span`` bytes of every shared writable mapping
+    of this process whose memfd name starts with one of ``names``, with
+    random bytes: what a buggy native extension in a handler can do. Returns
+    how many mappings it hit."""
+    import ctypes
+    import random
+
+    rng = random.Random(seed)
+    hit = 0
+    with open("/proc/self/maps") as maps:
+        lines = maps.read().splitlines()
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or not fields[1].startswith("rw") or fields[1][3] != "s":
+            continue
+        path = fields[5]
+        if not any(path.startswith(f"/memfd:{name}") for name in names):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        size = min(span, end - start)
+        noise = rng.randbytes(size)
+        ctypes.memmove(start, noise, size)
+        hit += 1
+    return hit
+
+
+class Scribbler(BaseTaskHandler):
+    """Squares; a task with value -13 first scribbles over the worker's
+    shared segments (``task.sleep`` is the seed)."""
+
+    def handle(self, *tasks: Task) -> None:
+        for task in tasks:
+            if task.value == -13:
+                task.result = scribble(seed=int(task.sleep))
+                continue
+            task.result = task.value * task.value

@@ -10,8 +10,8 @@ previous step received) is passed on by reference, so a payload is copied at
 most once on the way in and never between steps; arrays handlers set come back
 to the caller the same way.
 
-Lifetimes: each process allocates only in its own arena (arena 0 is the
-parent's). The parent frees: blocks of its arena once no task in flight and
+Lifetimes: each process allocates only in its own arena (the first ones are
+the clients'). A client frees: blocks of its arena once no task in flight and
 no view in the parent refers to them, and the blocks results arrive in once
 the caller's views of them are gone. A worker frees the blocks of workers'
 arenas its task no longer refers to when it passes the task on.
@@ -59,8 +59,10 @@ _parent_lock = threading.Lock()
 
 
 def parent_arena(size: int | None = None) -> _core.SharedArena:
-    """This process's own arena (arena 0 of every flow it starts), created
-    on first use with ``size`` bytes (default ``DEFAULT_SHM_SIZE``)."""
+    """Where ``share_value`` puts buffers in this process: the arena of the
+    flow whose client this process is (or that it started), so its tasks
+    pass them on without a copy. With no flow running, an arena of the
+    process's own, which no worker maps (a flow copies from it once)."""
     global _parent_arena
     with _parent_lock:
         if _parent_arena is None or _parent_pid != os.getpid():
@@ -73,8 +75,19 @@ _parent_pid = -1
 
 
 def _set_parent_arena(arena: _core.SharedArena) -> None:
+    """Makes ``arena`` (a running flow's) the one ``share_value`` uses."""
     global _parent_arena, _parent_pid
-    _parent_arena, _parent_pid = arena, os.getpid()
+    with _parent_lock:
+        _parent_arena, _parent_pid = arena, os.getpid()
+
+
+def forget_arenas(arenas: Iterable[_core.SharedArena]) -> None:
+    """A flow stopped: its arenas are no longer where new buffers go (a
+    flow started later gets fresh segments, whatever became of these)."""
+    global _parent_arena
+    with _parent_lock:
+        if any(arena is _parent_arena for arena in arenas):
+            _parent_arena = None
 
 
 def _default_size() -> int:

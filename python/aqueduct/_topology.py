@@ -20,7 +20,6 @@ import cloudpickle
 from . import _core
 from ._core import CLIENT_SHIFT, DEFAULT_RING_SLOTS, DEFAULT_SLOT_BYTES, DEFAULT_SPIN_US
 from ._protocol import WorkerSpec
-from ._shm import parent_arena
 from .exceptions import FlowError
 from .logger import log
 from .step import FlowStep
@@ -62,8 +61,8 @@ class Topology:
         metric_steps: int,
         spin: int,
     ) -> Topology:
-        """New segments for a flow being started in this process. The first
-        client's arena is this process's (``share_value`` allocates there)."""
+        """New segments, all of them, for a flow being started in this
+        process: nothing is shared with another flow, before or after."""
         queues = [
             _core.Queue.create(
                 priorities, DEFAULT_RING_SLOTS, DEFAULT_SLOT_BYTES, queue_size or 0, spin
@@ -80,8 +79,7 @@ class Topology:
             queues=queues,
             doorbells=[_core.Doorbell() for _ in range(clients)],
             control=_core.Control.create(workers, metric_steps),
-            arenas=[parent_arena(shm_size)]
-            + [_core.SharedArena.create(shm_size, True) for _ in range(clients - 1 + workers)],
+            arenas=[_core.SharedArena.create(shm_size, True) for _ in range(clients + workers)],
         )
 
     @classmethod

@@ -19,7 +19,7 @@ from ._client import Client
 from ._flow_metrics import export_periodically, snapshot
 from ._protocol import MAX_CLIENTS
 from ._recovery import Recovery
-from ._shm import DEFAULT_SHM_SIZE, THRESHOLD
+from ._shm import DEFAULT_SHM_SIZE, THRESHOLD, _set_parent_arena, forget_arenas
 from ._supervisor import Supervisor
 from ._topology import Topology, spin_us
 from .exceptions import FlowError, MPStartMethodValueError, NotRunningError
@@ -180,7 +180,7 @@ class Flow:
     @property
     def shm_used(self) -> int:
         """Bytes of shared memory held by buffers now: in the workers' arenas
-        of this flow and in this process's arena (shared by its flows)."""
+        of this flow and in its clients' arenas (every flow has its own)."""
         return self._topology.shm_used if self._topology is not None else 0
 
     @property
@@ -209,7 +209,7 @@ class Flow:
             supervisor = self._spawn_workers(timeout)
         except BaseException:
             self._kill_workers()
-            self._topology = self._recovery = None
+            self._forget_segments()
             self._state = FlowState.STOPPED
             raise
         supervisor.start_monitor()
@@ -237,6 +237,7 @@ class Flow:
         )
         self._owner_pid = os.getpid()
         self._client = None  # a client slot is taken on the first process() call
+        _set_parent_arena(topology.arenas[0])  # share_value() allocates there until then
         recovery = self._recovery = Recovery(topology, self._serving, self._fail_callers)
         supervisor = self._supervisor = Supervisor(
             self._mp_start_method,
@@ -356,7 +357,7 @@ class Flow:
             await self._supervisor.join(WORKER_EXIT_TIMEOUT)
             self._supervisor = None
         self._drop_client()
-        self._topology = self._recovery = None
+        self._forget_segments()
         self._state = FlowState.STOPPED
         log.info("Flow was stopped")
 
@@ -364,6 +365,11 @@ class Flow:
         if self._supervisor is not None:
             self._supervisor.kill_all()
             self._supervisor = None
+
+    def _forget_segments(self) -> None:
+        if self._topology is not None:
+            forget_arenas(self._topology.arenas)
+        self._topology = self._recovery = None
 
     def _cancel_export(self) -> None:
         if self._export_task is not None:
