@@ -4,6 +4,12 @@ do to the web process and to later flows. Every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,3 +39,120 @@ async def test_a_flow_started_after_a_scribbled_one_gets_fresh_segments(make_flo
     small = ArrayTask(np.array([3]))
     await asyncio.wait_for(fresh.process(small, timeout_sec=WAIT), WAIT)
     assert list(small.out) == [6]
+
+
+FORKED_SERVER = """
+import asyncio, os, sys, time
+sys.path.insert(0, {tests!r})
+from aqueduct import Flow, FlowStep
+from support import Gate, Recorder, Task
+
+flow = Flow(FlowStep(Recorder("r")), clients=2)
+flow.start(timeout=30)
+if os.fork() == 0:  # a pre-fork server's worker: a client of the owner's flow
+    async def main():
+        await flow.process(Task(1), timeout_sec=10)
+        gate = Gate({tmp!r})
+        print("ready", gate.reached_path, flush=True)
+        started = time.monotonic()
+        try:
+            await flow.process(Task(2).gated(gate), timeout_sec=30)
+            print("in flight: no error", flush=True)
+        except Exception as exc:
+            took = time.monotonic() - started
+            print(f"in flight: {{type(exc).__name__}} {{took:.2f}}", flush=True)
+        print("failure:", flow.failure is not None, flush=True)
+        started = time.monotonic()
+        try:
+            await flow.process(Task(3), timeout_sec=30)
+            print("next: no error", flush=True)
+        except Exception as exc:
+            print(f"next: {{type(exc).__name__}} {{time.monotonic() - started:.2f}}", flush=True)
+        await flow.stop()
+    asyncio.run(main())
+    os._exit(0)
+print("owner", os.getpid(), flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_forked_client_learns_at_once_that_the_owner_died(tmp_path):
+    script = tmp_path / "server.py"
+    script.write_text(FORKED_SERVER.format(tests=str(Path(__file__).parent), tmp=str(tmp_path)))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
+        ready = next(line for line in lines if line.startswith("ready"))
+        reached = ready.split()[1]
+        deadline = time.monotonic() + WAIT
+        while not os.path.exists(reached):  # the task is in the worker
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)  # the owner, and so its workers
+        proc.wait(timeout=WAIT)
+        out, _ = proc.communicate(timeout=WAIT)  # the child's lines, until it exits
+        report = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+        kind, took = report["in flight"].split()
+        assert kind == "FlowError" and float(took) < 2.0, out
+        assert report["failure"] == "True", out
+        kind, took = report["next"].split()
+        assert kind == "FlowError" and float(took) < 0.5, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=WAIT)
+
+
+FORKED_AIOHTTP = """
+import os, socket, sys, time
+sys.path.insert(0, {tests!r})
+from aiohttp import web
+from aqueduct import Flow, FlowStep
+from aqueduct.integrations.aiohttp import AppIntegrator
+from support import Square
+
+flow = Flow(FlowStep(Square()), clients=2)
+flow.start(timeout=30)
+sock = socket.create_server(("127.0.0.1", 0))
+for _ in range(2):
+    if os.fork() == 0:  # two pre-forked servers of the owner's flow
+        app = web.Application()
+        AppIntegrator(app).add_flow(flow)
+        web.run_app(app, sock=sock, print=None, handle_signals=True, shutdown_timeout=2)
+        os._exit(0)
+print("owner", os.getpid(), flush=True)
+time.sleep(120)
+"""
+
+
+def test_forked_aiohttp_servers_stop_when_the_owner_dies(tmp_path):
+    pytest.importorskip("aiohttp")
+    from support import descendants_of, running
+
+    script = tmp_path / "servers.py"
+    script.write_text(FORKED_AIOHTTP.format(tests=str(Path(__file__).parent)))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    family: set[int] = set()
+    try:
+        assert proc.stdout.readline().startswith("owner")  # type: ignore[union-attr]
+        deadline = time.monotonic() + WAIT
+        while len(family := descendants_of(proc.pid)) < 3:  # a worker, two servers
+            assert time.monotonic() < deadline, family
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=WAIT)
+        killed = time.monotonic()
+        while alive := [pid for pid in family if running(pid)]:
+            assert time.monotonic() - killed < 5, f"left running: {alive}"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=WAIT)
+        for pid in family:  # whatever outlived the owner (a failed test)
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -18,7 +18,7 @@ from . import _core
 from ._client import Client
 from ._flow_metrics import export_periodically, snapshot
 from ._protocol import MAX_CLIENTS
-from ._recovery import Recovery
+from ._recovery import OwnerWatch, Recovery
 from ._shm import DEFAULT_SHM_SIZE, THRESHOLD, _set_parent_arena, forget_arenas
 from ._supervisor import Supervisor
 from ._topology import Topology, spin_us
@@ -146,6 +146,8 @@ class Flow:
         # this process's client slot, taken on its first process() call (a
         # process forked from this one takes its own: see _forget_clients)
         self._client: Client | None = None
+        # in a process forked from the owner: whether the owner still lives
+        self._owner_watch: OwnerWatch | None = None
         # how earlier clients of this process ended their tasks
         self._counts = dict.fromkeys(("done", "failed", "timeout", "cancelled"), 0)
         _FLOWS.add(self)
@@ -163,7 +165,10 @@ class Flow:
     @property
     def failure(self) -> str | None:
         """Why the flow cannot serve although it runs (a step whose workers
-        keep dying), or None. Integrations stop the app on it."""
+        keep dying; in a process forked from the one that started it, that
+        one's death), or None. Integrations stop the app on it."""
+        if self._owner_watch is not None and self._owner_watch.poll() is not None:
+            return self._owner_watch.reason
         return self._recovery.broken if self._recovery is not None else None
 
     @property
@@ -294,6 +299,8 @@ class Flow:
             client = self._become_client(self._topology)
         if self._recovery is not None and self._recovery.broken is not None:
             raise FlowError(self._recovery.broken)
+        if self._owner_watch is not None and self._owner_watch.reason is not None:
+            raise FlowError(self._owner_watch.reason)
         if not timeout_sec or timeout_sec <= 0:
             raise ValueError(f"timeout_sec must be > 0, got {timeout_sec!r}")
         loop = asyncio.get_running_loop()
@@ -319,6 +326,8 @@ class Flow:
     def _attach_loop(self, client: Client, loop: asyncio.AbstractEventLoop) -> None:
         self._cancel_export()
         client.attach(loop)
+        if self._owner_watch is not None:
+            self._owner_watch.attach(loop, client.core.fail_all)
         if self._metrics_exporter is not None:
             self._export_task = loop.create_task(
                 export_periodically(self.metrics, self._metrics_exporter)
@@ -340,6 +349,9 @@ class Flow:
             if client is not None:
                 client.core.fail_all(FlowError("Flow was stopped"))
                 self._drop_client()
+            if self._owner_watch is not None:
+                self._owner_watch.close()
+                self._owner_watch = None
             self._state = FlowState.STOPPED
             return
         self._state = FlowState.STOPPING
@@ -419,6 +431,9 @@ def _forget_clients() -> None:
     for flow in list(_FLOWS):
         flow._client = None
         flow._export_task = None
+        flow._owner_watch = None  # the parent's watch (if any) is not ours
+        if flow._serving() and flow._owner_pid != os.getpid():
+            flow._owner_watch = OwnerWatch(flow._owner_pid)
 
 
 os.register_at_fork(after_in_child=_forget_clients)
