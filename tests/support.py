@@ -401,12 +401,14 @@ def scribble(seed: int, names: tuple[str, ...] = ("aqueduct-",), span: int = 64 
 
 
 class Scribbler(BaseTaskHandler):
-    """Squares; a task with value -13 first scribbles over the worker's
-    shared segments (``task.sleep`` is the seed)."""
+    """Squares; a task with value -13 instead scribbles over the worker's
+    shared segments whose names start with its ``target`` (default: all of
+    aqueduct's), ``task.sleep`` being the seed."""
 
     def handle(self, *tasks: Task) -> None:
         for task in tasks:
             if task.value == -13:
-                task.result = scribble(seed=int(task.sleep))
+                target = getattr(task, "target", "aqueduct-")
+                task.result = scribble(seed=int(task.sleep), names=(target,))
                 continue
             task.result = task.value * task.value
