@@ -41,6 +41,22 @@ async def test_a_flow_started_after_a_scribbled_one_gets_fresh_segments(make_flo
     except FlowError:
         pass  # whatever the scribbled segments made of the answer: an error or a result
     assert time.monotonic() - started < 2 + 1, "the call outlived its timeout"
+    if target in ("aqueduct-queue", "aqueduct-"):
+        # respawned workers find the queues corrupt: the step is down at
+        # once (no respawn storm), calls fail with the reason, and a restart
+        # gives the same flow fresh segments
+        deadline = time.monotonic() + WAIT
+        while broken.failure is None:
+            assert time.monotonic() < deadline, "the corruption was not noticed"
+            await asyncio.sleep(0.05)
+        assert "corrupt" in broken.failure
+        with pytest.raises(FlowError, match="corrupt"):
+            await asyncio.wait_for(broken.process(Task(2), timeout_sec=WAIT), WAIT)
+        await asyncio.wait_for(broken.stop(graceful=False), WAIT)
+        broken.start(timeout=WAIT)
+        again = Task(5)
+        await asyncio.wait_for(broken.process(again, timeout_sec=WAIT), WAIT)
+        assert again.result == 25 and broken.failure is None
     # the web process (this one) is unharmed, and stopping is bounded
     await asyncio.wait_for(broken.stop(graceful=False), WAIT)
 

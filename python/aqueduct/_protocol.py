@@ -37,6 +37,7 @@ from .exceptions import (
 
 __all__ = [
     "CLIENT_SHIFT",
+    "EXIT_CORRUPT_SEGMENT",
     "FLAGS",
     "FLAG_BODY",
     "FLAG_REFS",
@@ -56,6 +57,10 @@ __all__ = [
 
 
 _NAME_LENGTH = struct.Struct("<H")
+
+#: The exit code of a worker that found the flow's shared memory corrupt
+#: (segments that fail validation): respawning it onto them cannot help.
+EXIT_CORRUPT_SEGMENT = 75
 
 
 def resolve_class(name: bytes) -> Any:

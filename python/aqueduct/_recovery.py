@@ -84,9 +84,14 @@ class Recovery:
                 log.warning("Skipped a message a dead worker left unfinished in queue %d", index)
         self._unpublished = seen
 
-    def step_down(self, step_name: str) -> None:
-        """Every worker of a step keeps dying: the flow stops serving."""
-        self.broken = f"{step_name} is down: its workers keep dying (see the log)"
+    def step_down(self, step_name: str, why: str) -> None:
+        """A step cannot serve (its workers keep dying, or found the shared
+        memory corrupt): the flow stops serving; ``stop()`` then ``start()``
+        gives it fresh segments and workers."""
+        if self.broken is not None:
+            return
+        self.broken = f"{step_name} is down: {why} (see the log)"
+        log.error("%s; the flow stops serving until it is restarted", self.broken)
         self._fail_callers(FlowError(self.broken))
 
 

@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection, wait
 
 from . import _core
 from ._launch import WorkerHandle, definition, launch
-from ._protocol import WorkerSpec
+from ._protocol import EXIT_CORRUPT_SEGMENT, WorkerSpec
 from .exceptions import FlowStartTimeoutError, WorkerStartError
 from .logger import log
 
@@ -125,7 +125,7 @@ class Supervisor:
         start_method: str,
         control: _core.Control,
         on_death: DeathCallback,
-        on_step_down: Callable[[str], None],
+        on_step_down: Callable[[str, str], None],
         on_tick: Callable[[], None] = lambda: None,
     ) -> None:
         self._start_method = start_method
@@ -234,6 +234,11 @@ class Supervisor:
         self._control.clear_claims(w.spec.slot)
         how = w.exit_description()
         self._on_death(w, how, keys)
+        if w.process.exitcode == EXIT_CORRUPT_SEGMENT:
+            # its segments failed validation: so would every respawn's
+            w.given_up = True
+            self._on_step_down(w.step_name, "its worker found the flow's shared memory corrupt")
+            return
         now = time.monotonic()
         w.deaths.append(now)
         while w.deaths and now - w.deaths[0] > RESPAWN_WINDOW:
@@ -247,7 +252,7 @@ class Supervisor:
                 RESPAWN_WINDOW,
             )
             if all(x.given_up for x in self.workers if x.step_index == w.step_index):
-                self._on_step_down(w.step_name)
+                self._on_step_down(w.step_name, "its workers keep dying")
             return
         delay = min(RESPAWN_BACKOFF_BASE * 2 ** (len(w.deaths) - 1), RESPAWN_BACKOFF_MAX)
         w.respawn_at = now + delay

@@ -18,6 +18,7 @@ import cloudpickle
 from . import _core
 from ._bootstrap import Channel
 from ._protocol import (
+    EXIT_CORRUPT_SEGMENT,
     FLAG_REFS,
     FLAGS,
     KIND_DROPPED,
@@ -31,6 +32,7 @@ from ._shm import Ref, SharedMemory, split
 from ._topology import Topology
 from .exceptions import (
     FlowError,
+    SharedMemoryError,
     SharedMemoryFullError,
     TaskSerializationError,
     TaskTooLargeError,
@@ -83,7 +85,12 @@ def run(spec: WorkerSpec, channel: Channel) -> None:
         sys.exit(1)
     _exit_with_parent(spec.parent_pid)
     channel.send(("ready", os.getpid()))
-    _Worker(spec, handler, conditions).loop()
+    try:
+        worker = _Worker(spec, handler, conditions)
+    except SharedMemoryError as exc:
+        log.error("[%s] the flow's shared memory is corrupt: %s", spec.step_name, exc)
+        os._exit(EXIT_CORRUPT_SEGMENT)
+    worker.loop()
 
 
 def _exit_with_parent(parent_pid: int) -> None:
