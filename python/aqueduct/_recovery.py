@@ -36,6 +36,8 @@ class Recovery:
         self._unpublished: set[tuple[int, int, int]] = set()
         #: Why the flow cannot serve although it runs, once a step is down.
         self.broken: str | None = None
+        #: Whether that is because a worker found the shared memory corrupt.
+        self.corrupt = False
 
     def worker_died(self, worker: WorkerProcess, how: str, keys: list[int]) -> None:
         """Each task the worker held fails at once (an error in its client's
@@ -84,6 +86,12 @@ class Recovery:
                 log.warning("Skipped a message a dead worker left unfinished in queue %d", index)
         self._unpublished = seen
 
+    def segments_corrupt(self, step_name: str) -> None:
+        """A worker found the flow's shared memory corrupt: every respawn
+        would too, so the step is down at once (the flow may heal)."""
+        self.corrupt = True
+        self.step_down(step_name, "its worker found the flow's shared memory corrupt")
+
     def step_down(self, step_name: str, why: str) -> None:
         """A step cannot serve (its workers keep dying, or found the shared
         memory corrupt): the flow stops serving; ``stop()`` then ``start()``
@@ -91,7 +99,7 @@ class Recovery:
         if self.broken is not None:
             return
         self.broken = f"{step_name} is down: {why} (see the log)"
-        log.error("%s; the flow stops serving until it is restarted", self.broken)
+        log.error("%s", self.broken)
         self._fail_callers(FlowError(self.broken))
 
 

@@ -126,12 +126,14 @@ class Supervisor:
         control: _core.Control,
         on_death: DeathCallback,
         on_step_down: Callable[[str, str], None],
+        on_corrupt: Callable[[str], None],
         on_tick: Callable[[], None] = lambda: None,
     ) -> None:
         self._start_method = start_method
         self._control = control
         self._on_death = on_death
         self._on_step_down = on_step_down
+        self._on_corrupt = on_corrupt
         self._on_tick = on_tick
         self.workers: list[WorkerProcess] = []
         self._thread: threading.Thread | None = None
@@ -237,7 +239,7 @@ class Supervisor:
         if w.process.exitcode == EXIT_CORRUPT_SEGMENT:
             # its segments failed validation: so would every respawn's
             w.given_up = True
-            self._on_step_down(w.step_name, "its worker found the flow's shared memory corrupt")
+            self._on_corrupt(w.step_name)
             return
         now = time.monotonic()
         w.deaths.append(now)

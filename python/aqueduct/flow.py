@@ -17,6 +17,7 @@ from typing import Any, Literal
 from . import _core
 from ._client import Client
 from ._flow_metrics import export_periodically, snapshot
+from ._healing import Healer
 from ._protocol import MAX_CLIENTS
 from ._recovery import OwnerWatch, Recovery
 from ._shm import DEFAULT_SHM_SIZE, THRESHOLD, _set_parent_arena, forget_arenas
@@ -148,6 +149,7 @@ class Flow:
         self._client: Client | None = None
         # in a process forked from the owner: whether the owner still lives
         self._owner_watch: OwnerWatch | None = None
+        self._healer = Healer()
         # how earlier clients of this process ended their tasks
         self._counts = dict.fromkeys(("done", "failed", "timeout", "cancelled"), 0)
         _FLOWS.add(self)
@@ -169,7 +171,9 @@ class Flow:
         one's death), or None. Integrations stop the app on it."""
         if self._owner_watch is not None and self._owner_watch.poll() is not None:
             return self._owner_watch.reason
-        return self._recovery.broken if self._recovery is not None else None
+        if self._recovery is None or self._healer.can_heal(self):
+            return None  # the next call heals it
+        return self._recovery.broken
 
     @property
     def task_counts(self) -> dict[str, int]:
@@ -249,6 +253,7 @@ class Flow:
             topology.control,
             recovery.worker_died,
             recovery.step_down,
+            recovery.segments_corrupt,
             recovery.unwedge_queues,
         )
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -293,12 +298,14 @@ class Flow:
         ``NotRunningError`` when the flow is not running."""
         if self._state is not FlowState.RUNNING:
             raise NotRunningError(f"Flow is not running (state: {self._state.value})")
+        if self._recovery is not None and self._recovery.broken is not None:
+            if not self._healer.can_heal(self):
+                raise FlowError(self._recovery.broken)
+            await self._healer.heal(self)
         client = self._client
         if client is None:
             assert self._topology is not None
             client = self._become_client(self._topology)
-        if self._recovery is not None and self._recovery.broken is not None:
-            raise FlowError(self._recovery.broken)
         if self._owner_watch is not None and self._owner_watch.reason is not None:
             raise FlowError(self._owner_watch.reason)
         if not timeout_sec or timeout_sec <= 0:
