@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,7 +16,16 @@ import numpy as np
 import pytest
 from aqueduct import FlowStep
 from aqueduct.exceptions import FlowError
-from support import ArrayTask, Doubler, Scribbler, Task
+from support import (
+    ArrayTask,
+    Doubler,
+    Recorder,
+    Scribbler,
+    Square,
+    Task,
+    children_of,
+    running,
+)
 
 WAIT = 20
 
@@ -212,3 +222,89 @@ def test_forked_aiohttp_servers_stop_when_the_owner_dies(tmp_path):
         for pid in family:  # whatever outlived the owner (a failed test)
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _workers_of(pid: int) -> list[int]:
+    """This process's aqueduct worker processes."""
+    found = []
+    for child in children_of(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"aqueduct._bootstrap" in f.read():
+                    found.append(child)
+        except OSError:
+            pass
+    return found
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_chaos_of_killed_and_stopped_workers_under_load(make_flow):
+    """300 callers for 12 s while workers are SIGKILLed and SIGSTOPped at
+    random: every call ends within its timeout with the right result or a
+    FlowError, and fds, memory and processes come back."""
+    rng = random.Random(7)
+    fds_before = _open_fds()
+    flow = make_flow(FlowStep(Recorder("a"), nprocs=2), FlowStep(Square()))
+    timeout, slack = 2.0, 1.5
+    outcomes = {"ok": 0, "error": 0}
+    late: list[float] = []
+    running_until = time.monotonic() + 12
+
+    async def caller(n: int) -> None:
+        i = n
+        while time.monotonic() < running_until:
+            task = Task(i % 1000)
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(flow.process(task, timeout_sec=timeout), WAIT)
+                assert task.result == (i % 1000) ** 2, "a wrong result"
+                outcomes["ok"] += 1
+            except FlowError:
+                outcomes["error"] += 1
+            took = time.monotonic() - started
+            if took > timeout + slack:
+                late.append(took)
+            i += 300
+
+    async def chaos() -> None:
+        stopped: list[int] = []
+        while time.monotonic() < running_until - 1:
+            await asyncio.sleep(rng.uniform(0.3, 0.9))
+            workers = _workers_of(os.getpid())
+            if not workers:
+                continue
+            victim = rng.choice(workers)
+            if rng.random() < 0.3:
+                os.kill(victim, signal.SIGKILL)
+            else:
+                os.kill(victim, signal.SIGSTOP)
+                stopped.append(victim)
+                await asyncio.sleep(rng.uniform(0.1, 1.0))
+                os.kill(victim, signal.SIGCONT)
+        for pid in stopped:
+            if running(pid):
+                os.kill(pid, signal.SIGCONT)
+
+    rss_before = _rss_kb()
+    await asyncio.wait_for(asyncio.gather(chaos(), *(caller(n) for n in range(300))), 60)
+    assert not late, f"calls outlived their timeout: {sorted(late)[-3:]}"
+    assert outcomes["ok"] > 1000, outcomes  # it kept serving through it
+    await _served_again(flow, within=10)  # and serves after it
+    await asyncio.wait_for(flow.stop(graceful=False), WAIT)
+    deadline = time.monotonic() + 10
+    while _workers_of(os.getpid()):
+        assert time.monotonic() < deadline, "workers left running"
+        await asyncio.sleep(0.05)
+    assert _open_fds() <= fds_before + 2, (fds_before, _open_fds())
+    assert _rss_kb() - rss_before < 100 * 1024, "the caller's memory grew by 100 MB"
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0

@@ -169,10 +169,14 @@ class Client:
     def close(self) -> dict[str, int]:
         """Ends the client (the flow stopped): its loop reader goes, the
         blocks its tasks held are released (the workers that used them are
-        gone). Returns how its tasks ended."""
+        gone). Returns how its tasks ended. The Rust client and this object
+        refer to each other: the cycle is broken here, so the flow's
+        segments are unmapped now rather than at the next garbage collection."""
         counts = self.core.counts()
         self.detach()
         self.release_all()
+        del self.core
+        self._shm.close()
         return counts
 
     def fail_all_threadsafe(self, error: BaseException) -> None:

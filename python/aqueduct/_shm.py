@@ -156,6 +156,12 @@ class SharedMemory:
         self._key = 0
         self._callback = self._on_buffer
 
+    def close(self) -> None:
+        """Lets go of the arenas now: the bound buffer callback kept this
+        object (and them) alive until a garbage collection."""
+        self.arenas = []
+        del self._callback
+
     # -- sending ---------------------------------------------------------------
 
     def dumps(self, task: Any, key: int, by_value: bool) -> tuple[int, bytes, list[Ref]]:
