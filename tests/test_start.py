@@ -80,7 +80,10 @@ def _check(out: subprocess.CompletedProcess[str]) -> None:
     assert out.stdout.count("module body ran") == 1, out.stdout
 
 
-def _python(args: list[str], cwd: Path, stdin: str | None = None) -> None:
+def _python(
+    args: list[str], cwd: Path, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs a fresh interpreter (bounded), checks it succeeded, returns it."""
     out = subprocess.run(
         [sys.executable, *args],
         input=stdin,
@@ -91,6 +94,7 @@ def _python(args: list[str], cwd: Path, stdin: str | None = None) -> None:
         check=False,
     )
     _check(out)
+    return out
 
 
 def test_a_script_without_a_main_guard(tmp_path):
@@ -184,15 +188,7 @@ def test_main_definitions_reach_each_worker_once(tmp_path):
         "log.addHandler(logging.StreamHandler(sys.stdout))",
     )
     script = script.replace("range(-2, 40)", "range(-2, 400)")
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
-    _check(out)
+    out = _python(["-c", script], tmp_path)
     for name in ("Task", "Doubled"):
         sent = out.stdout.count(f"Sent __main__.{name} to a worker of")
         assert 1 <= sent <= 3, (name, sent)  # at most once for each of the 3 workers

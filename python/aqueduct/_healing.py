@@ -81,7 +81,9 @@ async def _restart(flow: Flow) -> None:
     except BaseException as exc:
         flow._kill_workers()
         flow._forget_segments()
-        flow._state = type(flow._state).STOPPED
+        from .flow import FlowState  # flow imports this module
+
+        flow._state = FlowState.STOPPED
         raise FlowError(f"{reason}; restarting the flow failed: {exc}") from exc
     fresh.start_monitor()
     log.warning("The flow was restarted on fresh shared memory")

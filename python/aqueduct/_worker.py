@@ -134,8 +134,6 @@ class _Worker:
             own_arena=spec.own_arena,
             spin=spec.spin_us,
         )
-        self.queues = topology.queues
-        self.clients = spec.clients
         self.shm = SharedMemory(topology.arenas, own=spec.own_arena)
         # A step's only process, batching without a timeout, takes up to
         # BURST batches one after the other after one wait, and wakes the
@@ -248,7 +246,7 @@ class _Worker:
             return
         kept = {(arena, block) for arena, block, _offset, _size in outgoing}
         for arena, block, _offset, _size in incoming:
-            if arena >= self.clients and (arena, block) not in kept:
+            if arena >= self.topology.clients and (arena, block) not in kept:
                 self.shm.arenas[arena].free(block)
 
     def drop(self, expired: list[_core.Message]) -> None:
@@ -260,7 +258,7 @@ class _Worker:
                 continue
             refs, _body = split(message.payload)
             self._retire(refs, ())
-            if any(arena < self.clients for arena, *_rest in refs):
+            if any(arena < self.topology.clients for arena, *_rest in refs):
                 index = self.topology.results_index(message.key)
                 notice = _core.Message(
                     key=message.key, kind=KIND_DROPPED, payload=b"", priority=message.priority
@@ -275,7 +273,7 @@ class _Worker:
         the task is still wanted: until its deadline, or for the core's
         ``PUSH_WAIT_NO_DEADLINE`` without one. A closed queue (the flow is
         stopping) or a caller that gave up drops it."""
-        self.queues[index].push_waiting(message)
+        self.topology.queues[index].push_waiting(message)
 
     def _send_error(
         self, key: int, priority: int, exc: BaseException, kind: type[FlowError] | None = None
