@@ -83,6 +83,14 @@ class Square(BaseTaskHandler):
             task.pid = os.getpid()
 
 
+class SlowSquare(Square):
+    """Squares after the tasks' gates and sleep (see ``pause``)."""
+
+    def handle(self, *tasks: Task) -> None:
+        pause(tasks)
+        super().handle(*tasks)
+
+
 class Recorder(BaseTaskHandler):
     """Appends its name to the task's trail; sleeps `task.sleep` per batch;
     numbers tasks in the order it handles them; notes the batch size."""
@@ -373,11 +381,13 @@ class Rebrand(BaseTaskHandler):
             task.pid = os.getpid()
 
 
-def scribble(seed: int, names: tuple[str, ...] = ("aqueduct-",), span: int = 64 * 1024) -> int:
-    """Overwrites the first ``span`` bytes of every shared writable mapping
-    of this process whose memfd name starts with one of ``names``, with
-    random bytes: what a buggy native extension in a handler can do. Returns
-    how many mappings it hit."""
+def scribble(
+    seed: int, names: tuple[str, ...] = ("aqueduct-",), span: int = 64 * 1024, skip: int = 0
+) -> int:
+    """Overwrites ``span`` bytes from byte ``skip`` of every shared writable
+    mapping of this process whose memfd name starts with one of ``names``,
+    with random bytes: what a buggy native extension in a handler can do.
+    Returns how many mappings it hit."""
     import ctypes
     import random
 
@@ -393,7 +403,10 @@ def scribble(seed: int, names: tuple[str, ...] = ("aqueduct-",), span: int = 64 
         if not any(path.startswith(f"/memfd:{name}") for name in names):
             continue
         start, end = (int(x, 16) for x in fields[0].split("-"))
+        start += skip
         size = min(span, end - start)
+        if size <= 0:
+            continue
         noise = rng.randbytes(size)
         ctypes.memmove(start, noise, size)
         hit += 1
@@ -403,12 +416,13 @@ def scribble(seed: int, names: tuple[str, ...] = ("aqueduct-",), span: int = 64 
 class Scribbler(BaseTaskHandler):
     """Squares; a task with value -13 instead scribbles over the worker's
     shared segments whose names start with its ``target`` (default: all of
-    aqueduct's), ``task.sleep`` being the seed."""
+    aqueduct's) from byte ``skip`` (default 0), ``task.sleep`` being the seed."""
 
     def handle(self, *tasks: Task) -> None:
         for task in tasks:
             if task.value == -13:
                 target = getattr(task, "target", "aqueduct-")
-                task.result = scribble(seed=int(task.sleep), names=(target,))
+                skip = getattr(task, "skip", 0)
+                task.result = scribble(seed=int(task.sleep), names=(target,), skip=skip)
                 continue
             task.result = task.value * task.value

@@ -15,16 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aqueduct import FlowStep
-from aqueduct.exceptions import FlowError
+from aqueduct.exceptions import FlowError, SharedMemoryCorruptError
 from support import (
     ArrayTask,
     Doubler,
     Recorder,
     Scribbler,
+    SlowSquare,
     Square,
     Task,
     children_of,
     running,
+    scribble,
 )
 
 WAIT = 20
@@ -82,6 +84,49 @@ async def _served_again(flow, within: float) -> None:
         except FlowError:
             pass
         assert time.monotonic() < deadline, "the flow did not serve again"
+
+
+#: Scribbles from here on leave a queue's magic and layout words alone: the
+#: segment still looks like a queue; its indices, sequence words, flags and
+#: messages are noise.
+PAST_LAYOUT = 64
+
+
+async def test_a_worker_that_meets_scribbled_rings_fails_its_tasks_clearly(make_flow):
+    flow = make_flow(FlowStep(Scribbler()))
+    await asyncio.wait_for(flow.process(Task(2), timeout_sec=WAIT), WAIT)
+    vandal = Task(-13, sleep=5)
+    vandal.target = "aqueduct-queue"  # type: ignore[attr-defined]
+    vandal.skip = PAST_LAYOUT  # type: ignore[attr-defined]
+    started = time.monotonic()
+    with pytest.raises(SharedMemoryCorruptError):  # not a timeout: found, and said
+        await asyncio.wait_for(flow.process(vandal, timeout_sec=5), WAIT)
+    assert time.monotonic() - started < 5
+    await _served_again(flow, within=10)
+
+
+async def test_the_web_process_never_trusts_a_scribbled_result_ring(make_flow):
+    flow = make_flow(FlowStep(SlowSquare()))
+    await asyncio.wait_for(flow.process(Task(2), timeout_sec=WAIT), WAIT)
+    call = asyncio.ensure_future(flow.process(Task(3, sleep=0.1), timeout_sec=5))
+    await asyncio.sleep(0)  # submitted
+    time.sleep(1)  # noqa: ASYNC251 - the loop is held: the answer waits, unread, in its ring
+    assert scribble(seed=6, names=("aqueduct-queue",), skip=PAST_LAYOUT) > 0
+    started = time.monotonic()
+    with pytest.raises(SharedMemoryCorruptError):
+        await asyncio.wait_for(call, WAIT)
+    assert time.monotonic() - started < 4, "found when read, not at the call's timeout"
+    assert flow.failure is None, "the next call heals it"
+    await _served_again(flow, within=10)
+
+
+async def test_a_call_into_scribbled_rings_raises_and_the_next_heals(make_flow):
+    flow = make_flow(FlowStep(Square()))
+    await asyncio.wait_for(flow.process(Task(2), timeout_sec=WAIT), WAIT)
+    assert scribble(seed=8, names=("aqueduct-queue",), skip=PAST_LAYOUT) > 0
+    with pytest.raises(FlowError):
+        await asyncio.wait_for(flow.process(Task(3), timeout_sec=5), WAIT)
+    await _served_again(flow, within=10)
 
 
 async def test_a_flow_whose_shared_memory_keeps_being_corrupted_stops_healing(make_flow):

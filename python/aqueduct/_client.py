@@ -17,6 +17,7 @@ import asyncio
 import collections
 import copyreg
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from . import _core
@@ -100,8 +101,10 @@ class Client:
         queue_size: int | None,
         metrics: bool,
         spin_us: int,
+        on_corrupt: Callable[[str], None],
     ) -> None:
         self.slot = slot
+        self._on_corrupt = on_corrupt
         self._steps = steps
         self._step_names = step_names
         self._queues = topology.queues[: topology.steps]
@@ -144,6 +147,7 @@ class Client:
         queue_size: int | None,
         metrics: bool,
         spin_us: int,
+        on_corrupt: Callable[[str], None],
     ) -> Client:
         """Takes a free client slot of the flow for this process; its arena
         becomes the one ``share_value`` allocates in."""
@@ -162,6 +166,7 @@ class Client:
             queue_size=queue_size,
             metrics=metrics,
             spin_us=spin_us,
+            on_corrupt=on_corrupt,
         )
         _set_parent_arena(topology.arenas[slot])
         return client
@@ -338,10 +343,19 @@ class Client:
 
     def unwanted(self, payload: bytes) -> None:
         """Frees the workers' blocks of a result nobody waits for any more."""
-        refs, _body = split(payload)
+        try:
+            refs, _body = split(payload)
+        except Exception:  # scribbled on: it names no block worth trusting
+            return
+        arenas = self._shm.arenas
         for index, block, _offset, _size in refs:
-            if index >= self._clients:
-                self._shm.arenas[index].free(block)
+            if self._clients <= index < len(arenas):
+                arenas[index].free(block)
+
+    def corrupt(self, reason: str) -> None:
+        """The result queue holds what no process writes: the flow is told
+        (it fails what waits and retires its shared memory)."""
+        self._on_corrupt(reason)
 
 
 def _no_step(task: Any) -> bool:

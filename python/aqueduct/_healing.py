@@ -65,7 +65,7 @@ class Healer:
 async def _restart(flow: Flow) -> None:
     recovery = flow._recovery
     reason = recovery.broken if recovery is not None else "corrupt shared memory"
-    log.error("%s; restarting the flow on fresh shared memory", reason)
+    log.warning("Restarting the flow on fresh shared memory")  # the cause is logged already
     flow._drop_client()  # its tasks have failed with the reason already
     supervisor = flow._supervisor
     if supervisor is not None:

@@ -14,7 +14,7 @@ from ._core import KIND_ERROR, Message
 from ._protocol import encode_error
 from ._supervisor import WorkerProcess
 from ._topology import Topology
-from .exceptions import FlowError, WorkerDiedError
+from .exceptions import FlowError, SharedMemoryCorruptError, WorkerDiedError
 from .logger import log
 
 __all__ = ["OwnerWatch", "Recovery"]
@@ -61,6 +61,10 @@ class Recovery:
                     touched.add(index)
                     continue
                 log.error("could not report the lost task %s: its result queue is full", key)
+            except SharedMemoryCorruptError as exc:
+                # the callers learn it from the flow going down instead
+                self.shared_memory_corrupt(f"{exc} (found by process {os.getpid()})")
+                return
             except Exception:
                 log.exception("could not report the lost task %s", key)
         for index in touched:
@@ -89,18 +93,29 @@ class Recovery:
     def segments_corrupt(self, step_name: str) -> None:
         """A worker found the flow's shared memory corrupt: every respawn
         would too, so the step is down at once (the flow may heal)."""
+        self.shared_memory_corrupt(
+            f"a worker of {step_name} found the flow's shared memory corrupt"
+        )
+
+    def shared_memory_corrupt(self, reason: str) -> None:
+        """The flow's shared memory holds what no process of it writes (a
+        worker or this process found so, reading it): nothing in it can be
+        trusted, so the flow stops serving from it at once (it may heal)."""
         self.corrupt = True
-        self.step_down(step_name, "its worker found the flow's shared memory corrupt")
+        self._down(reason, SharedMemoryCorruptError)
 
     def step_down(self, step_name: str, why: str) -> None:
-        """A step cannot serve (its workers keep dying, or found the shared
-        memory corrupt): the flow stops serving; ``stop()`` then ``start()``
-        gives it fresh segments and workers."""
+        """A step cannot serve (its workers keep dying): the flow stops
+        serving; ``stop()`` then ``start()`` gives it fresh segments and
+        workers."""
+        self._down(f"{step_name} is down: {why} (see the log)", FlowError)
+
+    def _down(self, reason: str, error: type[FlowError]) -> None:
         if self.broken is not None:
             return
-        self.broken = f"{step_name} is down: {why} (see the log)"
-        log.error("%s", self.broken)
-        self._fail_callers(FlowError(self.broken))
+        self.broken = reason
+        log.error("%s", reason)
+        self._fail_callers(error(reason))
 
 
 class OwnerWatch:

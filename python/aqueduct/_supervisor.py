@@ -232,15 +232,16 @@ class Supervisor:
         w.drain_control()
         if not self._respawning:
             return  # the flow is stopping: workers exit on purpose
-        keys = self._control.claims(w.spec.slot)
-        self._control.clear_claims(w.spec.slot)
-        how = w.exit_description()
-        self._on_death(w, how, keys)
         if w.process.exitcode == EXIT_CORRUPT_SEGMENT:
-            # its segments failed validation: so would every respawn's
+            # it found the segments corrupt: so would every respawn, and the
+            # queues its tasks' errors would go through cannot be trusted —
+            # the flow goes down at once, failing every caller
             w.given_up = True
             self._on_corrupt(w.step_name)
             return
+        keys = self._control.claims(w.spec.slot)
+        self._control.clear_claims(w.spec.slot)
+        self._on_death(w, w.exit_description(), keys)
         now = time.monotonic()
         w.deaths.append(now)
         while w.deaths and now - w.deaths[0] > RESPAWN_WINDOW:

@@ -32,6 +32,7 @@ from ._shm import Ref, SharedMemory, split
 from ._topology import Topology
 from .exceptions import (
     FlowError,
+    SharedMemoryCorruptError,
     SharedMemoryError,
     SharedMemoryFullError,
     TaskSerializationError,
@@ -86,11 +87,11 @@ def run(spec: WorkerSpec, channel: Channel) -> None:
     _exit_with_parent(spec.parent_pid)
     channel.send(("ready", os.getpid()))
     try:
-        worker = _Worker(spec, handler, conditions)
+        _Worker(spec, handler, conditions).loop()
     except SharedMemoryError as exc:
-        log.error("[%s] the flow's shared memory is corrupt: %s", spec.step_name, exc)
+        # mapping it, or reading it later: a respawn is what heals, not a retry
+        log.error("[%s] %s; the worker exits", spec.step_name, exc)
         os._exit(EXIT_CORRUPT_SEGMENT)
-    worker.loop()
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -227,6 +228,8 @@ class _Worker:
                     key=key, kind=kind, payload=payload, priority=priority, deadline_ns=deadline_ns
                 ),
             )
+        except SharedMemoryCorruptError:
+            raise  # the worker stops (see run): its tasks are failed by the parent
         except Exception as exc:
             self._retire(refs, ())
             self.shm.discard(out)

@@ -15,6 +15,7 @@ __all__ = [
     "MPStartMethodValueError",
     "NotRunningError",
     "QueueFullError",
+    "SharedMemoryCorruptError",
     "SharedMemoryError",
     "SharedMemoryFullError",
     "TaskSerializationError",
@@ -102,6 +103,13 @@ class WorkerDiedError(FlowError):
 
 class SharedMemoryError(AqueductError, OSError):
     """Creating or mapping shared memory failed."""
+
+
+class SharedMemoryCorruptError(FlowError, SharedMemoryError):
+    """The flow's shared memory holds what none of its processes writes: a
+    worker's native code scribbled on it. The tasks in flight fail with this
+    error; the flow retires that memory and restarts on fresh segments (see
+    README, "Isolation")."""
 
 
 class SharedMemoryFullError(FlowError):

@@ -23,7 +23,12 @@ from ._recovery import OwnerWatch, Recovery
 from ._shm import DEFAULT_SHM_SIZE, THRESHOLD, _set_parent_arena, forget_arenas
 from ._supervisor import Supervisor
 from ._topology import Topology, spin_us
-from .exceptions import FlowError, MPStartMethodValueError, NotRunningError
+from .exceptions import (
+    FlowError,
+    MPStartMethodValueError,
+    NotRunningError,
+    SharedMemoryCorruptError,
+)
 from .handler import BaseTaskHandler
 from .logger import log
 from .metrics import Collector, Exporter, FlowMetrics, MetricsTypes
@@ -286,8 +291,14 @@ class Flow:
             queue_size=self._queue_size,
             metrics=self._collect_metrics,
             spin_us=PARENT_SPIN_BASE_US + PARENT_SPIN_PER_STEP_US * len(self._steps),
+            on_corrupt=self._shared_memory_corrupt,
         )
         return self._client
+
+    def _shared_memory_corrupt(self, detail: str) -> None:
+        """This process read what no process of the flow writes."""
+        if self._recovery is not None:
+            self._recovery.shared_memory_corrupt(f"{detail} (found by process {os.getpid()})")
 
     # -- processing ----------------------------------------------------------
 
@@ -313,14 +324,17 @@ class Flow:
         loop = asyncio.get_running_loop()
         if loop is not client.loop:
             self._attach_loop(client, loop)
-        sent = client.core.submit(task, timeout_sec)
-        if isinstance(sent, int):
-            slow = client.submit(task, timeout_sec)  # what the Rust client leaves to Python
-            if slow is None:
-                return True  # no step's condition holds: nothing to do
-            future = slow
-        else:
-            future = sent
+        try:
+            sent = client.core.submit(task, timeout_sec)
+            if isinstance(sent, int):
+                slow = client.submit(task, timeout_sec)  # what the Rust client leaves to Python
+                if slow is None:
+                    return True  # no step's condition holds: nothing to do
+                sent = slow
+        except SharedMemoryCorruptError as exc:
+            self._shared_memory_corrupt(str(exc))
+            raise
+        future = sent
         try:
             await future
         except asyncio.CancelledError:

@@ -221,7 +221,7 @@ impl Arena {
         let frees = self.header().frees.load(Ordering::Acquire);
         if frees != *seen {
             *seen = frees;
-            self.reclaim(runs);
+            self.reclaim(runs)?;
         }
         let start = Self::first_fit(runs, want).ok_or_else(|| Error::ArenaFull {
             size: len,
@@ -255,24 +255,52 @@ impl Arena {
     }
 
     /// Folds blocks other processes marked `FREED` back into the free runs.
-    fn reclaim(&self, runs: &mut BTreeMap<u64, u64>) {
+    /// The block table is shared memory: a block is taken back only if its
+    /// entries say what `alloc` wrote (every page names the block's first),
+    /// so a scribbled table never makes pages in use, or past the arena's
+    /// end, look free — `Err(Corrupt)` says so instead.
+    fn reclaim(&self, runs: &mut BTreeMap<u64, u64>) -> Result<()> {
         let mut page = 0;
         while page < self.pages {
             let e = self.entry(page);
             let len = u64::from(e.pages.load(Ordering::Acquire)).max(1);
-            if e.state.load(Ordering::Acquire) == ALLOCATED {
-                page += len;
-                continue;
+            match e.state.load(Ordering::Acquire) {
+                ALLOCATED => page += len,
+                FREE => page += 1,
+                FREED => {
+                    self.check_block(page, len)?;
+                    if e.state
+                        .compare_exchange(FREED, FREE, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        Self::insert_run(runs, page, len);
+                        page += len;
+                    } else {
+                        page += 1;
+                    }
+                }
+                state => {
+                    return Err(Error::Corrupt(format!(
+                        "arena page {page} is in state {state:#x}"
+                    )))
+                }
             }
-            if e.state
-                .compare_exchange(FREED, FREE, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                Self::insert_run(runs, page, len);
-                page += len;
-            } else {
-                page += 1;
-            }
+        }
+        Ok(())
+    }
+
+    /// Whether pages `first..first + len` are what `alloc` made of one block.
+    fn check_block(&self, first: u64, len: u64) -> Result<()> {
+        let fits = first.checked_add(len).is_some_and(|end| end <= self.pages);
+        let whole = fits
+            && (first..first + len)
+                .all(|p| u64::from(self.entry(p).start.load(Ordering::Relaxed)) == first);
+        if whole {
+            Ok(())
+        } else {
+            Err(Error::Corrupt(format!(
+                "the arena block at page {first} of {len} pages is not one block"
+            )))
         }
     }
 
@@ -352,7 +380,7 @@ impl Arena {
         let base = self.data_ptr() as usize;
         let addr = ptr as usize;
         let end = base + (self.pages * PAGE) as usize;
-        if addr < base || addr.checked_add(len)? > end {
+        if addr < base || addr >= end || addr.checked_add(len)? > end {
             return None;
         }
         let offset = (addr - base) as u64;
@@ -400,5 +428,40 @@ mod tests {
         assert!(arena.free.as_ref().is_some_and(Mutex::is_poisoned));
         let block = arena.alloc(PAGE, 1).expect("allocates after the panic");
         assert!(arena.free(block.offset));
+    }
+
+    /// An arena whose pages 0..2 were a block, freed by another process.
+    fn freed_block() -> Arena {
+        let arena = Arena::create(8 * PAGE).expect("arena");
+        let block = arena.alloc(2 * PAGE, 1).expect("block");
+        arena.alloc(PAGE, 2).expect("another block, in use");
+        assert!(arena.free(block.offset));
+        arena
+    }
+
+    #[test]
+    fn a_freed_block_that_claims_pages_in_use_is_not_reused() {
+        for pages in [3, u32::MAX] {
+            let arena = freed_block();
+            arena.entry(0).pages.store(pages, Ordering::Relaxed);
+            let wanted = arena.alloc(7 * PAGE, 3);
+            assert!(
+                matches!(wanted, Err(Error::Corrupt(_))),
+                "{pages}: {wanted:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_page_in_no_state_alloc_writes_is_corruption() {
+        let arena = freed_block();
+        arena.entry(5).state.store(0xdead, Ordering::Relaxed);
+        assert!(matches!(arena.alloc(PAGE, 3), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn an_intact_freed_block_is_reused() {
+        let arena = freed_block();
+        assert_eq!(arena.alloc(2 * PAGE, 3).expect("reused").offset, 0);
     }
 }

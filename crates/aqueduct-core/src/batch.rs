@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use crate::control::Control;
+use crate::error::Result;
 use crate::notify::monotonic_ns;
 use crate::queue::{Message, TaskQueue, Wait};
 
@@ -64,12 +65,14 @@ impl BatchAssembler {
     /// `idle_deadline_ns` (then returns an empty batch, so the caller can do
     /// housekeeping); `interrupt` is polled while asleep and, when it returns
     /// true, ends the wait early with what was collected so far.
+    /// `Err(Corrupt)` when the queue's memory was scribbled on: the worker
+    /// must not go on reading it.
     pub fn next_batch(
         &self,
         queue: &TaskQueue,
         idle_deadline_ns: Option<u64>,
         interrupt: &mut dyn FnMut() -> bool,
-    ) -> Batch {
+    ) -> Result<Batch> {
         self.next_batch_claimed(queue, idle_deadline_ns, interrupt, None)
     }
 
@@ -82,7 +85,7 @@ impl BatchAssembler {
         idle_deadline_ns: Option<u64>,
         interrupt: &mut dyn FnMut() -> bool,
         claims: Option<Claims<'_>>,
-    ) -> Batch {
+    ) -> Result<Batch> {
         if let Some(c) = claims {
             c.control.clear_claims(c.slot);
         }
@@ -93,11 +96,11 @@ impl BatchAssembler {
                 Wait::Ready => {}
                 Wait::Closed => {
                     batch.closed = true;
-                    return batch;
+                    return Ok(batch);
                 }
-                Wait::Timeout | Wait::Interrupted => return batch,
+                Wait::Timeout | Wait::Interrupted => return Ok(batch),
             }
-            self.take_ready(queue, &mut batch, claims);
+            self.take_ready(queue, &mut batch, claims)?;
             if !batch.messages.is_empty() {
                 break;
             }
@@ -106,34 +109,34 @@ impl BatchAssembler {
         // 2. was taken by take_ready; 3. wait for the rest while allowed
         if self.policy.timeout.is_zero() {
             Self::record_batch(first_ns, claims);
-            return batch;
+            return Ok(batch);
         }
         let deadline = monotonic_ns() + self.policy.timeout.as_nanos() as u64;
         while batch.messages.len() < self.policy.size {
             match queue.wait_ready(Some(deadline), interrupt) {
-                Wait::Ready => self.take_ready(queue, &mut batch, claims),
+                Wait::Ready => self.take_ready(queue, &mut batch, claims)?,
                 Wait::Closed | Wait::Timeout | Wait::Interrupted => break,
             }
         }
         Self::record_batch(first_ns, claims);
-        batch
+        Ok(batch)
     }
 
     /// The next batch of what is queued now, without waiting (empty when
     /// nothing is): a worker that just finished a batch takes the next one
     /// as it is at that moment. Claims are recorded as in
     /// [`BatchAssembler::next_batch_claimed`].
-    pub fn next_ready(&self, queue: &TaskQueue, claims: Option<Claims<'_>>) -> Batch {
+    pub fn next_ready(&self, queue: &TaskQueue, claims: Option<Claims<'_>>) -> Result<Batch> {
         if let Some(c) = claims {
             c.control.clear_claims(c.slot);
         }
         let mut batch = Batch::default();
         let first_ns = monotonic_ns();
-        self.take_ready(queue, &mut batch, claims);
+        self.take_ready(queue, &mut batch, claims)?;
         if !batch.messages.is_empty() {
             Self::record_batch(first_ns, claims);
         }
-        batch
+        Ok(batch)
     }
 
     fn record_batch(first_ns: u64, claims: Option<Claims<'_>>) {
@@ -144,11 +147,16 @@ impl BatchAssembler {
     }
 
     /// Moves ready messages into the batch until it is full or none is ready.
-    fn take_ready(&self, queue: &TaskQueue, batch: &mut Batch, claims: Option<Claims<'_>>) {
+    fn take_ready(
+        &self,
+        queue: &TaskQueue,
+        batch: &mut Batch,
+        claims: Option<Claims<'_>>,
+    ) -> Result<()> {
         let now = monotonic_ns();
         let metrics = claims.and_then(|c| c.control.metrics(c.step));
         while batch.messages.len() < self.policy.size {
-            let Some(m) = queue.try_pop() else { break };
+            let Some(m) = queue.try_pop()? else { break };
             let cancelled = claims.is_some_and(|c| c.control.is_cancelled(m.header.key));
             if cancelled || m.header.is_expired(now) {
                 if let Some(metrics) = metrics {
@@ -172,5 +180,6 @@ impl BatchAssembler {
             }
             batch.messages.push(m);
         }
+        Ok(())
     }
 }

@@ -19,6 +19,9 @@ use crate::segment::Segment;
 const MAGIC: u64 = 0x6171_7565_6463_746c; // "aquedctl"
 /// Most keys one claim slot records (larger batches record their first ones).
 pub const MAX_CLAIMS: usize = 4096;
+/// More worker slots (or steps) than any flow has: a header saying more was
+/// scribbled on.
+const MAX_SLOTS: usize = 1 << 16;
 /// Bits in the cancel set; keys wrap around it.
 const CANCEL_BITS: u64 = 1 << 20;
 
@@ -92,7 +95,10 @@ impl Control {
             std::sync::atomic::fence(Ordering::Acquire);
             (magic, h.slots as usize, h.steps as usize)
         };
-        if magic != MAGIC || segment.len() < offsets(slots, steps).3 {
+        // Bounded before the layout is computed from them, so no
+        // arithmetic on scribbled values can overflow.
+        let sane = slots <= MAX_SLOTS && steps <= MAX_SLOTS;
+        if magic != MAGIC || !sane || segment.len() < offsets(slots, steps).3 {
             return Err(Error::InvalidSegment(
                 "not an aqueduct control block".into(),
             ));

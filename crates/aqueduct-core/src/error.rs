@@ -27,6 +27,11 @@ pub enum Error {
     /// A segment handed over by another process is not what it claims to be.
     #[error("invalid segment: {0}")]
     InvalidSegment(String),
+    /// Shared memory holds what no process of the flow writes: another
+    /// process (a worker's native code) scribbled on it. The segment cannot
+    /// be trusted any more; the flow retires it.
+    #[error("shared memory is corrupt: {0}")]
+    Corrupt(String),
     /// Arguments that cannot describe a queue (zero capacity and the like).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -17,7 +17,10 @@ use crate::segment::Segment;
 use crate::spin::{SpinPolicy, DEFAULT_SPIN_US};
 
 const MAGIC: u64 = 0x6171_7565_6475_6374; // "aqueduct"
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Values of the header's `closed` word; any other was scribbled.
+const OPEN: u32 = 0;
+const CLOSED: u32 = 1;
 /// Longest single futex sleep, so callers can check signals and deadlines.
 pub const WAIT_SLICE: Duration = Duration::from_millis(100);
 
@@ -37,7 +40,7 @@ pub struct MessageHeader {
     pub enqueued_ns: u64,
 }
 
-const HEADER_BYTES: usize = 32;
+const HEADER_BYTES: usize = 40;
 /// Kind of the filler that replaces a message a dead producer never finished.
 pub const SKIPPED: u32 = u32::MAX;
 
@@ -49,18 +52,53 @@ impl MessageHeader {
         out[16..20].copy_from_slice(&self.kind.to_le_bytes());
         out[20..24].copy_from_slice(&self.priority.to_le_bytes());
         out[24..32].copy_from_slice(&self.enqueued_ns.to_le_bytes());
+        out[32..40].copy_from_slice(&self.check().to_le_bytes());
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
-        let word = |r: std::ops::Range<usize>| bytes.get(r);
-        Some(MessageHeader {
-            key: u64::from_le_bytes(word(0..8)?.try_into().ok()?),
-            deadline_ns: u64::from_le_bytes(word(8..16)?.try_into().ok()?),
-            kind: u32::from_le_bytes(word(16..20)?.try_into().ok()?),
-            priority: u32::from_le_bytes(word(20..24)?.try_into().ok()?),
-            enqueued_ns: u64::from_le_bytes(word(24..32)?.try_into().ok()?),
-        })
+    /// The header of a message as a consumer found it; `Err(Corrupt)` when
+    /// it is too short or its check word does not match its fields (its
+    /// bytes were scribbled on).
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let corrupt = || Error::Corrupt(format!("a message header of {} bytes", bytes.len()));
+        let field = |at: usize| -> Result<[u8; 8]> {
+            bytes
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(corrupt)
+        };
+        let kinds = field(16)?;
+        let header = MessageHeader {
+            key: u64::from_le_bytes(field(0)?),
+            deadline_ns: u64::from_le_bytes(field(8)?),
+            kind: u32::from_le_bytes([kinds[0], kinds[1], kinds[2], kinds[3]]),
+            priority: u32::from_le_bytes([kinds[4], kinds[5], kinds[6], kinds[7]]),
+            enqueued_ns: u64::from_le_bytes(field(24)?),
+        };
+        if u64::from_le_bytes(field(32)?) != header.check() {
+            return Err(Error::Corrupt(format!(
+                "the header of message {:#x} fails its check",
+                header.key
+            )));
+        }
+        Ok(header)
+    }
+
+    /// A hash of the fields, so that a header scribbled on is told from one
+    /// a producer wrote: a few multiplies, nothing per payload byte. Never 0,
+    /// so zeroed memory does not pass either.
+    fn check(&self) -> u64 {
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+        let words = [
+            self.key,
+            self.deadline_ns,
+            u64::from(self.kind) | (u64::from(self.priority) << 32),
+            self.enqueued_ns,
+        ];
+        let mixed = words.iter().fold(0x6171_7565_6475_6374_u64, |h, &w| {
+            (h ^ w).wrapping_mul(K).rotate_left(29)
+        });
+        (mixed ^ (mixed >> 32)) | 1
     }
 
     /// True when the deadline is set and `now_ns` is at or past it.
@@ -297,8 +335,14 @@ impl TaskQueue {
     /// As [`TaskQueue::push`], the payload being `parts` one after the other.
     pub fn push_parts(&self, header: &MessageHeader, parts: &[&[u8]]) -> Result<()> {
         let h = self.header();
-        if h.closed.load(Ordering::Relaxed) != 0 {
-            return Err(Error::Closed);
+        match h.closed.load(Ordering::Relaxed) {
+            OPEN => {}
+            CLOSED => return Err(Error::Closed),
+            other => {
+                return Err(Error::Corrupt(format!(
+                    "the queue's closed flag is {other:#x}"
+                )))
+            }
         }
         let size: usize = parts.iter().map(|p| p.len()).sum();
         if size > self.max_payload() {
@@ -378,24 +422,22 @@ impl TaskQueue {
         self.rings.iter().any(Ring::has_ready)
     }
 
-    /// Takes the next message, highest priority first.
+    /// Takes the next message, highest priority first: `Ok(None)` when
+    /// there is none, `Err(Corrupt)` when the queue's memory was scribbled on
+    /// (retire the segment: what it holds cannot be trusted).
     /// Call [`TaskQueue::released`] once after a burst of pops.
-    pub fn try_pop(&self) -> Option<Message> {
+    pub fn try_pop(&self) -> Result<Option<Message>> {
         for ring in self.rings.iter().rev() {
-            while let Some(raw) = ring.pop() {
+            while let Some(raw) = ring.pop()? {
                 self.header().count.0.fetch_sub(1, Ordering::Relaxed);
-                // Every push writes a header; a shorter message cannot come
-                // from this crate, so it is skipped rather than trusted, as
-                // are fillers for messages a dead producer never finished.
-                match MessageHeader::decode(&raw) {
-                    Some(header) if header.kind != SKIPPED => {
-                        return Some(Message { header, raw });
-                    }
-                    _ => continue,
+                let header = MessageHeader::decode(&raw)?;
+                // Fillers for messages a dead producer never finished.
+                if header.kind != SKIPPED {
+                    return Ok(Some(Message { header, raw }));
                 }
             }
         }
-        None
+        Ok(None)
     }
 
     /// Tells producers waiting for room that some was freed: wakes futex
@@ -493,7 +535,7 @@ impl TaskQueue {
     /// Closes the queue: pushes fail, waiters return `Closed` once it is drained.
     pub fn close(&self) {
         let h = self.header();
-        h.closed.store(1, Ordering::SeqCst);
+        h.closed.store(CLOSED, Ordering::SeqCst);
         for notice in [&h.ready, &h.space] {
             notice.epoch.fetch_add(1, Ordering::SeqCst);
             futex_wake(&notice.epoch, i32::MAX);
@@ -501,7 +543,7 @@ impl TaskQueue {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.header().closed.load(Ordering::Relaxed) != 0
+        self.header().closed.load(Ordering::Relaxed) == CLOSED
     }
 
     /// Waits until a message is ready, the queue is closed and drained, or
@@ -622,5 +664,33 @@ impl TaskQueue {
 impl AsFd for TaskQueue {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.segment.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scribbled_message_header_fails_its_check() {
+        let header = MessageHeader {
+            key: 7,
+            deadline_ns: 9,
+            kind: 4,
+            priority: 1,
+            enqueued_ns: 11,
+        };
+        let bytes = header.encode();
+        assert_eq!(MessageHeader::decode(&bytes).ok(), Some(header));
+        for at in [0, 8, 16, 20, 24, 32, 39] {
+            let mut scribbled = bytes;
+            scribbled[at] ^= 0x10;
+            assert!(
+                matches!(MessageHeader::decode(&scribbled), Err(Error::Corrupt(_))),
+                "byte {at}"
+            );
+        }
+        assert!(MessageHeader::decode(&[0; HEADER_BYTES]).is_err(), "zeroed");
+        assert!(MessageHeader::decode(&bytes[..20]).is_err(), "short");
     }
 }

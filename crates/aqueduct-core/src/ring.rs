@@ -40,6 +40,24 @@ fn length_word(pos: u64, len: usize) -> u64 {
     (pos << LEN_BITS) | (len as u64 & LEN_MASK)
 }
 
+/// The bits of position `pos` a length word carries.
+fn tag(pos: u64) -> u64 {
+    pos & (u64::MAX >> LEN_BITS)
+}
+
+/// Positions only grow, one per slot: no ring reaches this one in centuries,
+/// so a larger `head` or `tail` was scribbled — and arithmetic on it could
+/// overflow.
+const MAX_POSITION: u64 = 1 << 62;
+
+fn check_position(pos: u64, name: &str) -> Result<()> {
+    if pos < MAX_POSITION {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(format!("the ring's {name} is {pos:#x}")))
+    }
+}
+
 /// A cache line, to keep `head` and `tail` from sharing one.
 #[repr(C, align(64))]
 #[derive(Debug)]
@@ -345,22 +363,24 @@ impl<M: Slots> Ring<M> {
         let tail = self.mem.tail();
         let mut pos = tail.load(Ordering::Relaxed);
         'claim: loop {
+            check_position(pos, "tail")?;
             for i in 0..n {
                 let want = pos + i;
                 let seq = self.seq(want).load(Ordering::Acquire);
                 if seq != want {
-                    if seq < want {
-                        // The slot still holds a message of the previous lap.
-                        let now = tail.load(Ordering::Relaxed);
-                        if now == pos {
-                            return Err(Error::Full);
-                        }
+                    let now = tail.load(Ordering::Relaxed);
+                    if now != pos {
+                        // Others claimed since we looked: look again.
                         pos = now;
-                    } else {
-                        // Someone claimed past our view of `tail`.
-                        pos = tail.load(Ordering::Relaxed);
+                        continue 'claim;
                     }
-                    continue 'claim;
+                    // `tail` did not move, so the slot is either still
+                    // held for the previous lap (the ring is full) or
+                    // holds what no producer or consumer writes.
+                    if !self.plausible_behind_tail(seq, want) {
+                        return Err(self.corrupt(want, seq));
+                    }
+                    return Err(Error::Full);
                 }
             }
             match tail.compare_exchange_weak(pos, pos + n, Ordering::Relaxed, Ordering::Relaxed) {
@@ -397,17 +417,30 @@ impl<M: Slots> Ring<M> {
         self.seq(head).load(Ordering::Acquire) == head + 1
     }
 
-    /// Takes the next message, if one is published. `Ok(None)` when empty.
-    pub fn pop(&self) -> Option<Vec<u8>> {
+    /// Takes the next message, if one is published: `Ok(None)` when empty,
+    /// `Err(Corrupt)` when the ring's words say what no process writes (the
+    /// ring is then left as it is: nothing is read past a bad value).
+    pub fn pop(&self) -> Result<Option<Vec<u8>>> {
         let head = self.mem.head();
         let mut pos = head.load(Ordering::Relaxed);
         loop {
+            check_position(pos, "head")?;
             let seq = self.seq(pos).load(Ordering::Acquire);
             if seq == pos + 1 {
-                let len = (self.len_word(pos).load(Ordering::Relaxed) & LEN_MASK) as usize;
-                // A corrupt length (only possible if memory was scribbled on)
-                // must not make us read outside the ring.
-                let len = len.min(self.layout.max_message());
+                let word = self.len_word(pos).load(Ordering::Relaxed);
+                let len = (word & LEN_MASK) as usize;
+                if word >> LEN_BITS != tag(pos) || len > self.layout.max_message() {
+                    // The message may have been taken, and its slot reused,
+                    // since we read its sequence; if not, its length is bad.
+                    let now = head.load(Ordering::Relaxed);
+                    if now == pos {
+                        return Err(Error::Corrupt(format!(
+                            "the length word of the message at position {pos} is {word:#x}"
+                        )));
+                    }
+                    pos = now;
+                    continue;
+                }
                 let n = self.layout.slots_for(len);
                 match head.compare_exchange_weak(pos, pos + n, Ordering::Relaxed, Ordering::Relaxed)
                 {
@@ -422,16 +455,41 @@ impl<M: Slots> Ring<M> {
                             self.seq(pos + i)
                                 .store(pos + i + self.layout.capacity, Ordering::Release);
                         }
-                        return Some(out);
+                        return Ok(Some(out));
                     }
                     Err(now) => pos = now,
                 }
             } else if seq < pos + 1 {
-                return None;
+                // Empty, or a stale view of `head`: either way the slot's
+                // sequence is at most one lap behind (sequences only grow).
+                if pos - seq > self.layout.capacity {
+                    return Err(self.corrupt(pos, seq));
+                }
+                return Ok(None);
             } else {
-                pos = head.load(Ordering::Relaxed);
+                // A later lap: others took this message since we looked.
+                let now = head.load(Ordering::Relaxed);
+                if now == pos {
+                    return Err(self.corrupt(pos, seq));
+                }
+                pos = now;
             }
         }
+    }
+
+    /// Whether `seq` can be the sequence of the slot at position `want`,
+    /// at or past a `tail` that did not move: free for this lap (`want`), or
+    /// still held for the previous one (`want - capacity`, published
+    /// `want - capacity + 1`).
+    fn plausible_behind_tail(&self, seq: u64, want: u64) -> bool {
+        seq <= want && want - seq <= self.layout.capacity
+    }
+
+    fn corrupt(&self, pos: u64, seq: u64) -> Error {
+        Error::Corrupt(format!(
+            "slot {} holds sequence {seq} at position {pos}",
+            self.index(pos)
+        ))
     }
 
     /// Claims room for a message of `len` bytes and never publishes it: what
@@ -459,7 +517,8 @@ impl<M: Slots> Ring<M> {
     pub fn unpublished_head(&self) -> Option<u64> {
         let head = self.mem.head().load(Ordering::Acquire);
         let tail = self.mem.tail().load(Ordering::Acquire);
-        (tail > head && self.seq(head).load(Ordering::Acquire) == head).then_some(head)
+        (tail > head && tail < MAX_POSITION && self.seq(head).load(Ordering::Acquire) == head)
+            .then_some(head)
     }
 
     /// Publishes, in place of the message a dead producer claimed at `head`,
@@ -478,8 +537,11 @@ impl<M: Slots> Ring<M> {
             return false;
         }
         let tail = self.mem.tail().load(Ordering::Acquire);
+        if tail >= MAX_POSITION {
+            return false;
+        }
         let word = self.len_word(head).load(Ordering::Relaxed);
-        let written = (word >> LEN_BITS) == (head & (u64::MAX >> LEN_BITS))
+        let written = (word >> LEN_BITS) == tag(head)
             && (word & LEN_MASK) as usize <= self.layout.max_message();
         let slots = if written {
             self.layout.slots_for((word & LEN_MASK) as usize)
@@ -642,11 +704,14 @@ mod tests {
             assert_eq!(ring.unpublished_head(), Some(slot));
             assert!(ring.fill_abandoned(slot, b"skip"));
             assert!(!ring.fill_abandoned(slot, b"skip"), "only once");
-            let filler = ring.pop().expect("the filler");
+            let filler = ring.pop().expect("an intact ring").expect("the filler");
             assert_eq!(&filler[..4], b"skip");
             assert_eq!(filler.len(), 32 - LEN_PREFIX, "one slot");
         }
-        assert_eq!(ring.pop().as_deref(), Some(&b"after"[..]));
+        assert_eq!(
+            ring.pop().expect("an intact ring").as_deref(),
+            Some(&b"after"[..])
+        );
         assert_eq!(ring.used_slots(), 0);
     }
 
@@ -656,13 +721,85 @@ mod tests {
         let ring = &heap.ring;
         ring.push(&[&[1u8; 40]]).expect("two slots at 0");
         ring.push(&[&[2u8; 40]]).expect("two slots at 2");
-        assert!(ring.pop().is_some() && ring.pop().is_some());
+        assert!(
+            ring.pop().expect("an intact ring").is_some()
+                && ring.pop().expect("an intact ring").is_some()
+        );
         // lap 1: a producer claims slot 4 (index 0) and dies before its
         // length: the word still holds lap 0's
         ring.mem.tail().store(5, Ordering::Relaxed);
         assert_eq!(ring.unpublished_head(), Some(4));
         assert!(ring.fill_abandoned(4, b"skip"));
-        assert_eq!(ring.pop().map(|m| m.len()), Some(32 - LEN_PREFIX));
+        assert_eq!(
+            ring.pop().expect("an intact ring").map(|m| m.len()),
+            Some(32 - LEN_PREFIX)
+        );
         assert_eq!(ring.used_slots(), 0);
+    }
+
+    fn is_corrupt<T: std::fmt::Debug>(result: Result<T>) -> bool {
+        matches!(result, Err(Error::Corrupt(_)))
+    }
+
+    /// A ring after `laps` full laps of one-slot messages.
+    fn lapped(laps: u64) -> Heap {
+        let heap = Heap::new(4, 32);
+        for _ in 0..laps * 4 {
+            heap.ring.push(&[b"x"]).expect("push");
+            heap.ring.pop().expect("an intact ring").expect("a message");
+        }
+        heap
+    }
+
+    #[test]
+    fn a_sequence_from_a_lap_to_come_is_corruption_not_a_livelock() {
+        let heap = lapped(2);
+        let ring = &heap.ring;
+        ring.seq(8).store(8 + 5 * 4, Ordering::Relaxed);
+        assert!(is_corrupt(ring.pop()), "the consumer");
+        assert!(is_corrupt(ring.push(&[b"y"])), "the producer");
+    }
+
+    #[test]
+    fn a_sequence_laps_behind_is_corruption_not_an_empty_ring() {
+        let heap = lapped(3);
+        let ring = &heap.ring;
+        ring.seq(12).store(0, Ordering::Relaxed); // zeroed memory
+        assert!(is_corrupt(ring.pop()));
+        assert!(is_corrupt(ring.push(&[b"y"])));
+    }
+
+    #[test]
+    fn a_published_message_with_a_bad_length_is_corruption() {
+        for word in [length_word(9, 10), length_word(8, 1 << 30), u64::MAX] {
+            let heap = lapped(2);
+            let ring = &heap.ring;
+            ring.push(&[b"message"]).expect("push");
+            ring.len_word(8).store(word, Ordering::Relaxed);
+            assert!(is_corrupt(ring.pop()), "{word:#x}");
+        }
+    }
+
+    #[test]
+    fn positions_no_ring_reaches_are_corruption() {
+        let heap = lapped(1);
+        let ring = &heap.ring;
+        ring.mem.head().store(u64::MAX - 1, Ordering::Relaxed);
+        assert!(is_corrupt(ring.pop()));
+        ring.mem.tail().store(u64::MAX, Ordering::Relaxed);
+        assert!(is_corrupt(ring.push(&[b"y"])));
+        assert_eq!(ring.unpublished_head(), None);
+    }
+
+    #[test]
+    fn a_full_ring_is_full_not_corrupt() {
+        let heap = lapped(1);
+        let ring = &heap.ring;
+        for _ in 0..4 {
+            ring.push(&[b"x"]).expect("room");
+        }
+        assert!(matches!(ring.push(&[b"y"]), Err(Error::Full)));
+        ring.pop().expect("an intact ring").expect("a message");
+        ring.push(&[b"y"]).expect("room again");
     }
 }

@@ -28,9 +28,15 @@ fn takes_what_is_queued_up_to_batch_size_without_waiting() {
         size: 3,
         timeout: Duration::ZERO,
     });
-    assert_eq!(keys(&a.next_batch(&q, None, &mut || false)), vec![0, 1, 2]);
+    assert_eq!(
+        keys(&a.next_batch(&q, None, &mut || false).expect("a batch")),
+        vec![0, 1, 2]
+    );
     let started = Instant::now();
-    assert_eq!(keys(&a.next_batch(&q, None, &mut || false)), vec![3, 4]);
+    assert_eq!(
+        keys(&a.next_batch(&q, None, &mut || false).expect("a batch")),
+        vec![3, 4]
+    );
     assert!(
         started.elapsed() < Duration::from_millis(50),
         "must not wait with timeout 0"
@@ -53,7 +59,7 @@ fn batch_timeout_waits_for_late_tasks_until_its_deadline() {
         })
     };
     let started = Instant::now();
-    let batch = a.next_batch(&q, None, &mut || false);
+    let batch = a.next_batch(&q, None, &mut || false).expect("a batch");
     late.join().expect("pusher");
     assert_eq!(keys(&batch), vec![0, 1]);
     let waited = started.elapsed();
@@ -75,7 +81,10 @@ fn a_full_batch_returns_before_the_timeout() {
         timeout: Duration::from_secs(5),
     });
     let started = Instant::now();
-    assert_eq!(keys(&a.next_batch(&q, None, &mut || false)), vec![0, 1]);
+    assert_eq!(
+        keys(&a.next_batch(&q, None, &mut || false).expect("a batch")),
+        vec![0, 1]
+    );
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
@@ -92,7 +101,7 @@ fn expired_tasks_are_dropped_and_reported() {
         size: 8,
         timeout: Duration::ZERO,
     });
-    let batch = a.next_batch(&q, None, &mut || false);
+    let batch = a.next_batch(&q, None, &mut || false).expect("a batch");
     assert_eq!(keys(&batch), vec![1, 3]);
     let expired: Vec<u64> = batch.expired.iter().map(|m| m.header.key).collect();
     assert_eq!(expired, vec![0, 2]);
@@ -106,7 +115,9 @@ fn an_idle_deadline_returns_an_empty_batch() {
         timeout: Duration::ZERO,
     });
     let started = Instant::now();
-    let batch = a.next_batch(&q, Some(monotonic_ns() + 50_000_000), &mut || false);
+    let batch = a
+        .next_batch(&q, Some(monotonic_ns() + 50_000_000), &mut || false)
+        .expect("a batch");
     assert!(batch.messages.is_empty() && !batch.closed);
     let waited = started.elapsed();
     assert!(
@@ -129,7 +140,9 @@ fn closing_wakes_a_sleeping_consumer() {
         size: 1,
         timeout: Duration::ZERO,
     });
-    let batch = a.next_batch(&q, Some(monotonic_ns() + 5_000_000_000), &mut || false);
+    let batch = a
+        .next_batch(&q, Some(monotonic_ns() + 5_000_000_000), &mut || false)
+        .expect("a batch");
     closer.join().expect("closer");
     assert!(batch.closed);
 }
@@ -143,10 +156,12 @@ fn the_interrupt_callback_ends_a_wait() {
     });
     let mut calls = 0;
     let started = Instant::now();
-    let batch = a.next_batch(&q, None, &mut || {
-        calls += 1;
-        calls >= 2
-    });
+    let batch = a
+        .next_batch(&q, None, &mut || {
+            calls += 1;
+            calls >= 2
+        })
+        .expect("a batch");
     assert!(batch.messages.is_empty());
     assert_eq!(calls, 2);
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -172,7 +187,9 @@ fn a_worker_claims_what_it_takes_and_skips_cancelled_tasks() {
         slot: 3,
         step: 0,
     });
-    let batch = a.next_batch_claimed(&q, None, &mut || false, claims);
+    let batch = a
+        .next_batch_claimed(&q, None, &mut || false, claims)
+        .expect("a batch");
     assert_eq!(keys(&batch), vec![1, 3, 4]);
     assert_eq!(
         batch
@@ -186,7 +203,9 @@ fn a_worker_claims_what_it_takes_and_skips_cancelled_tasks() {
     assert!(control.claims(0).is_empty());
     // asking for the next batch means the previous one is done
     push(&q, 5, 0);
-    let batch = a.next_batch_claimed(&q, None, &mut || false, claims);
+    let batch = a
+        .next_batch_claimed(&q, None, &mut || false, claims)
+        .expect("a batch");
     assert_eq!(keys(&batch), vec![5]);
     assert_eq!(control.claims(3), vec![5]);
     control.uncancel(2);

@@ -35,8 +35,9 @@ fn child_echo() {
         timeout: Duration::ZERO,
     });
     loop {
-        let batch =
-            assembler.next_batch(&input, Some(monotonic_ns() + 10_000_000_000), &mut || false);
+        let batch = assembler
+            .next_batch(&input, Some(monotonic_ns() + 10_000_000_000), &mut || false)
+            .expect("a batch");
         if batch.closed {
             break;
         }
@@ -95,7 +96,7 @@ fn messages_cross_to_a_child_process_and_back() {
         }
         input.notify(None);
         // Drain results; sleep on the doorbell when nothing is ready.
-        while let Some(m) = output.try_pop() {
+        while let Some(m) = output.try_pop().expect("an intact queue") {
             let mut expected = m.header.key.to_le_bytes();
             expected.reverse();
             assert_eq!(m.payload(), expected);
@@ -127,7 +128,9 @@ fn child_sleeper() {
         size: 1,
         timeout: Duration::ZERO,
     });
-    let batch = a.next_batch(&q, Some(monotonic_ns() + 30_000_000_000), &mut || false);
+    let batch = a
+        .next_batch(&q, Some(monotonic_ns() + 30_000_000_000), &mut || false)
+        .expect("a batch");
     let code = match batch.messages.first() {
         Some(m) if m.payload() == b"wake" => 0,
         _ => 3,

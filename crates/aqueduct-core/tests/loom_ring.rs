@@ -23,7 +23,7 @@ fn ring(capacity: u64) -> Arc<Ring<ModelSlots>> {
 fn pop_all(ring: &Ring<ModelSlots>, count: usize) -> Vec<Vec<u8>> {
     let mut got = Vec::new();
     while got.len() < count {
-        match ring.pop() {
+        match ring.pop().expect("an intact ring") {
             Some(message) => got.push(message),
             None => thread::yield_now(),
         }
@@ -59,7 +59,7 @@ fn concurrent_producers_of_different_sizes_lose_and_mix_nothing() {
         large.join().expect("large producer");
         got.sort();
         assert_eq!(got, vec![vec![1; 4], vec![2; 12]]);
-        assert!(ring.pop().is_none());
+        assert!(ring.pop().expect("an intact ring").is_none());
     });
 }
 
@@ -89,12 +89,12 @@ fn two_consumers_take_each_message_once() {
         push(&ring, &[2; 12]);
         let other = {
             let ring = ring.clone();
-            thread::spawn(move || ring.pop())
+            thread::spawn(move || ring.pop().expect("an intact ring"))
         };
-        let mine = ring.pop();
+        let mine = ring.pop().expect("an intact ring");
         let theirs = other.join().expect("consumer");
         let mut got: Vec<Vec<u8>> = [mine, theirs].into_iter().flatten().collect();
-        got.extend(ring.pop());
+        got.extend(ring.pop().expect("an intact ring"));
         got.sort();
         assert_eq!(got, vec![vec![1; 4], vec![2; 12]]);
     });
@@ -130,7 +130,7 @@ fn a_message_abandoned_mid_push_is_skipped_while_others_run() {
         assert_eq!(got[1], vec![7; 4]);
         for lap in 0..2u8 {
             push(&ring, &[lap; 12]);
-            assert_eq!(ring.pop(), Some(vec![lap; 12]));
+            assert_eq!(ring.pop().expect("an intact ring"), Some(vec![lap; 12]));
         }
     });
 }

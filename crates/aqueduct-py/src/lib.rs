@@ -29,6 +29,7 @@ pub(crate) fn to_py_err(err: Error) -> PyErr {
     static CLOSED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     static SHARED_MEMORY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     static ARENA_FULL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static CORRUPT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     Python::attach(|py| {
         let (cell, name) = match &err {
             Error::Full => (&FULL, "QueueFullError"),
@@ -36,6 +37,7 @@ pub(crate) fn to_py_err(err: Error) -> PyErr {
             Error::Closed => (&CLOSED, "NotRunningError"),
             Error::InvalidArgument(_) => return PyValueError::new_err(err.to_string()),
             Error::ArenaFull { .. } => (&ARENA_FULL, "SharedMemoryFullError"),
+            Error::Corrupt(_) => (&CORRUPT, "SharedMemoryCorruptError"),
             Error::Os { .. } | Error::InvalidSegment(_) => (&SHARED_MEMORY, "SharedMemoryError"),
         };
         match cell.import(py, "aqueduct.exceptions", name) {

@@ -207,7 +207,9 @@ impl Queue {
         let metrics = control.and_then(|c| c.inner.metrics(step));
         let now = monotonic_ns();
         for _ in 0..limit {
-            let Some(m) = self.inner.try_pop() else { break };
+            let Some(m) = self.inner.try_pop().map_err(to_py_err)? else {
+                break;
+            };
             if let Some(metrics) = metrics {
                 metrics
                     .transfer_us

@@ -31,7 +31,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use crate::control::PyControl;
 use crate::message::PyMessage;
 use crate::queue::{message_list, Doorbell, Queue};
-use crate::{deadline_after, pickle, signal_checker};
+use crate::{deadline_after, pickle, signal_checker, to_py_err};
 
 mod tasks;
 
@@ -207,9 +207,14 @@ impl StepWorker {
                 &mut signal_checker(&mut pending),
                 Some(self.claims(control)),
             );
-            self.released(&batch);
+            if let Ok(batch) = &batch {
+                self.released(batch);
+            }
             batch
         });
+        // corrupt shared memory: the worker must stop reading it (its
+        // Python half exits; the tasks it claimed are failed by the parent)
+        let batch = batch.map_err(to_py_err)?;
         // dropped tasks are let go before anything else can fail
         self.drop_messages(py, &batch.expired)?;
         if let Some(e) = pending {
@@ -242,7 +247,10 @@ impl StepWorker {
         if take_more {
             let control = &self.control.get().inner;
             let queue = &self.input.get().inner;
-            let batch = self.assembler.next_ready(queue, Some(self.claims(control)));
+            let batch = self
+                .assembler
+                .next_ready(queue, Some(self.claims(control)))
+                .map_err(to_py_err)?;
             self.released(&batch);
             self.drop_messages(py, &batch.expired)?;
             self.burst()?.start(batch.messages);
@@ -347,7 +355,7 @@ impl StepWorker {
                     .call_method1(intern!(py, "retire"), (refs,))?;
             }
             let h = message.header;
-            touched |= 1 << self.send_error(py, h.key, h.priority, payload);
+            touched |= 1 << self.send_error(py, h.key, h.priority, payload)?;
         }
         self.burst()?.touched |= touched;
         Ok(())

@@ -31,8 +31,16 @@ impl Client {
         loop {
             let now = monotonic_ns();
             let mut messages: Vec<Message> = Vec::new();
+            let mut corrupt = None;
             while messages.len() < DRAIN_LIMIT {
-                let Some(m) = results.try_pop() else { break };
+                let m = match results.try_pop() {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        corrupt = Some(e);
+                        break;
+                    }
+                };
                 if let Some(metrics) = metrics {
                     metrics
                         .transfer_us
@@ -86,6 +94,14 @@ impl Client {
             }
             if let Some(e) = failure {
                 first_failure.get_or_insert(e);
+            }
+            if let Some(e) = corrupt {
+                // nothing more is read from this queue: the Python half
+                // fails what waits and has the flow retire its memory
+                self.slow
+                    .bind(py)
+                    .call_method1(intern!(py, "corrupt"), (e.to_string(),))?;
+                return first_failure.map_or(Ok(()), Err);
             }
             // re-armed whatever failed: a doorbell left unarmed never rings again
             if drained < DRAIN_LIMIT && !results.arm_doorbell() {

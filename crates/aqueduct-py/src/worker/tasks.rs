@@ -12,7 +12,7 @@ use pyo3::types::PyBytes;
 
 use super::{StateClass, StepWorker};
 use crate::calls::{call1, instance_dict, new_instance, set_instance_dict};
-use crate::{pickle, signal_checker, state};
+use crate::{pickle, signal_checker, state, to_py_err};
 
 impl StepWorker {
     /// Index of the next step whose condition holds for `task`, or of the
@@ -34,17 +34,20 @@ impl StepWorker {
 
     /// Pushes one message into queue `index`, waiting (GIL released) while
     /// the queue is full and the task still wanted; false when it gave up.
+    /// Raises `SharedMemoryCorruptError` for a queue found scribbled on: the
+    /// worker must stop.
     pub(super) fn push(
         &self,
         py: Python<'_>,
         index: usize,
         header: &MessageHeader,
         parts: &[&[u8]],
-    ) -> bool {
+    ) -> PyResult<bool> {
         let queue = &self.queues[index].get().inner;
         match queue.push_parts(header, parts) {
             Err(aqueduct_core::Error::Full) => {}
-            done => return done.is_ok(),
+            Err(e @ aqueduct_core::Error::Corrupt(_)) => return Err(to_py_err(e)),
+            done => return Ok(done.is_ok()),
         }
         let give_up = if header.deadline_ns == 0 {
             monotonic_ns() + PUSH_WAIT_NO_DEADLINE.as_nanos() as u64
@@ -60,7 +63,10 @@ impl StepWorker {
                 &mut signal_checker(&mut pending),
             )
         });
-        pushed.is_ok()
+        match pushed {
+            Err(e @ aqueduct_core::Error::Corrupt(_)) => Err(to_py_err(e)),
+            pushed => Ok(pushed.is_ok()),
+        }
     }
 
     /// Sends one handled task on; returns the queue it went to, or `None`
@@ -103,7 +109,7 @@ impl StepWorker {
                 _ => return Ok(None), // the Python half reports why
             },
         };
-        if !self.push(py, index, &out, &[&payload]) {
+        if !self.push(py, index, &out, &[&payload])? {
             return Ok(None); // still full, or closed: the Python half decides
         }
         Ok(Some(index))
@@ -153,7 +159,7 @@ impl StepWorker {
         key: u64,
         priority: u32,
         payload: &[u8],
-    ) -> usize {
+    ) -> PyResult<usize> {
         let index = self.results_of(key);
         let header = MessageHeader {
             key,
@@ -162,7 +168,7 @@ impl StepWorker {
             priority,
             enqueued_ns: 0,
         };
-        self.push(py, index, &header, &[payload]);
-        index
+        self.push(py, index, &header, &[payload])?;
+        Ok(index)
     }
 }
