@@ -152,6 +152,100 @@ async def test_a_flow_whose_shared_memory_keeps_being_corrupted_stops_healing(ma
         await asyncio.wait_for(flow.process(Task(2), timeout_sec=WAIT), WAIT)
 
 
+FORKED_HEAL = """
+import asyncio, os, sys, time
+sys.path.insert(0, {tests!r})
+from aqueduct import Flow, FlowStep
+from aqueduct.exceptions import FlowError, SharedMemoryCorruptError
+from support import Scribbler, Task, scribble
+
+flow = Flow(FlowStep(Scribbler()), clients=3)
+flow.start(timeout=30)
+
+
+async def call(value, timeout=5):
+    task = Task(value)
+    await flow.process(task, timeout_sec=timeout)
+    return task.result
+
+
+async def served(who):  # calls until one is answered right
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            if await call(5, 2) == 25:
+                print(who + ": served", flush=True)
+                return
+        except FlowError:
+            pass
+        if time.monotonic() > deadline:
+            print(who + ": never served", flush=True)
+            return
+
+
+async def vandal():
+    assert await call(3) == 9
+    started = time.monotonic()
+    try:
+        if {by_worker!r}:  # a worker scribbles and finds it: we are told at once
+            task = Task(-13, sleep=3)
+            task.target, task.skip = "aqueduct-queue", 64
+            await flow.process(task, timeout_sec=10)
+        else:  # this process scribbles, and finds it on its next call
+            scribble(seed=9, names=("aqueduct-queue",), skip=64)
+            await call(4, 10)
+        print("vandal: no error", flush=True)
+    except SharedMemoryCorruptError:
+        print(f"vandal: corrupt {{time.monotonic() - started:.1f}}", flush=True)
+    await served("vandal")
+    await flow.stop()
+
+
+async def bystander():  # forked before the heal, first call after it
+    await served("bystander")
+    await flow.stop()
+
+
+gate_r, gate_w = os.pipe()
+first = os.fork()
+if first == 0:
+    asyncio.run(vandal())
+    os._exit(0)
+second = os.fork()
+if second == 0:
+    os.read(gate_r, 1)
+    asyncio.run(bystander())
+    os._exit(0)
+# the owner runs no loop meanwhile, as a pre-fork server's master: it heals in a thread
+_, status = os.waitpid(first, 0)
+os.write(gate_w, b"x")
+_, status2 = os.waitpid(second, 0)
+print("children exited", os.waitstatus_to_exitcode(status), os.waitstatus_to_exitcode(status2))
+
+
+async def owner():
+    await served("owner")
+    await flow.stop()
+
+
+asyncio.run(owner())
+"""
+
+
+@pytest.mark.parametrize("by_worker", [True, False], ids=["found-by-a-worker", "found-by-a-client"])
+def test_forked_clients_follow_a_healed_flow_onto_fresh_segments(tmp_path, by_worker):
+    script = tmp_path / "prefork.py"
+    script.write_text(FORKED_HEAL.format(tests=str(Path(__file__).parent), by_worker=by_worker))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr[-3000:]
+    said = [line.split()[-1] for line in out.splitlines() if line.startswith("vandal: corrupt")]
+    assert said and float(said[0]) < 5, out  # said so, rather than timed out
+    for who in ("vandal", "bystander", "owner"):
+        assert f"{who}: served" in out, out + done.stderr[-3000:]
+    assert "children exited 0 0" in out, out
+
+
 FORKED_SERVER = """
 import asyncio, os, sys, time
 sys.path.insert(0, {tests!r})

@@ -148,10 +148,13 @@ class Client:
         metrics: bool,
         spin_us: int,
         on_corrupt: Callable[[str], None],
+        slot: int | None = None,
     ) -> Client:
-        """Takes a free client slot of the flow for this process; its arena
-        becomes the one ``share_value`` allocates in."""
-        slot = topology.control.claim_client()
+        """Takes a free client slot of the flow for this process (or ``slot``,
+        the one it had on the segments the flow left); its arena becomes the
+        one ``share_value`` allocates in."""
+        if slot is None:
+            slot = topology.control.claim_client()
         if slot >= topology.clients:
             raise FlowError(
                 f"more processes submit tasks than Flow(clients={topology.clients}) allows"

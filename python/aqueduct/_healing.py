@@ -1,13 +1,18 @@
-"""A flow heals itself when its shared memory is found corrupt: the next
-call restarts it on fresh segments and fresh workers (the tasks that were in
-flight have failed already), at most ``HEALS_PER_WINDOW`` times in
-``HEAL_WINDOW`` seconds — past that the flow stays down and says why."""
+"""A flow heals itself when its shared memory is found corrupt: the process
+that started it restarts it on fresh segments and fresh workers, in a thread
+of its own (so a flow whose owner runs no event loop — a pre-fork server's
+master — heals too); the tasks that were in flight have failed already, and
+processes forked from the owner follow it onto the new segments (see
+``_rendezvous``). At most ``HEALS_PER_WINDOW`` heals in ``HEAL_WINDOW``
+seconds — past that the flow stays down and says why."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import os
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -32,58 +37,69 @@ class Healer:
 
     def __init__(self) -> None:
         self._heals: collections.deque[float] = collections.deque()
-        self._restart: asyncio.Future[None] | None = None
+        self._lock = threading.Lock()
+        self._restart: concurrent.futures.Future[None] | None = None
+
+    @property
+    def healing(self) -> bool:
+        restart = self._restart
+        return restart is not None and not restart.done()
 
     def can_heal(self, flow: Flow) -> bool:
-        """Corrupt segments, in the process that runs the workers, with no
-        other process submitting (they could not follow onto new segments),
-        and heals left in the window."""
+        """Corrupt segments, in the process that runs the workers, and heals
+        left in the window (or one under way)."""
         recovery = flow._recovery
-        if recovery is None or not recovery.corrupt:
-            return False
-        if flow._clients != 1 or os.getpid() != flow._owner_pid:
+        if self.healing:
+            return True
+        if recovery is None or not recovery.corrupt or os.getpid() != flow._owner_pid:
             return False
         now = time.monotonic()
         while self._heals and now - self._heals[0] > HEAL_WINDOW:
             self._heals.popleft()
-        return self._restart is not None or len(self._heals) < HEALS_PER_WINDOW
+        return len(self._heals) < HEALS_PER_WINDOW
 
-    async def heal(self, flow: Flow) -> None:
-        """Restarts ``flow`` on fresh segments (once, however many callers
-        ask at the same time); raises FlowError if that fails."""
-        if self._restart is None:
+    def start(self, flow: Flow) -> bool:
+        """Any thread: starts restarting ``flow`` (once, however many ask at
+        the same time). False when it may not heal."""
+        with self._lock:
+            if self.healing:
+                return True
+            if not self.can_heal(flow):
+                return False
             self._heals.append(time.monotonic())
-            self._restart = asyncio.ensure_future(_restart(flow))
+            restart: concurrent.futures.Future[None] = concurrent.futures.Future()
+            restart.set_running_or_notify_cancel()  # no caller can cancel it
+            self._restart = restart
+        threading.Thread(
+            target=_restart, args=(flow, restart), name="aqueduct-heal", daemon=True
+        ).start()
+        return True
+
+    async def wait(self) -> None:
+        """Until the restart under way (if any) is done; raises FlowError if
+        it failed."""
         restart = self._restart
-        try:
-            await asyncio.shield(restart)
-        finally:
-            if restart.done() and self._restart is restart:
-                self._restart = None
+        if restart is not None:
+            await asyncio.shield(asyncio.wrap_future(restart))
+
+    def wait_blocking(self, timeout: float) -> None:
+        """As ``wait``, from a thread with no loop; errors are the log's."""
+        restart = self._restart
+        if restart is not None:
+            concurrent.futures.wait([restart], timeout)
 
 
-async def _restart(flow: Flow) -> None:
+def _restart(flow: Flow, done: concurrent.futures.Future[None]) -> None:
     recovery = flow._recovery
     reason = recovery.broken if recovery is not None else "corrupt shared memory"
     log.warning("Restarting the flow on fresh shared memory")  # the cause is logged already
-    flow._drop_client()  # its tasks have failed with the reason already
-    supervisor = flow._supervisor
-    if supervisor is not None:
-        supervisor.stop_respawning()
-    if flow._topology is not None:
-        flow._topology.close()
-    if supervisor is not None:
-        await supervisor.join(OLD_WORKERS_GRACE)
-        flow._supervisor = None
-    flow._forget_segments()
     try:
-        fresh = await asyncio.to_thread(flow._spawn_workers, RESTART_TIMEOUT)
+        flow._restart_on_fresh_segments(OLD_WORKERS_GRACE, RESTART_TIMEOUT)
     except BaseException as exc:
-        flow._kill_workers()
-        flow._forget_segments()
-        from .flow import FlowState  # flow imports this module
-
-        flow._state = FlowState.STOPPED
-        raise FlowError(f"{reason}; restarting the flow failed: {exc}") from exc
-    fresh.start_monitor()
+        error = FlowError(f"{reason}; restarting the flow failed: {exc}")
+        log.error("%s", error)
+        flow._gave_up(error)
+        done.set_exception(error)
+        return
     log.warning("The flow was restarted on fresh shared memory")
+    done.set_result(None)

@@ -285,9 +285,13 @@ class Supervisor:
     async def join(self, grace: float) -> None:
         """Lets the workers exit by themselves (their queues are closed) for
         at most ``grace`` seconds, then terminates the rest."""
+        await asyncio.to_thread(self.join_blocking, grace)
+
+    def join_blocking(self, grace: float) -> None:
+        """``join`` for a thread of its own."""
         deadline = time.monotonic() + grace
         while (alive := self.sentinels_alive()) and time.monotonic() < deadline:
-            await asyncio.to_thread(wait, alive, deadline - time.monotonic())
+            wait(alive, deadline - time.monotonic())
         self.kill_all()
 
     def stop_respawning(self) -> None:

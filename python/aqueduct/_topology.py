@@ -92,9 +92,10 @@ class Topology:
         arena_fds: list[int],
         own_arena: int,
         spin: int,
+        track: bool = False,
     ) -> Topology:
-        """A worker's view of the segments it was handed (by fd); it
-        allocates in ``own_arena`` only."""
+        """A worker's view of the segments it was handed (by fd), or with
+        ``track``, a client's; it allocates in ``own_arena`` only."""
         clients = len(doorbell_fds)
         return cls(
             steps=len(queue_fds) - clients,
@@ -103,10 +104,44 @@ class Topology:
             doorbells=[_core.Doorbell.open(fd) for fd in doorbell_fds],
             control=_core.Control.open(control_fd),
             arenas=[
-                _core.SharedArena.open(fd, own=index == own_arena)
+                _core.SharedArena.open(fd, own=index == own_arena, track=track)
                 for index, fd in enumerate(arena_fds)
             ],
         )
+
+    @classmethod
+    def adopt(
+        cls, *, steps: int, clients: int, fds: list[int], slot: int | None, spin: int
+    ) -> tuple[Topology, int]:
+        """A client's view of the segments a flow moved to, handed over as
+        ``fds`` (in the order of ``fds()``; the caller keeps them), and its
+        client slot there: ``slot``, the one it had, or the next free one."""
+        queues = steps + clients
+        if steps < 0 or clients < 1 or len(fds) < queues + 2 * clients + 1:
+            raise FlowError(f"{len(fds)} fds cannot hold a flow of {steps} steps")
+        if slot is None:
+            slot = _core.Control.open(fds[queues + clients]).claim_client()
+        if slot >= clients:
+            raise FlowError(f"more processes submit tasks than Flow(clients={clients}) allows")
+        topology = cls.open(
+            queue_fds=fds[:queues],
+            doorbell_fds=fds[queues : queues + clients],
+            control_fd=fds[queues + clients],
+            arena_fds=fds[queues + clients + 1 :],
+            own_arena=slot,
+            spin=spin,
+            track=True,
+        )
+        return topology, slot
+
+    def fds(self) -> list[int]:
+        """Every segment's fd: queues, doorbells, the control block, arenas."""
+        return [
+            *(q.fd for q in self.queues),
+            *(d.fd for d in self.doorbells),
+            self.control.fd,
+            *(a.fd for a in self.arenas),
+        ]
 
     def worker_specs(
         self, steps: Sequence[FlowStep], step_names: Sequence[str], spin: int

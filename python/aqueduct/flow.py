@@ -16,10 +16,12 @@ from typing import Any, Literal
 
 from . import _core
 from ._client import Client
-from ._flow_metrics import export_periodically, snapshot
+from ._flow_metrics import snapshot
 from ._healing import Healer
 from ._protocol import MAX_CLIENTS
-from ._recovery import OwnerWatch, Recovery
+from ._recovery import Recovery
+from ._rendezvous import Announcement, Rendezvous
+from ._seat import Seat
 from ._shm import DEFAULT_SHM_SIZE, THRESHOLD, _set_parent_arena, forget_arenas
 from ._supervisor import Supervisor
 from ._topology import Topology, spin_us
@@ -142,19 +144,22 @@ class Flow:
             self._metrics_collector = Collector(collectible_metrics=[])
         self._collect_metrics = self._metrics_collector.is_collectible(MetricsTypes.TASK_TIMERS)
         self._metrics_exporter = metrics_exporter
-        self._export_task: asyncio.Task[None] | None = None
 
         self._state = FlowState.STOPPED
         self._owner_pid = os.getpid()  # the process that runs the workers
+        self._spin_us = spin_us()
         self._topology: Topology | None = None
+        self._generation = 0  # which set of segments: a heal moves to the next
         self._supervisor: Supervisor | None = None
         self._recovery: Recovery | None = None
-        # this process's client slot, taken on its first process() call (a
-        # process forked from this one takes its own: see _forget_clients)
-        self._client: Client | None = None
-        # in a process forked from the owner: whether the owner still lives
-        self._owner_watch: OwnerWatch | None = None
         self._healer = Healer()
+        # with several clients: where processes forked from the owner follow
+        # the flow onto fresh segments (see _rendezvous)
+        self._rendezvous: Rendezvous | None = None
+        self._rendezvous_address: str | None = None
+        # this process's client and view of the owner (a process forked from
+        # this one gets a seat of its own: see _forget_clients)
+        self._seat = Seat(self, forked=False)
         # how earlier clients of this process ended their tasks
         self._counts = dict.fromkeys(("done", "failed", "timeout", "cancelled"), 0)
         _FLOWS.add(self)
@@ -174,8 +179,9 @@ class Flow:
         """Why the flow cannot serve although it runs (a step whose workers
         keep dying; in a process forked from the one that started it, that
         one's death), or None. Integrations stop the app on it."""
-        if self._owner_watch is not None and self._owner_watch.poll() is not None:
-            return self._owner_watch.reason
+        seat = self._seat.failure
+        if seat is not None:
+            return seat
         if self._recovery is None or self._healer.can_heal(self):
             return None  # the next call heals it
         return self._recovery.broken
@@ -186,8 +192,8 @@ class Flow:
         (handler error, dead worker, ...), ``timeout`` and ``cancelled`` (the
         caller was cancelled); workers skip timed-out and cancelled tasks."""
         counts = dict(self._counts)
-        if self._client is not None:
-            for name, value in self._client.core.counts().items():
+        if self._seat.client is not None:
+            for name, value in self._seat.client.core.counts().items():
                 counts[name] += value
         return counts
 
@@ -227,6 +233,10 @@ class Flow:
             self._state = FlowState.STOPPED
             raise
         supervisor.start_monitor()
+        if self._clients > 1:
+            self._rendezvous = Rendezvous(on_report=self._shared_memory_corrupt)
+            self._rendezvous_address = self._rendezvous.address
+            self._publish()
         self._state = FlowState.STEPS_INITIALIZED
 
     def start_inited(self) -> None:
@@ -237,7 +247,8 @@ class Flow:
         log.info("Flow was started")
 
     def _spawn_workers(self, timeout: float | None) -> Supervisor:
-        spin = spin_us()
+        spin = self._spin_us
+        self._generation += 1
         topology = self._topology = Topology.create(
             steps=len(self._steps),
             clients=self._clients,
@@ -250,7 +261,6 @@ class Flow:
             spin=spin,
         )
         self._owner_pid = os.getpid()
-        self._client = None  # a client slot is taken on the first process() call
         _set_parent_arena(topology.arenas[0])  # share_value() allocates there until then
         recovery = self._recovery = Recovery(topology, self._serving, self._fail_callers)
         supervisor = self._supervisor = Supervisor(
@@ -273,16 +283,35 @@ class Flow:
         return self._state in (FlowState.RUNNING, FlowState.STEPS_INITIALIZED)
 
     def _fail_callers(self, error: FlowError) -> None:
-        """Any thread: every task this process's client waits for fails."""
-        if self._client is not None:
-            self._client.fail_all_threadsafe(error)
+        """Any thread: the flow stopped serving. Every task this process
+        waits for fails; in the owner, forked clients are told, and corrupt
+        shared memory starts a heal."""
+        self._seat.fail_all(error)
+        if os.getpid() != self._owner_pid:
+            return
+        corrupt = isinstance(error, SharedMemoryCorruptError)
+        heals = corrupt and self._healer.can_heal(self)
+        if self._rendezvous is not None:
+            down = Announcement("down", reason=str(error), corrupt=corrupt, final=not heals)
+            self._rendezvous.publish(down)
+        if heals:
+            self._healer.start(self)
 
-    def _become_client(self, topology: Topology) -> Client:
-        """First ``process`` call in this process — the one that started the
-        flow, or one forked from it after the start (a web server's worker):
-        take a client slot of our own — its result queue, doorbell and arena."""
-        self._export_task = None
-        self._client = Client.claim(
+    def _shared_memory_corrupt(self, detail: str) -> None:
+        """Any thread: this process (or, in the owner, a forked client) read
+        what no process of the flow writes."""
+        reason = detail if "found by" in detail else f"{detail} (found by process {os.getpid()})"
+        follower = self._seat.follower
+        if os.getpid() != self._owner_pid and follower is not None:
+            follower.report(reason)  # the owner heals the flow
+            self._seat.fail_all(SharedMemoryCorruptError(reason))
+        elif self._recovery is not None:
+            self._recovery.shared_memory_corrupt(reason)
+
+    def _claim(self, topology: Topology, slot: int | None) -> Client:
+        """A client slot of the flow for this process (``slot``: the one it
+        had on the segments the flow left)."""
+        return Client.claim(
             topology,
             steps=self._steps,
             step_names=self._step_names,
@@ -292,13 +321,44 @@ class Flow:
             metrics=self._collect_metrics,
             spin_us=PARENT_SPIN_BASE_US + PARENT_SPIN_PER_STEP_US * len(self._steps),
             on_corrupt=self._shared_memory_corrupt,
+            slot=slot,
         )
-        return self._client
 
-    def _shared_memory_corrupt(self, detail: str) -> None:
-        """This process read what no process of the flow writes."""
-        if self._recovery is not None:
-            self._recovery.shared_memory_corrupt(f"{detail} (found by process {os.getpid()})")
+    def _publish(self) -> None:
+        """Tells processes forked from this one which segments the flow runs on."""
+        if self._rendezvous is not None and self._topology is not None:
+            t = self._topology
+            said = Announcement("topology", self._generation, steps=t.steps, clients=t.clients)
+            said.fds = t.fds()
+            self._rendezvous.publish(said)
+
+    def _restart_on_fresh_segments(self, grace: float, timeout: float) -> None:
+        """The heal (in a thread of its own): the old workers and segments
+        go, new ones come; forked clients follow, keeping their slots."""
+        claimed = self._topology.control.clients_claimed() if self._topology else 0
+        self._seat.drop_client()  # its tasks have failed already
+        supervisor = self._supervisor
+        if supervisor is not None:
+            supervisor.stop_respawning()
+        if self._topology is not None:
+            self._topology.close()
+        if supervisor is not None:
+            supervisor.join_blocking(grace)
+            self._supervisor = None
+        self._forget_segments()
+        fresh = self._spawn_workers(timeout)
+        if self._topology is not None:
+            self._topology.control.reserve_clients(claimed)
+        fresh.start_monitor()
+        self._publish()
+
+    def _gave_up(self, error: FlowError) -> None:
+        """A heal failed: the flow stays stopped, and forked clients know."""
+        self._kill_workers()
+        self._forget_segments()
+        self._state = FlowState.STOPPED
+        if self._rendezvous is not None:
+            self._rendezvous.publish(Announcement("down", reason=str(error), final=True))
 
     # -- processing ----------------------------------------------------------
 
@@ -309,21 +369,12 @@ class Flow:
         ``NotRunningError`` when the flow is not running."""
         if self._state is not FlowState.RUNNING:
             raise NotRunningError(f"Flow is not running (state: {self._state.value})")
-        if self._recovery is not None and self._recovery.broken is not None:
-            if not self._healer.can_heal(self):
-                raise FlowError(self._recovery.broken)
-            await self._healer.heal(self)
-        client = self._client
-        if client is None:
-            assert self._topology is not None
-            client = self._become_client(self._topology)
-        if self._owner_watch is not None and self._owner_watch.reason is not None:
-            raise FlowError(self._owner_watch.reason)
         if not timeout_sec or timeout_sec <= 0:
             raise ValueError(f"timeout_sec must be > 0, got {timeout_sec!r}")
-        loop = asyncio.get_running_loop()
-        if loop is not client.loop:
-            self._attach_loop(client, loop)
+        recovery = self._recovery
+        if self._healer.healing or (recovery is not None and recovery.broken is not None):
+            await self._heal_or_raise()
+        client = await self._seat.client_for(asyncio.get_running_loop(), timeout_sec)
         try:
             sent = client.core.submit(task, timeout_sec)
             if isinstance(sent, int):
@@ -344,15 +395,14 @@ class Flow:
             raise
         return True
 
-    def _attach_loop(self, client: Client, loop: asyncio.AbstractEventLoop) -> None:
-        self._cancel_export()
-        client.attach(loop)
-        if self._owner_watch is not None:
-            self._owner_watch.attach(loop, client.core.fail_all)
-        if self._metrics_exporter is not None:
-            self._export_task = loop.create_task(
-                export_periodically(self.metrics, self._metrics_exporter)
-            )
+    async def _heal_or_raise(self) -> None:
+        """The flow is down: waits for it to heal, or raises why it cannot."""
+        if os.getpid() == self._owner_pid and self._healer.start(self):
+            await self._healer.wait()
+            return
+        recovery = self._recovery
+        if recovery is not None and recovery.broken is not None:
+            raise FlowError(recovery.broken)
 
     # -- stop ----------------------------------------------------------------
 
@@ -363,20 +413,23 @@ class Flow:
         if not self._serving():
             log.info("Flow is not running")
             return
-        client = self._client
+        seat = self._seat
         if os.getpid() != self._owner_pid:
             # a forked client: its own tasks end here; the workers belong to
             # the process that started the flow, which stops them
-            if client is not None:
-                client.core.fail_all(FlowError("Flow was stopped"))
-                self._drop_client()
-            if self._owner_watch is not None:
-                self._owner_watch.close()
-                self._owner_watch = None
+            if seat.client is not None:
+                seat.client.core.fail_all(FlowError("Flow was stopped"))
+            seat.close()
+            self._seat = Seat(self, forked=True)
             self._state = FlowState.STOPPED
             return
+        try:
+            await self._healer.wait()  # a heal under way ends first
+        except FlowError:
+            return  # it failed: the flow is stopped already
         self._state = FlowState.STOPPING
         log.info("Flow is stopping")
+        client = seat.client
         if client is not None:
             pending = [f for f in client.core.futures() if not f.done()]
             if graceful and pending:
@@ -389,7 +442,10 @@ class Flow:
         if self._supervisor is not None:
             await self._supervisor.join(WORKER_EXIT_TIMEOUT)
             self._supervisor = None
-        self._drop_client()
+        seat.drop_client()
+        if self._rendezvous is not None:
+            self._rendezvous.close()
+            self._rendezvous = self._rendezvous_address = None
         self._forget_segments()
         self._state = FlowState.STOPPED
         log.info("Flow was stopped")
@@ -403,23 +459,6 @@ class Flow:
         if self._topology is not None:
             forget_arenas(self._topology.arenas)
         self._topology = self._recovery = None
-
-    def _cancel_export(self) -> None:
-        if self._export_task is not None:
-            try:
-                self._export_task.cancel()
-            except RuntimeError:  # its loop is closed already
-                pass
-            self._export_task = None
-
-    def _drop_client(self) -> None:
-        """Ends this process's client: its loop reader and timer go, its
-        counts are kept."""
-        self._cancel_export()
-        client, self._client = self._client, None
-        if client is not None:
-            for name, value in client.close().items():
-                self._counts[name] += value
 
     # -- metrics -----------------------------------------------------------------
 
@@ -448,13 +487,14 @@ _FLOWS: weakref.WeakSet[Flow] = weakref.WeakSet()
 def _forget_clients() -> None:
     """In a process just forked: the parent's clients are not ours (their
     loop, futures and result queues stay the parent's); a flow used here
-    takes a client slot of its own on its first ``process`` call."""
+    takes a client slot of its own on its first ``process`` call, and
+    watches (and follows) the flow's owner."""
     for flow in list(_FLOWS):
-        flow._client = None
-        flow._export_task = None
-        flow._owner_watch = None  # the parent's watch (if any) is not ours
-        if flow._serving() and flow._owner_pid != os.getpid():
-            flow._owner_watch = OwnerWatch(flow._owner_pid)
+        forked = flow._serving() and flow._owner_pid != os.getpid()
+        flow._seat = Seat(flow, forked=forked)
+        if flow._rendezvous is not None:
+            flow._rendezvous.forget()  # the owner's; its thread did not fork
+            flow._rendezvous = None
 
 
 os.register_at_fork(after_in_child=_forget_clients)

@@ -196,11 +196,26 @@ impl Control {
         self.slots
     }
 
+    fn header(&self) -> &Header {
+        // SAFETY: the header is valid for the life of the segment.
+        unsafe { &*self.segment.as_ptr().cast::<Header>() }
+    }
+
     /// Hands out the next client slot (0 for the first caller, ...).
     pub fn claim_client(&self) -> u64 {
-        // SAFETY: the header is valid for the life of the segment.
-        let h = unsafe { &*self.segment.as_ptr().cast::<Header>() };
-        h.clients.fetch_add(1, Ordering::AcqRel)
+        self.header().clients.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// How many client slots were handed out.
+    pub fn clients_claimed(&self) -> u64 {
+        self.header().clients.load(Ordering::Acquire)
+    }
+
+    /// Slots `0..count` are taken already (by processes that follow a flow
+    /// onto these segments from older ones): `claim_client` hands out the
+    /// ones after them.
+    pub fn reserve_clients(&self, count: u64) {
+        self.header().clients.fetch_max(count, Ordering::AcqRel);
     }
 
     /// The metrics of step `step`, if there is such a step.

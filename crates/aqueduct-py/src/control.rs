@@ -53,6 +53,16 @@ impl PyControl {
         self.inner.claim_client()
     }
 
+    /// How many client slots were handed out.
+    fn clients_claimed(&self) -> u64 {
+        self.inner.clients_claimed()
+    }
+
+    /// Slots `0..count` are taken already: later claims get the ones after.
+    fn reserve_clients(&self, count: u64) {
+        self.inner.reserve_clients(count);
+    }
+
     /// Keys of the tasks the worker of `slot` holds right now.
     fn claims(&self, slot: usize) -> Vec<u64> {
         self.inner.claims(slot)

@@ -1,0 +1,151 @@
+"""This process's seat at a running flow: the client slot it submits through
+(taken on its first call) and, in a process forked from the flow's owner,
+what it knows of the owner — whether it lives (``OwnerWatch``) and what it
+says (``Follower``: the flow went down; the segments it runs on now)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from ._client import Client
+from ._flow_metrics import export_periodically
+from ._follower import Follower
+from ._recovery import OwnerWatch
+from ._rendezvous import Announcement
+from ._topology import Topology
+from .exceptions import FlowError
+from .logger import log
+
+if TYPE_CHECKING:
+    from .flow import Flow
+
+__all__ = ["Seat"]
+
+
+class Seat:
+    """One process's client of one flow, and its view of the flow's owner."""
+
+    def __init__(self, flow: Flow, forked: bool) -> None:
+        self._flow = flow
+        self.client: Client | None = None
+        #: The client slot this process took; it keeps it across heals.
+        self.slot: int | None = None
+        self._export_task: asyncio.Task[None] | None = None
+        self.owner_watch = OwnerWatch(flow._owner_pid) if forked else None
+        self._follow = forked and flow._rendezvous_address is not None
+        self.follower: Follower | None = None
+
+    @property
+    def failure(self) -> str | None:
+        """Why the flow cannot serve this process for good, or None."""
+        if self.owner_watch is not None and self.owner_watch.poll() is not None:
+            return self.owner_watch.reason
+        down = self.follower.down if self.follower is not None else None
+        return down.reason if down is not None and down.final else None
+
+    async def client_for(self, loop: asyncio.AbstractEventLoop, wait_s: float) -> Client:
+        """This process's client, attached to ``loop``; raises why the flow
+        cannot serve this process (its owner died, it is down for good)."""
+        watch = self.owner_watch
+        if watch is not None and watch.reason is not None:
+            raise FlowError(watch.reason)
+        follower = self._follower()
+        if follower is not None:
+            await follower.ready(wait_s)
+            moved = follower.take_segments()
+            if moved is not None:
+                self._move(moved)
+        client = self.client
+        if client is None:
+            topology = self._flow._topology
+            if topology is None:
+                raise FlowError("the flow has no shared memory: it is not running")
+            client = self.client = self._flow._claim(topology, self.slot)
+            self.slot = client.slot
+        if loop is not client.loop:
+            self._attach(client, loop)
+        return client
+
+    def fail_all(self, error: BaseException) -> None:
+        """Any thread: every task this process waits for fails."""
+        if self.client is not None:
+            self.client.fail_all_threadsafe(error)
+
+    def drop_client(self) -> None:
+        """Ends this process's client; from a thread other than its loop's,
+        it is closed in its loop. Its tasks' counts go to the flow's."""
+        client, self.client = self.client, None
+        if client is None:
+            return
+        loop = client.loop
+        if loop is None or loop.is_closed() or _runs_in(loop):
+            self._close(client)
+        else:
+            loop.call_soon_threadsafe(self._close, client)
+
+    def close(self) -> None:
+        """The flow stopped for this process."""
+        self.drop_client()
+        if self.owner_watch is not None:
+            self.owner_watch.close()
+        if self.follower is not None:
+            self.follower.close()
+            self.follower = None
+
+    def _close(self, client: Client) -> None:
+        if self._export_task is not None and not self._export_task.done():
+            self._export_task.cancel()
+        self._export_task = None
+        for name, value in client.close().items():
+            self._flow._counts[name] += value
+
+    def _attach(self, client: Client, loop: asyncio.AbstractEventLoop) -> None:
+        if self._export_task is not None:
+            self._export_task.cancel()
+        client.attach(loop)
+        if self.owner_watch is not None:
+            self.owner_watch.attach(loop, client.core.fail_all)
+        if self.follower is not None:
+            self.follower.attach(loop, client.core.fail_all)
+        exporter = self._flow._metrics_exporter
+        if exporter is not None:
+            self._export_task = loop.create_task(export_periodically(self._flow.metrics, exporter))
+
+    def _follower(self) -> Follower | None:
+        """Connects to the owner on the first call (a flow with several clients)."""
+        if self.follower is None and self._follow:
+            address = self._flow._rendezvous_address
+            assert address is not None
+            try:
+                self.follower = Follower(address, self._flow._generation)
+            except (OSError, EOFError) as exc:
+                self._follow = False
+                log.warning("This process cannot follow the flow through heals: %s", exc)
+        return self.follower
+
+    def _move(self, segments: Announcement) -> None:
+        """The flow moved to new segments: this process's client moves too,
+        keeping its slot."""
+        try:
+            topology, slot = Topology.adopt(
+                steps=segments.steps,
+                clients=segments.clients,
+                fds=segments.fds,
+                slot=self.slot,
+                spin=self._flow._spin_us,
+            )
+        finally:
+            segments.close_fds()  # adopting duplicated them
+        self.drop_client()
+        self._flow._topology = topology
+        self._flow._generation = segments.generation
+        self.slot = slot
+
+
+def _runs_in(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this thread runs ``loop`` (or nothing runs it)."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return not loop.is_running()
