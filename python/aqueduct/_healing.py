@@ -16,6 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from ._rendezvous import Announcement
 from .exceptions import FlowError
 from .logger import log
 
@@ -82,11 +83,14 @@ class Healer:
         if restart is not None:
             await asyncio.shield(asyncio.wrap_future(restart))
 
-    def wait_blocking(self, timeout: float) -> None:
-        """As ``wait``, from a thread with no loop; errors are the log's."""
-        restart = self._restart
-        if restart is not None:
-            concurrent.futures.wait([restart], timeout)
+    async def heal_or_raise(self, flow: Flow) -> None:
+        """The flow is down: waits for it to heal, or raises why it cannot."""
+        if os.getpid() == flow._owner_pid and self.start(flow):
+            await self.wait()
+            return
+        recovery = flow._recovery
+        if recovery is not None and recovery.broken is not None:
+            raise FlowError(recovery.broken)
 
 
 def _restart(flow: Flow, done: concurrent.futures.Future[None]) -> None:
@@ -94,12 +98,47 @@ def _restart(flow: Flow, done: concurrent.futures.Future[None]) -> None:
     reason = recovery.broken if recovery is not None else "corrupt shared memory"
     log.warning("Restarting the flow on fresh shared memory")  # the cause is logged already
     try:
-        flow._restart_on_fresh_segments(OLD_WORKERS_GRACE, RESTART_TIMEOUT)
+        _on_fresh_segments(flow)
     except BaseException as exc:
         error = FlowError(f"{reason}; restarting the flow failed: {exc}")
         log.error("%s", error)
-        flow._gave_up(error)
+        _give_up(flow, error)
         done.set_exception(error)
         return
     log.warning("The flow was restarted on fresh shared memory")
     done.set_result(None)
+
+
+def _on_fresh_segments(flow: Flow) -> None:
+    """The old workers and segments go, new ones come; forked clients
+    follow, keeping their client slots."""
+    old = flow._topology
+    claimed = old.control.clients_claimed() if old is not None else 0
+    flow._seat.drop_client()  # its tasks have failed already
+    supervisor = flow._supervisor
+    if supervisor is not None:
+        supervisor.stop_respawning()
+    if old is not None:
+        old.close()
+    if supervisor is not None:
+        supervisor.join_blocking(OLD_WORKERS_GRACE)
+        flow._supervisor = None
+    flow._forget_segments()
+    fresh = flow._spawn_workers(RESTART_TIMEOUT)
+    topology = flow._topology
+    assert topology is not None
+    topology.control.reserve_clients(claimed)
+    fresh.start_monitor()
+    if flow._rendezvous is not None:
+        flow._rendezvous.announce(flow._generation, topology)
+
+
+def _give_up(flow: Flow, error: FlowError) -> None:
+    """The heal failed: the flow stays stopped, and forked clients know."""
+    from .flow import FlowState  # flow imports this module
+
+    flow._kill_workers()
+    flow._forget_segments()
+    flow._state = FlowState.STOPPED
+    if flow._rendezvous is not None:
+        flow._rendezvous.publish(Announcement("down", reason=str(error), final=True))

@@ -23,8 +23,12 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .logger import log
+
+if TYPE_CHECKING:
+    from ._topology import Topology
 
 __all__ = ["Announcement", "OwnerLink", "Rendezvous"]
 
@@ -101,6 +105,12 @@ class Rendezvous:
                 self._down = announcement
             for peer in list(self._peers):
                 self._send(peer, announcement)
+
+    def announce(self, generation: int, topology: Topology) -> None:
+        """The flow runs on ``topology`` now, its ``generation``-th set of segments."""
+        said = Announcement("topology", generation, steps=topology.steps, clients=topology.clients)
+        said.fds = topology.fds()
+        self.publish(said)
 
     def close(self) -> None:
         """Forked clients see the connection end; the thread exits."""

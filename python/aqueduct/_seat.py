@@ -6,6 +6,7 @@ says (``Follower``: the flow went down; the segments it runs on now)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING
 
 from ._client import Client
@@ -14,13 +15,18 @@ from ._follower import Follower
 from ._recovery import OwnerWatch
 from ._rendezvous import Announcement
 from ._topology import Topology
-from .exceptions import FlowError
+from .exceptions import FlowError, SharedMemoryCorruptError
 from .logger import log
 
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["Seat"]
+__all__ = ["PARENT_SPIN_BASE_US", "PARENT_SPIN_PER_STEP_US", "Seat"]
+
+#: How long a client with a single task in flight spins on its result queue
+#: before going back to its event loop (a kernel wake-up costs more).
+PARENT_SPIN_BASE_US = 40
+PARENT_SPIN_PER_STEP_US = 30
 
 
 class Seat:
@@ -61,7 +67,7 @@ class Seat:
             topology = self._flow._topology
             if topology is None:
                 raise FlowError("the flow has no shared memory: it is not running")
-            client = self.client = self._flow._claim(topology, self.slot)
+            client = self.client = self._claim(topology)
             self.slot = client.slot
         if loop is not client.loop:
             self._attach(client, loop)
@@ -84,8 +90,23 @@ class Seat:
         else:
             loop.call_soon_threadsafe(self._close, client)
 
-    def close(self) -> None:
-        """The flow stopped for this process."""
+    def shared_memory_corrupt(self, detail: str) -> None:
+        """Any thread: this process read what no process of the flow writes.
+        In a forked client the owner is told (it heals the flow); in the
+        owner, the flow goes down and heals."""
+        reason = f"{detail} (found by process {os.getpid()})"
+        flow = self._flow
+        if self.follower is not None:
+            self.follower.report(reason)
+            self.fail_all(SharedMemoryCorruptError(reason))
+        elif flow._recovery is not None:
+            flow._recovery.shared_memory_corrupt(reason)
+
+    def close(self, error: FlowError | None = None) -> None:
+        """The flow stopped for this process (what it waits for fails with
+        ``error``)."""
+        if error is not None and self.client is not None:
+            self.client.core.fail_all(error)
         self.drop_client()
         if self.owner_watch is not None:
             self.owner_watch.close()
@@ -111,6 +132,23 @@ class Seat:
         exporter = self._flow._metrics_exporter
         if exporter is not None:
             self._export_task = loop.create_task(export_periodically(self._flow.metrics, exporter))
+
+    def _claim(self, topology: Topology) -> Client:
+        """A client slot of the flow for this process: the one it had on the
+        segments the flow left, or a free one."""
+        flow = self._flow
+        return Client.claim(
+            topology,
+            steps=flow._steps,
+            step_names=flow._step_names,
+            priorities=flow._queue_priorities,
+            reject_when_full=flow._reject_when_full,
+            queue_size=flow._queue_size,
+            metrics=flow._collect_metrics,
+            spin_us=PARENT_SPIN_BASE_US + PARENT_SPIN_PER_STEP_US * len(flow._steps),
+            on_corrupt=self.shared_memory_corrupt,
+            slot=self.slot,
+        )
 
     def _follower(self) -> Follower | None:
         """Connects to the owner on the first call (a flow with several clients)."""

@@ -13,8 +13,8 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
+from typing import Protocol
 
 from . import _core
 from ._launch import WorkerHandle, definition, launch
@@ -103,7 +103,13 @@ class WorkerProcess:
         return f"exit code {code}"
 
 
-DeathCallback = Callable[[WorkerProcess, str, list[int]], None]
+class Answers(Protocol):
+    """What a flow does when its workers die (``Recovery``)."""
+
+    def worker_died(self, worker: WorkerProcess, how: str, keys: list[int]) -> None: ...
+    def step_down(self, step_name: str, why: str) -> None: ...
+    def segments_corrupt(self, step_name: str) -> None: ...
+    def unwedge_queues(self) -> None: ...
 
 
 _LIVE: weakref.WeakSet[Supervisor] = weakref.WeakSet()
@@ -124,17 +130,14 @@ class Supervisor:
         self,
         start_method: str,
         control: _core.Control,
-        on_death: DeathCallback,
-        on_step_down: Callable[[str, str], None],
-        on_corrupt: Callable[[str], None],
-        on_tick: Callable[[], None] = lambda: None,
+        answers: Answers,
     ) -> None:
         self._start_method = start_method
         self._control = control
-        self._on_death = on_death
-        self._on_step_down = on_step_down
-        self._on_corrupt = on_corrupt
-        self._on_tick = on_tick
+        self._on_death = answers.worker_died
+        self._on_step_down = answers.step_down
+        self._on_corrupt = answers.segments_corrupt
+        self._on_tick = answers.unwedge_queues
         self.workers: list[WorkerProcess] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()

@@ -15,7 +15,6 @@ from enum import Enum
 from typing import Any, Literal
 
 from . import _core
-from ._client import Client
 from ._flow_metrics import snapshot
 from ._healing import Healer
 from ._protocol import MAX_CLIENTS
@@ -43,10 +42,6 @@ START_METHODS = ("spawn", "fork", "forkserver")
 #: How long a worker with an empty queue may spin before it sleeps (see
 #: ``_topology.spin_us``); AQUEDUCT_SPIN_US overrides it, 0 turns it off.
 DEFAULT_SPIN_US = _core.DEFAULT_SPIN_US
-#: How long the parent, with a single task in flight, spins on the result
-#: queue before going back to its event loop (a kernel wake-up costs more).
-PARENT_SPIN_BASE_US = 40
-PARENT_SPIN_PER_STEP_US = 30
 #: How long stop() lets workers exit by themselves before terminating them.
 WORKER_EXIT_TIMEOUT = 5.0
 
@@ -103,11 +98,12 @@ class Flow:
     ``'forkserver'`` start fresh interpreters on aqueduct's own entry point,
     which never run the user's script; ``'fork'`` forks, as upstream did.
 
-    The flow's jobs live in rooms of their own: the shared memory and its
-    layout in ``Topology``, this process's submitting and settling in
-    ``Client``, worker processes in ``Supervisor``, what to do when they die
-    in ``Recovery``, metrics in ``_flow_metrics``; this class ties them to
-    the flow's states.
+    The flow's jobs live in rooms of their own: shared memory and its layout
+    in ``Topology``, this process's calls in ``Seat`` (its ``Client``, and
+    in a forked process its view of the owner), workers in ``Supervisor``,
+    their deaths in ``Recovery``, heals in ``Healer`` (forked clients follow
+    through ``Rendezvous``), metrics in ``_flow_metrics``; this class ties
+    them to the flow's states.
     """
 
     def __init__(
@@ -233,10 +229,10 @@ class Flow:
             self._state = FlowState.STOPPED
             raise
         supervisor.start_monitor()
-        if self._clients > 1:
-            self._rendezvous = Rendezvous(on_report=self._shared_memory_corrupt)
+        if self._clients > 1 and self._topology is not None:
+            self._rendezvous = Rendezvous(on_report=self._reported_corrupt)
             self._rendezvous_address = self._rendezvous.address
-            self._publish()
+            self._rendezvous.announce(self._generation, self._topology)
         self._state = FlowState.STEPS_INITIALIZED
 
     def start_inited(self) -> None:
@@ -262,15 +258,9 @@ class Flow:
         )
         self._owner_pid = os.getpid()
         _set_parent_arena(topology.arenas[0])  # share_value() allocates there until then
-        recovery = self._recovery = Recovery(topology, self._serving, self._fail_callers)
-        supervisor = self._supervisor = Supervisor(
-            self._mp_start_method,
-            topology.control,
-            recovery.worker_died,
-            recovery.step_down,
-            recovery.segments_corrupt,
-            recovery.unwedge_queues,
-        )
+        self._recovery = Recovery(topology, self._serving, self._fail_callers)
+        supervisor = Supervisor(self._mp_start_method, topology.control, self._recovery)
+        self._supervisor = supervisor
         deadline = None if timeout is None else time.monotonic() + timeout
         supervisor.start_all(
             topology.worker_specs(self._steps, self._step_names, spin),
@@ -297,68 +287,10 @@ class Flow:
         if heals:
             self._healer.start(self)
 
-    def _shared_memory_corrupt(self, detail: str) -> None:
-        """Any thread: this process (or, in the owner, a forked client) read
-        what no process of the flow writes."""
-        reason = detail if "found by" in detail else f"{detail} (found by process {os.getpid()})"
-        follower = self._seat.follower
-        if os.getpid() != self._owner_pid and follower is not None:
-            follower.report(reason)  # the owner heals the flow
-            self._seat.fail_all(SharedMemoryCorruptError(reason))
-        elif self._recovery is not None:
+    def _reported_corrupt(self, reason: str) -> None:
+        """A forked client found the shared memory corrupt (rendezvous thread)."""
+        if self._recovery is not None:
             self._recovery.shared_memory_corrupt(reason)
-
-    def _claim(self, topology: Topology, slot: int | None) -> Client:
-        """A client slot of the flow for this process (``slot``: the one it
-        had on the segments the flow left)."""
-        return Client.claim(
-            topology,
-            steps=self._steps,
-            step_names=self._step_names,
-            priorities=self._queue_priorities,
-            reject_when_full=self._reject_when_full,
-            queue_size=self._queue_size,
-            metrics=self._collect_metrics,
-            spin_us=PARENT_SPIN_BASE_US + PARENT_SPIN_PER_STEP_US * len(self._steps),
-            on_corrupt=self._shared_memory_corrupt,
-            slot=slot,
-        )
-
-    def _publish(self) -> None:
-        """Tells processes forked from this one which segments the flow runs on."""
-        if self._rendezvous is not None and self._topology is not None:
-            t = self._topology
-            said = Announcement("topology", self._generation, steps=t.steps, clients=t.clients)
-            said.fds = t.fds()
-            self._rendezvous.publish(said)
-
-    def _restart_on_fresh_segments(self, grace: float, timeout: float) -> None:
-        """The heal (in a thread of its own): the old workers and segments
-        go, new ones come; forked clients follow, keeping their slots."""
-        claimed = self._topology.control.clients_claimed() if self._topology else 0
-        self._seat.drop_client()  # its tasks have failed already
-        supervisor = self._supervisor
-        if supervisor is not None:
-            supervisor.stop_respawning()
-        if self._topology is not None:
-            self._topology.close()
-        if supervisor is not None:
-            supervisor.join_blocking(grace)
-            self._supervisor = None
-        self._forget_segments()
-        fresh = self._spawn_workers(timeout)
-        if self._topology is not None:
-            self._topology.control.reserve_clients(claimed)
-        fresh.start_monitor()
-        self._publish()
-
-    def _gave_up(self, error: FlowError) -> None:
-        """A heal failed: the flow stays stopped, and forked clients know."""
-        self._kill_workers()
-        self._forget_segments()
-        self._state = FlowState.STOPPED
-        if self._rendezvous is not None:
-            self._rendezvous.publish(Announcement("down", reason=str(error), final=True))
 
     # -- processing ----------------------------------------------------------
 
@@ -373,7 +305,7 @@ class Flow:
             raise ValueError(f"timeout_sec must be > 0, got {timeout_sec!r}")
         recovery = self._recovery
         if self._healer.healing or (recovery is not None and recovery.broken is not None):
-            await self._heal_or_raise()
+            await self._healer.heal_or_raise(self)
         client = await self._seat.client_for(asyncio.get_running_loop(), timeout_sec)
         try:
             sent = client.core.submit(task, timeout_sec)
@@ -383,7 +315,7 @@ class Flow:
                     return True  # no step's condition holds: nothing to do
                 sent = slow
         except SharedMemoryCorruptError as exc:
-            self._shared_memory_corrupt(str(exc))
+            self._seat.shared_memory_corrupt(str(exc))
             raise
         future = sent
         try:
@@ -394,15 +326,6 @@ class Flow:
                 raise FlowError("Task was cancelled: the flow is stopping") from None
             raise
         return True
-
-    async def _heal_or_raise(self) -> None:
-        """The flow is down: waits for it to heal, or raises why it cannot."""
-        if os.getpid() == self._owner_pid and self._healer.start(self):
-            await self._healer.wait()
-            return
-        recovery = self._recovery
-        if recovery is not None and recovery.broken is not None:
-            raise FlowError(recovery.broken)
 
     # -- stop ----------------------------------------------------------------
 
@@ -417,9 +340,7 @@ class Flow:
         if os.getpid() != self._owner_pid:
             # a forked client: its own tasks end here; the workers belong to
             # the process that started the flow, which stops them
-            if seat.client is not None:
-                seat.client.core.fail_all(FlowError("Flow was stopped"))
-            seat.close()
+            seat.close(FlowError("Flow was stopped"))
             self._seat = Seat(self, forked=True)
             self._state = FlowState.STOPPED
             return
