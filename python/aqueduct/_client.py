@@ -178,12 +178,14 @@ class Client:
         """Ends the client (the flow stopped): its loop reader goes, the
         blocks its tasks held are released (the workers that used them are
         gone). Returns how its tasks ended. The Rust client and this object
-        refer to each other: the cycle is broken here, so the flow's
-        segments are unmapped now rather than at the next garbage collection."""
+        refer to each other, and a closed client may still be referred to
+        (by the frames of a call's traceback, until a garbage collection):
+        it lets go of every segment here, so they are unmapped now."""
         counts = self.core.counts()
         self.detach()
         self.release_all()
-        del self.core
+        del self.core, self._queues, self._results, self.doorbell, self._arena
+        self._backlogs.clear()
         self._shm.close()
         return counts
 

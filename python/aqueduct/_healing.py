@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ._rendezvous import Announcement
-from .exceptions import FlowError
+from .exceptions import FlowError, TaskTimeoutError
 from .logger import log
 
 if TYPE_CHECKING:
@@ -83,14 +83,18 @@ class Healer:
         if restart is not None:
             await asyncio.shield(asyncio.wrap_future(restart))
 
-    async def heal_or_raise(self, flow: Flow) -> None:
-        """The flow is down: waits for it to heal, or raises why it cannot."""
+    async def heal_or_raise(self, flow: Flow, wait_s: float) -> None:
+        """The flow is down: waits (at most ``wait_s``) for it to heal, or
+        raises why it cannot."""
         if os.getpid() == flow._owner_pid and self.start(flow):
-            await self.wait()
+            try:
+                await asyncio.wait_for(self.wait(), wait_s)
+            except TimeoutError:
+                raise TaskTimeoutError("the call's timeout passed while the flow healed") from None
             return
-        recovery = flow._recovery
-        if recovery is not None and recovery.broken is not None:
-            raise FlowError(recovery.broken)
+        broken = flow._recovery.broken if flow._recovery is not None else None
+        if broken is not None:
+            raise FlowError(broken)
 
 
 def _restart(flow: Flow, done: concurrent.futures.Future[None]) -> None:

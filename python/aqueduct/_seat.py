@@ -50,13 +50,17 @@ class Seat:
         down = self.follower.down if self.follower is not None else None
         return down.reason if down is not None and down.final else None
 
-    async def client_for(self, loop: asyncio.AbstractEventLoop, wait_s: float) -> Client:
-        """This process's client, attached to ``loop``; raises why the flow
-        cannot serve this process (its owner died, it is down for good)."""
+    async def client_for(
+        self, loop: asyncio.AbstractEventLoop, wait_s: float
+    ) -> tuple[Client, bool]:
+        """This process's client, attached to ``loop``, and whether it waited
+        (at most ``wait_s``) for the owner to heal the flow; raises why the
+        flow cannot serve this process (its owner died, it is down for good)."""
         watch = self.owner_watch
         if watch is not None and watch.reason is not None:
             raise FlowError(watch.reason)
         follower = self._follower()
+        waited = follower is not None and follower.down is not None
         if follower is not None:
             await follower.ready(wait_s)
             moved = follower.take_segments()
@@ -71,7 +75,7 @@ class Seat:
             self.slot = client.slot
         if loop is not client.loop:
             self._attach(client, loop)
-        return client
+        return client, waited
 
     def fail_all(self, error: BaseException) -> None:
         """Any thread: every task this process waits for fails."""

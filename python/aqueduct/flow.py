@@ -29,6 +29,7 @@ from .exceptions import (
     MPStartMethodValueError,
     NotRunningError,
     SharedMemoryCorruptError,
+    TaskTimeoutError,
 )
 from .handler import BaseTaskHandler
 from .logger import log
@@ -292,6 +293,9 @@ class Flow:
         if self._recovery is not None:
             self._recovery.shared_memory_corrupt(reason)
 
+    def _broken(self) -> bool:
+        return self._recovery is not None and self._recovery.broken is not None
+
     # -- processing ----------------------------------------------------------
 
     async def process(self, task: BaseTask, timeout_sec: float = 5.0) -> bool:
@@ -303,10 +307,17 @@ class Flow:
             raise NotRunningError(f"Flow is not running (state: {self._state.value})")
         if not timeout_sec or timeout_sec <= 0:
             raise ValueError(f"timeout_sec must be > 0, got {timeout_sec!r}")
-        recovery = self._recovery
-        if self._healer.healing or (recovery is not None and recovery.broken is not None):
-            await self._healer.heal_or_raise(self)
-        client = await self._seat.client_for(asyncio.get_running_loop(), timeout_sec)
+        called = time.monotonic()
+        # (no local refers to the recovery: a traceback through this frame
+        # would keep the segments it knows mapped until a garbage collection)
+        healed = self._healer.healing or self._broken()
+        if healed:
+            await self._healer.heal_or_raise(self, timeout_sec)
+        client, followed = await self._seat.client_for(asyncio.get_running_loop(), timeout_sec)
+        if healed or followed:  # what waiting for a heal took counts against the timeout
+            timeout_sec -= time.monotonic() - called
+            if timeout_sec <= 0:
+                raise TaskTimeoutError("the call's timeout passed while the flow healed")
         try:
             sent = client.core.submit(task, timeout_sec)
             if isinstance(sent, int):
