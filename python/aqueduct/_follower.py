@@ -66,6 +66,11 @@ class Follower:
             self._pending = None
         self._link.close()
 
+    @property
+    def moved(self) -> bool:
+        """The flow runs on new segments this process has not taken yet."""
+        return self._pending is not None
+
     def take_segments(self) -> Announcement | None:
         """New segments the flow runs on, once (their fds are the caller's)."""
         pending, self._pending = self._pending, None

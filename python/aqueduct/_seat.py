@@ -50,6 +50,19 @@ class Seat:
         down = self.follower.down if self.follower is not None else None
         return down.reason if down is not None and down.final else None
 
+    def ready_client(self, loop: asyncio.AbstractEventLoop) -> Client | None:
+        """This process's client when it is ready for a call on ``loop`` with
+        nothing to wait for or to check first; else None (see ``client_for``)."""
+        client = self.client
+        if client is None or client.loop is not loop:
+            return None
+        watch, follower = self.owner_watch, self.follower
+        if watch is not None and watch.reason is not None:
+            return None
+        if follower is not None and (follower.down is not None or follower.moved):
+            return None
+        return client
+
     async def client_for(
         self, loop: asyncio.AbstractEventLoop, wait_s: float
     ) -> tuple[Client, bool]:

@@ -313,7 +313,11 @@ class Flow:
         healed = self._healer.healing or self._broken()
         if healed:
             await self._healer.heal_or_raise(self, timeout_sec)
-        client, followed = await self._seat.client_for(asyncio.get_running_loop(), timeout_sec)
+        loop = asyncio.get_running_loop()
+        client = self._seat.ready_client(loop)  # the common case: nothing to wait for
+        followed = False
+        if client is None:
+            client, followed = await self._seat.client_for(loop, timeout_sec)
         if healed or followed:  # what waiting for a heal took counts against the timeout
             timeout_sec -= time.monotonic() - called
             if timeout_sec <= 0:
