@@ -13,6 +13,11 @@ fn queue(capacity: u64, slot_bytes: u64) -> TaskQueue {
     .expect("queue")
 }
 
+/// The next message of a queue nothing scribbled on.
+fn pop(q: &TaskQueue) -> Option<aqueduct_core::Message> {
+    q.try_pop().expect("an intact queue")
+}
+
 fn header(key: u64) -> MessageHeader {
     MessageHeader {
         key,
@@ -28,11 +33,11 @@ fn messages_come_out_in_order_with_their_bytes() {
             .expect("push");
     }
     for key in 0..5u64 {
-        let m = q.try_pop().expect("an intact queue").expect("message");
+        let m = pop(&q).expect("message");
         assert_eq!(m.header.key, key);
         assert_eq!(m.payload(), format!("payload-{key}").as_bytes());
     }
-    assert!(q.try_pop().expect("an intact queue").is_none());
+    assert!(pop(&q).is_none());
 }
 
 #[test]
@@ -43,7 +48,7 @@ fn variable_size_messages_span_slots_and_wrap_around() {
         let size = (round as usize * 37) % (q.max_payload() + 1);
         let payload: Vec<u8> = (0..size).map(|i| (i as u64 ^ round) as u8).collect();
         q.push(&header(round), &payload).expect("push");
-        let m = q.try_pop().expect("an intact queue").expect("pop");
+        let m = pop(&q).expect("pop");
         assert_eq!(m.header.key, round);
         assert_eq!(m.payload(), payload.as_slice());
     }
@@ -61,14 +66,7 @@ fn a_full_ring_says_full_and_recovers() {
         }
     }
     assert_eq!(pushed, 4);
-    assert_eq!(
-        q.try_pop()
-            .expect("an intact queue")
-            .expect("pop")
-            .header
-            .key,
-        0
-    );
+    assert_eq!(pop(&q).expect("pop").header.key, 0);
     q.push(&header(99), b"y").expect("room after a pop");
 }
 
@@ -100,7 +98,7 @@ fn max_messages_bounds_the_queue() {
         q.push(&header(k), b"a").expect("push");
     }
     assert!(matches!(q.push(&header(3), b"a"), Err(Error::Full)));
-    q.try_pop().expect("an intact queue").expect("pop");
+    pop(&q).expect("pop");
     q.push(&header(4), b"a").expect("room again");
     assert_eq!(q.len(), 3);
 }
@@ -120,9 +118,7 @@ fn higher_priority_is_served_first() {
         };
         q.push(&h, b"").expect("push");
     }
-    let order: Vec<u64> =
-        std::iter::from_fn(|| q.try_pop().expect("an intact queue").map(|m| m.header.key))
-            .collect();
+    let order: Vec<u64> = std::iter::from_fn(|| pop(&q).map(|m| m.header.key)).collect();
     // priority 9 is clamped to the top level (2)
     assert_eq!(order, vec![2, 4, 5, 3, 1]);
 }
@@ -147,7 +143,7 @@ fn many_producers_and_consumers_lose_and_duplicate_nothing() {
             std::thread::spawn(move || {
                 let mut seen = Vec::new();
                 while taken.load(Ordering::Relaxed) < PRODUCERS * PER_PRODUCER {
-                    match q.try_pop().expect("an intact queue") {
+                    match pop(&q) {
                         Some(m) => {
                             // payload repeats the key's low byte `key % 50` times
                             let k = m.header.key;
@@ -195,20 +191,13 @@ fn many_producers_and_consumers_lose_and_duplicate_nothing() {
 fn a_message_abandoned_by_a_dead_producer_can_be_skipped() {
     let q = queue(64, 64);
     q.push(&header(1), b"before").expect("push");
-    assert_eq!(
-        q.try_pop()
-            .expect("an intact queue")
-            .expect("first")
-            .header
-            .key,
-        1
-    );
+    assert_eq!(pop(&q).expect("first").header.key, 1);
     // a producer dies after claiming room, before publishing
     q.abandon_push(150).expect("claim");
     q.push(&header(2), b"after").expect("push");
     q.push(&header(3), &[7u8; 300]).expect("push");
     assert!(
-        q.try_pop().expect("an intact queue").is_none(),
+        pop(&q).is_none(),
         "the queue is stuck behind the abandoned message"
     );
     let stuck = q.unpublished_heads();
@@ -216,34 +205,14 @@ fn a_message_abandoned_by_a_dead_producer_can_be_skipped() {
     let (ring, head) = stuck[0];
     assert!(q.skip_abandoned(ring, head));
     assert!(!q.skip_abandoned(ring, head), "only once");
-    assert_eq!(
-        q.try_pop()
-            .expect("an intact queue")
-            .expect("after")
-            .header
-            .key,
-        2
-    );
-    assert_eq!(
-        q.try_pop()
-            .expect("an intact queue")
-            .expect("big")
-            .payload(),
-        &[7u8; 300][..]
-    );
-    assert!(q.try_pop().expect("an intact queue").is_none());
+    assert_eq!(pop(&q).expect("after").header.key, 2);
+    assert_eq!(pop(&q).expect("big").payload(), &[7u8; 300][..]);
+    assert!(pop(&q).is_none());
     assert_eq!(q.len(), 0);
     // the ring keeps working across laps afterwards
     for k in 10..200 {
         q.push(&header(k), &[1u8; 40]).expect("push");
-        assert_eq!(
-            q.try_pop()
-                .expect("an intact queue")
-                .expect("pop")
-                .header
-                .key,
-            k
-        );
+        assert_eq!(pop(&q).expect("pop").header.key, k);
     }
 }
 
@@ -254,14 +223,7 @@ fn an_abandoned_last_message_is_skipped_up_to_the_tail() {
     q.abandon_push(10).expect("claim");
     let (ring, head) = q.unpublished_heads()[0];
     assert!(q.skip_abandoned(ring, head));
-    assert!(q.try_pop().expect("an intact queue").is_none());
+    assert!(pop(&q).is_none());
     q.push(&header(5), b"x").expect("push");
-    assert_eq!(
-        q.try_pop()
-            .expect("an intact queue")
-            .expect("pop")
-            .header
-            .key,
-        5
-    );
+    assert_eq!(pop(&q).expect("pop").header.key, 5);
 }
