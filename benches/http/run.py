@@ -1,5 +1,5 @@
-"""`make bench-http`: the no-op and model-emulator services on aqueduct (one
-aiohttp process, and several sharing one Flow) and on mosec, loaded by wrk at
+"""`make bench-http`: the no-op and model-emulator services on aqueduct (its
+Rust HTTP front; one aiohttp process, and several sharing one Flow) and on mosec, loaded by wrk at
 1, 32 and 256 connections, back to back. Prints a table; writes JSON.
 
 Needs wrk (Debian package) and mosec in MOSEC_PYTHON's environment.
@@ -96,9 +96,16 @@ def main() -> None:
         "--servers", type=int, default=2, help="server processes of the shared-Flow run"
     )
     parser.add_argument("--out", default="bench-report/http.json")
+    parser.add_argument("--only", help="comma-separated server names to run (default: all)")
     args = parser.parse_args()
 
     targets = {
+        "aqueduct http": [
+            sys.executable,
+            str(HERE / "rust_front_service.py"),
+            "--port",
+            str(PORT),
+        ],
         "aqueduct": [sys.executable, str(HERE / "aqueduct_service.py"), "--port", str(PORT)],
         f"aqueduct x{args.servers}": [
             sys.executable,
@@ -118,6 +125,9 @@ def main() -> None:
             "--timeout",
             "30000",
         ]
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")}
+        targets = {name: command for name, command in targets.items() if name in wanted}
     results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for service in ("noop", "model"):
         for name, command in targets.items():
@@ -135,12 +145,12 @@ def main() -> None:
             finally:
                 stop(proc)
     columns = ("service", "server", "conns", "req/s", "p50 ms", "p99 ms", "errors")
-    print("{:<7} {:<12} {:>5} {:>10} {:>8} {:>8} {:>7}".format(*columns))
+    print("{:<7} {:<14} {:>5} {:>10} {:>8} {:>8} {:>7}".format(*columns))
     for service, by_server in results.items():
         for name, by_conn in by_server.items():
             for connections, r in by_conn.items():
                 print(
-                    f"{service:<7} {name:<12} {connections:>5} {r['rps']:>10,.0f} "
+                    f"{service:<7} {name:<14} {connections:>5} {r['rps']:>10,.0f} "
                     f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7.0f}"
                 )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

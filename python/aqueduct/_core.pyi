@@ -10,6 +10,9 @@ KIND_ERROR: int
 KIND_TASK_BY_VALUE: int
 KIND_DROPPED: int
 KIND_STATE: int
+KIND_HTTP_REQUEST: int
+KIND_HTTP_RESPONSE: int
+FLAG_HTTP: int
 FLAG_REFS: int
 FLAG_BODY: int
 FLAGS: int
@@ -202,6 +205,42 @@ class Control:
 def monotonic_ns_now() -> int: ...
 def uuid4() -> str | None: ...
 def state_fields(body: bytes) -> dict[str, Any]: ...
+def decode_http_request(
+    payload: bytes,
+) -> tuple[
+    bytes,
+    bytes,
+    bytes,
+    list[tuple[bytes, bytes]],
+    bytes | None,
+    tuple[int, int, int, int] | None,
+]: ...
+def encode_http_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes: ...
+def error_prefix(status: int, message: str, kind: str) -> bytes: ...
+def error_rest(payload: bytes) -> bytes: ...
+
+class HttpServer:
+    """The Rust HTTP front of a flow (see ``aqueduct.http``)."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        path: str,
+        first: Queue,
+        results: Queue,
+        control: Control,
+        arena: SharedArena,
+        client: int,
+        timeout: float,
+        body_limit: int,
+        threads: int,
+    ) -> None: ...
+    @property
+    def port(self) -> int: ...
+    def set_failure(self, reason: str | None) -> None: ...
+    def stop(self, grace: float) -> None: ...
 
 @final
 class ShmView:

@@ -108,14 +108,19 @@ class WorkerSpec:
     log_level: int
     spin_us: int
     sys_path: list[str]  # the parent's, so workers import what it can
+    http_blob: bytes | None = None  # the HTTP server's two functions (cloudpickle)
 
     def inherited_fds(self) -> list[int]:
         """The parent's fds this worker maps (passed down by number)."""
         return [*self.queue_fds, *self.doorbell_fds, *self.arena_fds, self.control_fd]
 
 
-def encode_error(step: str, exc: BaseException, kind: type[FlowError] | None = None) -> bytes:
-    """Describes an exception raised in a worker so the parent can re-raise it."""
+def encode_error(
+    step: str, exc: BaseException, kind: type[FlowError] | None = None, status: int = 500
+) -> bytes:
+    """Describes an exception raised in a worker so the parent can re-raise
+    it. The description starts with a summary the Rust HTTP server reads:
+    the HTTP ``status`` it stands for and ``{"error", "type"}``."""
     original: bytes | None
     try:
         original = pickle.dumps(exc, protocol=PICKLE_PROTOCOL)
@@ -130,7 +135,8 @@ def encode_error(step: str, exc: BaseException, kind: type[FlowError] | None = N
         text = "".join(traceback.format_exception(exc))
     except Exception:
         text = ""
-    return pickle.dumps(
+    summary = _core.error_prefix(status, message, kind.__name__ if kind else type(exc).__qualname__)
+    return summary + pickle.dumps(
         (
             kind.__name__ if kind else None,
             step,
@@ -150,7 +156,7 @@ _ERROR_KINDS: dict[str, type[FlowError]] = {
 
 def decode_error(payload: bytes) -> FlowError:
     """The exception a caller gets for an error message from a worker."""
-    kind, step, exc_type, message, tb, original = pickle.loads(payload)
+    kind, step, exc_type, message, tb, original = pickle.loads(_core.error_rest(payload))
     if kind == WorkerDiedError.__name__:
         err: FlowError = WorkerDiedError(message)
     elif kind in _ERROR_KINDS:

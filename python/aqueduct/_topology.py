@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cloudpickle
 
@@ -144,7 +145,11 @@ class Topology:
         ]
 
     def worker_specs(
-        self, steps: Sequence[FlowStep], step_names: Sequence[str], spin: int
+        self,
+        steps: Sequence[FlowStep],
+        step_names: Sequence[str],
+        spin: int,
+        http: tuple[Any, Any] | None = None,
     ) -> list[WorkerSpec]:
         """What each worker is started with, in slot order (the workers of
         step 1, then of step 2, ...): its step, handler and every step's
@@ -153,6 +158,10 @@ class Topology:
             conditions_blob = cloudpickle.dumps([s.handle_condition for s in steps])
         except Exception as exc:
             raise FlowError(f"cannot pickle the steps' handle_condition: {exc}") from exc
+        try:
+            http_blob = cloudpickle.dumps(http) if http is not None else None
+        except Exception as exc:
+            raise FlowError(f"cannot pickle the HTTP server's functions: {exc}") from exc
         specs: list[WorkerSpec] = []
         for index, step in enumerate(steps):
             try:
@@ -181,6 +190,7 @@ class Topology:
                         log_level=log.getEffectiveLevel(),
                         spin_us=spin,
                         sys_path=list(sys.path),
+                        http_blob=http_blob,
                     )
                 )
         return specs

@@ -17,6 +17,8 @@ import cloudpickle
 
 from . import _core
 from ._bootstrap import Channel
+from ._core import FLAG_HTTP, KIND_HTTP_REQUEST, KIND_HTTP_RESPONSE
+from ._http_task import HttpEnds
 from ._protocol import (
     EXIT_CORRUPT_SEGMENT,
     FLAG_REFS,
@@ -127,6 +129,9 @@ class _Worker:
         self.handler = handler
         # (index, condition) of the steps after this one, for routing
         self.later_conditions = list(enumerate(conditions))[spec.step_index + 1 :]
+        self.own_condition = conditions[spec.step_index]
+        # tasks from the HTTP server: made from requests, answered with responses
+        self.http = HttpEnds(*cloudpickle.loads(spec.http_blob)) if spec.http_blob else None
         self.topology = topology = Topology.open(
             queue_fds=spec.queue_fds,
             doorbell_fds=spec.doorbell_fds,
@@ -190,6 +195,8 @@ class _Worker:
         """A task whose message refers to shared memory or was pickled by
         value; when it cannot be loaded, its client is told why and the index
         of the queue that went to is returned."""
+        if message.kind & ~FLAGS == KIND_HTTP_REQUEST:
+            return self._load_request(message)
         try:
             return self.shm.loads(message.kind, message.payload)
         except Exception as exc:
@@ -197,6 +204,22 @@ class _Worker:
                 self._retire(split(message.payload)[0], ())
             self._send_error(message.key, message.priority, exc, TaskSerializationError)
             return self.topology.results_index(message.key)
+
+    def _load_request(self, message: _core.Message) -> tuple[Any, list[Ref]] | int:
+        """A task made from an HTTP request (a 400 for the server when
+        ``task_from_request`` raises); one this step's condition declines
+        goes on without its handler."""
+        try:
+            if self.http is None:
+                raise FlowError("the flow was not started by aqueduct.http.serve")
+            task = self.http.task(message.payload, self.shm.arenas)
+        except Exception as exc:
+            self._send_error(message.key, message.priority, exc, status=400)
+            return self.topology.results_index(message.key)
+        if not self.own_condition(task):
+            key, kind, priority = message.key, message.kind, message.priority
+            return self.forward(task, key, kind, priority, message.deadline_ns, [])
+        return task, []
 
     def resolve(self, name: bytes) -> Any:
         """The class a ``KIND_STATE`` message names."""
@@ -218,10 +241,15 @@ class _Worker:
     ) -> int:
         """Sends a handled task on; returns the index of the queue it went to."""
         out: list[Ref] = []
+        http = kind & FLAG_HTTP
         try:
             index = self._next_queue(task, key)
-            by_value = kind & ~FLAGS == KIND_TASK_BY_VALUE
-            kind, payload, out = self.shm.dumps(task, key, by_value)
+            if http and index >= self.topology.steps and self.http is not None:
+                kind, payload = KIND_HTTP_RESPONSE, self.http.response(task)
+            else:
+                by_value = kind & ~FLAGS == KIND_TASK_BY_VALUE
+                kind, payload, out = self.shm.dumps(task, key, by_value)
+                kind |= http
             self._push(
                 index,
                 _core.Message(
@@ -279,8 +307,13 @@ class _Worker:
         self.topology.queues[index].push_waiting(message)
 
     def _send_error(
-        self, key: int, priority: int, exc: BaseException, kind: type[FlowError] | None = None
+        self,
+        key: int,
+        priority: int,
+        exc: BaseException,
+        kind: type[FlowError] | None = None,
+        status: int = 500,
     ) -> None:
-        payload = encode_error(self.step_name, exc, kind)
+        payload = encode_error(self.step_name, exc, kind, status)
         message = _core.Message(key=key, kind=KIND_ERROR, payload=payload, priority=priority)
         self._push(self.topology.results_index(key), message)

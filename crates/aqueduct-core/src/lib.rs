@@ -20,6 +20,7 @@ pub mod arena;
 pub mod batch;
 pub mod control;
 pub mod error;
+pub mod http_wire;
 pub mod ids;
 pub mod metrics;
 pub mod notify;

@@ -16,12 +16,22 @@ pub const KIND_DROPPED: u32 = 3;
 /// is updated from the dict without building an object.
 pub const KIND_STATE: u32 = 4;
 
+/// An HTTP request from the Rust server (see `http_wire`): the first step's
+/// worker makes it a task with the server's `task_from_request`.
+pub const KIND_HTTP_REQUEST: u32 = 5;
+/// An HTTP response for the Rust server (see `http_wire`), made by the last
+/// step's worker with the server's `response_from_task`.
+pub const KIND_HTTP_RESPONSE: u32 = 6;
+
 /// Flag: the payload starts with shared-memory references.
 pub const FLAG_REFS: u32 = 0x100;
 /// Flag (with `FLAG_REFS`): the last reference is the pickle itself.
 pub const FLAG_BODY: u32 = 0x200;
+/// Flag: the task came from the HTTP server; the last step answers it with
+/// a `KIND_HTTP_RESPONSE`, and its errors are reported as HTTP statuses.
+pub const FLAG_HTTP: u32 = 0x400;
 /// Every flag bit; `kind & !FLAGS` is the kind.
-pub const FLAGS: u32 = FLAG_REFS | FLAG_BODY;
+pub const FLAGS: u32 = FLAG_REFS | FLAG_BODY | FLAG_HTTP;
 
 /// Bits of a task key above this one name the client that submitted it.
 pub const CLIENT_SHIFT: u32 = 48;
@@ -82,9 +92,11 @@ mod tests {
             KIND_TASK_BY_VALUE,
             KIND_DROPPED,
             KIND_STATE,
+            KIND_HTTP_REQUEST,
+            KIND_HTTP_RESPONSE,
         ] {
             assert_eq!(kind & FLAGS, 0);
-            assert_eq!(base_kind(kind | FLAG_REFS | FLAG_BODY), kind);
+            assert_eq!(base_kind(kind | FLAG_REFS | FLAG_BODY | FLAG_HTTP), kind);
         }
     }
 

@@ -15,6 +15,8 @@ use pyo3::types::PyType;
 mod calls;
 mod client;
 mod control;
+mod http_server;
+mod http_wire;
 mod message;
 mod pickle;
 mod queue;
@@ -113,9 +115,14 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<worker::StepWorker>()?;
     m.add_class::<shm::SharedArena>()?;
     m.add_class::<shm::ShmView>()?;
+    m.add_class::<http_server::HttpServer>()?;
     m.add_function(wrap_pyfunction!(monotonic_ns_now, m)?)?;
     m.add_function(wrap_pyfunction!(uuid4, m)?)?;
     m.add_function(wrap_pyfunction!(state_fields, m)?)?;
+    m.add_function(wrap_pyfunction!(http_wire::decode_http_request, m)?)?;
+    m.add_function(wrap_pyfunction!(http_wire::encode_http_response, m)?)?;
+    m.add_function(wrap_pyfunction!(http_wire::error_prefix, m)?)?;
+    m.add_function(wrap_pyfunction!(http_wire::error_rest, m)?)?;
     m.add("DEFAULT_SPIN_US", aqueduct_core::spin::DEFAULT_SPIN_US)?;
     m.add(
         "DEFAULT_RING_SLOTS",
@@ -132,6 +139,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KIND_TASK_BY_VALUE", wire::KIND_TASK_BY_VALUE)?;
     m.add("KIND_DROPPED", wire::KIND_DROPPED)?;
     m.add("KIND_STATE", wire::KIND_STATE)?;
+    m.add("KIND_HTTP_REQUEST", wire::KIND_HTTP_REQUEST)?;
+    m.add("KIND_HTTP_RESPONSE", wire::KIND_HTTP_RESPONSE)?;
+    m.add("FLAG_HTTP", wire::FLAG_HTTP)?;
     m.add("FLAG_REFS", wire::FLAG_REFS)?;
     m.add("FLAG_BODY", wire::FLAG_BODY)?;
     m.add("FLAGS", wire::FLAGS)?;

@@ -299,3 +299,40 @@ impl Drop for ShmView {
         });
     }
 }
+
+/// The arena of the HTTP server's client slot, where it puts big bodies.
+pub(crate) struct ServerArena {
+    state: Arc<ArenaState>,
+    index: u32,
+}
+
+impl SharedArena {
+    /// This arena, for the HTTP server of client slot `index`.
+    pub(crate) fn for_server(&self, index: u32) -> ServerArena {
+        ServerArena {
+            state: Arc::clone(&self.inner),
+            index,
+        }
+    }
+}
+
+impl aqueduct_http::BodyArena for ServerArena {
+    fn index(&self) -> u32 {
+        self.index
+    }
+
+    fn place(&self, bytes: &[u8], key: u64) -> Option<u64> {
+        let arena = &self.state.arena;
+        let block = arena.alloc(bytes.len() as u64, key).ok()?;
+        let Some(dst) = arena.ptr_at(block.offset, bytes.len() as u64) else {
+            arena.free(block.offset);
+            return None;
+        };
+        copy_in_parallel(bytes.as_ptr() as usize, dst as usize, bytes.len());
+        Some(block.offset)
+    }
+
+    fn free(&self, offset: u64) {
+        self.state.arena.free(offset);
+    }
+}

@@ -1,0 +1,79 @@
+//! Turning what came back through the result queue (or what went wrong on
+//! the way) into an HTTP response.
+
+use aqueduct_core::http_wire::{decode_response, error_json, split_error};
+use aqueduct_core::wire::{base_kind, KIND_DROPPED, KIND_ERROR, KIND_HTTP_RESPONSE};
+use aqueduct_core::Message;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+
+pub type Body = Full<Bytes>;
+
+/// A JSON error response `{"error", "type"}`.
+pub fn error(status: StatusCode, message: &str, kind: &str) -> Response<Body> {
+    json(status, error_json(message, kind))
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The response for a message of the result queue.
+pub fn from_message(message: &Message) -> Response<Body> {
+    let payload = message.payload();
+    match base_kind(message.header.kind) {
+        KIND_HTTP_RESPONSE => match decode_response(payload) {
+            Some(answer) => {
+                let mut response = Response::new(Full::new(Bytes::copy_from_slice(answer.body)));
+                *response.status_mut() =
+                    StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+                let headers = response.headers_mut();
+                for (name, value) in answer.headers {
+                    // a header the handler got wrong is left out, not fatal
+                    if let (Ok(name), Ok(value)) =
+                        (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+                    {
+                        headers.insert(name, value);
+                    }
+                }
+                response
+            }
+            None => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the worker's response is not well-formed",
+                "FlowError",
+            ),
+        },
+        KIND_ERROR => match split_error(payload) {
+            Some(summary) => {
+                let status = StatusCode::from_u16(summary.status)
+                    .ok()
+                    .filter(|s| s.is_client_error() || s.is_server_error())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                json(status, summary.json.to_vec())
+            }
+            None => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the task failed in a worker",
+                "FlowError",
+            ),
+        },
+        KIND_DROPPED => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the task timed out before a worker took it",
+            "TaskTimeoutError",
+        ),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the flow answered with a task, not a response: was it started by aqueduct.http.serve?",
+            "FlowError",
+        ),
+    }
+}

@@ -1,0 +1,411 @@
+//! The server: an accept loop and connections on a tokio runtime of its own,
+//! and a reader thread that hands answers from the result queue to the
+//! requests waiting for them.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use aqueduct_core::http_wire::{encode_request_head, BodyRef};
+use aqueduct_core::wire::{CLIENT_SHIFT, FLAG_HTTP, INLINE_LIMIT, KIND_HTTP_REQUEST};
+use aqueduct_core::{monotonic_ns, Control, Error, Message, MessageHeader, TaskQueue};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{oneshot, watch};
+
+use crate::answer::{self, Body};
+use crate::BodyArena;
+
+/// Header a request may set to its own timeout, in seconds.
+const TIMEOUT_HEADER: &str = "x-aqueduct-timeout";
+/// Header a request may set to its priority (clamped to the flow's levels).
+const PRIORITY_HEADER: &str = "x-aqueduct-priority";
+/// How often the reader thread looks at `stopping` while no answer comes.
+const READER_TICK: Duration = Duration::from_millis(100);
+
+/// How the server listens and what it accepts.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    /// The path requests for the flow are sent to (`/health` is the server's).
+    pub path: String,
+    /// A request's default timeout (the header can set its own).
+    pub timeout: Duration,
+    /// Largest request body accepted (413 beyond).
+    pub body_limit: usize,
+    /// Threads of the runtime that runs connections.
+    pub threads: usize,
+    /// The flow's client slot this server answers through.
+    pub client: u32,
+}
+
+/// What a request waits for: the answer's message (dropped: there is none),
+/// and the arena block its body is in, if it is in one.
+type Waiter = (oneshot::Sender<Message>, Option<u64>);
+
+struct Shared {
+    config: Config,
+    first: TaskQueue,
+    results: TaskQueue,
+    control: Control,
+    arena: Option<Box<dyn BodyArena>>,
+    pending: Mutex<HashMap<u64, Waiter>>,
+    next_key: AtomicU64,
+    /// Why the flow cannot serve now (503s, `/health`), if it cannot.
+    failure: Mutex<Option<String>>,
+    stopping: AtomicBool,
+    connections: AtomicUsize,
+}
+
+impl Shared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends what request `key` waits for; its body's block is freed.
+    fn settle(&self, key: u64) -> Option<oneshot::Sender<Message>> {
+        let (waiter, block) = self.pending().remove(&key)?;
+        if let (Some(arena), Some(block)) = (&self.arena, block) {
+            arena.free(block);
+        }
+        Some(waiter)
+    }
+
+    /// Ends every request waiting (with no answer: they get 503).
+    fn settle_all(&self) {
+        let keys: Vec<u64> = self.pending().keys().copied().collect();
+        for key in keys {
+            self.settle(key);
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A running server; `stop` it (dropping it stops it too, without grace).
+pub struct Server {
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+    shutdown: watch::Sender<bool>,
+    reader: Option<JoinHandle<()>>,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    /// Listens on `config.addr` and serves: requests go into the queue of
+    /// `first`, answers come from `results`. The fds are duplicated.
+    pub fn start(
+        config: Config,
+        first: BorrowedFd<'_>,
+        results: BorrowedFd<'_>,
+        control: BorrowedFd<'_>,
+        arena: Option<Box<dyn BodyArena>>,
+    ) -> std::io::Result<Server> {
+        let io = |e: Error| std::io::Error::other(e.to_string());
+        let listener = std::net::TcpListener::bind(config.addr)?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            first: TaskQueue::open_borrowed(first).map_err(io)?,
+            results: TaskQueue::open_borrowed(results).map_err(io)?,
+            control: Control::open(control.try_clone_to_owned()?).map_err(io)?,
+            arena,
+            pending: Mutex::new(HashMap::new()),
+            next_key: AtomicU64::new(1),
+            failure: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            config,
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(shared.config.threads.max(1))
+            .thread_name("aqueduct-http")
+            .enable_all()
+            .build()?;
+        let (shutdown, watching) = watch::channel(false);
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        runtime.spawn(accept(listener, Arc::clone(&shared), watching));
+        let reader = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("aqueduct-http-answers".into())
+                .spawn(move || read_answers(&shared))?
+        };
+        Ok(Server {
+            shared,
+            runtime: Some(runtime),
+            shutdown,
+            reader: Some(reader),
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Why the flow cannot serve (`None`: it can): `/health` says so and
+    /// requests get 503 at once.
+    pub fn set_failure(&self, reason: Option<String>) {
+        *self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = reason;
+    }
+
+    /// Stops accepting, lets requests in flight finish for at most `grace`,
+    /// then ends every connection and the reader thread.
+    pub fn stop(&mut self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let until = Instant::now() + grace;
+        while self.shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.shared.stopping.store(true, Ordering::Release);
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_millis(100));
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.shared.settle_all();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop(Duration::ZERO);
+    }
+}
+
+async fn accept(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue, // out of fds and the like: the next may work
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        shared.connections.fetch_add(1, Ordering::AcqRel);
+        let shared = Arc::clone(&shared);
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = {
+                let shared = Arc::clone(&shared);
+                service_fn(move |request| {
+                    let shared = Arc::clone(&shared);
+                    async move { Ok::<_, Infallible>(handle(&shared, request).await) }
+                })
+            };
+            let connection = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shutdown.changed() => {
+                    // finish the request in flight, then close
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    if path == "/health" {
+        return match shared.failure() {
+            None => ok_json(br#"{"status": "ok"}"#),
+            Some(reason) => answer::error(StatusCode::SERVICE_UNAVAILABLE, &reason, "FlowError"),
+        };
+    }
+    if path != shared.config.path {
+        let message = format!("no route for {path}");
+        return answer::error(StatusCode::NOT_FOUND, &message, "NotFound");
+    }
+    if let Some(reason) = shared.failure() {
+        return answer::error(StatusCode::SERVICE_UNAVAILABLE, &reason, "FlowError");
+    }
+    let timeout = header_f64(&request, TIMEOUT_HEADER)
+        .filter(|t| t.is_finite() && *t > 0.0)
+        .map_or(shared.config.timeout, |t| {
+            Duration::from_secs_f64(t.min(1e6))
+        });
+    let priority = header_f64(&request, PRIORITY_HEADER).map_or(0, |p| p.clamp(0.0, 63.0) as u32);
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, shared.config.body_limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            let message = format!("the body is over {} bytes", shared.config.body_limit);
+            return answer::error(StatusCode::PAYLOAD_TOO_LARGE, &message, "PayloadTooLarge");
+        }
+        Err(e) => return answer::error(StatusCode::BAD_REQUEST, &e.to_string(), "BadRequest"),
+    };
+    let headers: Vec<(&[u8], &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+        .collect();
+    let key = (u64::from(shared.config.client) << CLIENT_SHIFT)
+        | shared.next_key.fetch_add(1, Ordering::Relaxed);
+    // a big body goes into the arena, so the ring carries only its place
+    let in_arena = match &shared.arena {
+        Some(arena) if body.len() > INLINE_LIMIT => match arena.place(&body, key) {
+            Some(block) => Some(BodyRef {
+                arena: arena.index(),
+                block,
+                offset: block,
+                len: body.len() as u64,
+            }),
+            None => {
+                let message = "no room in shared memory for the body now";
+                return answer::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    message,
+                    "SharedMemoryFullError",
+                );
+            }
+        },
+        _ => None,
+    };
+    let mut head = Vec::with_capacity(256);
+    let query = parts.uri.query().unwrap_or("");
+    let method = parts.method.as_str().as_bytes();
+    let (path, query) = (path.as_bytes(), query.as_bytes());
+    if encode_request_head(&mut head, method, path, query, &headers, in_arena).is_none() {
+        if let (Some(arena), Some(r)) = (&shared.arena, in_arena) {
+            arena.free(r.block);
+        }
+        return answer::error(StatusCode::BAD_REQUEST, "headers too large", "BadRequest");
+    }
+    let inline: &[u8] = if in_arena.is_some() { &[] } else { &body };
+    let header = MessageHeader {
+        key,
+        deadline_ns: monotonic_ns().saturating_add(timeout.as_nanos() as u64),
+        kind: KIND_HTTP_REQUEST | FLAG_HTTP,
+        priority,
+        enqueued_ns: 0,
+    };
+    let (waiter, answer) = oneshot::channel();
+    shared
+        .pending()
+        .insert(key, (waiter, in_arena.map(|r| r.block)));
+    shared.control.uncancel(key);
+    if let Err(e) = shared.first.push_parts(&header, &[&head, inline]) {
+        shared.settle(key);
+        return refused(e);
+    }
+    shared.first.notify(None);
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(message)) => answer::from_message(&message),
+        Ok(Err(_)) => answer::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is stopping",
+            "NotRunningError",
+        ),
+        Err(_) => {
+            shared.settle(key);
+            shared.control.cancel(key); // workers skip it
+            let message = format!("not done in {} s", timeout.as_secs_f64());
+            answer::error(StatusCode::GATEWAY_TIMEOUT, &message, "TaskTimeoutError")
+        }
+    }
+}
+
+/// The response to a request the first queue did not take.
+fn refused(error: Error) -> Response<Body> {
+    let (status, kind) = match error {
+        Error::Full => (StatusCode::SERVICE_UNAVAILABLE, "QueueFullError"),
+        Error::Closed => (StatusCode::SERVICE_UNAVAILABLE, "NotRunningError"),
+        Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "TaskTooLargeError"),
+        Error::Corrupt(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "SharedMemoryCorruptError",
+        ),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "FlowError"),
+    };
+    answer::error(status, &error.to_string(), kind)
+}
+
+fn ok_json(body: &'static [u8]) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body)));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn header_f64(request: &Request<Incoming>, name: &str) -> Option<f64> {
+    request
+        .headers()
+        .get(name)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The reader thread: every answer in the result queue goes to the request
+/// waiting for it (one whose caller gave up is dropped).
+fn read_answers(shared: &Shared) {
+    let stopping = || shared.stopping.load(Ordering::Acquire);
+    while !stopping() {
+        let until = monotonic_ns() + READER_TICK.as_nanos() as u64;
+        let _ = shared.results.wait_ready(Some(until), &mut || stopping());
+        let mut drained = false;
+        loop {
+            match shared.results.try_pop() {
+                Ok(Some(message)) => {
+                    drained = true;
+                    if let Some(waiter) = shared.settle(message.header.key) {
+                        let _ = waiter.send(message);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // nothing more is read from it: every waiting request
+                    // ends (their senders drop), later ones get 503
+                    *shared
+                        .failure
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+                    shared.settle_all();
+                    return;
+                }
+            }
+        }
+        if drained {
+            shared.results.released(&[]);
+        }
+    }
+}

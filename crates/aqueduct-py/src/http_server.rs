@@ -1,0 +1,104 @@
+//! `HttpServer`: the Rust HTTP front of a flow (`aqueduct_http`), for
+//! `aqueduct.http`. Everything per request happens without the GIL.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsFd;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use aqueduct_http::{Config, Server};
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::control::PyControl;
+use crate::queue::Queue;
+use crate::shm::SharedArena;
+
+#[pyclass(module = "aqueduct._core", frozen)]
+pub struct HttpServer {
+    server: Mutex<Option<Server>>,
+    port: u16,
+}
+
+#[pymethods]
+impl HttpServer {
+    #[new]
+    #[pyo3(signature = (*, host, port, path, first, results, control, arena, client, timeout, body_limit, threads))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        host: &str,
+        port: u16,
+        path: String,
+        first: &Queue,
+        results: &Queue,
+        control: &PyControl,
+        arena: &SharedArena,
+        client: u32,
+        timeout: f64,
+        body_limit: usize,
+        threads: usize,
+    ) -> PyResult<Self> {
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(PyValueError::new_err("timeout must be > 0"));
+        }
+        let addr: SocketAddr = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| PyOSError::new_err(format!("cannot resolve {host}: {e}")))?
+            .next()
+            .ok_or_else(|| PyOSError::new_err(format!("{host} has no address")))?;
+        let config = Config {
+            addr,
+            path,
+            timeout: Duration::from_secs_f64(timeout.min(1e6)),
+            body_limit,
+            threads,
+            client,
+        };
+        let server = Server::start(
+            config,
+            first.inner.as_fd(),
+            results.inner.as_fd(),
+            control.inner.as_fd(),
+            Some(Box::new(arena.for_server(client))),
+        )
+        .map_err(|e| PyOSError::new_err(format!("cannot serve on {addr}: {e}")))?;
+        let port = server.local_addr().port();
+        Ok(HttpServer {
+            server: Mutex::new(Some(server)),
+            port,
+        })
+    }
+
+    /// The port it listens on (the one asked for, or the one the system
+    /// picked for 0).
+    #[getter]
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Why the flow cannot serve (None: it can).
+    fn set_failure(&self, reason: Option<String>) {
+        if let Some(server) = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            server.set_failure(reason);
+        }
+    }
+
+    /// Stops accepting, lets requests in flight finish for at most `grace`
+    /// seconds (GIL released), then closes every connection.
+    fn stop(&self, py: Python<'_>, grace: f64) {
+        let taken = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut server) = taken {
+            let grace = Duration::from_secs_f64(grace.clamp(0.0, 3600.0));
+            py.detach(move || server.stop(grace));
+        }
+    }
+}

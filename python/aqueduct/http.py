@@ -1,0 +1,187 @@
+"""Serve a Flow over HTTP with no Python in the web process per request.
+
+``serve`` runs an HTTP/1.1 server written in Rust (hyper on tokio) inside
+this process. It writes each request's bytes straight into the first step's
+queue; ``task_from_request`` runs in a worker of the first step, before its
+handler, and ``response_from_task`` in the worker that finishes the task,
+after its handler; the response's bytes come back through the result queue
+and Rust writes them out::
+
+    from aqueduct import Flow, FlowStep
+    from aqueduct.http import serve
+
+    def task_from_request(request):      # request.body, .headers, .method, .path, .query
+        return Task(request.json())
+
+    def response_from_task(task):        # a dict or list (JSON), bytes, str, or a Response
+        return {"result": task.result}
+
+    serve(flow, task_from_request=task_from_request, response_from_task=response_from_task,
+          host="127.0.0.1", port=8000, path="/predict")
+
+Errors are JSON ``{"error", "type"}``: 400 for a malformed request or one
+``task_from_request`` raised on (its message), 404 for another path, 413 for
+a body over ``body_limit``, 500 when a handler raised or a worker died, 503
+when the queue is full or the flow is down, 504 past the timeout (the
+server's, or the request's ``X-Aqueduct-Timeout`` header in seconds).
+``GET /health`` answers 200, or 503 while the flow cannot serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from .exceptions import FlowError
+from .logger import log
+
+__all__ = ["Request", "Response", "serve"]
+
+#: Default largest request body, in bytes.
+DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
+#: How long stopping lets requests in flight finish.
+STOP_GRACE = 10.0
+
+
+@dataclass(frozen=True)
+class Request:
+    """An HTTP request, as ``task_from_request`` gets it (in a worker).
+    Header names are lower-case."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def query_params(self) -> dict[str, list[str]]:
+        return parse_qs(self.query)
+
+
+@dataclass
+class Response:
+    """What ``response_from_task`` may return for more than a body: a status
+    and headers. ``body`` is bytes, a str, or anything JSON can encode."""
+
+    body: Any = b""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def serve(
+    flow: Any,
+    *,
+    task_from_request: Callable[[Request], Any],
+    response_from_task: Callable[[Any], Any],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    path: str = "/predict",
+    timeout: float = 5.0,
+    body_limit: int = DEFAULT_BODY_LIMIT,
+    threads: int = 2,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Starts ``flow`` (pass it not yet started: its workers get the two
+    functions) and serves it on ``host:port`` (0: a free port) until SIGINT
+    or SIGTERM; then stops accepting, lets requests in flight finish (at most
+    ``STOP_GRACE`` seconds) and stops the flow. ``on_ready`` gets the port
+    once it listens. ``threads`` run the connections. To run the server
+    beside other work instead, use ``Server`` and ``stop`` it yourself."""
+    server = Server(
+        flow,
+        task_from_request=task_from_request,
+        response_from_task=response_from_task,
+        host=host,
+        port=port,
+        path=path,
+        timeout=timeout,
+        body_limit=body_limit,
+        threads=threads,
+    )
+    stopping = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda *_: stopping.set())
+    try:
+        if on_ready is not None:
+            on_ready(server.port)
+        while not stopping.wait(0.2):
+            server.check_health()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        server.stop()
+
+
+class Server:
+    """A running HTTP front of a flow (what ``serve`` blocks on; embed it to
+    run the server beside other work, and ``stop`` it yourself)."""
+
+    def __init__(
+        self,
+        flow: Any,
+        *,
+        task_from_request: Callable[[Request], Any],
+        response_from_task: Callable[[Any], Any],
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        path: str = "/predict",
+        timeout: float = 5.0,
+        body_limit: int = DEFAULT_BODY_LIMIT,
+        threads: int = 2,
+    ) -> None:
+        from . import _core
+
+        if flow.is_running or flow.are_steps_initialized:
+            raise FlowError("serve() starts the flow itself: pass it a flow not yet started")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        flow._http = (task_from_request, response_from_task)
+        flow.start()
+        self._flow = flow
+        topology = flow._topology
+        slot = topology.control.claim_client()
+        if slot >= topology.clients:
+            clients = topology.clients
+            raise FlowError(f"no client slot left for the server (Flow(clients={clients}))")
+        try:
+            self._native = _core.HttpServer(
+                host=host,
+                port=port,
+                path=path,
+                first=topology.queues[0],
+                results=topology.result_queue(slot),
+                control=topology.control,
+                arena=topology.arenas[slot],
+                client=slot,
+                timeout=timeout,
+                body_limit=body_limit,
+                threads=threads,
+            )
+        except BaseException:
+            asyncio.run(flow.stop(graceful=False))
+            raise
+        self.port: int = self._native.port
+        log.info("Serving the flow on http://%s:%d%s", host, self.port, path)
+
+    def check_health(self) -> None:
+        """Tells the server whether the flow serves (``/health``, 503s)."""
+        self._native.set_failure(self._flow.failure)
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stops accepting, lets requests in flight finish (at most
+        ``grace`` seconds), then stops the flow."""
+        self._native.stop(grace)
+        asyncio.run(self._flow.stop(graceful=False))
+        log.info("The HTTP server stopped")

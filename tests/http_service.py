@@ -1,0 +1,86 @@
+"""A flow served by aqueduct.http, for test_http.py: run as a script, it
+prints the port it listens on, then serves until SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+from aqueduct import BaseTask, BaseTaskHandler, Flow, FlowStep
+from aqueduct.http import Request, Response, serve
+
+
+class Job(BaseTask):
+    def __init__(self, x: object, sleep: float = 0.0) -> None:
+        super().__init__()
+        self.x = x
+        self.sleep = sleep
+        self.y: object = None
+        self.steps: list[str] = []
+        self.batch = 0
+
+
+class Double(BaseTaskHandler):
+    """Doubles ``x``; ``"boom"`` raises, ``"die"`` kills the worker; sleeps ``sleep``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def handle(self, *tasks: Job) -> None:
+        time.sleep(max(t.sleep for t in tasks))
+        for task in tasks:
+            if isinstance(task.x, str) and task.x == "boom":
+                raise ValueError("boom!")
+            if isinstance(task.x, str) and task.x == "die":
+                os._exit(9)
+            value = task.x if task.y is None else task.y
+            doubles = isinstance(value, int | float | np.ndarray)
+            task.y = value * 2 if doubles else value
+            task.steps.append(self.name)
+            task.batch = max(task.batch, len(tasks))
+
+
+def task_from_request(request: Request) -> Job:
+    if request.method != "POST":
+        raise ValueError(f"POST only, not {request.method}")
+    if request.headers.get("content-type") == "application/octet-stream":
+        return Job(len(request.body))
+    if request.headers.get("content-type") == "application/x-array":
+        return Job(np.frombuffer(request.body, dtype=np.uint8).astype(np.int64))
+    data = request.json()
+    return Job(data["x"], sleep=float(data.get("sleep", 0)))
+
+
+def response_from_task(task: Job) -> object:
+    if isinstance(task.x, str) and task.x == "teapot":
+        return Response(b"short and stout", status=418, headers={"X-Pot": "tea"})
+    y = int(task.y.sum()) if isinstance(task.y, np.ndarray) else task.y
+    return {"y": y, "steps": task.steps, "batch": task.batch}
+
+
+def main() -> None:
+    batch = int(os.environ.get("BATCH", "1"))
+    flow = Flow(
+        FlowStep(Double("a"), batch_size=batch, batch_timeout=0.01 if batch > 1 else 0),
+        FlowStep(
+            Double("b"), handle_condition=lambda task: not (isinstance(task.x, int) and task.x == 0)
+        ),
+        queue_size=int(os.environ["QUEUE_SIZE"]) if "QUEUE_SIZE" in os.environ else None,
+        queue_full="reject",
+    )
+    serve(
+        flow,
+        task_from_request=task_from_request,
+        response_from_task=response_from_task,
+        port=0,
+        timeout=float(os.environ.get("TIMEOUT", "5")),
+        body_limit=int(os.environ.get("BODY_LIMIT", str(16 << 20))),
+        on_ready=lambda port: print("port", port, flush=True),
+    )
+    print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""aqueduct.http: the Rust HTTP front, started for real and talked to over
+loopback with a real HTTP client. Every wait is bounded."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from support import children_of, running
+
+SERVICE = Path(__file__).parent / "http_service.py"
+WAIT = 20
+
+
+@contextmanager
+def service(script: Path = SERVICE, **env: str) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """Runs ``script``; yields its port and process; stops it after."""
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **env},
+    )
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line.split()[-1].isdigit(), line
+        yield int(line.split()[-1]), proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=WAIT)
+
+
+def call(
+    port: int,
+    body: object = None,
+    *,
+    path: str = "/predict",
+    method: str = "POST",
+    headers: dict[str, str] | None = None,
+    conn: http.client.HTTPConnection | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    data = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
+    conn.request(method, path, body=data, headers=headers or {})
+    response = conn.getresponse()
+    out = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    if own:
+        conn.close()
+    return out
+
+
+def test_requests_become_tasks_and_tasks_responses():
+    with service() as (port, _):
+        status, headers, body = call(port, {"x": 5})
+        assert (status, json.loads(body)) == (200, {"y": 20, "steps": ["a", "b"], "batch": 1})
+        assert headers["content-type"] == "application/json"
+        # the second step's condition declines x == 0: the first answers
+        status, _, body = call(port, {"x": 0})
+        assert (status, json.loads(body)["steps"]) == (200, ["a"])
+        status, headers, body = call(port, {"x": "teapot"})
+        assert (status, headers["x-pot"], body) == (418, "tea", b"short and stout")
+        binary = {"content-type": "application/octet-stream"}
+        status, _, body = call(port, b"\0" * 100, headers=binary)
+        assert json.loads(body)["y"] == 400
+
+
+def test_errors_are_json_with_the_status_they_stand_for():
+    with service(BODY_LIMIT="1000") as (port, _):
+        cases = [
+            (call(port, b"not json"), 400, "JSONDecodeError"),
+            (call(port, {"nox": 1}), 400, "KeyError"),
+            (call(port, method="GET"), 400, "ValueError"),
+            (call(port, {"x": "boom"}), 500, "ValueError"),
+            (call(port, {"x": 1}, path="/elsewhere"), 404, "NotFound"),
+            (call(port, b"x" * 2000), 413, "PayloadTooLarge"),
+        ]
+        for (status, headers, body), want_status, want_type in cases:
+            assert status == want_status, body
+            assert headers["content-type"] == "application/json"
+            error = json.loads(body)
+            assert error["type"] == want_type and error["error"], error
+        assert "boom!" in json.loads(call(port, {"x": "boom"})[2])["error"]
+        assert call(port, {"x": 2})[0] == 200, "it keeps serving"
+
+
+def test_a_request_past_its_timeout_gets_504_and_is_skipped():
+    with service(TIMEOUT="0.5") as (port, _):
+        started = time.monotonic()
+        status, _, body = call(port, {"x": 1, "sleep": 2})
+        assert status == 504 and json.loads(body)["type"] == "TaskTimeoutError"
+        assert time.monotonic() - started < 1.5
+        # the header sets a request's own timeout
+        status, _, _ = call(port, {"x": 1, "sleep": 0.8}, headers={"X-Aqueduct-Timeout": "5"})
+        assert status == 200
+
+
+def test_a_full_queue_gets_503_at_once():
+    with service(QUEUE_SIZE="1") as (port, _):
+        results: list[int] = []
+
+        def slow() -> None:
+            results.append(call(port, {"x": 1, "sleep": 1})[0])
+
+        threads = [threading.Thread(target=slow) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        assert 503 in results and 200 in results, results
+
+
+def test_keep_alive_and_concurrent_clients():
+    with service(BATCH="8") as (port, _):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+        for x in range(20):  # one connection, many requests
+            status, _, body = call(port, {"x": x}, conn=conn)
+            assert status == 200 and json.loads(body)["y"] == x * 4
+        conn.close()
+        wrong: list[object] = []
+        batches: list[int] = []
+
+        def client(n: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+            for i in range(25):
+                x = n * 100 + i + 1
+                status, _, body = call(port, {"x": x}, conn=conn)
+                answer = json.loads(body)
+                if status != 200 or answer["y"] != x * 4:
+                    wrong.append((status, answer))
+                batches.append(answer.get("batch", 0))
+            conn.close()
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        assert not wrong, wrong[:3]
+        assert len(batches) == 800
+        assert max(batches) > 1, "concurrent requests share batches"
+
+
+def test_big_bodies_travel():
+    with service() as (port, _):
+        body = os.urandom(8 << 20)
+        status, _, answer = call(port, body, headers={"content-type": "application/octet-stream"})
+        assert status == 200 and json.loads(answer)["y"] == (8 << 20) * 2 * 2
+
+
+def test_a_worker_killed_mid_request_gives_500_and_the_server_serves_on():
+    with service() as (port, _):
+        status, _, body = call(port, {"x": "die"})
+        assert status == 500 and json.loads(body)["type"] == "WorkerDiedError", body
+        deadline = time.monotonic() + WAIT
+        while call(port, {"x": 3})[0] != 200:  # the respawned worker serves
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_sigterm_finishes_requests_in_flight_then_stops_everything():
+    with service() as (port, proc):
+        workers = children_of(proc.pid)
+        assert workers
+        outcome: list[int] = []
+        slow = threading.Thread(target=lambda: outcome.append(call(port, {"x": 1, "sleep": 1})[0]))
+        slow.start()
+        time.sleep(0.3)  # the request is in a worker
+        proc.send_signal(signal.SIGTERM)
+        slow.join(WAIT)
+        assert outcome == [200]
+        assert proc.wait(timeout=WAIT) == 0
+        assert "stopped" in proc.stdout.read()  # type: ignore[union-attr]
+        deadline = time.monotonic() + WAIT
+        while [pid for pid in workers if running(pid)]:
+            assert time.monotonic() < deadline, "workers left running"
+            time.sleep(0.05)
+        with pytest.raises(OSError):
+            call(port, {"x": 1})
+
+
+def test_killing_the_server_takes_its_workers_with_it():
+    with service() as (port, proc):
+        workers = children_of(proc.pid)
+        assert call(port, {"x": 1})[0] == 200
+        proc.kill()
+        proc.wait(timeout=WAIT)
+        deadline = time.monotonic() + WAIT
+        while [pid for pid in workers if running(pid)]:
+            assert time.monotonic() < deadline, "workers outlived the server"
+            time.sleep(0.05)
+
+
+def test_the_example_service_scores_in_batches():
+    example = Path(__file__).parent.parent / "examples" / "http_service.py"
+    with service(example, PORT="0") as (port, _):
+        status, _, body = call(port, {"values": [1, 2, 3, 4]})
+        assert status == 200 and isinstance(json.loads(body)["score"], float)
+        status, _, body = call(port, {"values": []})
+        assert status == 400 and "non-empty" in json.loads(body)["error"]
+
+
+def test_arrays_travel_between_steps_through_shared_memory():
+    with service() as (port, _):
+        array = bytes(range(256)) * 4096  # 1 MiB: through the arena, then between steps
+        status, _, body = call(port, array, headers={"content-type": "application/x-array"})
+        assert status == 200, body
+        assert json.loads(body)["y"] == sum(range(256)) * 4096 * 4
