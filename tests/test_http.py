@@ -222,3 +222,15 @@ def test_arrays_travel_between_steps_through_shared_memory():
         status, _, body = call(port, array, headers={"content-type": "application/x-array"})
         assert status == 200, body
         assert json.loads(body)["y"] == sum(range(256)) * 4096 * 4
+
+
+def test_the_server_follows_the_flow_when_it_heals():
+    with service() as (port, _):
+        assert call(port, {"x": 1})[0] == 200
+        status, _, body = call(port, {"x": "scribble"})
+        assert status in (500, 503, 504), body  # it never hangs
+        deadline = time.monotonic() + WAIT
+        while call(port, {"x": 3})[0] != 200:  # on fresh segments, same server
+            assert time.monotonic() < deadline, "the server never served again"
+            time.sleep(0.1)
+        assert json.loads(call(port, {"x": 4})[2])["y"] == 16

@@ -151,7 +151,8 @@ class Server:
         flow.start()
         self._flow = flow
         topology = flow._topology
-        slot = topology.control.claim_client()
+        self._generation = flow._generation
+        self._slot = slot = topology.control.claim_client()
         if slot >= topology.clients:
             clients = topology.clients
             raise FlowError(f"no client slot left for the server (Flow(clients={clients}))")
@@ -176,8 +177,27 @@ class Server:
         log.info("Serving the flow on http://%s:%d%s", host, self.port, path)
 
     def check_health(self) -> None:
-        """Tells the server whether the flow serves (``/health``, 503s)."""
-        self._native.set_failure(self._flow.failure)
+        """Every fraction of a second: tells the server whether the flow
+        serves (``/health``, 503s), moves it onto the segments of a flow that
+        healed, and has the flow heal when the server found its result queue
+        corrupt."""
+        flow = self._flow
+        topology = flow._topology
+        if flow._generation != self._generation and topology is not None:
+            if not flow._healer.healing:
+                slot = self._slot
+                self._native.retarget(
+                    first=topology.queues[0],
+                    results=topology.result_queue(slot),
+                    control=topology.control,
+                    arena=topology.arenas[slot],
+                    client=slot,
+                )
+                self._generation = flow._generation
+                log.warning("The HTTP server moved onto the flow's fresh shared memory")
+        elif (corrupt := self._native.corruption()) is not None:
+            flow._seat.shared_memory_corrupt(corrupt)  # the flow heals
+        self._native.set_failure(flow.failure)
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """Stops accepting, lets requests in flight finish (at most

@@ -11,7 +11,7 @@
 mod answer;
 mod server;
 
-pub use server::{Config, Server};
+pub use server::{Config, Server, Target};
 
 /// Where the server puts request bodies too big to travel through the ring
 /// (the flow's arena of the server's client slot).

@@ -51,18 +51,45 @@ pub struct Config {
 
 /// What a request waits for: the answer's message (dropped: there is none),
 /// and the arena block its body is in, if it is in one.
-type Waiter = (oneshot::Sender<Message>, Option<u64>);
+type Waiter = (oneshot::Sender<Message>, Option<(Arc<Target>, u64)>);
 
-struct Shared {
-    config: Config,
+/// The segments of the flow the server feeds: they change when the flow
+/// heals onto fresh ones (see [`Server::retarget`]).
+pub struct Target {
     first: TaskQueue,
     results: TaskQueue,
     control: Control,
     arena: Option<Box<dyn BodyArena>>,
+}
+
+impl Target {
+    /// The flow's first queue, this server's result queue, the control
+    /// block (their fds are duplicated) and the arena for big bodies.
+    pub fn open(
+        first: BorrowedFd<'_>,
+        results: BorrowedFd<'_>,
+        control: BorrowedFd<'_>,
+        arena: Option<Box<dyn BodyArena>>,
+    ) -> std::io::Result<Target> {
+        let io = |e: Error| std::io::Error::other(e.to_string());
+        Ok(Target {
+            first: TaskQueue::open_borrowed(first).map_err(io)?,
+            results: TaskQueue::open_borrowed(results).map_err(io)?,
+            control: Control::open(control.try_clone_to_owned()?).map_err(io)?,
+            arena,
+        })
+    }
+}
+
+struct Shared {
+    config: Config,
+    target: Mutex<Arc<Target>>,
     pending: Mutex<HashMap<u64, Waiter>>,
     next_key: AtomicU64,
     /// Why the flow cannot serve now (503s, `/health`), if it cannot.
     failure: Mutex<Option<String>>,
+    /// Why the reader stopped reading the result queue (it is corrupt).
+    corrupt: Mutex<Option<String>>,
     stopping: AtomicBool,
     connections: AtomicUsize,
 }
@@ -72,11 +99,17 @@ impl Shared {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn target(&self) -> Arc<Target> {
+        Arc::clone(&self.target.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// Ends what request `key` waits for; its body's block is freed.
     fn settle(&self, key: u64) -> Option<oneshot::Sender<Message>> {
         let (waiter, block) = self.pending().remove(&key)?;
-        if let (Some(arena), Some(block)) = (&self.arena, block) {
-            arena.free(block);
+        if let Some((target, block)) = block {
+            if let Some(arena) = &target.arena {
+                arena.free(block);
+            }
         }
         Some(waiter)
     }
@@ -89,8 +122,14 @@ impl Shared {
         }
     }
 
+    /// Why requests get 503 now, if they do.
     fn failure(&self) -> Option<String> {
-        self.failure
+        let failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        failure.clone().or_else(|| self.corruption())
+    }
+
+    fn corruption(&self) -> Option<String> {
+        self.corrupt
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -109,25 +148,16 @@ pub struct Server {
 impl Server {
     /// Listens on `config.addr` and serves: requests go into the queue of
     /// `first`, answers come from `results`. The fds are duplicated.
-    pub fn start(
-        config: Config,
-        first: BorrowedFd<'_>,
-        results: BorrowedFd<'_>,
-        control: BorrowedFd<'_>,
-        arena: Option<Box<dyn BodyArena>>,
-    ) -> std::io::Result<Server> {
-        let io = |e: Error| std::io::Error::other(e.to_string());
+    pub fn start(config: Config, target: Target) -> std::io::Result<Server> {
         let listener = std::net::TcpListener::bind(config.addr)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            first: TaskQueue::open_borrowed(first).map_err(io)?,
-            results: TaskQueue::open_borrowed(results).map_err(io)?,
-            control: Control::open(control.try_clone_to_owned()?).map_err(io)?,
-            arena,
+            target: Mutex::new(Arc::new(target)),
             pending: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
             failure: Mutex::new(None),
+            corrupt: Mutex::new(None),
             stopping: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             config,
@@ -170,6 +200,28 @@ impl Server {
             .failure
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = reason;
+    }
+
+    /// The flow moved to fresh segments (it healed): requests go there from
+    /// now on; those waiting on the old ones end (503).
+    pub fn retarget(&self, target: Target) {
+        *self
+            .shared
+            .target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(target);
+        *self
+            .shared
+            .corrupt
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        self.shared.settle_all();
+    }
+
+    /// Why the server stopped reading its result queue (it found it
+    /// corrupt), if it did: the flow should heal.
+    pub fn corruption(&self) -> Option<String> {
+        self.shared.corruption()
     }
 
     /// Stops accepting, lets requests in flight finish for at most `grace`,
@@ -276,8 +328,9 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         .collect();
     let key = (u64::from(shared.config.client) << CLIENT_SHIFT)
         | shared.next_key.fetch_add(1, Ordering::Relaxed);
+    let target = shared.target();
     // a big body goes into the arena, so the ring carries only its place
-    let in_arena = match &shared.arena {
+    let in_arena = match &target.arena {
         Some(arena) if body.len() > INLINE_LIMIT => match arena.place(&body, key) {
             Some(block) => Some(BodyRef {
                 arena: arena.index(),
@@ -301,7 +354,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     let method = parts.method.as_str().as_bytes();
     let (path, query) = (path.as_bytes(), query.as_bytes());
     if encode_request_head(&mut head, method, path, query, &headers, in_arena).is_none() {
-        if let (Some(arena), Some(r)) = (&shared.arena, in_arena) {
+        if let (Some(arena), Some(r)) = (&target.arena, in_arena) {
             arena.free(r.block);
         }
         return answer::error(StatusCode::BAD_REQUEST, "headers too large", "BadRequest");
@@ -315,25 +368,24 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         enqueued_ns: 0,
     };
     let (waiter, answer) = oneshot::channel();
-    shared
-        .pending()
-        .insert(key, (waiter, in_arena.map(|r| r.block)));
-    shared.control.uncancel(key);
-    if let Err(e) = shared.first.push_parts(&header, &[&head, inline]) {
+    let block = in_arena.map(|r| (Arc::clone(&target), r.block));
+    shared.pending().insert(key, (waiter, block));
+    target.control.uncancel(key);
+    if let Err(e) = target.first.push_parts(&header, &[&head, inline]) {
         shared.settle(key);
         return refused(e);
     }
-    shared.first.notify(None);
+    target.first.notify(None);
     match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(message)) => answer::from_message(&message),
         Ok(Err(_)) => answer::error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the server is stopping",
-            "NotRunningError",
+            "the flow stopped or restarted before it answered",
+            "FlowError",
         ),
         Err(_) => {
             shared.settle(key);
-            shared.control.cancel(key); // workers skip it
+            target.control.cancel(key); // workers skip it
             let message = format!("not done in {} s", timeout.as_secs_f64());
             answer::error(StatusCode::GATEWAY_TIMEOUT, &message, "TaskTimeoutError")
         }
@@ -380,11 +432,13 @@ fn header_f64(request: &Request<Incoming>, name: &str) -> Option<f64> {
 fn read_answers(shared: &Shared) {
     let stopping = || shared.stopping.load(Ordering::Acquire);
     while !stopping() {
+        let target = shared.target(); // it changes when the flow heals
+        let results = &target.results;
         let until = monotonic_ns() + READER_TICK.as_nanos() as u64;
-        let _ = shared.results.wait_ready(Some(until), &mut || stopping());
+        let _ = results.wait_ready(Some(until), &mut || stopping());
         let mut drained = false;
         loop {
-            match shared.results.try_pop() {
+            match results.try_pop() {
                 Ok(Some(message)) => {
                     drained = true;
                     if let Some(waiter) = shared.settle(message.header.key) {
@@ -394,18 +448,21 @@ fn read_answers(shared: &Shared) {
                 Ok(None) => break,
                 Err(e) => {
                     // nothing more is read from it: every waiting request
-                    // ends (their senders drop), later ones get 503
+                    // ends (503), and so do later ones until `retarget`
                     *shared
-                        .failure
+                        .corrupt
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
                     shared.settle_all();
-                    return;
+                    while !stopping() && Arc::ptr_eq(&shared.target(), &target) {
+                        std::thread::sleep(READER_TICK);
+                    }
+                    break;
                 }
             }
         }
         if drained {
-            shared.results.released(&[]);
+            results.released(&[]);
         }
     }
 }

@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use aqueduct_http::{Config, Server};
+use aqueduct_http::{Config, Server, Target};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
@@ -54,14 +54,9 @@ impl HttpServer {
             threads,
             client,
         };
-        let server = Server::start(
-            config,
-            first.inner.as_fd(),
-            results.inner.as_fd(),
-            control.inner.as_fd(),
-            Some(Box::new(arena.for_server(client))),
-        )
-        .map_err(|e| PyOSError::new_err(format!("cannot serve on {addr}: {e}")))?;
+        let target = target(first, results, control, arena, client)?;
+        let server = Server::start(config, target)
+            .map_err(|e| PyOSError::new_err(format!("cannot serve on {addr}: {e}")))?;
         let port = server.local_addr().port();
         Ok(HttpServer {
             server: Mutex::new(Some(server)),
@@ -88,6 +83,37 @@ impl HttpServer {
         }
     }
 
+    /// The flow healed onto fresh segments: requests go there from now on.
+    fn retarget(
+        &self,
+        first: &Queue,
+        results: &Queue,
+        control: &PyControl,
+        arena: &SharedArena,
+        client: u32,
+    ) -> PyResult<()> {
+        let target = target(first, results, control, arena, client)?;
+        if let Some(server) = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            server.retarget(target);
+        }
+        Ok(())
+    }
+
+    /// Why the server stopped reading its result queue (it found it
+    /// corrupt), or None.
+    fn corruption(&self) -> Option<String> {
+        self.server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(Server::corruption)
+    }
+
     /// Stops accepting, lets requests in flight finish for at most `grace`
     /// seconds (GIL released), then closes every connection.
     fn stop(&self, py: Python<'_>, grace: f64) {
@@ -101,4 +127,20 @@ impl HttpServer {
             py.detach(move || server.stop(grace));
         }
     }
+}
+
+fn target(
+    first: &Queue,
+    results: &Queue,
+    control: &PyControl,
+    arena: &SharedArena,
+    client: u32,
+) -> PyResult<Target> {
+    Target::open(
+        first.inner.as_fd(),
+        results.inner.as_fd(),
+        control.inner.as_fd(),
+        Some(Box::new(arena.for_server(client))),
+    )
+    .map_err(|e| PyOSError::new_err(format!("cannot map the flow's segments: {e}")))
 }
