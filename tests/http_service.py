@@ -73,6 +73,7 @@ def main() -> None:
         ),
         queue_size=int(os.environ["QUEUE_SIZE"]) if "QUEUE_SIZE" in os.environ else None,
         queue_full="reject",
+        queue_priorities=int(os.environ.get("PRIORITIES", "1")),
     )
     serve(
         flow,

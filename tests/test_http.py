@@ -234,3 +234,60 @@ def test_the_server_follows_the_flow_when_it_heals():
             assert time.monotonic() < deadline, "the server never served again"
             time.sleep(0.1)
         assert json.loads(call(port, {"x": 4})[2])["y"] == 16
+
+
+def _series(page: str) -> set[tuple[str, tuple[str, ...]]]:
+    """(sample name, label names) of every sample of a Prometheus page."""
+    out = set()
+    for line in page.splitlines():
+        if line and not line.startswith("#"):
+            name, _, rest = line.partition("{")
+            labels = tuple(sorted(p.split("=")[0] for p in rest.split("}")[0].split(",") if p))
+            out.add((name, labels))
+    return out
+
+
+async def test_metrics_are_the_python_exporters_served_by_rust():
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from aqueduct import Flow, FlowStep
+    from aqueduct.metrics.prometheus import register
+    from http_service import Double, Job
+
+    with service() as (port, _):
+        for x in range(5):
+            assert call(port, {"x": x})[0] == 200
+        status, headers, page = call(port, path="/metrics", method="GET")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    text = page.decode()
+    assert 'aqueduct_tasks_total{flow="flow",outcome="done"} 5.0' in text
+    assert 'aqueduct_tasks_handled_total{flow="flow",step="step1_Double"} 5.0' in text
+    assert 'aqueduct_memory_bytes{flow="flow",process="step2_Double"}' in text
+    # the same series as the Python exporter of the same flow
+    flow = Flow(FlowStep(Double("a")), FlowStep(Double("b")))
+    flow.start(timeout=WAIT)
+    try:
+        await flow.process(Job(1), timeout_sec=WAIT)
+        registry = prometheus_client.CollectorRegistry()
+        register(flow, registry=registry)
+        python = prometheus_client.generate_latest(registry).decode()
+    finally:
+        await flow.stop()
+    assert _series(python) <= _series(text), _series(python) - _series(text)
+
+
+def test_health_says_503_while_a_step_is_down():
+    with service(TIMEOUT="1") as (port, _):
+        assert call(port, path="/health", method="GET")[0] == 200
+        deadline = time.monotonic() + WAIT
+        while call(port, path="/health", method="GET")[0] != 503:
+            assert time.monotonic() < deadline, "the step never went down"
+            call(port, {"x": "die"})  # its worker dies, again and again
+            time.sleep(0.2)
+        status, _, body = call(port, {"x": 1})
+        assert status == 503 and "down" in json.loads(body)["error"], body
+
+
+def test_priorities_pass_through_a_header():
+    with service(PRIORITIES="2") as (port, _):
+        status, _, body = call(port, {"x": 2}, headers={"X-Aqueduct-Priority": "1"})
+        assert status == 200 and json.loads(body)["y"] == 8

@@ -228,7 +228,7 @@ class HttpServer:
         host: str,
         port: int,
         path: str,
-        first: Queue,
+        steps: list[Queue],
         results: Queue,
         control: Control,
         arena: SharedArena,
@@ -241,8 +241,14 @@ class HttpServer:
     def port(self) -> int: ...
     def set_failure(self, reason: str | None) -> None: ...
     def retarget(
-        self, first: Queue, results: Queue, control: Control, arena: SharedArena, client: int
+        self,
+        steps: list[Queue],
+        results: Queue,
+        control: Control,
+        arena: SharedArena,
+        client: int,
     ) -> None: ...
+    def set_names(self, flow: str, steps: list[str], processes: list[tuple[str, int]]) -> None: ...
     def corruption(self) -> str | None: ...
     def stop(self, grace: float) -> None: ...
 

@@ -20,7 +20,7 @@ from .metrics import (
     StepMetrics,
 )
 
-__all__ = ["export_periodically", "snapshot"]
+__all__ = ["export_periodically", "processes", "snapshot"]
 
 
 def rss_bytes(pid: int) -> int:
@@ -30,6 +30,17 @@ def rss_bytes(pid: int) -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def processes(workers: Iterable[WorkerProcess]) -> list[tuple[str, int]]:
+    """``(label, pid)`` of this process (``MAIN_PROCESS``) and each worker
+    (its step's name, numbered when the step has several)."""
+    out = [(MAIN_PROCESS, os.getpid())]
+    for w in workers:
+        label = w.step_name if w.spec.nprocs == 1 else f"{w.step_name}_{w.number}"
+        if w.process is not None and w.process.pid:
+            out.append((label, w.process.pid))
+    return out
 
 
 def snapshot(
@@ -68,11 +79,7 @@ def snapshot(
         )
     memory: dict[str, int] = {}
     if collector.is_collectible(MetricsTypes.MEMORY_USAGE):
-        memory[MAIN_PROCESS] = rss_bytes(os.getpid())
-        for w in workers:
-            label = w.step_name if w.spec.nprocs == 1 else f"{w.step_name}_{w.number}"
-            if w.process is not None and w.process.pid:
-                memory[label] = rss_bytes(w.process.pid)
+        memory = {label: rss_bytes(pid) for label, pid in processes(workers)}
     tasks = task_counts() if collector.is_collectible(MetricsTypes.TASKS) else {}
     return FlowMetrics(steps=steps, tasks=tasks, memory=memory)
 

@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+from ._flow_metrics import processes
 from .exceptions import FlowError
 from .logger import log
+from .metrics import MAIN_PROCESS
 
 __all__ = ["Request", "Response", "serve"]
 
@@ -140,6 +142,7 @@ class Server:
         timeout: float = 5.0,
         body_limit: int = DEFAULT_BODY_LIMIT,
         threads: int = 2,
+        flow_name: str = "flow",
     ) -> None:
         from . import _core
 
@@ -150,6 +153,9 @@ class Server:
         flow._http = (task_from_request, response_from_task)
         flow.start()
         self._flow = flow
+        self._flow_name = flow_name
+        # the control block's metrics slots: the steps, then the result queue's
+        self._metric_slots = [*flow._step_names, MAIN_PROCESS]
         topology = flow._topology
         self._generation = flow._generation
         self._slot = slot = topology.control.claim_client()
@@ -161,7 +167,7 @@ class Server:
                 host=host,
                 port=port,
                 path=path,
-                first=topology.queues[0],
+                steps=topology.queues[: topology.steps],
                 results=topology.result_queue(slot),
                 control=topology.control,
                 arena=topology.arenas[slot],
@@ -174,6 +180,7 @@ class Server:
             asyncio.run(flow.stop(graceful=False))
             raise
         self.port: int = self._native.port
+        self.check_health()
         log.info("Serving the flow on http://%s:%d%s", host, self.port, path)
 
     def check_health(self) -> None:
@@ -187,7 +194,7 @@ class Server:
             if not flow._healer.healing:
                 slot = self._slot
                 self._native.retarget(
-                    first=topology.queues[0],
+                    steps=topology.queues[: topology.steps],
                     results=topology.result_queue(slot),
                     control=topology.control,
                     arena=topology.arenas[slot],
@@ -198,6 +205,9 @@ class Server:
         elif (corrupt := self._native.corruption()) is not None:
             flow._seat.shared_memory_corrupt(corrupt)  # the flow heals
         self._native.set_failure(flow.failure)
+        supervisor = flow._supervisor
+        workers = supervisor.workers if supervisor is not None else []
+        self._native.set_names(self._flow_name, self._metric_slots, processes(workers))
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """Stops accepting, lets requests in flight finish (at most

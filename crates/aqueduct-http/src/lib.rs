@@ -9,8 +9,10 @@
 //! the control block (to cancel requests that timed out).
 
 mod answer;
+mod metrics;
 mod server;
 
+pub use metrics::Names;
 pub use server::{Config, Server, Target};
 
 /// Where the server puts request bodies too big to travel through the ring

@@ -24,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, watch};
 
 use crate::answer::{self, Body};
+use crate::metrics::{self, Names, Outcomes};
 use crate::BodyArena;
 
 /// Header a request may set to its own timeout, in seconds.
@@ -56,24 +57,31 @@ type Waiter = (oneshot::Sender<Message>, Option<(Arc<Target>, u64)>);
 /// The segments of the flow the server feeds: they change when the flow
 /// heals onto fresh ones (see [`Server::retarget`]).
 pub struct Target {
-    first: TaskQueue,
+    /// Every step's queue (the first is where requests go).
+    steps: Vec<TaskQueue>,
     results: TaskQueue,
     control: Control,
     arena: Option<Box<dyn BodyArena>>,
 }
 
 impl Target {
-    /// The flow's first queue, this server's result queue, the control
+    /// The flow's step queues, this server's result queue, the control
     /// block (their fds are duplicated) and the arena for big bodies.
     pub fn open(
-        first: BorrowedFd<'_>,
+        steps: &[BorrowedFd<'_>],
         results: BorrowedFd<'_>,
         control: BorrowedFd<'_>,
         arena: Option<Box<dyn BodyArena>>,
     ) -> std::io::Result<Target> {
         let io = |e: Error| std::io::Error::other(e.to_string());
+        if steps.is_empty() {
+            return Err(std::io::Error::other("a flow without steps"));
+        }
         Ok(Target {
-            first: TaskQueue::open_borrowed(first).map_err(io)?,
+            steps: steps
+                .iter()
+                .map(|fd| TaskQueue::open_borrowed(*fd).map_err(io))
+                .collect::<std::io::Result<_>>()?,
             results: TaskQueue::open_borrowed(results).map_err(io)?,
             control: Control::open(control.try_clone_to_owned()?).map_err(io)?,
             arena,
@@ -81,9 +89,17 @@ impl Target {
     }
 }
 
+impl Target {
+    fn first(&self) -> &TaskQueue {
+        &self.steps[0] // never empty (see `open`)
+    }
+}
+
 struct Shared {
     config: Config,
     target: Mutex<Arc<Target>>,
+    names: Mutex<Names>,
+    outcomes: Outcomes,
     pending: Mutex<HashMap<u64, Waiter>>,
     next_key: AtomicU64,
     /// Why the flow cannot serve now (503s, `/health`), if it cannot.
@@ -154,6 +170,8 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             target: Mutex::new(Arc::new(target)),
+            names: Mutex::new(Names::default()),
+            outcomes: Outcomes::default(),
             pending: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
             failure: Mutex::new(None),
@@ -200,6 +218,15 @@ impl Server {
             .failure
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = reason;
+    }
+
+    /// What `/metrics` names: the flow, its metrics slots, its processes.
+    pub fn set_names(&self, names: Names) {
+        *self
+            .shared
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = names;
     }
 
     /// The flow moved to fresh segments (it healed): requests go there from
@@ -293,6 +320,9 @@ async fn accept(
 
 async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
+    if path == "/metrics" {
+        return metrics_page(shared);
+    }
     if path == "/health" {
         return match shared.failure() {
             None => ok_json(br#"{"status": "ok"}"#),
@@ -371,12 +401,12 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     let block = in_arena.map(|r| (Arc::clone(&target), r.block));
     shared.pending().insert(key, (waiter, block));
     target.control.uncancel(key);
-    if let Err(e) = target.first.push_parts(&header, &[&head, inline]) {
+    if let Err(e) = target.first().push_parts(&header, &[&head, inline]) {
         shared.settle(key);
         return refused(e);
     }
-    target.first.notify(None);
-    match tokio::time::timeout(timeout, answer).await {
+    target.first().notify(None);
+    let response = match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(message)) => answer::from_message(&message),
         Ok(Err(_)) => answer::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -389,7 +419,32 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
             let message = format!("not done in {} s", timeout.as_secs_f64());
             answer::error(StatusCode::GATEWAY_TIMEOUT, &message, "TaskTimeoutError")
         }
-    }
+    };
+    let outcome = match response.status() {
+        s if s.is_success() => &shared.outcomes.done,
+        StatusCode::GATEWAY_TIMEOUT => &shared.outcomes.timeout,
+        _ => &shared.outcomes.failed,
+    };
+    outcome.fetch_add(1, Ordering::Relaxed);
+    response
+}
+
+fn metrics_page(shared: &Shared) -> Response<Body> {
+    let target = shared.target();
+    let names = shared
+        .names
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    // the metrics slots are the steps, then the result queue's
+    let queues: Vec<&TaskQueue> = target.steps.iter().chain([&target.results]).collect();
+    let page = metrics::render(&names, &target.control, &queues, &shared.outcomes);
+    let mut response = Response::new(Full::new(Bytes::from(page)));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 /// The response to a request the first queue did not take.

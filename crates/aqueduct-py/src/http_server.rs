@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use aqueduct_http::{Config, Server, Target};
+use aqueduct_http::{Config, Names, Server, Target};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
@@ -23,13 +23,13 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, path, first, results, control, arena, client, timeout, body_limit, threads))]
+    #[pyo3(signature = (*, host, port, path, steps, results, control, arena, client, timeout, body_limit, threads))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
         port: u16,
         path: String,
-        first: &Queue,
+        steps: Vec<PyRef<'_, Queue>>,
         results: &Queue,
         control: &PyControl,
         arena: &SharedArena,
@@ -54,7 +54,7 @@ impl HttpServer {
             threads,
             client,
         };
-        let target = target(first, results, control, arena, client)?;
+        let target = target(&steps, results, control, arena, client)?;
         let server = Server::start(config, target)
             .map_err(|e| PyOSError::new_err(format!("cannot serve on {addr}: {e}")))?;
         let port = server.local_addr().port();
@@ -86,13 +86,13 @@ impl HttpServer {
     /// The flow healed onto fresh segments: requests go there from now on.
     fn retarget(
         &self,
-        first: &Queue,
+        steps: Vec<PyRef<'_, Queue>>,
         results: &Queue,
         control: &PyControl,
         arena: &SharedArena,
         client: u32,
     ) -> PyResult<()> {
-        let target = target(first, results, control, arena, client)?;
+        let target = target(&steps, results, control, arena, client)?;
         if let Some(server) = self
             .server
             .lock()
@@ -102,6 +102,23 @@ impl HttpServer {
             server.retarget(target);
         }
         Ok(())
+    }
+
+    /// What `/metrics` names: the flow, its metrics slots (the steps, then
+    /// `main_process`) and its processes, `(label, pid)`.
+    fn set_names(&self, flow: String, steps: Vec<String>, processes: Vec<(String, u32)>) {
+        if let Some(server) = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            server.set_names(Names {
+                flow,
+                steps,
+                processes,
+            });
+        }
     }
 
     /// Why the server stopped reading its result queue (it found it
@@ -130,14 +147,15 @@ impl HttpServer {
 }
 
 fn target(
-    first: &Queue,
+    steps: &[PyRef<'_, Queue>],
     results: &Queue,
     control: &PyControl,
     arena: &SharedArena,
     client: u32,
 ) -> PyResult<Target> {
+    let steps: Vec<_> = steps.iter().map(|q| q.inner.as_fd()).collect();
     Target::open(
-        first.inner.as_fd(),
+        &steps,
         results.inner.as_fd(),
         control.inner.as_fd(),
         Some(Box::new(arena.for_server(client))),
