@@ -64,6 +64,14 @@ def response_from_task(task: Job) -> object:
     return {"y": y, "steps": task.steps, "batch": task.batch}
 
 
+def echo_request(request: Request) -> Job:
+    return Job(request.body.decode())
+
+
+def echo_response(task: Job) -> object:
+    return {"echo": task.y, "route": "echo"}
+
+
 def main() -> None:
     batch = int(os.environ.get("BATCH", "1"))
     flow = Flow(
@@ -75,10 +83,16 @@ def main() -> None:
         queue_full="reject",
         queue_priorities=int(os.environ.get("PRIORITIES", "1")),
     )
+    ends: dict[str, object] = {
+        "task_from_request": task_from_request,
+        "response_from_task": response_from_task,
+    }
+    if os.environ.get("ROUTES"):
+        both = (task_from_request, response_from_task)
+        ends = {"routes": {"/double": both, "/echo": (echo_request, echo_response)}}
     serve(
         flow,
-        task_from_request=task_from_request,
-        response_from_task=response_from_task,
+        **ends,  # type: ignore[arg-type]
         port=0,
         timeout=float(os.environ.get("TIMEOUT", "5")),
         body_limit=int(os.environ.get("BODY_LIMIT", str(16 << 20))),

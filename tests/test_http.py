@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -291,3 +292,37 @@ def test_priorities_pass_through_a_header():
     with service(PRIORITIES="2") as (port, _):
         status, _, body = call(port, {"x": 2}, headers={"X-Aqueduct-Priority": "1"})
         assert status == 200 and json.loads(body)["y"] == 8
+
+
+def test_several_routes_have_their_own_functions():
+    with service(ROUTES="1") as (port, _):
+        status, _, body = call(port, {"x": 3}, path="/double")
+        assert status == 200 and json.loads(body)["y"] == 12
+        status, _, body = call(port, b"hello", path="/echo")
+        assert (status, json.loads(body)) == (200, {"echo": "hello", "route": "echo"})
+        assert call(port, {"x": 3})[0] == 404  # /predict is not one of them
+
+
+def test_pipelined_requests_are_answered_in_order():
+    with service() as (port, _):
+        request = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+        bodies = [json.dumps({"x": x, "sleep": 0.05 * (3 - x)}).encode() for x in range(3)]
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            sock.sendall(b"".join(request % (len(b), b) for b in bodies))
+            received = b""
+            while received.count(b"HTTP/1.1 200") < 3 or not received.endswith(b"}"):
+                chunk = sock.recv(65536)
+                assert chunk, received
+                received += chunk
+        answers = [
+            json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in received.split(b"HTTP/1.1 ")[1:]
+        ]
+        assert [a["y"] for a in answers] == [0, 4, 8]
+
+
+def test_a_request_hyper_cannot_parse_gets_400():
+    with service() as (port, _):
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+        assert call(port, {"x": 1})[0] == 200

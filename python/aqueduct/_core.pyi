@@ -13,6 +13,8 @@ KIND_STATE: int
 KIND_HTTP_REQUEST: int
 KIND_HTTP_RESPONSE: int
 FLAG_HTTP: int
+HTTP_ROUTE_SHIFT: int
+HTTP_ROUTE_MASK: int
 FLAG_REFS: int
 FLAG_BODY: int
 FLAGS: int
@@ -227,7 +229,7 @@ class HttpServer:
         *,
         host: str,
         port: int,
-        path: str,
+        paths: list[str],
         steps: list[Queue],
         results: Queue,
         control: Control,

@@ -8,26 +8,28 @@ too (see ``encode_error``), so the server runs no Python per request."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from . import _core
-from .http import Request, Response
+from .http import Request, Response, ResponseFromTask, TaskFromRequest
 
 __all__ = ["HttpEnds"]
 
-TaskFromRequest = Callable[[Request], Any]
-ResponseFromTask = Callable[[Any], Any]
-
 
 class HttpEnds:
-    """A server's two functions, in a worker."""
+    """A server's pair of functions per route, in a worker; a message's
+    ``kind`` says its route."""
 
-    def __init__(self, task_from_request: TaskFromRequest, response_from_task: ResponseFromTask):
-        self._task_from_request = task_from_request
-        self._response_from_task = response_from_task
+    def __init__(self, routes: list[tuple[TaskFromRequest, ResponseFromTask]]) -> None:
+        self._routes = routes
 
-    def task(self, payload: bytes, arenas: list[_core.SharedArena]) -> Any:
+    def _route(self, kind: int) -> tuple[TaskFromRequest, ResponseFromTask]:
+        route = (kind & _core.HTTP_ROUTE_MASK) >> _core.HTTP_ROUTE_SHIFT
+        if route >= len(self._routes):
+            raise ValueError(f"the server has no route {route}")
+        return self._routes[route]
+
+    def task(self, payload: bytes, kind: int, arenas: list[_core.SharedArena]) -> Any:
         """The task for a ``KIND_HTTP_REQUEST`` payload (a big body is read
         from ``arenas``, where the server put it); raises what
         ``task_from_request`` raised (the caller gets a 400 saying it)."""
@@ -44,11 +46,11 @@ class HttpEnds:
             headers={name.decode("latin-1"): value.decode("latin-1") for name, value in headers},
             body=body,
         )
-        return self._task_from_request(request)
+        return self._route(kind)[0](request)
 
-    def response(self, task: Any) -> bytes:
+    def response(self, task: Any, kind: int) -> bytes:
         """The ``KIND_HTTP_RESPONSE`` payload for a handled task."""
-        made = self._response_from_task(task)
+        made = self._route(kind)[1](task)
         response = made if isinstance(made, Response) else Response(made)
         body, content_type = _body_of(response.body)
         headers = {k.lower(): v for k, v in response.headers.items()}

@@ -108,7 +108,7 @@ class WorkerSpec:
     log_level: int
     spin_us: int
     sys_path: list[str]  # the parent's, so workers import what it can
-    http_blob: bytes | None = None  # the HTTP server's two functions (cloudpickle)
+    http_blob: bytes | None = None  # the HTTP server's functions per route (cloudpickle)
 
     def inherited_fds(self) -> list[int]:
         """The parent's fds this worker maps (passed down by number)."""

@@ -149,7 +149,7 @@ class Topology:
         steps: Sequence[FlowStep],
         step_names: Sequence[str],
         spin: int,
-        http: tuple[Any, Any] | None = None,
+        http: list[tuple[Any, Any]] | None = None,
     ) -> list[WorkerSpec]:
         """What each worker is started with, in slot order (the workers of
         step 1, then of step 2, ...): its step, handler and every step's

@@ -17,7 +17,7 @@ import cloudpickle
 
 from . import _core
 from ._bootstrap import Channel
-from ._core import FLAG_HTTP, KIND_HTTP_REQUEST, KIND_HTTP_RESPONSE
+from ._core import FLAG_HTTP, HTTP_ROUTE_MASK, KIND_HTTP_REQUEST, KIND_HTTP_RESPONSE
 from ._http_task import HttpEnds
 from ._protocol import (
     EXIT_CORRUPT_SEGMENT,
@@ -131,7 +131,7 @@ class _Worker:
         self.later_conditions = list(enumerate(conditions))[spec.step_index + 1 :]
         self.own_condition = conditions[spec.step_index]
         # tasks from the HTTP server: made from requests, answered with responses
-        self.http = HttpEnds(*cloudpickle.loads(spec.http_blob)) if spec.http_blob else None
+        self.http = HttpEnds(cloudpickle.loads(spec.http_blob)) if spec.http_blob else None
         self.topology = topology = Topology.open(
             queue_fds=spec.queue_fds,
             doorbell_fds=spec.doorbell_fds,
@@ -212,7 +212,7 @@ class _Worker:
         try:
             if self.http is None:
                 raise FlowError("the flow was not started by aqueduct.http.serve")
-            task = self.http.task(message.payload, self.shm.arenas)
+            task = self.http.task(message.payload, message.kind, self.shm.arenas)
         except Exception as exc:
             self._send_error(message.key, message.priority, exc, status=400)
             return self.topology.results_index(message.key)
@@ -241,11 +241,11 @@ class _Worker:
     ) -> int:
         """Sends a handled task on; returns the index of the queue it went to."""
         out: list[Ref] = []
-        http = kind & FLAG_HTTP
+        http = kind & (FLAG_HTTP | HTTP_ROUTE_MASK) if kind & FLAG_HTTP else 0
         try:
             index = self._next_queue(task, key)
             if http and index >= self.topology.steps and self.http is not None:
-                kind, payload = KIND_HTTP_RESPONSE, self.http.response(task)
+                kind, payload = KIND_HTTP_RESPONSE, self.http.response(task, kind)
             else:
                 by_value = kind & ~FLAGS == KIND_TASK_BY_VALUE
                 kind, payload, out = self.shm.dumps(task, key, by_value)

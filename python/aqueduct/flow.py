@@ -157,8 +157,8 @@ class Flow:
         # this process's client and view of the owner (a process forked from
         # this one gets a seat of its own: see _forget_clients)
         self._seat = Seat(self, forked=False)
-        # the HTTP server's (task_from_request, response_from_task), for workers
-        self._http: tuple[Any, Any] | None = None
+        # the HTTP server's (task_from_request, response_from_task) per route
+        self._http: list[tuple[Any, Any]] | None = None
         # how earlier clients of this process ended their tasks
         self._counts = dict.fromkeys(("done", "failed", "timeout", "cancelled"), 0)
         _FLOWS.add(self)

@@ -33,7 +33,7 @@ import asyncio
 import json
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -43,7 +43,7 @@ from .exceptions import FlowError
 from .logger import log
 from .metrics import MAIN_PROCESS
 
-__all__ = ["Request", "Response", "serve"]
+__all__ = ["Request", "Response", "Server", "serve"]
 
 #: Default largest request body, in bytes.
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
@@ -70,6 +70,10 @@ class Request:
         return parse_qs(self.query)
 
 
+TaskFromRequest = Callable[[Request], Any]
+ResponseFromTask = Callable[[Any], Any]
+
+
 @dataclass
 class Response:
     """What ``response_from_task`` may return for more than a body: a status
@@ -83,11 +87,12 @@ class Response:
 def serve(
     flow: Any,
     *,
-    task_from_request: Callable[[Request], Any],
-    response_from_task: Callable[[Any], Any],
+    task_from_request: TaskFromRequest | None = None,
+    response_from_task: ResponseFromTask | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     path: str = "/predict",
+    routes: Mapping[str, tuple[TaskFromRequest, ResponseFromTask]] | None = None,
     timeout: float = 5.0,
     body_limit: int = DEFAULT_BODY_LIMIT,
     threads: int = 2,
@@ -98,7 +103,9 @@ def serve(
     or SIGTERM; then stops accepting, lets requests in flight finish (at most
     ``STOP_GRACE`` seconds) and stops the flow. ``on_ready`` gets the port
     once it listens. ``threads`` run the connections. To run the server
-    beside other work instead, use ``Server`` and ``stop`` it yourself."""
+    beside other work instead, use ``Server`` and ``stop`` it yourself.
+    ``routes`` maps several paths to their own pair of functions, instead of
+    ``path`` and the two functions."""
     server = Server(
         flow,
         task_from_request=task_from_request,
@@ -106,6 +113,7 @@ def serve(
         host=host,
         port=port,
         path=path,
+        routes=routes,
         timeout=timeout,
         body_limit=body_limit,
         threads=threads,
@@ -134,11 +142,12 @@ class Server:
         self,
         flow: Any,
         *,
-        task_from_request: Callable[[Request], Any],
-        response_from_task: Callable[[Any], Any],
+        task_from_request: TaskFromRequest | None = None,
+        response_from_task: ResponseFromTask | None = None,
         host: str = "127.0.0.1",
         port: int = 8000,
         path: str = "/predict",
+        routes: Mapping[str, tuple[TaskFromRequest, ResponseFromTask]] | None = None,
         timeout: float = 5.0,
         body_limit: int = DEFAULT_BODY_LIMIT,
         threads: int = 2,
@@ -150,7 +159,8 @@ class Server:
             raise FlowError("serve() starts the flow itself: pass it a flow not yet started")
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
-        flow._http = (task_from_request, response_from_task)
+        routes = _routes(path, task_from_request, response_from_task, routes)
+        flow._http = list(routes.values())
         flow.start()
         self._flow = flow
         self._flow_name = flow_name
@@ -166,7 +176,7 @@ class Server:
             self._native = _core.HttpServer(
                 host=host,
                 port=port,
-                path=path,
+                paths=list(routes),
                 steps=topology.queues[: topology.steps],
                 results=topology.result_queue(slot),
                 control=topology.control,
@@ -181,7 +191,7 @@ class Server:
             raise
         self.port: int = self._native.port
         self.check_health()
-        log.info("Serving the flow on http://%s:%d%s", host, self.port, path)
+        log.info("Serving the flow on http://%s:%d %s", host, self.port, " ".join(routes))
 
     def check_health(self) -> None:
         """Every fraction of a second: tells the server whether the flow
@@ -215,3 +225,28 @@ class Server:
         self._native.stop(grace)
         asyncio.run(self._flow.stop(graceful=False))
         log.info("The HTTP server stopped")
+
+
+def _routes(
+    path: str,
+    task_from_request: TaskFromRequest | None,
+    response_from_task: ResponseFromTask | None,
+    routes: Mapping[str, tuple[TaskFromRequest, ResponseFromTask]] | None,
+) -> dict[str, tuple[TaskFromRequest, ResponseFromTask]]:
+    """Path -> functions, from ``routes`` or from ``path`` and the two."""
+    single = task_from_request is not None or response_from_task is not None
+    if routes is not None:
+        if single:
+            raise ValueError("give either routes or task_from_request/response_from_task")
+        out = dict(routes)
+    elif task_from_request is None or response_from_task is None:
+        raise ValueError("task_from_request and response_from_task are both needed")
+    else:
+        out = {path: (task_from_request, response_from_task)}
+    reserved = {"/health", "/metrics"} & set(out)
+    if not out or reserved:
+        raise ValueError(f"routes must be some paths other than {sorted(reserved) or '/health'}")
+    for route, pair in out.items():
+        if not route.startswith("/") or len(pair) != 2 or not all(map(callable, pair)):
+            raise ValueError(f"route {route!r} needs a path and two functions")
+    return out

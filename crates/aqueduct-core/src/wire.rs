@@ -30,8 +30,24 @@ pub const FLAG_BODY: u32 = 0x200;
 /// Flag: the task came from the HTTP server; the last step answers it with
 /// a `KIND_HTTP_RESPONSE`, and its errors are reported as HTTP statuses.
 pub const FLAG_HTTP: u32 = 0x400;
+/// With `FLAG_HTTP`, the bits from this one up say which of the server's
+/// routes the request came to (and so which pair of functions makes its
+/// task and its response); they travel with the task through the steps.
+pub const HTTP_ROUTE_SHIFT: u32 = 16;
+/// The route bits of a `kind` word.
+pub const HTTP_ROUTE_MASK: u32 = 0xffff << HTTP_ROUTE_SHIFT;
 /// Every flag bit; `kind & !FLAGS` is the kind.
-pub const FLAGS: u32 = FLAG_REFS | FLAG_BODY | FLAG_HTTP;
+pub const FLAGS: u32 = FLAG_REFS | FLAG_BODY | FLAG_HTTP | HTTP_ROUTE_MASK;
+
+/// The `kind` bits of HTTP route `route`.
+pub fn http_route_bits(route: u16) -> u32 {
+    u32::from(route) << HTTP_ROUTE_SHIFT
+}
+
+/// The HTTP route a `kind` word carries.
+pub fn http_route(kind: u32) -> u16 {
+    ((kind & HTTP_ROUTE_MASK) >> HTTP_ROUTE_SHIFT) as u16
+}
 
 /// Bits of a task key above this one name the client that submitted it.
 pub const CLIENT_SHIFT: u32 = 48;
@@ -96,7 +112,9 @@ mod tests {
             KIND_HTTP_RESPONSE,
         ] {
             assert_eq!(kind & FLAGS, 0);
-            assert_eq!(base_kind(kind | FLAG_REFS | FLAG_BODY | FLAG_HTTP), kind);
+            let flagged = kind | FLAG_REFS | FLAG_BODY | FLAG_HTTP | http_route_bits(7);
+            assert_eq!(base_kind(flagged), kind);
+            assert_eq!(http_route(flagged), 7);
         }
     }
 

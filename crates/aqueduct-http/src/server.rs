@@ -12,7 +12,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use aqueduct_core::http_wire::{encode_request_head, BodyRef};
-use aqueduct_core::wire::{CLIENT_SHIFT, FLAG_HTTP, INLINE_LIMIT, KIND_HTTP_REQUEST};
+use aqueduct_core::wire::{
+    http_route_bits, CLIENT_SHIFT, FLAG_HTTP, INLINE_LIMIT, KIND_HTTP_REQUEST,
+};
 use aqueduct_core::{monotonic_ns, Control, Error, Message, MessageHeader, TaskQueue};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -38,8 +40,10 @@ const READER_TICK: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub addr: SocketAddr,
-    /// The path requests for the flow are sent to (`/health` is the server's).
-    pub path: String,
+    /// The paths requests for the flow are sent to, one per route: a
+    /// request tells the workers which by its index (`/health` and
+    /// `/metrics` are the server's).
+    pub paths: Vec<String>,
     /// A request's default timeout (the header can set its own).
     pub timeout: Duration,
     /// Largest request body accepted (413 beyond).
@@ -329,10 +333,11 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
             Some(reason) => answer::error(StatusCode::SERVICE_UNAVAILABLE, &reason, "FlowError"),
         };
     }
-    if path != shared.config.path {
+    let Some(route) = shared.config.paths.iter().position(|p| *p == path) else {
         let message = format!("no route for {path}");
         return answer::error(StatusCode::NOT_FOUND, &message, "NotFound");
-    }
+    };
+    let route = u16::try_from(route).unwrap_or(u16::MAX);
     if let Some(reason) = shared.failure() {
         return answer::error(StatusCode::SERVICE_UNAVAILABLE, &reason, "FlowError");
     }
@@ -393,7 +398,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     let header = MessageHeader {
         key,
         deadline_ns: monotonic_ns().saturating_add(timeout.as_nanos() as u64),
-        kind: KIND_HTTP_REQUEST | FLAG_HTTP,
+        kind: KIND_HTTP_REQUEST | FLAG_HTTP | http_route_bits(route),
         priority,
         enqueued_ns: 0,
     };

@@ -23,12 +23,12 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, path, steps, results, control, arena, client, timeout, body_limit, threads))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
         port: u16,
-        path: String,
+        paths: Vec<String>,
         steps: Vec<PyRef<'_, Queue>>,
         results: &Queue,
         control: &PyControl,
@@ -46,9 +46,12 @@ impl HttpServer {
             .map_err(|e| PyOSError::new_err(format!("cannot resolve {host}: {e}")))?
             .next()
             .ok_or_else(|| PyOSError::new_err(format!("{host} has no address")))?;
+        if paths.is_empty() || paths.len() > usize::from(u16::MAX) {
+            return Err(PyValueError::new_err("a server needs 1 to 65535 routes"));
+        }
         let config = Config {
             addr,
-            path,
+            paths,
             timeout: Duration::from_secs_f64(timeout.min(1e6)),
             body_limit,
             threads,

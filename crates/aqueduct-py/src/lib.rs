@@ -142,6 +142,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KIND_HTTP_REQUEST", wire::KIND_HTTP_REQUEST)?;
     m.add("KIND_HTTP_RESPONSE", wire::KIND_HTTP_RESPONSE)?;
     m.add("FLAG_HTTP", wire::FLAG_HTTP)?;
+    m.add("HTTP_ROUTE_SHIFT", wire::HTTP_ROUTE_SHIFT)?;
+    m.add("HTTP_ROUTE_MASK", wire::HTTP_ROUTE_MASK)?;
     m.add("FLAG_REFS", wire::FLAG_REFS)?;
     m.add("FLAG_BODY", wire::FLAG_BODY)?;
     m.add("FLAGS", wire::FLAGS)?;
