@@ -320,9 +320,18 @@ def test_pipelined_requests_are_answered_in_order():
         assert [a["y"] for a in answers] == [0, 4, 8]
 
 
-def test_a_request_hyper_cannot_parse_gets_400():
+def test_a_request_the_parser_refuses_gets_a_json_400():
     with service() as (port, _):
-        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
-            sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
-            assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+        for first in (b"", b'POST /predict HTTP/1.1\r\nContent-Length: 8\r\n\r\n{"x": 1}'):
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+                sock.sendall(first + b"NOT HTTP AT ALL\r\n\r\n")
+                received = b""
+                while chunk := sock.recv(65536):
+                    received += chunk
+            last = received.split(b"HTTP/1.1 ")[-1]
+            assert last.startswith(b"400"), received
+            assert json.loads(last.split(b"\r\n\r\n", 1)[1])["type"] == "BadRequest"
         assert call(port, {"x": 1})[0] == 200
+        # a handler's own bodiless 4xx is left alone
+        status, _, body = call(port, {"x": "empty"})
+        assert (status, body) == (404, b"")

@@ -9,6 +9,7 @@
 //! the control block (to cancel requests that timed out).
 
 mod answer;
+mod json_errors;
 mod metrics;
 mod server;
 

@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, watch};
 
 use crate::answer::{self, Body};
+use crate::json_errors::JsonErrors;
 use crate::metrics::{self, Names, Outcomes};
 use crate::BodyArena;
 
@@ -298,16 +299,22 @@ async fn accept(
         let shared = Arc::clone(&shared);
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let made = Arc::new(AtomicUsize::new(0));
             let service = {
-                let shared = Arc::clone(&shared);
+                let (shared, made) = (Arc::clone(&shared), Arc::clone(&made));
                 service_fn(move |request| {
-                    let shared = Arc::clone(&shared);
-                    async move { Ok::<_, Infallible>(handle(&shared, request).await) }
+                    let (shared, made) = (Arc::clone(&shared), Arc::clone(&made));
+                    async move {
+                        let response = handle(&shared, request).await;
+                        made.fetch_add(1, Ordering::Release);
+                        Ok::<_, Infallible>(response)
+                    }
                 })
             };
+            let io = TokioIo::new(JsonErrors::new(stream, made));
             let connection = http1::Builder::new()
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(io, service);
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
