@@ -35,13 +35,16 @@ import signal
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from ._flow_metrics import processes
 from .exceptions import FlowError
 from .logger import log
 from .metrics import MAIN_PROCESS
+
+if TYPE_CHECKING:
+    from .flow import Flow
 
 __all__ = ["Request", "Response", "Server", "serve"]
 
@@ -85,7 +88,7 @@ class Response:
 
 
 def serve(
-    flow: Any,
+    flow: Flow,
     *,
     task_from_request: TaskFromRequest | None = None,
     response_from_task: ResponseFromTask | None = None,
@@ -140,7 +143,7 @@ class Server:
 
     def __init__(
         self,
-        flow: Any,
+        flow: Flow,
         *,
         task_from_request: TaskFromRequest | None = None,
         response_from_task: ResponseFromTask | None = None,
@@ -167,6 +170,8 @@ class Server:
         # the control block's metrics slots: the steps, then the result queue's
         self._metric_slots = [*flow._step_names, MAIN_PROCESS]
         topology = flow._topology
+        if topology is None:
+            raise FlowError("the flow stopped while starting")
         self._generation = flow._generation
         self._slot = slot = topology.control.claim_client()
         if slot >= topology.clients:
