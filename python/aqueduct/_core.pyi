@@ -210,10 +210,10 @@ def state_fields(body: bytes) -> dict[str, Any]: ...
 def decode_http_request(
     payload: bytes,
 ) -> tuple[
-    bytes,
-    bytes,
-    bytes,
-    list[tuple[bytes, bytes]],
+    str,
+    str,
+    str,
+    dict[str, str],
     bytes | None,
     tuple[int, int, int, int] | None,
 ]: ...

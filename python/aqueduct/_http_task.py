@@ -39,30 +39,30 @@ class HttpEnds:
             arena, block, offset, length = body_ref
             # a copy: the server frees the block once it has the answer
             body = bytes(arenas[arena].view(block, offset, length))
-        request = Request(
-            method=method.decode("latin-1"),
-            path=path.decode("latin-1"),
-            query=query.decode("latin-1"),
-            headers={name.decode("latin-1"): value.decode("latin-1") for name, value in headers},
-            body=body,
-        )
-        return self._route(kind)[0](request)
+        return self._route(kind)[0](Request(method, path, query, headers, body))
 
     def response(self, task: Any, kind: int) -> bytes:
         """The ``KIND_HTTP_RESPONSE`` payload for a handled task."""
         made = self._route(kind)[1](task)
-        response = made if isinstance(made, Response) else Response(made)
-        body, content_type = _body_of(response.body)
-        headers = {k.lower(): v for k, v in response.headers.items()}
-        headers.setdefault("content-type", content_type)
-        pairs = [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in headers.items()]
-        return bytes(_core.encode_http_response(int(response.status), pairs, body))
+        if not isinstance(made, Response):  # a body: the common case, kept short
+            body, content_type = _body_of(made)
+            return _core.encode_http_response(200, [(b"content-type", content_type)], body)
+        body, content_type = _body_of(made.body)
+        headers = {k.lower(): str(v) for k, v in made.headers.items()}
+        headers.setdefault("content-type", content_type.decode())
+        pairs = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        return _core.encode_http_response(int(made.status), pairs, body)
 
 
-def _body_of(value: Any) -> tuple[bytes, str]:
+_JSON = b"application/json"
+_BYTES = b"application/octet-stream"
+_TEXT = b"text/plain; charset=utf-8"
+
+
+def _body_of(value: Any) -> tuple[bytes, bytes]:
     """Bytes for a response body, and the content type they are."""
     if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value), "application/octet-stream"
+        return bytes(value), _BYTES
     if isinstance(value, str):
-        return value.encode(), "text/plain; charset=utf-8"
-    return json.dumps(value).encode(), "application/json"
+        return value.encode(), _TEXT
+    return json.dumps(value).encode(), _JSON

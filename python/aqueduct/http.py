@@ -54,16 +54,20 @@ DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
 STOP_GRACE = 10.0
 
 
-@dataclass(frozen=True)
 class Request:
     """An HTTP request, as ``task_from_request`` gets it (in a worker).
     Header names are lower-case."""
 
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes
+    __slots__ = ("body", "headers", "method", "path", "query")
+
+    def __init__(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -71,6 +75,9 @@ class Request:
     @property
     def query_params(self) -> dict[str, list[str]]:
         return parse_qs(self.query)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.path} ({len(self.body)} bytes)>"
 
 
 TaskFromRequest = Callable[[Request], Any]

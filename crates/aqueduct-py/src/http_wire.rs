@@ -5,15 +5,26 @@
 use aqueduct_core::http_wire;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
-
-type Headers<'py> = Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>;
+use pyo3::types::{PyBytes, PyDict, PyString};
 
 /// Where a request's body lies in an arena: `(arena, block, offset, length)`.
 type BodyRef = (u32, u64, u64, u64);
 
+/// Text as HTTP/1.1 allows in a request head (ISO-8859-1: every byte is a
+/// character).
+fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if bytes.is_ascii() => PyString::new(py, text),
+        _ => PyString::new(
+            py,
+            &bytes.iter().map(|&b| char::from(b)).collect::<String>(),
+        ),
+    }
+}
+
 /// `(method, path, query, headers, body, body_ref)` of a `KIND_HTTP_REQUEST`
-/// payload: `body` is the bytes when they came inline, `body_ref` where they
+/// payload, as text (headers a dict, names lower-case as the server got
+/// them): `body` is the bytes when they came inline, `body_ref` where they
 /// lie when they came through an arena. Raises ValueError for a payload that
 /// is not well-formed.
 #[pyfunction]
@@ -22,28 +33,27 @@ pub fn decode_http_request<'py>(
     py: Python<'py>,
     payload: &[u8],
 ) -> PyResult<(
-    Bound<'py, PyBytes>,
-    Bound<'py, PyBytes>,
-    Bound<'py, PyBytes>,
-    Headers<'py>,
+    Bound<'py, PyString>,
+    Bound<'py, PyString>,
+    Bound<'py, PyString>,
+    Bound<'py, PyDict>,
     Option<Bound<'py, PyBytes>>,
     Option<BodyRef>,
 )> {
     let request = http_wire::decode_request(payload)
         .ok_or_else(|| PyValueError::new_err("an HTTP request message that is not well-formed"))?;
-    let headers = request
-        .headers
-        .iter()
-        .map(|(name, value)| (PyBytes::new(py, name), PyBytes::new(py, value)))
-        .collect();
+    let headers = PyDict::new(py);
+    for (name, value) in &request.headers {
+        headers.set_item(latin1(py, name), latin1(py, value))?;
+    }
     let (body, body_ref) = match request.body {
         http_wire::Body::Inline(bytes) => (Some(PyBytes::new(py, bytes)), None),
         http_wire::Body::Arena(r) => (None, Some((r.arena, r.block, r.offset, r.len))),
     };
     Ok((
-        PyBytes::new(py, request.method),
-        PyBytes::new(py, request.path),
-        PyBytes::new(py, request.query),
+        latin1(py, request.method),
+        latin1(py, request.path),
+        latin1(py, request.query),
         headers,
         body,
         body_ref,
