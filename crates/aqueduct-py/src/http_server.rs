@@ -76,14 +76,7 @@ impl HttpServer {
 
     /// Why the flow cannot serve (None: it can).
     fn set_failure(&self, reason: Option<String>) {
-        if let Some(server) = self
-            .server
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            server.set_failure(reason);
-        }
+        self.with_server(|server| server.set_failure(reason));
     }
 
     /// The flow healed onto fresh segments: requests go there from now on.
@@ -96,42 +89,26 @@ impl HttpServer {
         client: u32,
     ) -> PyResult<()> {
         let target = target(&steps, results, control, arena, client)?;
-        if let Some(server) = self
-            .server
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            server.retarget(target);
-        }
+        self.with_server(|server| server.retarget(target));
         Ok(())
     }
 
     /// What `/metrics` names: the flow, its metrics slots (the steps, then
     /// `main_process`) and its processes, `(label, pid)`.
     fn set_names(&self, flow: String, steps: Vec<String>, processes: Vec<(String, u32)>) {
-        if let Some(server) = self
-            .server
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
+        self.with_server(|server| {
             server.set_names(Names {
                 flow,
                 steps,
                 processes,
             });
-        }
+        });
     }
 
     /// Why the server stopped reading its result queue (it found it
     /// corrupt), or None.
     fn corruption(&self) -> Option<String> {
-        self.server
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .and_then(Server::corruption)
+        self.with_server(Server::corruption).flatten()
     }
 
     /// Stops accepting, lets requests in flight finish for at most `grace`
@@ -146,6 +123,17 @@ impl HttpServer {
             let grace = Duration::from_secs_f64(grace.clamp(0.0, 3600.0));
             py.detach(move || server.stop(grace));
         }
+    }
+}
+
+impl HttpServer {
+    /// `f` of the server while it runs (None once stopped).
+    fn with_server<T>(&self, f: impl FnOnce(&Server) -> T) -> Option<T> {
+        self.server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(f)
     }
 }
 
