@@ -30,7 +30,7 @@ build: $(PY) ## Build the extension in release mode into .venv (with test/dev de
 
 .PHONY: test
 test: build ## Build, then run cargo test (core) and pytest
-	cargo test -p aqueduct-core --all-features
+	cargo test --workspace --all-features
 	$(PY) -m pytest tests -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 .PHONY: loom

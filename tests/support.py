@@ -4,13 +4,66 @@ what they run must be importable by name (this module is on sys.path)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from aqueduct import BaseTask, BaseTaskHandler
 from aqueduct.logger import log
+
+#: The default bound of a test's wait for something it cannot be told of.
+WAIT = 20.0
+
+T = TypeVar("T")
+
+
+def _failure(what: str | Callable[[], object], within: float) -> AssertionError:
+    said = what() if callable(what) else what
+    return AssertionError(f"not within {within} s: {said}")
+
+
+def eventually(
+    check: Callable[[], T],
+    *,
+    within: float = WAIT,
+    every: float = 0.01,
+    what: str | Callable[[], object] = "the condition",
+) -> T:
+    """Calls ``check`` until it returns something true and returns that; past
+    ``within`` seconds the test fails, saying ``what`` (or what it returns).
+    For what a test cannot be told of: a process exiting, a file appearing,
+    a server answering again."""
+    deadline = time.monotonic() + within
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise _failure(what, within)
+        time.sleep(every)
+    return value
+
+
+async def eventually_async(
+    check: Callable[[], T | Awaitable[T]],
+    *,
+    within: float = WAIT,
+    every: float = 0.01,
+    what: str | Callable[[], object] = "the condition",
+) -> T:
+    """``eventually`` for a test running in an event loop: ``check`` may be a
+    coroutine function, and the loop runs between checks."""
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise _failure(what, within)
+        await asyncio.sleep(every)
 
 
 class Gate:
@@ -27,20 +80,22 @@ class Gate:
         self.open_path = str(Path(directory) / f"gate-{name}-open")
 
     def hold(self) -> None:
-        """In the worker: reached; wait until opened."""
+        """In the worker: reached; wait until opened (or ``HOLD_LIMIT``
+        passed: the test failed and left)."""
         Path(self.reached_path).touch()
-        deadline = time.monotonic() + self.HOLD_LIMIT
-        while not os.path.exists(self.open_path) and time.monotonic() < deadline:
-            time.sleep(0.002)
+        try:
+            eventually(self.is_open, within=self.HOLD_LIMIT, every=0.002)
+        except AssertionError:
+            pass
 
-    async def reached(self, within: float = 20.0) -> None:
-        """In the test: until a worker holds the task (TimeoutError after
-        ``within`` seconds)."""
-        deadline = time.monotonic() + within
-        while not self.is_reached():
-            if time.monotonic() > deadline:
-                raise TimeoutError("no worker reached the gate")
-            await asyncio.sleep(0.002)
+    async def reached(self, within: float = WAIT) -> None:
+        """In the test: until a worker holds the task."""
+        await eventually_async(
+            self.is_reached, within=within, every=0.002, what="a worker at the gate"
+        )
+
+    def is_open(self) -> bool:
+        return os.path.exists(self.open_path)
 
     def is_reached(self) -> bool:
         return os.path.exists(self.reached_path)

@@ -13,6 +13,7 @@ import time
 import pytest
 from aqueduct import _core
 from aqueduct.exceptions import BadReferenceCount, TaskTooLargeError
+from support import eventually
 
 
 class NoSlowPath:
@@ -64,8 +65,7 @@ def test_a_waiting_worker_releases_the_gil():
         assert worker.next(0.3) is False
         assert time.monotonic() - started >= 0.25
         before = counter
-        time.sleep(0.05)
-        assert counter > before
+        eventually(lambda: counter > before, what="the other thread running")
     finally:
         done.set()
         thread.join(5)
@@ -114,10 +114,11 @@ def test_a_message_comes_out_as_it_went_in():
 
 
 def consume_one_soon(queue: _core.Queue) -> threading.Thread:
-    """A consumer that takes one message 0.1 s from now and says it made room."""
+    """A consumer that takes one message once a producer waits for room, and
+    says it made room."""
 
     def consume() -> None:
-        time.sleep(0.1)
+        eventually(lambda: queue._sleepers()[1] > 0, what="a producer waiting for room")
         queue.drain(1)
         queue.released()
 

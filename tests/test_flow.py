@@ -34,6 +34,7 @@ from support import (
     SlowStart,
     Square,
     Task,
+    eventually_async,
     is_even,
 )
 
@@ -353,10 +354,10 @@ async def test_worker_log_records_reach_the_parent_logger(make_flow):
         flow = make_flow(FlowStep(Logs()))
         task = Task(42)
         await asyncio.wait_for(flow.process(task), WAIT)
-        deadline = time.monotonic() + WAIT
-        while not any("handling task 42" in r.getMessage() for r in records):
-            assert time.monotonic() < deadline, [r.getMessage() for r in records]
-            await asyncio.sleep(0.02)
+        await eventually_async(
+            lambda: any("handling task 42" in r.getMessage() for r in records),
+            what=lambda: [r.getMessage() for r in records],
+        )
     finally:
         log.removeHandler(collector)
     worker_records = [r for r in records if r.process == task.pid]

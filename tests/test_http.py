@@ -17,10 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support import children_of, running
+from support import WAIT, children_of, eventually, running
 
-SERVICE = Path(__file__).parent / "http_service.py"
-WAIT = 20
+SERVICE = Path(__file__).parent / "served_flow.py"
 
 
 @contextmanager
@@ -169,29 +168,25 @@ def test_a_worker_killed_mid_request_gives_500_and_the_server_serves_on():
     with service() as (port, _):
         status, _, body = call(port, {"x": "die"})
         assert status == 500 and json.loads(body)["type"] == "WorkerDiedError", body
-        deadline = time.monotonic() + WAIT
-        while call(port, {"x": 3})[0] != 200:  # the respawned worker serves
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        eventually(lambda: call(port, {"x": 3})[0] == 200, what="the respawned worker serving")
 
 
-def test_sigterm_finishes_requests_in_flight_then_stops_everything():
+def test_sigterm_finishes_requests_in_flight_then_stops_everything(tmp_path):
     with service() as (port, proc):
         workers = children_of(proc.pid)
         assert workers
         outcome: list[int] = []
-        slow = threading.Thread(target=lambda: outcome.append(call(port, {"x": 1, "sleep": 1})[0]))
+        reached = tmp_path / "reached"
+        body = {"x": 1, "sleep": 1, "reached": str(reached)}
+        slow = threading.Thread(target=lambda: outcome.append(call(port, body)[0]))
         slow.start()
-        time.sleep(0.3)  # the request is in a worker
+        eventually(reached.exists, what="the request in a worker")
         proc.send_signal(signal.SIGTERM)
         slow.join(WAIT)
         assert outcome == [200]
         assert proc.wait(timeout=WAIT) == 0
         assert "stopped" in proc.stdout.read()  # type: ignore[union-attr]
-        deadline = time.monotonic() + WAIT
-        while [pid for pid in workers if running(pid)]:
-            assert time.monotonic() < deadline, "workers left running"
-            time.sleep(0.05)
+        eventually(lambda: not any(map(running, workers)), what="workers gone")
         with pytest.raises(OSError):
             call(port, {"x": 1})
 
@@ -202,10 +197,7 @@ def test_killing_the_server_takes_its_workers_with_it():
         assert call(port, {"x": 1})[0] == 200
         proc.kill()
         proc.wait(timeout=WAIT)
-        deadline = time.monotonic() + WAIT
-        while [pid for pid in workers if running(pid)]:
-            assert time.monotonic() < deadline, "workers outlived the server"
-            time.sleep(0.05)
+        eventually(lambda: not any(map(running, workers)), what="workers gone with the server")
 
 
 def test_the_example_service_scores_in_batches():
@@ -230,10 +222,8 @@ def test_the_server_follows_the_flow_when_it_heals():
         assert call(port, {"x": 1})[0] == 200
         status, _, body = call(port, {"x": "scribble"})
         assert status in (500, 503, 504), body  # it never hangs
-        deadline = time.monotonic() + WAIT
-        while call(port, {"x": 3})[0] != 200:  # on fresh segments, same server
-            assert time.monotonic() < deadline, "the server never served again"
-            time.sleep(0.1)
+        # on fresh segments, same server
+        eventually(lambda: call(port, {"x": 3})[0] == 200, what="the server serving again")
         assert json.loads(call(port, {"x": 4})[2])["y"] == 16
 
 
@@ -252,7 +242,7 @@ async def test_metrics_are_the_python_exporters_served_by_rust():
     prometheus_client = pytest.importorskip("prometheus_client")
     from aqueduct import Flow, FlowStep
     from aqueduct.metrics.prometheus import register
-    from http_service import Double, Job
+    from served_flow import Double, Job
 
     with service() as (port, _):
         for x in range(5):
@@ -279,11 +269,14 @@ async def test_metrics_are_the_python_exporters_served_by_rust():
 def test_health_says_503_while_a_step_is_down():
     with service(TIMEOUT="1") as (port, _):
         assert call(port, path="/health", method="GET")[0] == 200
-        deadline = time.monotonic() + WAIT
-        while call(port, path="/health", method="GET")[0] != 503:
-            assert time.monotonic() < deadline, "the step never went down"
+
+        def down() -> bool:
+            if call(port, path="/health", method="GET")[0] == 503:
+                return True
             call(port, {"x": "die"})  # its worker dies, again and again
-            time.sleep(0.2)
+            return False
+
+        eventually(down, every=0.2, what="the step going down")
         status, _, body = call(port, {"x": 1})
         assert status == 503 and "down" in json.loads(body)["error"], body
 

@@ -196,9 +196,8 @@ def test_workers_die_with_the_master_even_when_servers_were_forked():
     import os
     import signal
     import subprocess
-    import time
 
-    from support import descendants_of, running
+    from support import descendants_of, eventually, running
 
     script = Path(__file__).resolve().parent.parent / "examples" / "prefork_server.py"
     proc = subprocess.Popen(
@@ -209,16 +208,15 @@ def test_workers_die_with_the_master_even_when_servers_were_forked():
     )
     try:
         assert proc.stdout.readline().startswith("listening on")  # type: ignore[union-attr]
-        deadline = time.monotonic() + 10
-        while len(family := descendants_of(proc.pid)) < 4:  # two workers, two servers, ...
-            assert time.monotonic() < deadline, family
-            time.sleep(0.05)
+        # two workers, two servers, ...
+        family = eventually(lambda: len(found := descendants_of(proc.pid)) >= 4 and found)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=WAIT)
-        deadline = time.monotonic() + 5
-        while alive := [pid for pid in family if running(pid)]:
-            assert time.monotonic() < deadline, f"left behind: {alive}"
-            time.sleep(0.05)
+        eventually(
+            lambda: not any(map(running, family)),
+            within=5,
+            what=lambda: f"left behind: {[pid for pid in family if running(pid)]}",
+        )
     finally:
         if proc.poll() is None:
             proc.kill()

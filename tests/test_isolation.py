@@ -26,6 +26,8 @@ from support import (
     Square,
     Task,
     children_of,
+    eventually,
+    eventually_async,
     running,
     scribble,
 )
@@ -75,16 +77,16 @@ async def test_a_flow_started_after_a_scribbled_one_gets_fresh_segments(make_flo
 
 async def _served_again(flow, within: float) -> None:
     """Calls ``flow`` until it answers right; fails past ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
+
+    async def served() -> bool:
         task = Task(5)
         try:
             await asyncio.wait_for(flow.process(task, timeout_sec=2), WAIT)
-            if task.result == 25:
-                return
         except FlowError:
-            pass
-        assert time.monotonic() < deadline, "the flow did not serve again"
+            return False
+        return task.result == 25
+
+    await eventually_async(served, within=within, every=0, what="the flow serving again")
 
 
 #: Scribbles from here on leave a queue's magic and layout words alone: the
@@ -111,7 +113,8 @@ async def test_the_web_process_never_trusts_a_scribbled_result_ring(make_flow):
     await asyncio.wait_for(flow.process(Task(2), timeout_sec=WAIT), WAIT)
     call = asyncio.ensure_future(flow.process(Task(3, sleep=0.1), timeout_sec=5))
     await asyncio.sleep(0)  # submitted
-    time.sleep(1)  # noqa: ASYNC251 - the loop is held: the answer waits, unread, in its ring
+    # the loop is held: the answer waits, unread, in the result queue
+    eventually(lambda: flow.metrics().steps[-1].queue_size > 0, what="the answer in its ring")
     assert scribble(seed=6, names=("aqueduct-queue",), skip=PAST_LAYOUT) > 0
     started = time.monotonic()
     with pytest.raises(SharedMemoryCorruptError):
@@ -141,13 +144,15 @@ async def test_a_flow_whose_shared_memory_keeps_being_corrupted_stops_healing(ma
             pass
         if heal < 3:
             await _served_again(flow, within=10)
-    deadline = time.monotonic() + WAIT
-    while flow.failure is None:  # three heals a minute at most: it stays down now
-        try:
+
+    async def given_up() -> bool:  # three heals a minute at most: it stays down now
+        if flow.failure is not None:
+            return True
+        with contextlib.suppress(FlowError):
             await asyncio.wait_for(flow.process(Task(1), timeout_sec=1), WAIT)
-        except FlowError:
-            pass
-        assert time.monotonic() < deadline, "the flow never gave up healing"
+        return False
+
+    await eventually_async(given_up, every=0, what="the flow giving up healing")
     assert "corrupt" in flow.failure
     with pytest.raises(FlowError, match="corrupt"):
         await asyncio.wait_for(flow.process(Task(2), timeout_sec=WAIT), WAIT)
@@ -292,10 +297,7 @@ def test_a_forked_client_learns_at_once_that_the_owner_died(tmp_path):
         lines = [proc.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
         ready = next(line for line in lines if line.startswith("ready"))
         reached = ready.split()[1]
-        deadline = time.monotonic() + WAIT
-        while not os.path.exists(reached):  # the task is in the worker
-            assert time.monotonic() < deadline, lines
-            time.sleep(0.01)
+        eventually(lambda: os.path.exists(reached), what=lines)  # the task is in the worker
         os.kill(proc.pid, signal.SIGKILL)  # the owner, and so its workers
         proc.wait(timeout=WAIT)
         out, _ = proc.communicate(timeout=WAIT)  # the child's lines, until it exits
@@ -345,16 +347,15 @@ def test_forked_aiohttp_servers_stop_when_the_owner_dies(tmp_path):
     family: set[int] = set()
     try:
         assert proc.stdout.readline().startswith("owner")  # type: ignore[union-attr]
-        deadline = time.monotonic() + WAIT
-        while len(family := descendants_of(proc.pid)) < 3:  # a worker, two servers
-            assert time.monotonic() < deadline, family
-            time.sleep(0.05)
+        # a worker, two servers
+        family = eventually(lambda: len(found := descendants_of(proc.pid)) >= 3 and found)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=WAIT)
-        killed = time.monotonic()
-        while alive := [pid for pid in family if running(pid)]:
-            assert time.monotonic() - killed < 5, f"left running: {alive}"
-            time.sleep(0.05)
+        eventually(
+            lambda: not any(map(running, family)),
+            within=5,
+            what=lambda: f"left running: {[pid for pid in family if running(pid)]}",
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -454,10 +455,7 @@ async def test_chaos_of_killed_and_stopped_workers_under_load(make_flow):
     assert outcomes["ok"] > 80 * CHAOS_SECONDS, outcomes  # it kept serving through it
     await _served_again(flow, within=10)  # and serves after it
     await asyncio.wait_for(flow.stop(graceful=False), WAIT)
-    deadline = time.monotonic() + 10
-    while _workers_of(os.getpid()):
-        assert time.monotonic() < deadline, "workers left running"
-        await asyncio.sleep(0.05)
+    await eventually_async(lambda: not _workers_of(os.getpid()), within=10, what="workers gone")
     assert _open_fds() <= fds_before + 2, " ".join(_fd_targets())
     assert _rss_kb() - rss_before < 100 * 1024, "the caller's memory grew by 100 MB"
 

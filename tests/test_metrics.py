@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from aqueduct import FlowStep
 from aqueduct.exceptions import TaskTimeoutError
 from aqueduct.metrics import MAIN_PROCESS, ToStatsDMetricsExporter
-from support import Gate, Recorder, Square, Task
+from support import Gate, Recorder, Square, Task, eventually_async
 
 WAIT = 20
 
@@ -67,10 +66,7 @@ async def test_statsd_exporter_uses_upstream_names(make_flow):
     exporter = ToStatsDMetricsExporter(buffer, export_period=0.1, prefix="svc")
     flow = make_flow(FlowStep(Square(), batch_size=2), metrics_exporter=exporter)
     await asyncio.wait_for(asyncio.gather(*(flow.process(Task(i)) for i in range(10))), WAIT)
-    deadline = time.monotonic() + WAIT
-    while not any(n == "aqueduct.svc.tasks.done" for _, n, _ in buffer.calls):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await eventually_async(lambda: any(n == "aqueduct.svc.tasks.done" for _, n, _ in buffer.calls))
     names = {name for _, name, _ in buffer.calls}
     for expected in (
         "aqueduct.svc.handle_time.step1_Square",

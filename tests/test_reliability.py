@@ -31,6 +31,7 @@ from support import (
     Square,
     Task,
     children_of,
+    eventually_async,
     running,
 )
 
@@ -39,13 +40,6 @@ WAIT = 20
 
 def _starts(path: Path) -> list[int]:
     return [int(line) for line in path.read_text().split()] if path.exists() else []
-
-
-async def _eventually(check, within: float = 10) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_killed_worker_fails_its_tasks_fast_and_is_respawned(make_flow, tmp_path):
@@ -74,7 +68,7 @@ async def test_a_killed_worker_fails_its_tasks_fast_and_is_respawned(make_flow, 
     assert "step1_Mortal" in str(results[0]) and "SIGKILL" in str(results[0])
     await asyncio.wait_for(blocker, WAIT)
     # on_start ran again in a new process, and the flow serves
-    await _eventually(lambda: len(_starts(starts)) == 2)
+    await eventually_async(lambda: len(_starts(starts)) == 2)
     assert _starts(starts)[1] != first_pid
     task = Task(5)
     await asyncio.wait_for(flow.process(task, timeout_sec=WAIT), WAIT)
@@ -211,7 +205,7 @@ async def test_stop_leaves_no_process_behind(make_flow, graceful):
         assert results == [True] * 10
     else:
         assert all(r is True or isinstance(r, FlowError) for r in results)
-    await _eventually(lambda: children_of(os.getpid()) <= before, within=5)
+    await eventually_async(lambda: children_of(os.getpid()) <= before, within=5)
 
 
 PARENT = textwrap.dedent(

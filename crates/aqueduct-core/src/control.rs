@@ -116,7 +116,9 @@ impl Control {
         let bit = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CANCEL_BITS.trailing_zeros());
         let (cancel, _, _, _) = offsets(self.slots, self.steps);
         // SAFETY: `bit / 64 < CANCEL_BITS / 64`, inside the cancel set, which
-        // starts 8-byte aligned right after the 16-byte header.
+        // starts 8-byte aligned right after the header (`offsets`); the
+        // segment is page aligned and as long as `offsets` says (checked
+        // by `open`), in every process that maps it.
         let word = unsafe {
             &*self
                 .segment

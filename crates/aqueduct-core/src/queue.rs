@@ -542,6 +542,16 @@ impl TaskQueue {
         }
     }
 
+    /// Processes asleep (or about to fall asleep) in [`Self::wait_ready`],
+    /// and in [`Self::wait_space`]: what a test waits for before it wakes one.
+    pub fn sleepers(&self) -> (u32, u32) {
+        let h = self.header();
+        (
+            h.ready.sleepers.load(Ordering::SeqCst),
+            h.space.sleepers.load(Ordering::SeqCst),
+        )
+    }
+
     pub fn is_closed(&self) -> bool {
         self.header().closed.load(Ordering::Relaxed) == CLOSED
     }

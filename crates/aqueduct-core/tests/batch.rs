@@ -1,3 +1,5 @@
+mod common;
+
 use std::time::{Duration, Instant};
 
 use aqueduct_core::{
@@ -54,7 +56,8 @@ fn batch_timeout_waits_for_late_tasks_until_its_deadline() {
     let late = {
         let q = std::sync::Arc::clone(&q);
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(30));
+            // late: the consumer has its first task and waits for more
+            common::eventually(10, "the consumer waiting", || q.sleepers().0 > 0);
             push(&q, 1, 0);
         })
     };
@@ -132,7 +135,7 @@ fn closing_wakes_a_sleeping_consumer() {
     let closer = {
         let q = std::sync::Arc::clone(&q);
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(30));
+            common::eventually(10, "the consumer asleep", || q.sleepers().0 > 0);
             q.close();
         })
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aqueduct_core::{
     monotonic_ns, BatchAssembler, BatchPolicy, EventFd, MessageHeader, QueueConfig, TaskQueue,
 };
-use common::{child_role, spawn_child, wait_child};
+use common::{child_role, eventually, spawn_child, wait_child};
 
 const MESSAGES: u64 = 10_000;
 
@@ -145,8 +145,8 @@ fn a_push_wakes_a_consumer_asleep_in_another_process() {
     }
     let q = TaskQueue::create(QueueConfig::default()).expect("queue");
     let child = spawn_child("child_sleeper", "sleeper", &[q.raw_fd()]);
-    // Give the child time to get past its spin phase and into the futex.
-    std::thread::sleep(Duration::from_millis(300));
+    // past its spin phase, asleep on the futex (the count is in the segment)
+    eventually(10, "the child asleep on the queue", || q.sleepers().0 > 0);
     let started = std::time::Instant::now();
     q.push(&MessageHeader::default(), b"wake").expect("push");
     q.notify(None);

@@ -242,6 +242,12 @@ impl Queue {
         self.inner.abandon_push(payload_len).map_err(to_py_err)
     }
 
+    /// A test's probe: processes asleep waiting for a message, and for room.
+    #[cfg(feature = "fault-injection")]
+    fn _sleepers(&self) -> (u32, u32) {
+        self.inner.sleepers()
+    }
+
     /// `(ring, head)` of rings whose head is claimed but not published: a
     /// producer is mid-push, or died there.
     fn unpublished_heads(&self) -> Vec<(usize, u64)> {

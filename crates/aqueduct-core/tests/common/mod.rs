@@ -1,6 +1,9 @@
 //! Helpers for tests that cross a real process boundary: the test binary
 //! re-executes itself, running one `#[test]` as the child, with fds inherited.
 
+// Each test binary that includes this module uses only some of its helpers.
+#![allow(dead_code)]
+
 use std::os::fd::RawFd;
 use std::process::{Child, Command};
 
@@ -45,6 +48,18 @@ pub fn child_role() -> Option<(String, Vec<RawFd>)> {
         .map(|s| s.parse().expect("fd number"))
         .collect();
     Some((role, fds))
+}
+
+/// Returns once `condition` holds; panics after `secs` seconds.
+pub fn eventually(secs: u64, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {secs} s: {what}"
+        );
+        std::thread::yield_now();
+    }
 }
 
 /// Waits for a child with a bound, killing it if it overstays.

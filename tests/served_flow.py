@@ -1,11 +1,13 @@
 """A flow served by aqueduct.http, for test_http.py: run as a script, it
-prints the port it listens on, then serves until SIGTERM."""
+prints the port it listens on, then serves until SIGTERM. (Named apart from
+examples/http_service.py, which is on sys.path in some tests.)"""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from aqueduct import BaseTask, BaseTaskHandler, Flow, FlowStep
@@ -13,22 +15,27 @@ from aqueduct.http import Request, Response, serve
 
 
 class Job(BaseTask):
-    def __init__(self, x: object, sleep: float = 0.0) -> None:
+    def __init__(self, x: object, sleep: float = 0.0, reached: str | None = None) -> None:
         super().__init__()
         self.x = x
         self.sleep = sleep
+        self.reached = reached
         self.y: object = None
         self.steps: list[str] = []
         self.batch = 0
 
 
 class Double(BaseTaskHandler):
-    """Doubles ``x``; ``"boom"`` raises, ``"die"`` kills the worker; sleeps ``sleep``."""
+    """Doubles ``x``; ``"boom"`` raises, ``"die"`` kills the worker; touches
+    the file ``reached`` names, then sleeps ``sleep``."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def handle(self, *tasks: Job) -> None:
+        for task in tasks:
+            if task.reached:
+                Path(task.reached).touch()
         time.sleep(max(t.sleep for t in tasks))
         for task in tasks:
             if isinstance(task.x, str) and task.x == "boom":
@@ -54,7 +61,7 @@ def task_from_request(request: Request) -> Job:
     if request.headers.get("content-type") == "application/x-array":
         return Job(np.frombuffer(request.body, dtype=np.uint8).astype(np.int64))
     data = request.json()
-    return Job(data["x"], sleep=float(data.get("sleep", 0)))
+    return Job(data["x"], sleep=float(data.get("sleep", 0)), reached=data.get("reached"))
 
 
 def response_from_task(task: Job) -> object:
