@@ -22,13 +22,13 @@ class NoSlowPath:
     def load(self, *args: object) -> None:
         raise AssertionError(f"unexpected load{args}")
 
-    def forward(self, *args: object) -> None:
-        raise AssertionError(f"unexpected forward{args}")
+    def encode(self, *args: object) -> None:
+        raise AssertionError(f"unexpected encode{args}")
 
     def drop(self, messages: object) -> None:
         pass
 
-    def retire(self, refs: object) -> None:
+    def retire(self, refs: object, kept: object) -> None:
         pass
 
 
@@ -41,7 +41,7 @@ def step_worker(queue: _core.Queue, batch_size: int = 1) -> _core.StepWorker:
         [queue, results],
         [_core.Doorbell()],
         _core.Control.create(1),
-        [],
+        [bool],
         NoSlowPath(),
         batch_size,
     )

@@ -1,40 +1,33 @@
 """One process's side of a flow: how its ``process`` calls reach the workers
 and how the results come back.
 
-The per-task work is done by the Rust client (``aqueduct._core.Client``):
-pickling, keys, pushing, futures, deadlines, settling results. This is its
-Python half, for what is rare or big: tasks whose buffers go through shared
-memory (and the blocks they hold), task classes with their own ``update``,
-``__setattr__`` or ``set_timeout``, a task no step's condition selects at
-first sight, a full queue (a backlog in arrival order, or ``QueueFullError``),
-and decoding worker errors. It also binds the client to the event loop: the
-doorbell reader and the loop the futures belong to.
+The per-task work is done by the Rust client (``aqueduct._core.Client``,
+over the core's client that the HTTP server shares): classifying the task's
+class, its priority and deadline, the first step whose condition holds,
+pickling, keys, pushing (or keeping a task until a full queue has room),
+futures, deadlines, settling results. This is its Python half, for what
+involves shared memory or cloudpickle — encoding a task whose buffers go
+through shared memory or whose class is pickled by value, loading such a
+result, decoding worker errors — and for binding the client to the event
+loop: the doorbell reader and the loop the futures belong to.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import copyreg
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from . import _core
+from ._core import CLASS_NAMED, CLASS_PLAIN, CLASS_STATE, CLASS_TIMEOUT
 from ._protocol import decode_error
-from ._shm import SharedMemory, _set_parent_arena, split
+from ._shm import Ref, SharedMemory, _set_parent_arena, split
 from ._topology import Topology
-from .exceptions import FlowError, QueueFullError, TaskSerializationError
+from .exceptions import FlowError, TaskSerializationError
 from .step import FlowStep
 from .task import BaseTask
-
-#: ``_core.Client`` class bits (see ``classify``).
-CLASS_FAST = _core.CLASS_FAST
-CLASS_PLAIN = 2
-CLASS_STATE = _core.CLASS_STATE
-
-#: A task waiting in a backlog: its future and its message.
-Entry = tuple["asyncio.Future[Any]", _core.Message]
 
 
 def named(cls: type) -> bool:
@@ -47,25 +40,29 @@ def named(cls: type) -> bool:
 
 
 def classify(cls: type) -> int:
-    """How the Rust client treats tasks of ``cls``: ``CLASS_PLAIN`` when the
-    finished fields can be copied into the caller's ``__dict__`` (BaseTask's
-    ``update`` and plain attribute setting), ``CLASS_FAST`` when, on top of
-    that, the whole submission can stay in Rust, and ``CLASS_STATE`` when
-    its tasks pickle as nothing but their ``__dict__`` (they then travel as
-    their class's name and that dict)."""
+    """How the Rust client treats tasks of ``cls`` (the core's ``CLASS_*``
+    bits): ``CLASS_PLAIN`` when the finished fields can be copied into the
+    caller's ``__dict__`` (BaseTask's ``update`` and plain attribute
+    setting), ``CLASS_NAMED`` when pickle finds the class by name,
+    ``CLASS_TIMEOUT`` when it has BaseTask's ``set_timeout``, and
+    ``CLASS_STATE`` when its tasks pickle as nothing but their ``__dict__``
+    (they then travel as their class's name and that dict)."""
     plain = (
         getattr(cls, "update", None) is BaseTask.update
         and getattr(cls, "__setattr__", None) is object.__setattr__
         and getattr(cls, "__dictoffset__", 0) != 0
     )
-    fast = (
-        plain
-        and issubclass(cls, BaseTask)
+    bits = CLASS_PLAIN if plain else 0
+    if named(cls):
+        bits |= CLASS_NAMED
+    if (
+        issubclass(cls, BaseTask)
         and cls.set_timeout is BaseTask.set_timeout
-        and named(cls)
-    )
-    bits = (CLASS_PLAIN if plain else 0) | (CLASS_FAST if fast else 0)
-    if fast and _pickles_as_its_dict(cls):
+        and getattr(cls, "__setattr__", None) is object.__setattr__
+        and getattr(cls, "__dictoffset__", 0) != 0
+    ):
+        bits |= CLASS_TIMEOUT
+    if bits == CLASS_PLAIN | CLASS_NAMED | CLASS_TIMEOUT and _pickles_as_its_dict(cls):
         bits |= CLASS_STATE
     return bits
 
@@ -105,34 +102,27 @@ class Client:
     ) -> None:
         self.slot = slot
         self._on_corrupt = on_corrupt
-        self._steps = steps
-        self._step_names = step_names
-        self._queues = topology.queues[: topology.steps]
-        self._results = topology.result_queue(slot)
         self.doorbell = topology.doorbells[slot]
-        self._arena = topology.arenas[slot]
         self._shm = SharedMemory(topology.arenas, own=slot)
-        self._priorities = priorities
-        self._reject_when_full = reject_when_full
-        self._queue_size = queue_size
         self._clients = topology.clients
-        self._held: dict[int, list[int]] = {}
-        self._backlogs: dict[int, collections.deque[Entry]] = {}
-        self._classes: dict[type, int] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.core = _core.Client(
             slot,
-            self._queues,
-            self._results,
+            topology.queues[: topology.steps],
+            topology.result_queue(slot),
             self.doorbell,
             topology.control,
-            priorities,
-            steps[0].handle_condition if steps else _no_step,
+            topology.arenas[slot],
+            [step.handle_condition for step in steps],
             classify,
             self,
-            len(steps) if metrics else None,
-            spin_us,
-            steps[0].batch_size if steps else 1,
+            priorities=priorities,
+            reject_when_full=reject_when_full,
+            step_names=step_names,
+            queue_size=queue_size,
+            metrics_step=len(steps) if metrics else None,
+            spin_us=spin_us,
+            first_batch_size=steps[0].batch_size if steps else 1,
         )
 
     @classmethod
@@ -183,9 +173,8 @@ class Client:
         it lets go of every segment here, so they are unmapped now."""
         counts = self.core.counts()
         self.detach()
-        self.release_all()
-        del self.core, self._queues, self._results, self.doorbell, self._arena
-        self._backlogs.clear()
+        self.core.fail_all(FlowError("the flow's client closed"))
+        del self.core, self.doorbell
         self._shm.close()
         return counts
 
@@ -202,8 +191,8 @@ class Client:
         self.detach()
         self.loop = loop
         self.core.attach(loop)
-        loop.add_reader(self.doorbell.fd, self.on_doorbell)
-        self.on_doorbell()
+        loop.add_reader(self.doorbell.fd, self.core.resolve)
+        self.core.resolve()
 
     def detach(self) -> None:
         loop, self.loop = self.loop, None
@@ -214,122 +203,16 @@ class Client:
                 pass
         self.core.close()
 
-    def on_doorbell(self) -> None:
-        """The doorbell rang: settles every ready result, then sends what
-        waits in backlogs while there is room."""
-        self.core.resolve()
-        if self._backlogs:
-            self._flush_backlogs()
-
-    # -- the Python path of submitting --------------------------------------------
-
-    def submit(self, task: BaseTask, timeout_sec: float) -> asyncio.Future[Any] | None:
-        """Sends a task the Rust client left to Python; returns its future,
-        or None when no step's condition holds for it."""
-        priority = task.priority
-        if priority != 0 or self._priorities > 1:
-            priority = task.priority = max(0, min(int(priority), self._priorities - 1))
-        task.set_timeout(timeout_sec)
-        first = self._first_step(task)
-        if first == len(self._steps):
-            return None
-        key = self.core.new_key()
-        cls = type(task)
-        bits = self._classes.get(cls)
-        if bits is None:
-            bits = self._classes[cls] = classify(cls)
-        kind, payload, refs = self._shm.dumps(task, key, by_value=not named(cls))
-        if refs:
-            self._hold(key, refs)
-        deadline_ns = int(task.expiration_time * 1e9)  # type: ignore[operator]
-        future = self.core.register(key, task, timeout_sec, bool(bits & CLASS_PLAIN))
-        try:
-            message = _core.Message(
-                key=key, kind=kind, payload=payload, priority=priority, deadline_ns=deadline_ns
-            )
-            self._submit(first, (future, message))
-        except BaseException:
-            self._release(key)
-            self.core.forget(key)
-            raise
-        return future
-
-    def _first_step(self, task: BaseTask) -> int:
-        """Index of the first step whose condition holds for ``task``."""
-        for index, step in enumerate(self._steps):
-            if step.handle_condition(task):
-                return index
-        return len(self._steps)
-
-    def _submit(self, index: int, entry: Entry) -> None:
-        """Pushes a task into step ``index``'s queue, or queues it in arrival
-        order until a worker frees room (the doorbell rings then)."""
-        backlog = self._backlogs.get(index)
-        if backlog:
-            backlog.append(entry)
-            return
-        queue = self._queues[index]
-        if _try_push(queue, entry[1], self.slot):
-            queue.notify()
-        elif self._reject_when_full:
-            raise QueueFullError(
-                f"the queue of {self._step_names[index]} is full "
-                f"({self._queue_size or 'its ring'} tasks)"
-            )
-        else:
-            self._backlogs.setdefault(index, collections.deque()).append(entry)
-            self.core.set_backlogged(index, True)
-
-    def _flush_backlogs(self) -> None:
-        for index, backlog in list(self._backlogs.items()):
-            queue = self._queues[index]
-            pushed = False
-            while backlog:
-                future, message = backlog[0]
-                key = message.key
-                if future.done():
-                    self._release(key)  # timed out while waiting: never sent
-                else:
-                    try:
-                        if not _try_push(queue, message, self.slot):
-                            break
-                        pushed = True
-                    except Exception as exc:
-                        self._release(key)
-                        self.core.forget(key)
-                        future.set_exception(exc)
-                backlog.popleft()
-            if pushed:
-                queue.notify()
-            if not backlog:
-                del self._backlogs[index]
-                self.core.set_backlogged(index, False)
-
-    # -- shared memory held by tasks in flight ---------------------------------------
-
-    def _hold(self, key: int, refs: list[tuple[int, int, int, int]]) -> None:
-        """Blocks of this process's arena stay allocated while task ``key``
-        is in flight (until its result, error or drop notice comes back)."""
-        held = [block for index, block, _offset, _size in refs if index == self.slot]
-        for block in held:
-            self._arena.retain(block)
-        if held:
-            self._held[key] = held
-            self.core.hold(key)
-
-    def _release(self, key: int) -> None:
-        held = self._held.pop(key, None)
-        if held:
-            self.core.unhold(key)
-            for block in held:
-                self._arena.release(block)
-
-    def release_all(self) -> None:
-        """The workers that used the blocks are gone."""
-        for key in list(self._held):
-            self._release(key)
-
     # -- called by the Rust client ---------------------------------------------------
+
+    def encode(self, task: BaseTask, key: int, by_value: bool) -> tuple[int, bytes, list[Ref]]:
+        """A task's message when its buffers go through shared memory, its
+        pickle is too big for a queue or its class is pickled by value."""
+        return self._shm.dumps(task, key, by_value)
+
+    def discard(self, refs: list[Ref]) -> None:
+        """Frees the blocks ``encode`` placed for a message never sent."""
+        self._shm.discard(refs)
 
     def result(self, kind: int, payload: bytes) -> Any:
         """A finished task whose message refers to shared memory (or that the
@@ -342,9 +225,6 @@ class Client:
 
     def error(self, payload: bytes) -> BaseException:
         return decode_error(payload)
-
-    def release(self, key: int) -> None:
-        self._release(key)
 
     def unwanted(self, payload: bytes) -> None:
         """Frees the workers' blocks of a result nobody waits for any more."""
@@ -361,17 +241,3 @@ class Client:
         """The result queue holds what no process writes: the flow is told
         (it fails what waits and retires its shared memory)."""
         self._on_corrupt(reason)
-
-
-def _no_step(task: Any) -> bool:
-    return False
-
-
-def _try_push(queue: _core.Queue, message: _core.Message, client: int) -> bool:
-    """Pushes a message; False when the queue is full, after asking its
-    consumers to ring the doorbell once they free room (and retrying once,
-    in case they just did)."""
-    if queue.try_push(message):
-        return True
-    queue.want_space(client)
-    return queue.try_push(message)

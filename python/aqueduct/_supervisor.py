@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Protocol
 
@@ -134,10 +135,10 @@ class Supervisor:
     ) -> None:
         self._start_method = start_method
         self._control = control
-        self._on_death = answers.worker_died
-        self._on_step_down = answers.step_down
-        self._on_corrupt = answers.segments_corrupt
-        self._on_tick = answers.unwedge_queues
+        self._on_death: Callable[..., None] = answers.worker_died
+        self._on_step_down: Callable[..., None] = answers.step_down
+        self._on_corrupt: Callable[..., None] = answers.segments_corrupt
+        self._on_tick: Callable[[], None] = answers.unwedge_queues
         self.workers: list[WorkerProcess] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -330,12 +331,20 @@ class Supervisor:
                 w.conn.close()
                 w.conn = None
         self.workers = []
+        # done: it lets go of the flow's recovery (and through it of the
+        # flow's segments) now, not when the thread that ran this drops it
+        self._on_death = self._on_step_down = self._on_corrupt = _ignore
+        self._on_tick = _ignore
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
             except OSError:
                 pass
         self._wake_r = self._wake_w = -1
+
+
+def _ignore(*_args: object) -> None:
+    pass
 
 
 def _process_name(spec: WorkerSpec, number: int) -> str:

@@ -10,22 +10,17 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable
 from typing import Any
 
 import cloudpickle
 
 from . import _core
 from ._bootstrap import Channel
-from ._core import FLAG_HTTP, HTTP_ROUTE_MASK, KIND_HTTP_REQUEST, KIND_HTTP_RESPONSE
-from ._http_task import HttpEnds
+from ._http_messages import Request, Response
 from ._protocol import (
     EXIT_CORRUPT_SEGMENT,
     FLAG_REFS,
-    FLAGS,
     KIND_DROPPED,
-    KIND_ERROR,
-    KIND_TASK_BY_VALUE,
     WorkerSpec,
     encode_error,
     resolve_class,
@@ -34,7 +29,6 @@ from ._shm import Ref, SharedMemory, split
 from ._topology import Topology
 from .exceptions import (
     FlowError,
-    SharedMemoryCorruptError,
     SharedMemoryError,
     SharedMemoryFullError,
     TaskSerializationError,
@@ -118,20 +112,17 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 class _Worker:
-    """A worker's loop over its step's batches. The per-task work (unpickling,
-    routing, pickling, pushing) is done by the Rust ``StepWorker``; this
-    class is its Python half for what involves shared memory, tasks pickled
-    by value, and errors."""
+    """A worker's loop over its step's batches. The per-task work (loading,
+    routing, encoding, pushing, HTTP requests and responses) is done by the
+    Rust ``StepWorker``; this class is its Python half for what involves
+    shared memory or tasks pickled by value, and error reports."""
+
+    #: Errors that reach the caller as themselves (not as a HandlerError).
+    PASSED_ON = (TaskTooLargeError, TaskSerializationError, SharedMemoryFullError)
 
     def __init__(self, spec: WorkerSpec, handler: Any, conditions: list[Any]) -> None:
-        self.step_index = spec.step_index
         self.step_name = spec.step_name
         self.handler = handler
-        # (index, condition) of the steps after this one, for routing
-        self.later_conditions = list(enumerate(conditions))[spec.step_index + 1 :]
-        self.own_condition = conditions[spec.step_index]
-        # tasks from the HTTP server: made from requests, answered with responses
-        self.http = HttpEnds(cloudpickle.loads(spec.http_blob)) if spec.http_blob else None
         self.topology = topology = Topology.open(
             queue_fds=spec.queue_fds,
             doorbell_fds=spec.doorbell_fds,
@@ -141,6 +132,10 @@ class _Worker:
             spin=spec.spin_us,
         )
         self.shm = SharedMemory(topology.arenas, own=spec.own_arena)
+        # tasks from the HTTP server: made from requests, answered with responses
+        http = None
+        if spec.http_blob:
+            http = (cloudpickle.loads(spec.http_blob), Request, Response, topology.arenas)
         # A step's only process, batching without a timeout, takes up to
         # BURST batches one after the other after one wait, and wakes the
         # next consumers once for all of them. With siblings, each takes one
@@ -153,11 +148,12 @@ class _Worker:
             topology.queues,
             topology.doorbells,
             topology.control,
-            self.later_conditions,
+            conditions,
             self,
             spec.batch_size,
             spec.batch_timeout,
             burst,
+            http,
         )
         # the fds were duplicated by `open`; the inherited ones are not needed
         for fd in spec.inherited_fds():
@@ -191,93 +187,48 @@ class _Worker:
 
     # -- the Python half, called by the StepWorker ----------------------------------
 
-    def load(self, message: _core.Message) -> tuple[Any, list[Ref]] | int:
+    def load(self, message: _core.Message) -> tuple[Any, list[Ref]] | bytes:
         """A task whose message refers to shared memory or was pickled by
-        value; when it cannot be loaded, its client is told why and the index
-        of the queue that went to is returned."""
-        if message.kind & ~FLAGS == KIND_HTTP_REQUEST:
-            return self._load_request(message)
+        value; when it cannot be loaded, the error report for its client."""
         try:
             return self.shm.loads(message.kind, message.payload)
         except Exception as exc:
             if message.kind & FLAG_REFS:
-                self._retire(split(message.payload)[0], ())
-            self._send_error(message.key, message.priority, exc, TaskSerializationError)
-            return self.topology.results_index(message.key)
+                self.retire(split(message.payload)[0], [])
+            return encode_error(self.step_name, exc, TaskSerializationError)
 
-    def _load_request(self, message: _core.Message) -> tuple[Any, list[Ref]] | int:
-        """A task made from an HTTP request (a 400 for the server when
-        ``task_from_request`` raises); one this step's condition declines
-        goes on without its handler."""
-        try:
-            if self.http is None:
-                raise FlowError("the flow was not started by aqueduct.http.serve")
-            task = self.http.task(message.payload, message.kind, self.shm.arenas)
-        except Exception as exc:
-            self._send_error(message.key, message.priority, exc, status=400)
-            return self.topology.results_index(message.key)
-        if not self.own_condition(task):
-            key, kind, priority = message.key, message.kind, message.priority
-            return self.forward(task, key, kind, priority, message.deadline_ns, [])
-        return task, []
+    def encode(self, task: Any, key: int, by_value: bool) -> tuple[int, bytes, list[Ref]]:
+        """A handled task's message when it takes shared memory or its class
+        is pickled by value (or the fast path could not pickle it: this
+        raises why)."""
+        return self.shm.dumps(task, key, by_value)
+
+    def discard(self, refs: list[Ref]) -> None:
+        """Frees the blocks ``encode`` placed for a message never sent."""
+        self.shm.discard(refs)
+
+    def report(self, exc: BaseException, status: int) -> bytes:
+        """The error report of ``exc`` for a task's client, with the HTTP
+        ``status`` it stands for; errors of the kinds in ``PASSED_ON``
+        reach the caller as themselves."""
+        passes = type(exc) if isinstance(exc, self.PASSED_ON) else None
+        if status == 400 and not isinstance(exc, FlowError):
+            log.debug("[%s] a request was refused: %s", self.step_name, exc)
+        return encode_error(self.step_name, exc, passes, status)
 
     def resolve(self, name: bytes) -> Any:
         """The class a ``KIND_STATE`` message names."""
         return resolve_class(name)
 
-    def retire(self, refs: list[Ref]) -> None:
-        """A task that failed no longer needs its blocks."""
-        self._retire(refs, ())
-
-    def _next_queue(self, task: Any, key: int) -> int:
-        """Index of the next step whose condition holds, or of the result queue."""
-        for index, condition in self.later_conditions:
-            if condition(task):
-                return index
-        return self.topology.results_index(key)
-
-    def forward(
-        self, task: Any, key: int, kind: int, priority: int, deadline_ns: int, refs: list[Ref]
-    ) -> int:
-        """Sends a handled task on; returns the index of the queue it went to."""
-        out: list[Ref] = []
-        http = kind & (FLAG_HTTP | HTTP_ROUTE_MASK) if kind & FLAG_HTTP else 0
-        try:
-            index = self._next_queue(task, key)
-            if http and index >= self.topology.steps and self.http is not None:
-                kind, payload = KIND_HTTP_RESPONSE, self.http.response(task, kind)
-            else:
-                by_value = kind & ~FLAGS == KIND_TASK_BY_VALUE
-                kind, payload, out = self.shm.dumps(task, key, by_value)
-                kind |= http
-            self._push(
-                index,
-                _core.Message(
-                    key=key, kind=kind, payload=payload, priority=priority, deadline_ns=deadline_ns
-                ),
-            )
-        except SharedMemoryCorruptError:
-            raise  # the worker stops (see run): its tasks are failed by the parent
-        except Exception as exc:
-            self._retire(refs, ())
-            self.shm.discard(out)
-            # errors of these kinds reach the caller as themselves
-            passes: type[FlowError] | None = None
-            if isinstance(exc, TaskTooLargeError | TaskSerializationError | SharedMemoryFullError):
-                passes = type(exc)
-            self._send_error(key, priority, exc, passes)
-            return self.topology.results_index(key)
-        self._retire(refs, out)
-        return index
-
-    def _retire(self, incoming: list[Ref], outgoing: Iterable[Ref]) -> None:
-        """Frees blocks of workers' arenas the task no longer refers to. The
-        clients' arenas are theirs to free."""
+    def retire(self, incoming: list[Ref], kept: list[Ref]) -> None:
+        """Frees blocks of workers' arenas a task referred to and no longer
+        does (``kept``: what it was sent on with). The clients' arenas are
+        theirs to free."""
         if not incoming:
             return
-        kept = {(arena, block) for arena, block, _offset, _size in outgoing}
+        keep = {(arena, block) for arena, block, _offset, _size in kept}
         for arena, block, _offset, _size in incoming:
-            if arena >= self.topology.clients and (arena, block) not in kept:
+            if arena >= self.topology.clients and (arena, block) not in keep:
                 self.shm.arenas[arena].free(block)
 
     def drop(self, expired: list[_core.Message]) -> None:
@@ -285,35 +236,14 @@ class _Worker:
         released, and a client whose blocks they held is told."""
         told: set[int] = set()
         for message in expired:
-            if not message.kind & FLAG_REFS:
-                continue
             refs, _body = split(message.payload)
-            self._retire(refs, ())
+            self.retire(refs, [])
             if any(arena < self.topology.clients for arena, *_rest in refs):
                 index = self.topology.results_index(message.key)
                 notice = _core.Message(
                     key=message.key, kind=KIND_DROPPED, payload=b"", priority=message.priority
                 )
-                self._push(index, notice)
+                self.topology.queues[index].push_waiting(notice)
                 told.add(index)
         for index in told:
             self.topology.notify(index)
-
-    def _push(self, index: int, message: _core.Message) -> None:
-        """Pushes into queue ``index``, waiting for room (GIL released) while
-        the task is still wanted: until its deadline, or for the core's
-        ``PUSH_WAIT_NO_DEADLINE`` without one. A closed queue (the flow is
-        stopping) or a caller that gave up drops it."""
-        self.topology.queues[index].push_waiting(message)
-
-    def _send_error(
-        self,
-        key: int,
-        priority: int,
-        exc: BaseException,
-        kind: type[FlowError] | None = None,
-        status: int = 500,
-    ) -> None:
-        payload = encode_error(self.step_name, exc, kind, status)
-        message = _core.Message(key=key, kind=KIND_ERROR, payload=payload, priority=priority)
-        self._push(self.topology.results_index(key), message)

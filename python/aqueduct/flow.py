@@ -325,16 +325,12 @@ class Flow:
             if timeout_sec <= 0:
                 raise TaskTimeoutError("the call's timeout passed while the flow healed")
         try:
-            sent = client.core.submit(task, timeout_sec)
-            if isinstance(sent, int):
-                slow = client.submit(task, timeout_sec)  # what the Rust client leaves to Python
-                if slow is None:
-                    return True  # no step's condition holds: nothing to do
-                sent = slow
+            future = client.core.submit(task, timeout_sec)
         except SharedMemoryCorruptError as exc:
             self._seat.shared_memory_corrupt(str(exc))
             raise
-        future = sent
+        if future is None:
+            return True  # no step's condition holds: nothing to do
         try:
             await future
         except asyncio.CancelledError:

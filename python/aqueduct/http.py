@@ -30,15 +30,13 @@ server's, or the request's ``X-Aqueduct-Timeout`` header in seconds).
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from typing import TYPE_CHECKING
 
 from ._flow_metrics import processes
+from ._http_messages import Request, Response, ResponseFromTask, TaskFromRequest
 from .exceptions import FlowError
 from .logger import log
 from .metrics import MAIN_PROCESS
@@ -52,46 +50,6 @@ __all__ = ["Request", "Response", "Server", "serve"]
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
 #: How long stopping lets requests in flight finish.
 STOP_GRACE = 10.0
-
-
-class Request:
-    """An HTTP request, as ``task_from_request`` gets it (in a worker).
-    Header names are lower-case."""
-
-    __slots__ = ("body", "headers", "method", "path", "query")
-
-    def __init__(
-        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.body = body
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def query_params(self) -> dict[str, list[str]]:
-        return parse_qs(self.query)
-
-    def __repr__(self) -> str:
-        return f"<Request {self.method} {self.path} ({len(self.body)} bytes)>"
-
-
-TaskFromRequest = Callable[[Request], Any]
-ResponseFromTask = Callable[[Any], Any]
-
-
-@dataclass
-class Response:
-    """What ``response_from_task`` may return for more than a body: a status
-    and headers. ``body`` is bytes, a str, or anything JSON can encode."""
-
-    body: Any = b""
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def serve(

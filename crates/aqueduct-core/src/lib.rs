@@ -6,7 +6,11 @@
 //!   eventfd wake-ups;
 //! * [`arena`] — a memfd arena for large buffers, allocated by its owner,
 //!   freed by anyone;
+//! * [`tracked_arena`] — an arena as one process uses it: placing buffers,
+//!   and the holds (views, tasks in flight) that keep a block alive;
 //! * [`batch`] — batch assembly with `batch_size` / `batch_timeout`;
+//! * [`client`] — one process's way in and out of a flow: keys, pushing,
+//!   answers, deadlines, cancelling (the binding's and the HTTP server's);
 //! * [`control`] — per-worker claims and the cancel set of a flow;
 //! * [`ids`] — random task ids without a system call per id;
 //! * [`metrics`] — per-step histograms and counters in shared memory;
@@ -18,6 +22,7 @@
 
 pub mod arena;
 pub mod batch;
+pub mod client;
 pub mod control;
 pub mod error;
 pub mod http_wire;
@@ -30,13 +35,16 @@ pub mod ring;
 pub mod segment;
 pub mod spin;
 pub mod state;
+pub mod tracked_arena;
 pub mod wire;
 
 pub use arena::{Arena, Block};
 pub use batch::{Batch, BatchAssembler, BatchPolicy};
+pub use client::{Answer, ClientConfig, ClientCore, ClientQueues, Outbound, Submitted};
 pub use control::Control;
 pub use error::{Error, Result};
 pub use notify::{monotonic_ns, EventFd};
 pub use pending::Pending;
 pub use queue::{Message, MessageHeader, QueueConfig, TaskQueue, Wait};
 pub use segment::Segment;
+pub use tracked_arena::TrackedArena;

@@ -15,6 +15,7 @@ use crate::notify::{futex_wait, futex_wake, monotonic_ns, EventFd};
 use crate::ring::{Ring, RingLayout};
 use crate::segment::Segment;
 use crate::spin::{SpinPolicy, DEFAULT_SPIN_US};
+use crate::wire::MAX_PRIORITIES;
 
 const MAGIC: u64 = 0x6171_7565_6475_6374; // "aqueduct"
 const VERSION: u32 = 2;
@@ -216,9 +217,9 @@ pub struct TaskQueue {
 impl TaskQueue {
     /// Creates a queue in a new sealed memfd segment.
     pub fn create(config: QueueConfig) -> Result<Self> {
-        if config.priorities == 0 || config.priorities > 64 {
+        if config.priorities == 0 || config.priorities > MAX_PRIORITIES {
             return Err(Error::InvalidArgument(format!(
-                "priorities must be in 1..=64, got {}",
+                "priorities must be in 1..={MAX_PRIORITIES}, got {}",
                 config.priorities
             )));
         }

@@ -51,8 +51,31 @@ pub fn http_route(kind: u32) -> u16 {
 
 /// Bits of a task key above this one name the client that submitted it.
 pub const CLIENT_SHIFT: u32 = 48;
-/// Most processes that may submit tasks to one flow.
+/// Most processes that may submit tasks to one flow (a queue asks its
+/// clients for room with one bit each of a 32-bit word).
 pub const MAX_CLIENTS: u32 = 32;
+/// Most priority levels of a queue (one ring each).
+pub const MAX_PRIORITIES: u32 = 64;
+/// Most steps of a flow (a client marks the steps it must wake with one
+/// bit each of a 64-bit word).
+pub const MAX_STEPS: usize = 64;
+
+/// How the client treats the tasks of a class — decided once per class
+/// by the Python half (`classify`), carried by every task of it.
+/// `CLASS_PLAIN`: the finished fields are copied into the caller's
+/// `__dict__` (the class has BaseTask's `update` and plain attribute
+/// setting); otherwise the caller's `task.update(finished)` is called.
+pub const CLASS_PLAIN: u32 = 1 << 0;
+/// The class is found by module and name, so its tasks pickle by
+/// reference (otherwise by value, with cloudpickle).
+pub const CLASS_NAMED: u32 = 1 << 1;
+/// The class pickles as nothing but its `__dict__` (no `__reduce__`,
+/// `__getstate__`, `__setstate__`, `__slots__`...): its tasks may travel
+/// as [`KIND_STATE`] messages.
+pub const CLASS_STATE: u32 = 1 << 2;
+/// The class has BaseTask's `set_timeout`: the client sets the deadline
+/// field itself instead of calling it.
+pub const CLASS_TIMEOUT: u32 = 1 << 3;
 
 /// The fields of `BaseTask` that are the flow's bookkeeping: a caller's task
 /// keeps its own, whatever the workers did to theirs.

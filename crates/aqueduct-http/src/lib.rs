@@ -15,15 +15,3 @@ mod server;
 
 pub use metrics::Names;
 pub use server::{Config, Server, Target};
-
-/// Where the server puts request bodies too big to travel through the ring
-/// (the flow's arena of the server's client slot).
-pub trait BodyArena: Send + Sync {
-    /// The arena's index among the flow's arenas.
-    fn index(&self) -> u32;
-    /// Copies `bytes` into a new block for task `key`; the block's offset,
-    /// or None when the arena has no room for them now.
-    fn place(&self, bytes: &[u8], key: u64) -> Option<u64>;
-    /// The block at `offset` is no longer needed.
-    fn free(&self, offset: u64);
-}

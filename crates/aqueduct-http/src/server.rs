@@ -2,20 +2,21 @@
 //! and a reader thread that hands answers from the result queue to the
 //! requests waiting for them.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use aqueduct_core::http_wire::{encode_request_head, BodyRef};
 use aqueduct_core::wire::{
-    http_route_bits, CLIENT_SHIFT, FLAG_HTTP, INLINE_LIMIT, KIND_HTTP_REQUEST,
+    http_route_bits, FLAG_HTTP, INLINE_LIMIT, KIND_HTTP_REQUEST, MAX_PRIORITIES,
 };
-use aqueduct_core::{monotonic_ns, Control, Error, Message, MessageHeader, TaskQueue};
+use aqueduct_core::{
+    monotonic_ns, ClientConfig, ClientCore, ClientQueues, Control, Error, Message, MessageHeader,
+    Outbound, TaskQueue, TrackedArena,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -28,7 +29,6 @@ use tokio::sync::{oneshot, watch};
 use crate::answer::{self, Body};
 use crate::json_errors::JsonErrors;
 use crate::metrics::{self, Names, Outcomes};
-use crate::BodyArena;
 
 /// Header a request may set to its own timeout, in seconds.
 const TIMEOUT_HEADER: &str = "x-aqueduct-timeout";
@@ -51,62 +51,57 @@ pub struct Config {
     pub body_limit: usize,
     /// Threads of the runtime that runs connections.
     pub threads: usize,
-    /// The flow's client slot this server answers through.
+}
+
+/// What a request waits for: the answer's message (dropped: there is none).
+type Waiter = oneshot::Sender<Message>;
+
+/// The segments of the flow the server feeds, as this server's client
+/// slot sees them: they change when the flow heals onto fresh ones (see
+/// [`Server::retarget`]).
+pub struct Target {
+    /// Every step's queue (the first is where requests go).
+    pub steps: Vec<Arc<TaskQueue>>,
+    /// The server's result queue.
+    pub results: Arc<TaskQueue>,
+    pub control: Arc<Control>,
+    /// The server slot's arena, for request bodies too big for a queue.
+    pub arena: Arc<TrackedArena>,
+    /// The server's client slot.
     pub client: u32,
 }
 
-/// What a request waits for: the answer's message (dropped: there is none),
-/// and the arena block its body is in, if it is in one.
-type Waiter = (oneshot::Sender<Message>, Option<(Arc<Target>, u64)>);
+/// The server's client of the flow: requests in, answers out (one core
+/// with the binding's client: keys, cancels, the body blocks a request
+/// holds until a worker is done with them).
+type Client = ClientCore<Waiter>;
 
-/// The segments of the flow the server feeds: they change when the flow
-/// heals onto fresh ones (see [`Server::retarget`]).
-pub struct Target {
-    /// Every step's queue (the first is where requests go).
-    steps: Vec<TaskQueue>,
-    results: TaskQueue,
-    control: Control,
-    arena: Option<Box<dyn BodyArena>>,
-}
-
-impl Target {
-    /// The flow's step queues, this server's result queue, the control
-    /// block (their fds are duplicated) and the arena for big bodies.
-    pub fn open(
-        steps: &[BorrowedFd<'_>],
-        results: BorrowedFd<'_>,
-        control: BorrowedFd<'_>,
-        arena: Option<Box<dyn BodyArena>>,
-    ) -> std::io::Result<Target> {
-        let io = |e: Error| std::io::Error::other(e.to_string());
-        if steps.is_empty() {
-            return Err(std::io::Error::other("a flow without steps"));
-        }
-        Ok(Target {
-            steps: steps
-                .iter()
-                .map(|fd| TaskQueue::open_borrowed(*fd).map_err(io))
-                .collect::<std::io::Result<_>>()?,
-            results: TaskQueue::open_borrowed(results).map_err(io)?,
-            control: Control::open(control.try_clone_to_owned()?).map_err(io)?,
-            arena,
-        })
+fn client_of(target: Target) -> std::io::Result<Client> {
+    if target.steps.is_empty() {
+        return Err(std::io::Error::other("a flow without steps"));
     }
-}
-
-impl Target {
-    fn first(&self) -> &TaskQueue {
-        &self.steps[0] // never empty (see `open`)
-    }
+    let config = ClientConfig {
+        slot: target.client,
+        reject_when_full: true, // a fast 503: HTTP clients retry
+        eager: true,
+        spin: Duration::ZERO,
+        metrics_step: None,
+    };
+    let queues = ClientQueues {
+        steps: target.steps,
+        results: target.results,
+        doorbell: None,
+        control: target.control,
+        arena: Some(target.arena),
+    };
+    ClientCore::new(config, queues).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 struct Shared {
     config: Config,
-    target: Mutex<Arc<Target>>,
+    client: Mutex<Client>,
     names: Mutex<Names>,
     outcomes: Outcomes,
-    pending: Mutex<HashMap<u64, Waiter>>,
-    next_key: AtomicU64,
     /// Why the flow cannot serve now (503s, `/health`), if it cannot.
     failure: Mutex<Option<String>>,
     /// Why the reader stopped reading the result queue (it is corrupt).
@@ -116,31 +111,13 @@ struct Shared {
 }
 
 impl Shared {
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn target(&self) -> Arc<Target> {
-        Arc::clone(&self.target.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// Ends what request `key` waits for; its body's block is freed.
-    fn settle(&self, key: u64) -> Option<oneshot::Sender<Message>> {
-        let (waiter, block) = self.pending().remove(&key)?;
-        if let Some((target, block)) = block {
-            if let Some(arena) = &target.arena {
-                arena.free(block);
-            }
-        }
-        Some(waiter)
+    fn client(&self) -> MutexGuard<'_, Client> {
+        self.client.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Ends every request waiting (with no answer: they get 503).
     fn settle_all(&self) {
-        let keys: Vec<u64> = self.pending().keys().copied().collect();
-        for key in keys {
-            self.settle(key);
-        }
+        drop(self.client().fail_all());
     }
 
     /// Why requests get 503 now, if they do.
@@ -174,11 +151,9 @@ impl Server {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            target: Mutex::new(Arc::new(target)),
+            client: Mutex::new(client_of(target)?),
             names: Mutex::new(Names::default()),
             outcomes: Outcomes::default(),
-            pending: Mutex::new(HashMap::new()),
-            next_key: AtomicU64::new(1),
             failure: Mutex::new(None),
             corrupt: Mutex::new(None),
             stopping: AtomicBool::new(false),
@@ -236,18 +211,16 @@ impl Server {
 
     /// The flow moved to fresh segments (it healed): requests go there from
     /// now on; those waiting on the old ones end (503).
-    pub fn retarget(&self, target: Target) {
-        *self
-            .shared
-            .target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(target);
+    pub fn retarget(&self, target: Target) -> std::io::Result<()> {
+        let fresh = client_of(target)?;
+        let mut old = std::mem::replace(&mut *self.shared.client(), fresh);
         *self
             .shared
             .corrupt
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = None;
-        self.shared.settle_all();
+        drop(old.fail_all());
+        Ok(())
     }
 
     /// Why the server stopped reading its result queue (it found it
@@ -353,7 +326,8 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         .map_or(shared.config.timeout, |t| {
             Duration::from_secs_f64(t.min(1e6))
         });
-    let priority = header_f64(&request, PRIORITY_HEADER).map_or(0, |p| p.clamp(0.0, 63.0) as u32);
+    let priority = header_f64(&request, PRIORITY_HEADER)
+        .map_or(0, |p| p.clamp(0.0, f64::from(MAX_PRIORITIES - 1)) as u32);
     let (parts, body) = request.into_parts();
     let body = match Limited::new(body, shared.config.body_limit).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -368,56 +342,21 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         .iter()
         .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
         .collect();
-    let key = (u64::from(shared.config.client) << CLIENT_SHIFT)
-        | shared.next_key.fetch_add(1, Ordering::Relaxed);
-    let target = shared.target();
-    // a big body goes into the arena, so the ring carries only its place
-    let in_arena = match &target.arena {
-        Some(arena) if body.len() > INLINE_LIMIT => match arena.place(&body, key) {
-            Some(block) => Some(BodyRef {
-                arena: arena.index(),
-                block,
-                offset: block,
-                len: body.len() as u64,
-            }),
-            None => {
-                let message = "no room in shared memory for the body now";
-                return answer::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    message,
-                    "SharedMemoryFullError",
-                );
-            }
-        },
-        _ => None,
-    };
-    let mut head = Vec::with_capacity(256);
-    let query = parts.uri.query().unwrap_or("");
-    let method = parts.method.as_str().as_bytes();
-    let (path, query) = (path.as_bytes(), query.as_bytes());
-    if encode_request_head(&mut head, method, path, query, &headers, in_arena).is_none() {
-        if let (Some(arena), Some(r)) = (&target.arena, in_arena) {
-            arena.free(r.block);
+    let (answer, key) = {
+        let mut client = shared.client();
+        let key = client.next_key();
+        let query = parts.uri.query().unwrap_or("");
+        let head = RequestHead {
+            method: parts.method.as_str().as_bytes(),
+            path: path.as_bytes(),
+            query: query.as_bytes(),
+            headers: &headers,
+        };
+        match send(&mut client, key, &head, &body, route, priority, timeout) {
+            Ok(answer) => (answer, key),
+            Err(response) => return *response,
         }
-        return answer::error(StatusCode::BAD_REQUEST, "headers too large", "BadRequest");
-    }
-    let inline: &[u8] = if in_arena.is_some() { &[] } else { &body };
-    let header = MessageHeader {
-        key,
-        deadline_ns: monotonic_ns().saturating_add(timeout.as_nanos() as u64),
-        kind: KIND_HTTP_REQUEST | FLAG_HTTP | http_route_bits(route),
-        priority,
-        enqueued_ns: 0,
     };
-    let (waiter, answer) = oneshot::channel();
-    let block = in_arena.map(|r| (Arc::clone(&target), r.block));
-    shared.pending().insert(key, (waiter, block));
-    target.control.uncancel(key);
-    if let Err(e) = target.first().push_parts(&header, &[&head, inline]) {
-        shared.settle(key);
-        return refused(e);
-    }
-    target.first().notify(None);
     let response = match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(message)) => answer::from_message(&message),
         Ok(Err(_)) => answer::error(
@@ -426,8 +365,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
             "FlowError",
         ),
         Err(_) => {
-            shared.settle(key);
-            target.control.cancel(key); // workers skip it
+            shared.client().cancel(key); // workers skip it
             let message = format!("not done in {} s", timeout.as_secs_f64());
             answer::error(StatusCode::GATEWAY_TIMEOUT, &message, "TaskTimeoutError")
         }
@@ -441,16 +379,107 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     response
 }
 
+/// A request's head, as it goes to the workers.
+struct RequestHead<'a> {
+    method: &'a [u8],
+    path: &'a [u8],
+    query: &'a [u8],
+    headers: &'a [(&'a [u8], &'a [u8])],
+}
+
+/// Sends a request to the first step as task `key`: its head and body in
+/// the message, or a big body in the server's arena (held until a worker
+/// is done with it). The receiver gets the answer; the error is the
+/// response to give at once.
+fn send(
+    client: &mut Client,
+    key: u64,
+    head: &RequestHead<'_>,
+    body: &[u8],
+    route: u16,
+    priority: u32,
+    timeout: Duration,
+) -> Result<oneshot::Receiver<Message>, Box<Response<Body>>> {
+    let arena = client.queues().arena.clone();
+    let in_arena = match &arena {
+        Some(arena) if body.len() > INLINE_LIMIT => match arena.place(body, key) {
+            Ok(block) => Some(BodyRef {
+                arena: client.slot(),
+                block: block.offset,
+                offset: block.offset,
+                len: body.len() as u64,
+            }),
+            Err(Error::Corrupt(e)) => {
+                return Err(Box::new(answer::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &e,
+                    "SharedMemoryCorruptError",
+                )))
+            }
+            Err(_) => {
+                let message = "no room in shared memory for the body now";
+                return Err(Box::new(answer::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    message,
+                    "SharedMemoryFullError",
+                )));
+            }
+        },
+        _ => None,
+    };
+    let discard = |placed: Option<BodyRef>| {
+        if let (Some(arena), Some(r)) = (&arena, placed) {
+            arena.arena().free(r.block);
+        }
+    };
+    let mut encoded = Vec::with_capacity(256);
+    let (method, path, query) = (head.method, head.path, head.query);
+    if encode_request_head(&mut encoded, method, path, query, head.headers, in_arena).is_none() {
+        discard(in_arena);
+        return Err(Box::new(answer::error(
+            StatusCode::BAD_REQUEST,
+            "headers too large",
+            "BadRequest",
+        )));
+    }
+    let inline: &[u8] = if in_arena.is_some() { &[] } else { body };
+    let deadline_ns = monotonic_ns().saturating_add(timeout.as_nanos() as u64);
+    let header = MessageHeader {
+        key,
+        deadline_ns,
+        kind: KIND_HTTP_REQUEST | FLAG_HTTP | http_route_bits(route),
+        priority,
+        enqueued_ns: 0,
+    };
+    let (waiter, answer) = oneshot::channel();
+    let out = Outbound {
+        step: 0,
+        header,
+        parts: &[&encoded, inline],
+        blocks: in_arena.map(|r| r.block).into_iter().collect(),
+    };
+    if let Err(e) = client.submit(out, waiter, deadline_ns, false) {
+        discard(in_arena);
+        return Err(Box::new(refused(e)));
+    }
+    Ok(answer)
+}
+
 fn metrics_page(shared: &Shared) -> Response<Body> {
-    let target = shared.target();
+    let segments = shared.client().queues().clone();
     let names = shared
         .names
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     // the metrics slots are the steps, then the result queue's
-    let queues: Vec<&TaskQueue> = target.steps.iter().chain([&target.results]).collect();
-    let page = metrics::render(&names, &target.control, &queues, &shared.outcomes);
+    let queues: Vec<&TaskQueue> = segments
+        .steps
+        .iter()
+        .chain([&segments.results])
+        .map(AsRef::as_ref)
+        .collect();
+    let page = metrics::render(&names, &segments.control, &queues, &shared.outcomes);
     let mut response = Response::new(Full::new(Bytes::from(page)));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -494,42 +523,54 @@ fn header_f64(request: &Request<Incoming>, name: &str) -> Option<f64> {
         .ok()
 }
 
+/// Answers taken from the result queue per pass.
+const DRAIN_LIMIT: usize = 1024;
+
 /// The reader thread: every answer in the result queue goes to the request
 /// waiting for it (one whose caller gave up is dropped).
 fn read_answers(shared: &Shared) {
     let stopping = || shared.stopping.load(Ordering::Acquire);
     while !stopping() {
-        let target = shared.target(); // it changes when the flow heals
-        let results = &target.results;
+        let results = Arc::clone(&shared.client().queues().results); // it changes when the flow heals
         let until = monotonic_ns() + READER_TICK.as_nanos() as u64;
         let _ = results.wait_ready(Some(until), &mut || stopping());
-        let mut drained = false;
         loop {
-            match results.try_pop() {
-                Ok(Some(message)) => {
-                    drained = true;
-                    if let Some(waiter) = shared.settle(message.header.key) {
-                        let _ = waiter.send(message);
-                    }
+            let drained = {
+                let mut client = shared.client();
+                if !Arc::ptr_eq(&client.queues().results, &results) {
+                    break; // retargeted meanwhile
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    // nothing more is read from it: every waiting request
-                    // ends (503), and so do later ones until `retarget`
-                    *shared
-                        .corrupt
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
-                    shared.settle_all();
-                    while !stopping() && Arc::ptr_eq(&shared.target(), &target) {
-                        std::thread::sleep(READER_TICK);
-                    }
-                    break;
+                let drained = client.drain(DRAIN_LIMIT);
+                for answer in &drained.answers {
+                    client.release(&answer.blocks); // the worker is done with the body
+                }
+                drained
+            };
+            let taken = drained.answers.len();
+            for answer in drained.answers {
+                if let Some(waiter) = answer.waiter {
+                    let _ = waiter.send(answer.message);
                 }
             }
-        }
-        if drained {
-            results.released(&[]);
+            if taken > 0 {
+                results.released(&[]);
+            }
+            if let Some(e) = drained.corrupt {
+                // nothing more is read from it: every waiting request
+                // ends (503), and so do later ones until `retarget`
+                *shared
+                    .corrupt
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+                shared.settle_all();
+                while !stopping() && Arc::ptr_eq(&shared.client().queues().results, &results) {
+                    std::thread::sleep(READER_TICK);
+                }
+                break;
+            }
+            if taken < DRAIN_LIMIT {
+                break;
+            }
         }
     }
 }

@@ -1,30 +1,24 @@
-//! `Client`: what one process does per task when it calls `Flow.process`.
+//! `Client`: what one process does per task when it calls `Flow.process`,
+//! over the core's [`ClientCore`] (keys, pushing, backlogs, answers,
+//! deadlines, cancels, the blocks tasks hold — shared with the HTTP server).
 //!
-//! The per-task path runs here, with no Python frame: pickling the task,
-//! allocating its key, pushing it into the first step's queue, creating its
-//! future, keeping its deadline, and, when results come back, unpickling them
-//! onto the caller's task objects and resolving their futures, all the ready
-//! ones in one call. What is rare or big goes through the Python half of the
-//! client (`aqueduct._client`): tasks with buffers for shared memory, task
-//! classes with their own `update` or `__setattr__`, a full queue, worker
-//! errors.
-//!
-//! Wake-ups: tasks pushed during an event-loop iteration only mark their
-//! queue; one notice at the start of the next iteration wakes the workers for
-//! all of them, so a burst of requests costs one wake-up, not one each. A
-//! lone task (a caller waiting for one task at a time) wakes them at once and
-//! is waited for by spinning on the result queue for a few tens of
-//! microseconds (GIL released) before going back to the loop, while that pays.
+//! This binding adds what is Python's: classifying task classes (once per
+//! class), the priority and deadline fields, picking the first step whose
+//! `handle_condition` holds, pickling (the C pickler, or a task's
+//! `__dict__` as a `KIND_STATE` body), asyncio futures and the loop's
+//! timer, and copying finished fields onto the caller's task. What involves
+//! shared memory or cloudpickle is asked of the Python half
+//! (`aqueduct._client`): `encode`, `discard`, `result`, `error`,
+//! `unwanted`, `corrupt`. Each task's path is decided here, once.
 
 mod event_loop;
 mod settle;
 mod submit;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 
-use aqueduct_core::{monotonic_ns, Pending};
+use aqueduct_core::ClientCore;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyType};
@@ -32,39 +26,22 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 use self::event_loop::{timeout_error, Loop};
 use self::settle::resolve;
-use crate::control::PyControl;
-use crate::queue::{Doorbell, Queue};
 
-/// Results taken from the queue per pass before the doorbell is re-armed.
+/// Answers taken from the queue per pass before the doorbell is re-armed.
 const DRAIN_LIMIT: usize = 4096;
-/// After this many spins in a row that saw no result, spin only on every
-/// `SPIN_PROBE_EVERY`-th lone task (the handler is slower than a spin pays).
-const SPIN_MISS_LIMIT: u32 = 4;
-const SPIN_PROBE_EVERY: u32 = 32;
-
-/// `classify(cls)` bit: tasks of the class may take the fast path (found by
-/// name, fields in `__dict__`, BaseTask's `update`, `set_timeout` and
-/// attribute setting).
-pub(crate) const CLASS_FAST: u32 = 1;
-/// `classify(cls)` bit: the class pickles as nothing but its `__dict__`
-/// (no `__reduce__`, `__getstate__`, `__setstate__`, `__slots__`...), so its
-/// tasks travel as [`KIND_STATE`] messages.
-pub(crate) const CLASS_STATE: u32 = 4;
-
-/// What `submit` returns when the task must take the Python path.
-pub(crate) const SUBMIT_SLOW: u8 = 1;
 
 /// What the client knows of a task class.
 struct ClassInfo {
     /// Kept alive, so its address (the map's key) is not reused.
     _class: Py<PyType>,
+    /// Its `classify` bits (`CLASS_*` of the core's wire module).
     bits: u32,
     /// For `CLASS_STATE` classes, the prefix of their `KIND_STATE` payloads.
     prefix: Option<Vec<u8>>,
 }
 
 /// A task in flight: what waits for it and where its results go.
-struct Entry {
+pub(crate) struct Entry {
     future: Py<PyAny>,
     task: Py<PyAny>,
     /// Results are copied field by field into the task's `__dict__`;
@@ -73,62 +50,41 @@ struct Entry {
     timeout_s: f64,
 }
 
-#[derive(Default)]
-struct Counts {
-    done: u64,
-    failed: u64,
-    timeout: u64,
-    cancelled: u64,
+struct State {
+    core: ClientCore<Entry>,
+    /// type pointer -> what `classify` said of it
+    classes: HashMap<usize, ClassInfo>,
+    /// future address -> task key, to cancel by future in O(1)
+    keys: HashMap<usize, u64>,
+    event_loop: Option<Loop>,
 }
 
-struct State {
-    pending: Pending<Entry>,
-    /// type pointer -> the type (kept alive), its `classify` bits and, for
-    /// `CLASS_STATE` classes, the prefix of their `KIND_STATE` payloads
-    classes: HashMap<usize, ClassInfo>,
-    /// Keys whose shared-memory blocks the Python half holds.
-    held: HashSet<u64>,
-    /// Bit `i`: step `i` has tasks waiting in the Python half's backlog;
-    /// new ones go behind them.
-    backlogged: u64,
-    /// Bit `i`: step `i`'s queue got tasks since its workers were woken.
-    deferred: u64,
-    flush_scheduled: bool,
-    event_loop: Option<Loop>,
-    counts: Counts,
-    spin_calls: u32,
-    spin_misses: u32,
-    /// Results the last pass of `resolve_ready` settled: a caller that
-    /// waits for one task at a time leaves one; a burst of callers, many.
-    last_settled: usize,
+impl State {
+    /// Forgets the key of a task that left the core.
+    fn forget(&mut self, entry: &Entry) {
+        self.keys.remove(&(entry.future.as_ptr() as usize));
+    }
 }
 
 /// One process's side of a flow (see the module docs).
 #[pyclass(module = "aqueduct._core", frozen)]
 pub(crate) struct Client {
-    steps: Vec<Py<Queue>>,
-    results: Py<Queue>,
-    doorbell: Py<Doorbell>,
-    control: Py<PyControl>,
-    /// Step whose metrics record the time results waited (None: metrics off).
-    metrics_step: Option<usize>,
+    /// Every step's `handle_condition`, in order.
+    conditions: Vec<Py<PyAny>>,
+    /// `operator.truth`, to test a task's truth without calling it.
+    truth: Py<PyAny>,
     priorities: u32,
-    first_condition: Py<PyAny>,
-    /// `first_condition` is `operator.truth`: test the task's truth directly.
-    condition_is_truth: bool,
-    /// The first step takes one task per batch: a lone task wakes its
-    /// workers at once (a batching step's waits for the iteration's end).
-    eager: bool,
+    /// The steps' names and the queues' bound, for `QueueFullError`.
+    step_names: Vec<String>,
+    queue_size: Option<u64>,
     classify: Py<PyAny>,
-    /// The Python half: `result(kind, payload)`, `error(payload)`,
-    /// `release(key)`, `unwanted(payload)`.
+    /// The Python half (see the module docs).
     slow: Py<PyAny>,
-    spin: Duration,
     state: Mutex<State>,
 }
 
 impl Client {
-    fn state(&self) -> PyResult<std::sync::MutexGuard<'_, State>> {
+    fn state(&self) -> PyResult<MutexGuard<'_, State>> {
         // Every method runs with the GIL held and never calls Python while
         // holding the lock, so it is only ever contended by a bug.
         self.state
@@ -139,57 +95,60 @@ impl Client {
 
 #[pymethods]
 impl Client {
-    /// `steps`: every step's input queue; `results`, `doorbell`: this
-    /// client's; `metrics_step`: where result transfer times go (None: off).
+    /// `steps`: every step's input queue; `results`, `doorbell`, `arena`:
+    /// this client's; `metrics_step`: where the time answers waited goes
+    /// (None: off).
     #[new]
-    #[pyo3(signature = (client, steps, results, doorbell, control, priorities, first_condition, classify, slow, metrics_step=None, spin_us=0, first_batch_size=1))]
+    #[pyo3(signature = (slot, steps, results, doorbell, control, arena, conditions, classify, slow, *, priorities=1, reject_when_full=false, step_names=Vec::new(), queue_size=None, metrics_step=None, spin_us=0, first_batch_size=1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        client: u32,
-        steps: Vec<Py<Queue>>,
-        results: Py<Queue>,
-        doorbell: Py<Doorbell>,
-        control: Py<PyControl>,
-        priorities: u32,
-        first_condition: Py<PyAny>,
+        slot: u32,
+        steps: Vec<PyRef<'_, crate::queue::Queue>>,
+        results: PyRef<'_, crate::queue::Queue>,
+        doorbell: PyRef<'_, crate::queue::Doorbell>,
+        control: PyRef<'_, crate::control::PyControl>,
+        arena: PyRef<'_, crate::shm::SharedArena>,
+        conditions: Vec<Py<PyAny>>,
         classify: Py<PyAny>,
         slow: Py<PyAny>,
+        priorities: u32,
+        reject_when_full: bool,
+        step_names: Vec<String>,
+        queue_size: Option<u64>,
         metrics_step: Option<usize>,
         spin_us: u64,
         first_batch_size: usize,
     ) -> PyResult<Self> {
-        if steps.len() > 64 {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "a flow has at most 64 steps",
-            ));
-        }
-        let truth = py.import("operator")?.getattr("truth")?;
-        Ok(Client {
-            steps,
-            results,
-            doorbell,
-            control,
-            metrics_step,
-            priorities: priorities.max(1),
-            condition_is_truth: first_condition.bind(py).is(&truth),
+        use std::sync::Arc;
+        let config = aqueduct_core::ClientConfig {
+            slot,
+            reject_when_full,
             eager: first_batch_size <= 1,
-            first_condition,
+            spin: std::time::Duration::from_micros(spin_us),
+            metrics_step,
+        };
+        let queues = aqueduct_core::ClientQueues {
+            steps: steps.iter().map(|q| Arc::clone(&q.inner)).collect(),
+            results: Arc::clone(&results.inner),
+            doorbell: Some(Arc::clone(&doorbell.inner)),
+            control: Arc::clone(&control.inner),
+            arena: Some(Arc::clone(&arena.inner)),
+        };
+        let core = ClientCore::new(config, queues).map_err(crate::to_py_err)?;
+        Ok(Client {
+            conditions,
+            truth: py.import("operator")?.getattr("truth")?.unbind(),
+            priorities: priorities.max(1),
+            step_names,
+            queue_size,
             classify,
             slow,
-            spin: Duration::from_micros(spin_us),
             state: Mutex::new(State {
-                pending: Pending::new(client),
+                core,
                 classes: HashMap::new(),
-                held: HashSet::new(),
-                backlogged: 0,
-                deferred: 0,
-                flush_scheduled: false,
+                keys: HashMap::new(),
                 event_loop: None,
-                counts: Counts::default(),
-                spin_calls: 0,
-                spin_misses: 0,
-                last_settled: 0,
             }),
         })
     }
@@ -204,80 +163,57 @@ impl Client {
             timer.bind(py).call_method0(intern!(py, "cancel"))?;
         }
         let new = Loop::new(slf, event_loop)?;
-        let mut state = this.state()?;
-        state.event_loop = Some(new);
-        state.flush_scheduled = false;
-        let next = state.pending.expire(0).1;
-        drop(state);
+        let next = {
+            let mut state = this.state()?;
+            state.event_loop = Some(new);
+            state.core.next_deadline()
+        };
         if let Some(at) = next {
             this.arm_timer(py, at)?;
         }
         Ok(())
     }
 
-    /// Sends `task` to the flow and returns `(key, future)`; the future is
-    /// resolved once the handlers' fields are set on `task` (or fails with
-    /// the flow's error). Returns `SUBMIT_SLOW` (an int) when the task must
-    /// take the Python path.
+    /// Sends `task` to the flow and returns its future, resolved once the
+    /// handlers' fields are set on `task` (or failed with the flow's
+    /// error); None when no step's condition holds for it.
     fn submit<'py>(
         &self,
         task: &Bound<'py, PyAny>,
         timeout_sec: f64,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let py = task.py();
-        match self.submit_fast(task, timeout_sec)? {
-            Some(future) => Ok(future),
-            None => Ok(SUBMIT_SLOW.into_pyobject(py)?.into_any()),
-        }
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.submit_task(task, timeout_sec)
     }
 
-    /// A key for a task the Python half sends.
-    fn new_key(&self) -> PyResult<u64> {
-        let key = self.state()?.pending.next_key();
-        self.control.get().inner.uncancel(key);
-        Ok(key)
-    }
-
-    /// Registers a task the Python half sends (it pushes the message itself).
-    #[pyo3(signature = (key, task, timeout_sec, plain))]
-    fn register<'py>(
-        &self,
-        key: u64,
-        task: &Bound<'py, PyAny>,
-        timeout_sec: f64,
-        plain: bool,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.register_entry(task.py(), key, task, timeout_sec, plain)
-    }
-
-    /// The Python half holds shared-memory blocks for `key` until a message
-    /// about it comes back (`release(key)` is called then).
-    fn hold(&self, key: u64) -> PyResult<()> {
-        self.state()?.held.insert(key);
-        Ok(())
-    }
-
-    /// Forgets a hold the Python half released itself (a task never sent).
-    fn unhold(&self, key: u64) -> PyResult<()> {
-        self.state()?.held.remove(&key);
-        Ok(())
-    }
-
-    /// Whether step `step` has a backlog in the Python half.
-    fn set_backlogged(&self, step: usize, backlogged: bool) -> PyResult<()> {
-        let mut state = self.state()?;
-        if backlogged {
-            state.backlogged |= 1 << step;
-        } else {
-            state.backlogged &= !(1 << step);
-        }
-        Ok(())
-    }
-
-    /// The doorbell rang: settles every ready result.
+    /// The doorbell rang: settles every ready answer, then sends what
+    /// waits for room in a full queue.
     fn resolve(&self, py: Python<'_>) -> PyResult<()> {
-        self.doorbell.get().inner.drain();
-        self.resolve_ready(py)
+        if let Some(bell) = &self.state()?.core.queues().doorbell {
+            bell.drain();
+        }
+        let settled = self.resolve_ready(py);
+        let failed = {
+            let mut state = self.state()?;
+            if state.core.has_backlog() {
+                let failed = state.core.push_backlogs();
+                for (entry, _) in &failed {
+                    state.forget(entry);
+                }
+                failed
+            } else {
+                Vec::new()
+            }
+        };
+        for (entry, error) in failed {
+            resolve(
+                entry.future.bind(py),
+                Err(crate::to_py_err(error)
+                    .into_value(py)
+                    .into_bound(py)
+                    .into_any()),
+            )?;
+        }
+        settled
     }
 
     /// The loop timer fired: fails the tasks whose timeout passed.
@@ -287,8 +223,10 @@ impl Client {
             if let Some(event_loop) = state.event_loop.as_mut() {
                 event_loop.timer = None;
             }
-            let (due, next) = state.pending.expire(monotonic_ns());
-            state.counts.timeout += due.len() as u64;
+            let (due, next) = state.core.expire(aqueduct_core::monotonic_ns());
+            for (_, entry) in &due {
+                state.forget(entry);
+            }
             (due, next)
         };
         let mut failure = None;
@@ -307,20 +245,8 @@ impl Client {
 
     /// Wakes the workers of every step that got tasks since they were woken.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        let (deferred, lone) = {
-            let mut state = self.state()?;
-            state.flush_scheduled = false;
-            (
-                std::mem::take(&mut state.deferred),
-                state.pending.len() == 1,
-            )
-        };
-        for (step, queue) in self.steps.iter().enumerate() {
-            if deferred & (1 << step) != 0 {
-                queue.get().inner.notify(None);
-            }
-        }
-        if lone && deferred != 0 {
+        let lone = self.state()?.core.flush();
+        if lone {
             self.spin_for_result(py)?; // one task in flight: as in `submit`
         }
         Ok(())
@@ -328,28 +254,9 @@ impl Client {
 
     /// The caller waiting on `future` gave up: workers skip its task.
     fn cancel(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
-        let entry = {
-            let mut state = self.state()?;
-            state.counts.cancelled += 1;
-            let key = state
-                .pending
-                .iter()
-                .find(|(_, e)| e.future.is(future))
-                .map(|(key, _)| key);
-            key.and_then(|key| state.pending.remove(key).map(|entry| (key, entry)))
-        };
-        if let Some((key, _)) = entry {
-            self.control.get().inner.cancel(key);
-        }
-        Ok(())
-    }
-
-    /// Takes task `key` out: the Python half could not send it (the caller
-    /// gets that error instead).
-    fn forget(&self, key: u64) -> PyResult<()> {
         let mut state = self.state()?;
-        if state.pending.remove(key).is_some() {
-            state.counts.failed += 1;
+        if let Some(key) = state.keys.remove(&(future.as_ptr() as usize)) {
+            state.core.cancel(key);
         }
         Ok(())
     }
@@ -358,35 +265,40 @@ impl Client {
     fn fail_all(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
         let entries = {
             let mut state = self.state()?;
-            let entries = state.pending.drain();
-            state.counts.failed += entries.len() as u64;
-            entries
+            state.keys.clear();
+            state.core.fail_all()
         };
-        Self::fail(py, entries, exc)
+        let mut failure = None;
+        for (_, entry) in entries {
+            if let Err(e) = resolve(entry.future.bind(py), Err(exc.clone())) {
+                failure.get_or_insert(e);
+            }
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     /// The futures of the tasks in flight.
     fn futures(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
         Ok(self
             .state()?
-            .pending
-            .values()
+            .core
+            .waiters()
             .map(|e| e.future.clone_ref(py))
             .collect())
     }
 
     fn __len__(&self) -> PyResult<usize> {
-        Ok(self.state()?.pending.len())
+        Ok(self.state()?.core.len())
     }
 
     /// How the tasks given to this client ended.
     fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let counts = self.state()?.core.counts();
         let out = PyDict::new(py);
-        let state = self.state()?;
-        out.set_item("done", state.counts.done)?;
-        out.set_item("failed", state.counts.failed)?;
-        out.set_item("timeout", state.counts.timeout)?;
-        out.set_item("cancelled", state.counts.cancelled)?;
+        out.set_item("done", counts.done)?;
+        out.set_item("failed", counts.failed)?;
+        out.set_item("timeout", counts.timeout)?;
+        out.set_item("cancelled", counts.cancelled)?;
         Ok(out)
     }
 
@@ -406,21 +318,16 @@ impl Client {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.slow)?;
         visit.call(&self.classify)?;
-        visit.call(&self.first_condition)?;
+        for condition in &self.conditions {
+            visit.call(condition)?;
+        }
         if let Ok(state) = self.state.try_lock() {
             if let Some(l) = &state.event_loop {
-                for obj in [
-                    &l.create_future,
-                    &l.call_at,
-                    &l.call_soon,
-                    &l.time,
-                    &l.expire,
-                    &l.flush,
-                ] {
+                for obj in l.objects() {
                     visit.call(obj)?;
                 }
             }
-            for entry in state.pending.values() {
+            for entry in state.core.waiters() {
                 visit.call(&entry.future)?;
                 visit.call(&entry.task)?;
             }
@@ -432,7 +339,8 @@ impl Client {
         if let Ok(mut state) = self.state.try_lock() {
             state.event_loop = None;
             state.classes.clear();
-            drop(state.pending.drain());
+            state.keys.clear();
+            drop(state.core.fail_all());
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Binding of a flow's control block: claims, the cancel set, metrics.
 
+use std::sync::Arc;
+
 use aqueduct_core::Control;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -9,7 +11,7 @@ use crate::{dup_fd, to_py_err};
 /// A flow's control block: claim slots of the workers and the cancel set.
 #[pyclass(module = "aqueduct._core", name = "Control", frozen)]
 pub(crate) struct PyControl {
-    pub(crate) inner: Control,
+    pub(crate) inner: Arc<Control>,
 }
 
 #[pymethods]
@@ -19,14 +21,14 @@ impl PyControl {
     #[pyo3(signature = (slots, steps=1))]
     fn create(slots: usize, steps: usize) -> PyResult<Self> {
         Ok(PyControl {
-            inner: Control::create(slots, steps).map_err(to_py_err)?,
+            inner: Arc::new(Control::create(slots, steps).map_err(to_py_err)?),
         })
     }
 
     #[staticmethod]
     fn open(fd: i32) -> PyResult<Self> {
         Ok(PyControl {
-            inner: Control::open(dup_fd(fd)?).map_err(to_py_err)?,
+            inner: Arc::new(Control::open(dup_fd(fd)?).map_err(to_py_err)?),
         })
     }
 
@@ -42,10 +44,6 @@ impl PyControl {
 
     fn uncancel(&self, key: u64) {
         self.inner.uncancel(key);
-    }
-
-    fn is_cancelled(&self, key: u64) -> bool {
-        self.inner.is_cancelled(key)
     }
 
     /// The next client slot (each process submitting tasks takes one).
@@ -70,16 +68,6 @@ impl PyControl {
 
     fn clear_claims(&self, slot: usize) {
         self.inner.clear_claims(slot);
-    }
-
-    /// A step's handler ran a batch of `tasks` tasks in `micros` µs.
-    fn record_handle(&self, step: usize, micros: u64, tasks: u64) {
-        if let Some(m) = self.inner.metrics(step) {
-            m.handle_us.record(micros);
-            m.batch_size.record(tasks);
-            m.handled
-                .fetch_add(tasks, std::sync::atomic::Ordering::Relaxed);
-        }
     }
 
     /// Step `step`'s metrics: counters, and histograms as

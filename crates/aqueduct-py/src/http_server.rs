@@ -2,8 +2,7 @@
 //! `aqueduct.http`. Everything per request happens without the GIL.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::AsFd;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use aqueduct_http::{Config, Names, Server, Target};
@@ -55,9 +54,8 @@ impl HttpServer {
             timeout: Duration::from_secs_f64(timeout.min(1e6)),
             body_limit,
             threads,
-            client,
         };
-        let target = target(&steps, results, control, arena, client)?;
+        let target = target(&steps, results, control, arena, client);
         let server = Server::start(config, target)
             .map_err(|e| PyOSError::new_err(format!("cannot serve on {addr}: {e}")))?;
         let port = server.local_addr().port();
@@ -88,8 +86,10 @@ impl HttpServer {
         arena: &SharedArena,
         client: u32,
     ) -> PyResult<()> {
-        let target = target(&steps, results, control, arena, client)?;
-        self.with_server(|server| server.retarget(target));
+        let target = target(&steps, results, control, arena, client);
+        self.with_server(|server| server.retarget(target))
+            .transpose()
+            .map_err(|e| PyOSError::new_err(format!("cannot follow the flow: {e}")))?;
         Ok(())
     }
 
@@ -143,13 +143,12 @@ fn target(
     control: &PyControl,
     arena: &SharedArena,
     client: u32,
-) -> PyResult<Target> {
-    let steps: Vec<_> = steps.iter().map(|q| q.inner.as_fd()).collect();
-    Target::open(
-        &steps,
-        results.inner.as_fd(),
-        control.inner.as_fd(),
-        Some(Box::new(arena.for_server(client))),
-    )
-    .map_err(|e| PyOSError::new_err(format!("cannot map the flow's segments: {e}")))
+) -> Target {
+    Target {
+        steps: steps.iter().map(|q| Arc::clone(&q.inner)).collect(),
+        results: Arc::clone(&results.inner),
+        control: Arc::clone(&control.inner),
+        arena: Arc::clone(&arena.inner),
+        client,
+    }
 }

@@ -49,6 +49,15 @@ pub(crate) fn to_py_err(err: Error) -> PyErr {
     })
 }
 
+/// True when `err` is `SharedMemoryCorruptError`: the process must stop
+/// reading the flow's shared memory.
+pub(crate) fn is_corrupt(py: Python<'_>, err: &PyErr) -> bool {
+    static CORRUPT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    CORRUPT
+        .import(py, "aqueduct.exceptions", "SharedMemoryCorruptError")
+        .is_ok_and(|ty| err.is_instance(py, ty))
+}
+
 /// Runs Python signal handlers from inside a GIL-released wait; a raised
 /// exception is kept to be re-raised once the wait returns.
 pub(crate) fn signal_checker(pending: &mut Option<PyErr>) -> impl FnMut() -> bool + '_ {
@@ -119,8 +128,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(monotonic_ns_now, m)?)?;
     m.add_function(wrap_pyfunction!(uuid4, m)?)?;
     m.add_function(wrap_pyfunction!(state_fields, m)?)?;
-    m.add_function(wrap_pyfunction!(http_wire::decode_http_request, m)?)?;
-    m.add_function(wrap_pyfunction!(http_wire::encode_http_response, m)?)?;
     m.add_function(wrap_pyfunction!(http_wire::error_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(http_wire::error_rest, m)?)?;
     m.add("DEFAULT_SPIN_US", aqueduct_core::spin::DEFAULT_SPIN_US)?;
@@ -153,8 +160,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BOOKKEEPING_FIELDS", wire::BOOKKEEPING_FIELDS)?;
     m.add("BUFFER_THRESHOLD", wire::BUFFER_THRESHOLD)?;
     m.add("INLINE_LIMIT", wire::INLINE_LIMIT)?;
-    m.add("SUBMIT_SLOW", client::SUBMIT_SLOW)?;
-    m.add("CLASS_FAST", client::CLASS_FAST)?;
-    m.add("CLASS_STATE", client::CLASS_STATE)?;
+    m.add("MAX_PRIORITIES", wire::MAX_PRIORITIES)?;
+    m.add("MAX_STEPS", wire::MAX_STEPS)?;
+    m.add("CLASS_PLAIN", wire::CLASS_PLAIN)?;
+    m.add("CLASS_NAMED", wire::CLASS_NAMED)?;
+    m.add("CLASS_STATE", wire::CLASS_STATE)?;
+    m.add("CLASS_TIMEOUT", wire::CLASS_TIMEOUT)?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! queue) and `Doorbell` (the eventfd an event loop watches).
 
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aqueduct_core::queue::{DEFAULT_RING_SLOTS, DEFAULT_SLOT_BYTES, PUSH_WAIT_NO_DEADLINE};
@@ -17,7 +18,7 @@ use crate::{deadline_after, dup_fd, signal_checker, to_py_err};
 /// The flow's doorbell: an eventfd the parent's event loop watches.
 #[pyclass(module = "aqueduct._core", frozen)]
 pub(crate) struct Doorbell {
-    pub(crate) inner: EventFd,
+    pub(crate) inner: Arc<EventFd>,
 }
 
 #[pymethods]
@@ -25,7 +26,7 @@ impl Doorbell {
     #[new]
     fn new() -> PyResult<Self> {
         Ok(Doorbell {
-            inner: EventFd::new().map_err(to_py_err)?,
+            inner: Arc::new(EventFd::new().map_err(to_py_err)?),
         })
     }
 
@@ -33,7 +34,7 @@ impl Doorbell {
     #[staticmethod]
     fn open(fd: i32) -> PyResult<Self> {
         Ok(Doorbell {
-            inner: EventFd::from_fd(dup_fd(fd)?),
+            inner: Arc::new(EventFd::from_fd(dup_fd(fd)?)),
         })
     }
 
@@ -55,7 +56,7 @@ impl Doorbell {
 /// A step's input queue (or the result queue) in a shared memfd segment.
 #[pyclass(module = "aqueduct._core", frozen)]
 pub(crate) struct Queue {
-    pub(crate) inner: TaskQueue,
+    pub(crate) inner: Arc<TaskQueue>,
 }
 
 /// Messages taken from a queue, as a Python list of `Message`.
@@ -91,7 +92,9 @@ impl Queue {
         })
         .map_err(to_py_err)?;
         inner.set_spin(Duration::from_micros(spin_us));
-        Ok(Queue { inner })
+        Ok(Queue {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Maps the queue behind an inherited fd (the fd is duplicated, not taken).
@@ -100,7 +103,9 @@ impl Queue {
     fn open(fd: i32, spin_us: u64) -> PyResult<Self> {
         let mut inner = TaskQueue::open(dup_fd(fd)?).map_err(to_py_err)?;
         inner.set_spin(Duration::from_micros(spin_us));
-        Ok(Queue { inner })
+        Ok(Queue {
+            inner: Arc::new(inner),
+        })
     }
 
     #[getter]
@@ -175,14 +180,14 @@ impl Queue {
     /// Wakes a sleeping consumer; rings `doorbell` if its owner armed it.
     #[pyo3(signature = (doorbell=None))]
     fn notify(&self, doorbell: Option<&Doorbell>) {
-        self.inner.notify(doorbell.map(|d| &d.inner));
+        self.inner.notify(doorbell.map(|d| &*d.inner));
     }
 
     /// Tells waiting producers that room was freed (after a burst of pops);
     /// `doorbells[i]` is rung if client `i` asked for room.
     #[pyo3(signature = (doorbells=Vec::new()))]
     fn released(&self, doorbells: Vec<Py<Doorbell>>) {
-        let bells: Vec<&EventFd> = doorbells.iter().map(|d| &d.get().inner).collect();
+        let bells: Vec<&EventFd> = doorbells.iter().map(|d| &*d.get().inner).collect();
         self.inner.released(&bells);
     }
 

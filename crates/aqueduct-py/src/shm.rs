@@ -1,11 +1,10 @@
 //! Binding of the arena: `SharedArena` and `ShmView` (a buffer-protocol view
 //! of a block that numpy, memoryview and pickle consume without copying).
 
-use std::collections::HashMap;
 use std::os::raw::c_int;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use aqueduct_core::{Arena, Error};
+use aqueduct_core::{Arena, TrackedArena};
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
@@ -13,73 +12,11 @@ use pyo3::prelude::*;
 
 use crate::{dup_fd, to_py_err};
 
-/// An arena mapped in this process plus, where this process decides when
-/// blocks die (the parent), the count of views and tasks holding each block.
-struct ArenaState {
-    arena: Arena,
-    /// block offset -> (live views in this process, tasks in flight)
-    holds: Option<Mutex<HashMap<u64, (u32, u32)>>>,
-}
-
-impl ArenaState {
-    /// Applies `change` to a block's `(views, tasks)` holds and frees the
-    /// block when none is left. `change` returns false, changing nothing,
-    /// when the count would leave its range: then nothing is freed either.
-    fn adjust(&self, block: u64, change: impl FnOnce(&mut (u32, u32)) -> bool) -> bool {
-        let Some(holds) = &self.holds else {
-            return true;
-        };
-        let mut holds = holds.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = holds.entry(block).or_insert((0, 0));
-        let in_range = change(entry);
-        if *entry == (0, 0) {
-            holds.remove(&block);
-            if in_range {
-                self.arena.free(block);
-            }
-        }
-        in_range
-    }
-}
-
-/// Below this, one thread copies; above, the copy is split across cores
-/// (one core rarely saturates memory bandwidth on its own).
-const PARALLEL_COPY_MIN: usize = 4 << 20;
-
-/// Copies `len` bytes from `src` to `dst` (addresses as integers, so the
-/// chunks can cross into scoped threads).
-fn copy_in_parallel(src: usize, dst: usize, len: usize) {
-    let threads = if len < PARALLEL_COPY_MIN {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-    };
-    let chunk = len.div_ceil(threads).div_ceil(64) * 64;
-    std::thread::scope(|scope| {
-        for start in (0..len).step_by(chunk.max(1)).skip(1) {
-            let n = chunk.min(len - start);
-            scope.spawn(move || {
-                // SAFETY: disjoint sub-ranges of the source buffer (alive and
-                // unchanged for the whole call) and of a block no one else uses.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        (src + start) as *const u8,
-                        (dst + start) as *mut u8,
-                        n,
-                    )
-                };
-            });
-        }
-        // SAFETY: as above, for the first chunk, on this thread.
-        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, chunk.min(len)) };
-    });
-}
-
 /// A memfd arena for large buffers. The creating (or `own=True`) process
 /// allocates; any process may free.
 #[pyclass(module = "aqueduct._core", frozen)]
 pub struct SharedArena {
-    inner: Arc<ArenaState>,
+    pub(crate) inner: Arc<TrackedArena>,
 }
 
 fn buffer_of(obj: &Bound<'_, PyAny>) -> PyResult<PyUntypedBuffer> {
@@ -114,18 +51,18 @@ impl SharedArena {
 
     #[getter]
     fn fd(&self) -> i32 {
-        self.inner.arena.raw_fd()
+        self.inner.arena().raw_fd()
     }
 
     #[getter]
     fn capacity(&self) -> u64 {
-        self.inner.arena.capacity()
+        self.inner.arena().capacity()
     }
 
     /// Bytes in allocated blocks.
     #[getter]
     fn used(&self) -> u64 {
-        self.inner.arena.used()
+        self.inner.arena().used()
     }
 
     /// Copies a C-contiguous buffer into a new block for task `key`; returns
@@ -133,16 +70,12 @@ impl SharedArena {
     /// runs with the GIL released.
     fn place(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>, key: u64) -> PyResult<u64> {
         let src = buffer_of(buffer)?;
-        let len = src.len_bytes();
-        let ptr = src.buf_ptr() as usize;
-        let arena = &self.inner.arena;
-        let block = py.detach(|| -> Result<_, Error> {
-            let block = arena.alloc(len as u64, key)?;
-            if let Some(dst) = arena.ptr_at(block.offset, len as u64) {
-                copy_in_parallel(ptr, dst as usize, len);
-            }
-            Ok(block)
-        });
+        // SAFETY: the buffer is C-contiguous (checked), and `src` keeps it
+        // exported, so alive and unmoved, until the end of this call.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(src.buf_ptr().cast::<u8>(), src.len_bytes()) };
+        let arena = &self.inner;
+        let block = py.detach(|| arena.place(bytes, key));
         Ok(block.map_err(to_py_err)?.offset)
     }
 
@@ -151,7 +84,7 @@ impl SharedArena {
         let src = PyUntypedBuffer::get(buffer)?;
         Ok(self
             .inner
-            .arena
+            .arena()
             .locate(src.buf_ptr() as *const u8, src.len_bytes())
             .map(|(offset, block)| (block, offset)))
     }
@@ -159,7 +92,7 @@ impl SharedArena {
     /// Allocates a block of `len` bytes for task `key` and returns
     /// `(block, view)`: a writable view of exactly `len` bytes.
     fn alloc(&self, len: u64, key: u64) -> PyResult<(u64, ShmView)> {
-        let block = self.inner.arena.alloc(len, key).map_err(to_py_err)?;
+        let block = self.inner.arena().alloc(len, key).map_err(to_py_err)?;
         Ok((
             block.offset,
             self.make_view(block.offset, block.offset, len)?,
@@ -173,22 +106,14 @@ impl SharedArena {
 
     /// A task in flight now refers to `block` (tracked arenas only).
     fn retain(&self, block: u64) {
-        self.inner.adjust(block, |h| {
-            h.1 += 1;
-            true
-        });
+        self.inner.retain(block);
     }
 
     /// A task that referred to `block` has finished (tracked arenas only).
     /// Raises `BadReferenceCount` for a block no task holds: freeing it then
     /// could hand memory someone still reads to the next task.
     fn release(&self, py: Python<'_>, block: u64) -> PyResult<()> {
-        let released = self.inner.adjust(block, |h| {
-            let held = h.1 > 0;
-            h.1 = h.1.saturating_sub(1);
-            held
-        });
-        if released {
+        if self.inner.release(block) {
             return Ok(());
         }
         let ty = py
@@ -204,33 +129,27 @@ impl SharedArena {
     /// held); returns how many.
     fn free_keys(&self, keys: Vec<u64>) -> usize {
         let keys: std::collections::HashSet<u64> = keys.into_iter().collect();
-        self.inner.arena.free_where(&|key| keys.contains(&key))
+        self.inner.arena().free_where(&|key| keys.contains(&key))
     }
 
     /// Frees a block outright (a worker retiring a block only its task used).
     fn free(&self, block: u64) -> bool {
-        self.inner.arena.free(block)
+        self.inner.arena().free(block)
     }
 }
 
 impl SharedArena {
     fn wrap(arena: Arena, track: bool) -> Self {
         SharedArena {
-            inner: Arc::new(ArenaState {
-                arena,
-                holds: track.then(|| Mutex::new(HashMap::new())),
-            }),
+            inner: Arc::new(TrackedArena::new(arena, track)),
         }
     }
 
     fn make_view(&self, block: u64, offset: u64, len: u64) -> PyResult<ShmView> {
-        let ptr = self.inner.arena.ptr_at(offset, len).ok_or_else(|| {
+        let ptr = self.inner.arena().ptr_at(offset, len).ok_or_else(|| {
             PyValueError::new_err(format!("range {offset}+{len} is outside the arena"))
         })?;
-        self.inner.adjust(block, |h| {
-            h.0 += 1;
-            true
-        });
+        self.inner.view_opened(block);
         Ok(ShmView {
             state: Arc::clone(&self.inner),
             block,
@@ -244,7 +163,7 @@ impl SharedArena {
 /// The block stays allocated while a view of it lives (in tracked processes).
 #[pyclass(module = "aqueduct._core", frozen)]
 pub struct ShmView {
-    state: Arc<ArenaState>,
+    state: Arc<TrackedArena>,
     block: u64,
     ptr: usize,
     len: usize,
@@ -293,46 +212,6 @@ impl ShmView {
 
 impl Drop for ShmView {
     fn drop(&mut self) {
-        self.state.adjust(self.block, |h| {
-            h.0 = h.0.saturating_sub(1);
-            true
-        });
-    }
-}
-
-/// The arena of the HTTP server's client slot, where it puts big bodies.
-pub(crate) struct ServerArena {
-    state: Arc<ArenaState>,
-    index: u32,
-}
-
-impl SharedArena {
-    /// This arena, for the HTTP server of client slot `index`.
-    pub(crate) fn for_server(&self, index: u32) -> ServerArena {
-        ServerArena {
-            state: Arc::clone(&self.inner),
-            index,
-        }
-    }
-}
-
-impl aqueduct_http::BodyArena for ServerArena {
-    fn index(&self) -> u32 {
-        self.index
-    }
-
-    fn place(&self, bytes: &[u8], key: u64) -> Option<u64> {
-        let arena = &self.state.arena;
-        let block = arena.alloc(bytes.len() as u64, key).ok()?;
-        let Some(dst) = arena.ptr_at(block.offset, bytes.len() as u64) else {
-            arena.free(block.offset);
-            return None;
-        };
-        copy_in_parallel(bytes.as_ptr() as usize, dst as usize, bytes.len());
-        Some(block.offset)
-    }
-
-    fn free(&self, offset: u64) {
-        self.state.arena.free(offset);
+        self.state.view_closed(self.block);
     }
 }

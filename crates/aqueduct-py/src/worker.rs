@@ -4,24 +4,28 @@
 //! then takes batches one after the other as long as some are queued, up to
 //! `burst` of them, without waiting again: each batch is what is queued when
 //! the one before is done, so a slow handler still gets full batches. It
-//! gets each batch as a list of unpickled tasks, calls the handler, and hands
-//! the batch back to be routed and pushed on: unpickling, the
-//! `handle_condition`s of later steps, pickling, pushing and the wake-ups
-//! (one per queue per burst) all happen here. Messages that
-//! refer to shared memory, tasks of classes pickled by value, and anything
-//! that fails go through the Python half of the worker (`slow`), which owns
-//! those cases: `load(key, kind, priority, payload)` returns `(task, refs)`
-//! or, having reported the error, the index of the queue it pushed to;
-//! `forward(task, key, kind, priority, deadline_ns, refs)` returns the index
-//! of the queue the task went to; `drop(messages)` releases dropped tasks'
-//! blocks; `retire(refs)` frees blocks of a task that failed.
+//! gets each batch as a list of tasks, calls the handler, and hands the
+//! batch back to be sent on. Each task's path is decided here once:
+//! unpickling (or building a `KIND_STATE` task, or a task from an HTTP
+//! request with the route's `task_from_request`), routing by the later
+//! steps' `handle_condition`, encoding (or the route's `response_from_task`
+//! for an HTTP task that is done), pushing, and the wake-ups (one per queue
+//! per burst). The Python half of the worker (`slow`) is asked only for
+//! what involves shared memory or cloudpickle and for error reports:
+//! `load(message)` returns `(task, refs)` or the error report of a task it
+//! cannot load; `encode(task, key, by_value)` returns `(kind, payload,
+//! refs)`; `discard(refs)`, `retire(refs, kept)` free blocks;
+//! `drop(messages)` lets dropped tasks' blocks go; `report(exc, status)`
+//! describes an exception; `resolve(name)` finds a `KIND_STATE` class.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use aqueduct_core::batch::Claims;
-use aqueduct_core::wire::{client_of, FLAG_REFS, KIND_STATE, KIND_TASK};
+use aqueduct_core::wire::{
+    base_kind, client_of, FLAG_REFS, KIND_HTTP_REQUEST, KIND_STATE, KIND_TASK,
+};
 use aqueduct_core::{BatchAssembler, BatchPolicy, EventFd, Message};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -33,7 +37,10 @@ use crate::message::PyMessage;
 use crate::queue::{message_list, Doorbell, Queue};
 use crate::{deadline_after, pickle, signal_checker, to_py_err};
 
+mod http;
 mod tasks;
+
+pub(crate) use self::http::HttpEnds;
 
 /// A batch whose handler took this long sends its results on at once instead
 /// of with the rest of its burst.
@@ -91,6 +98,11 @@ pub(crate) struct StepWorker {
     control: Py<PyControl>,
     /// `(queue index, handle_condition)` of the steps after this one.
     later: Vec<(usize, Py<PyAny>)>,
+    /// This step's own `handle_condition` (a task from an HTTP request it
+    /// declines goes on without the handler).
+    own: Py<PyAny>,
+    /// The HTTP server's functions, when the flow is served by it.
+    http: Option<HttpEnds>,
     /// `operator.truth`, to test a task's truth without calling it.
     truth: Py<PyAny>,
     slow: Py<PyAny>,
@@ -123,8 +135,10 @@ impl StepWorker {
         self.nsteps() + client_of(key, self.doorbells.len() as u32) as usize
     }
 
-    /// Hands expired or cancelled messages that refer to shared memory to
-    /// the Python half, which frees their blocks and tells their clients.
+    /// Lets dropped (expired or cancelled) tasks' blocks go: the Python
+    /// half frees those of workers' arenas and tells the clients whose
+    /// blocks they held; a client whose request body is in its arena (the
+    /// HTTP server) is told here.
     fn drop_messages(&self, py: Python<'_>, messages: &[Message]) -> PyResult<()> {
         let list = message_list(
             py,
@@ -135,14 +149,72 @@ impl StepWorker {
                 .bind(py)
                 .call_method1(intern!(py, "drop"), (list,))?;
         }
+        for message in messages {
+            if base_kind(message.header.kind) == KIND_HTTP_REQUEST && http::body_in_arena(message) {
+                let to = self.send_dropped(py, message)?;
+                self.notify(to);
+            }
+        }
         Ok(())
+    }
+
+    /// Wakes the consumers of queue `index`: a step's workers, or a
+    /// client through its doorbell.
+    fn notify(&self, index: usize) {
+        let bell = index
+            .checked_sub(self.nsteps())
+            .and_then(|client| self.doorbells.get(client))
+            .map(|d| &*d.get().inner);
+        self.queues[index].get().inner.notify(bell);
+    }
+}
+
+/// What became of a message of a batch.
+enum Load<'py> {
+    /// A task for the handler, its shared-memory refs (from the Python
+    /// half) and, for a `KIND_STATE` one, its class.
+    Task(Bound<'py, PyAny>, Option<Py<PyAny>>, Option<StateClass>),
+    /// It went to queue `.0` already: its error report, or the task
+    /// itself when this step's condition declines it.
+    Sent(usize),
+}
+
+impl StepWorker {
+    /// A message of the batch as a task for the handler (see [`Load`]).
+    fn load<'py>(&self, py: Python<'py>, message: &Message) -> PyResult<Load<'py>> {
+        let (header, payload) = (message.header, message.payload());
+        if header.kind & FLAG_REFS == 0 {
+            let fast = match base_kind(header.kind) {
+                KIND_STATE => self.load_state(py, payload)?.map(|(t, c)| (t, Some(c))),
+                KIND_TASK => pickle::loads(py, &PyBytes::new(py, payload))
+                    .ok()
+                    .map(|t| (t, None)),
+                KIND_HTTP_REQUEST => return self.load_request(py, message),
+                _ => None,
+            };
+            if let Some((task, class)) = fast {
+                return Ok(Load::Task(task, None, class));
+            }
+        }
+        let got = self
+            .slow
+            .bind(py)
+            .call_method1(intern!(py, "load"), (PyMessage::of(py, message),))?;
+        if let Ok(report) = got.cast::<PyBytes>() {
+            let to = self.send_error(py, header.key, header.priority, report.as_bytes())?;
+            return Ok(Load::Sent(to));
+        }
+        let (task, refs): (Bound<'py, PyAny>, Py<PyAny>) = got.extract()?;
+        Ok(Load::Task(task, Some(refs), None))
     }
 }
 
 #[pymethods]
 impl StepWorker {
+    /// `conditions`: every step's `handle_condition`, in order; `http`:
+    /// the HTTP server's ends (see `HttpEnds`), when it serves the flow.
     #[new]
-    #[pyo3(signature = (step, slot, queues, doorbells, control, later, slow, batch_size=1, batch_timeout=0.0, burst=1))]
+    #[pyo3(signature = (step, slot, queues, doorbells, control, conditions, slow, batch_size=1, batch_timeout=0.0, burst=1, http=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -151,11 +223,12 @@ impl StepWorker {
         queues: Vec<Py<Queue>>,
         doorbells: Vec<Py<Doorbell>>,
         control: Py<PyControl>,
-        later: Vec<(usize, Py<PyAny>)>,
+        conditions: Vec<Py<PyAny>>,
         slow: Py<PyAny>,
         batch_size: usize,
         batch_timeout: f64,
         burst: usize,
+        http: Option<HttpEnds>,
     ) -> PyResult<Self> {
         if batch_size == 0 || burst == 0 {
             return Err(PyValueError::new_err("batch_size and burst must be >= 1"));
@@ -163,9 +236,18 @@ impl StepWorker {
         if batch_timeout.is_nan() || batch_timeout < 0.0 {
             return Err(PyValueError::new_err("batch_timeout must be >= 0"));
         }
-        if step >= queues.len() || doorbells.len() > queues.len() - step || queues.len() > 128 {
-            return Err(PyValueError::new_err("step and queues do not fit"));
+        let steps = conditions.len();
+        let fits = step < steps
+            && steps + doorbells.len() == queues.len()
+            && queues.len() <= 128
+            && !doorbells.is_empty();
+        if !fits {
+            return Err(PyValueError::new_err(
+                "step, conditions and queues do not fit",
+            ));
         }
+        let own = conditions[step].clone_ref(py);
+        let later = conditions.into_iter().enumerate().skip(step + 1).collect();
         Ok(StepWorker {
             assembler: BatchAssembler::new(BatchPolicy {
                 size: batch_size,
@@ -179,6 +261,8 @@ impl StepWorker {
             doorbells,
             control,
             later,
+            own,
+            http,
             truth: py.import("operator")?.getattr("truth")?.unbind(),
             slow,
             burst: Mutex::new(Burst::default()),
@@ -261,31 +345,13 @@ impl StepWorker {
         let mut loaded = Vec::with_capacity(messages.len());
         let mut touched = 0u128;
         for (i, message) in messages.iter().enumerate() {
-            let (header, payload) = (message.header, message.payload());
-            let fast = match header.kind {
-                KIND_STATE => self.load_state(py, payload)?.map(|(t, c)| (t, Some(c))),
-                KIND_TASK => pickle::loads(py, &PyBytes::new(py, payload))
-                    .ok()
-                    .map(|t| (t, None)),
-                _ => None,
-            };
-            let (task, refs, class) = match fast {
-                Some((task, class)) => (task, None, class),
-                None => {
-                    let got = self
-                        .slow
-                        .bind(py)
-                        .call_method1(intern!(py, "load"), (PyMessage::of(py, message),))?;
-                    if let Ok(to) = got.extract::<usize>() {
-                        touched |= 1 << to; // the Python half reported the error
-                        continue;
-                    }
-                    let (task, refs): (Bound<'py, PyAny>, Py<PyAny>) = got.extract()?;
-                    (task, Some(refs), None)
+            match self.load(py, message)? {
+                Load::Task(task, refs, class) => {
+                    tasks.append(&task)?;
+                    loaded.push((i, task.unbind(), refs, class));
                 }
-            };
-            tasks.append(&task)?;
-            loaded.push((i, task.unbind(), refs, class));
+                Load::Sent(to) => touched |= 1 << to, // reported, or on without the handler
+            }
         }
         let mut burst = self.burst()?;
         burst.messages = messages;
@@ -316,25 +382,7 @@ impl StepWorker {
         let mut touched = 0u128;
         for (message, task, refs, class) in work {
             let task = task.into_bound(py);
-            let sent = match refs {
-                None => self.forward_fast(&task, &message, class.as_ref())?,
-                Some(_) => None,
-            };
-            let to = match sent {
-                Some(to) => to,
-                None => {
-                    let h = message.header;
-                    let refs = refs.unwrap_or_else(|| PyList::empty(py).into_any().unbind());
-                    self.slow
-                        .bind(py)
-                        .call_method1(
-                            intern!(py, "forward"),
-                            (&task, h.key, h.kind, h.priority, h.deadline_ns, refs),
-                        )?
-                        .extract()?
-                }
-            };
-            touched |= 1 << to;
+            touched |= 1 << self.forward_one(&task, &message, refs, class.as_ref())?;
         }
         self.burst()?.touched |= touched;
         if took_ns >= SLOW_BATCH_NS {
@@ -349,11 +397,7 @@ impl StepWorker {
         let work = self.take()?;
         let mut touched = 0u128;
         for (message, _task, refs, _class) in work {
-            if let Some(refs) = refs {
-                self.slow
-                    .bind(py)
-                    .call_method1(intern!(py, "retire"), (refs,))?;
-            }
+            self.retire(py, refs.as_ref(), None)?;
             let h = message.header;
             touched |= 1 << self.send_error(py, h.key, h.priority, payload)?;
         }
@@ -364,16 +408,10 @@ impl StepWorker {
     /// Wakes the consumer of every queue this burst pushed to, once.
     fn flush(&self) -> PyResult<()> {
         let touched = std::mem::take(&mut self.burst()?.touched);
-        let nsteps = self.nsteps();
-        for (index, queue) in self.queues.iter().enumerate() {
-            if touched & (1 << index) == 0 {
-                continue;
+        for index in 0..self.queues.len() {
+            if touched & (1 << index) != 0 {
+                self.notify(index);
             }
-            let bell = index
-                .checked_sub(nsteps)
-                .and_then(|client| self.doorbells.get(client))
-                .map(|d| &d.get().inner);
-            queue.get().inner.notify(bell);
         }
         Ok(())
     }
@@ -386,8 +424,12 @@ impl StepWorker {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.slow)?;
+        visit.call(&self.own)?;
         for (_, condition) in &self.later {
             visit.call(condition)?;
+        }
+        if let Some(http) = &self.http {
+            http.traverse(&visit)?;
         }
         Ok(())
     }
@@ -406,7 +448,7 @@ impl StepWorker {
     /// waiting for it).
     fn released(&self, batch: &aqueduct_core::Batch) {
         if !batch.messages.is_empty() || !batch.expired.is_empty() {
-            let bells: Vec<&EventFd> = self.doorbells.iter().map(|d| &d.get().inner).collect();
+            let bells: Vec<&EventFd> = self.doorbells.iter().map(|d| &*d.get().inner).collect();
             self.input.get().inner.released(&bells);
         }
     }

@@ -61,6 +61,23 @@ impl Loop {
     }
 }
 
+impl Loop {
+    /// Every Python object it refers to (for the garbage collector).
+    pub(super) fn objects(&self) -> impl Iterator<Item = &Py<PyAny>> {
+        [
+            &self.create_future,
+            &self.call_at,
+            &self.call_soon,
+            &self.time,
+            &self.expire,
+            &self.flush,
+        ]
+        .into_iter()
+        .chain(self.future_kwargs.as_ref().map(|k| k.as_any()))
+        .chain(self.timer.as_ref())
+    }
+}
+
 impl Client {
     /// Sets the loop timer to fire at `deadline_ns` (CLOCK_MONOTONIC),
     /// replacing the one set before.

@@ -1,9 +1,8 @@
 //! Settling results: every ready message of the result queue delivered to
 //! its task's future, the handlers' fields copied onto the caller's task.
 
-use aqueduct_core::monotonic_ns;
 use aqueduct_core::wire::{
-    base_kind, split_state, FLAG_REFS, KIND_DROPPED, KIND_ERROR, KIND_STATE,
+    base_kind, split_state, BOOKKEEPING_FIELDS, FLAG_REFS, KIND_ERROR, KIND_STATE,
 };
 use aqueduct_core::Message;
 use pyo3::exceptions::PyRuntimeError;
@@ -22,80 +21,32 @@ pub(super) enum Finished<'py, 'a> {
 }
 
 impl Client {
-    /// Takes every ready result and settles its task.
+    /// Takes every ready answer and settles its task.
     pub(super) fn resolve_ready(&self, py: Python<'_>) -> PyResult<()> {
-        let results = &self.results.get().inner;
-        let control = &self.control.get().inner;
-        let metrics = self.metrics_step.and_then(|step| control.metrics(step));
         let mut first_failure = None;
         loop {
-            let now = monotonic_ns();
-            let mut messages: Vec<Message> = Vec::new();
-            let mut corrupt = None;
-            while messages.len() < DRAIN_LIMIT {
-                let m = match results.try_pop() {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(e) => {
-                        corrupt = Some(e);
-                        break;
-                    }
-                };
-                if let Some(metrics) = metrics {
-                    metrics
-                        .transfer_us
-                        .record(now.saturating_sub(m.header.enqueued_ns) / 1000);
-                }
-                messages.push(m);
-            }
-            let drained = messages.len();
-            if drained > 0 {
-                self.state()?.last_settled = drained;
-            }
-            let settled: Vec<(Message, Option<Entry>, bool)> = {
+            let drained = {
                 let mut state = self.state()?;
-                messages
-                    .into_iter()
-                    .map(|m| {
-                        let key = m.header.key;
-                        let entry = if base_kind(m.header.kind) == KIND_DROPPED {
-                            None
-                        } else {
-                            state.pending.remove(key)
-                        };
-                        let held = state.held.remove(&key);
-                        (m, entry, held)
-                    })
-                    .collect()
-            };
-            // every message is settled, whatever fails: a future left behind
-            // would never be resolved (its entry is gone)
-            let mut failure = None;
-            for (message, entry, held) in settled {
-                let released = || {
-                    self.slow
-                        .bind(py)
-                        .call_method1(intern!(py, "release"), (message.header.key,))
-                        .map(drop)
-                };
-                let done = self.settle(py, &message, entry).and_then(|()| {
-                    if held {
-                        released()
-                    } else {
-                        Ok(())
+                let drained = state.core.drain(DRAIN_LIMIT);
+                for answer in &drained.answers {
+                    if let Some(entry) = &answer.waiter {
+                        state.forget(entry);
                     }
-                });
+                }
+                drained
+            };
+            let taken = drained.answers.len();
+            // every answer is settled, whatever fails: a future left behind
+            // would never be resolved (its entry is gone)
+            for answer in drained.answers {
+                let done = self.settle(py, &answer.message, answer.waiter);
+                // after settling: the views of the result hold what it shares
+                self.state()?.core.release(&answer.blocks);
                 if let Err(e) = done {
-                    failure.get_or_insert(e);
+                    first_failure.get_or_insert(e);
                 }
             }
-            if drained > 0 {
-                results.released(&[]);
-            }
-            if let Some(e) = failure {
-                first_failure.get_or_insert(e);
-            }
-            if let Some(e) = corrupt {
+            if let Some(e) = drained.corrupt {
                 // nothing more is read from this queue: the Python half
                 // fails what waits and has the flow retire its memory
                 self.slow
@@ -103,8 +54,7 @@ impl Client {
                     .call_method1(intern!(py, "corrupt"), (e.to_string(),))?;
                 return first_failure.map_or(Ok(()), Err);
             }
-            // re-armed whatever failed: a doorbell left unarmed never rings again
-            if drained < DRAIN_LIMIT && !results.arm_doorbell() {
+            if !self.state()?.core.finish_drain(taken, DRAIN_LIMIT) {
                 return first_failure.map_or(Ok(()), Err);
             }
         }
@@ -150,13 +100,7 @@ impl Client {
                 .and_then(|f| Self::update(py, &entry, f))
                 .map_err(|e| e.into_value(py).into_bound(py).into_any())
         };
-        {
-            let mut state = self.state()?;
-            match outcome {
-                Ok(()) => state.counts.done += 1,
-                Err(_) => state.counts.failed += 1,
-            }
-        }
+        self.state()?.core.settled(outcome.is_ok());
         resolve(entry.future.bind(py), outcome)
     }
 
@@ -173,11 +117,7 @@ impl Client {
             }
             Finished::Object(object) => {
                 let state = instance_dict(&object)?.copy()?;
-                for name in [
-                    intern!(py, "task_id"),
-                    intern!(py, "priority"),
-                    intern!(py, "expiration_time"),
-                ] {
+                for name in BOOKKEEPING_FIELDS {
                     if state.contains(name)? {
                         state.del_item(name)?;
                     }
@@ -193,21 +133,6 @@ impl Client {
             }
         }
         Ok(())
-    }
-
-    /// Fails every one of `entries` with `exc` (each, whatever fails).
-    pub(super) fn fail(
-        py: Python<'_>,
-        entries: Vec<(u64, Entry)>,
-        exc: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        let mut failure = None;
-        for (_, entry) in entries {
-            if let Err(e) = resolve(entry.future.bind(py), Err(exc.clone())) {
-                failure.get_or_insert(e);
-            }
-        }
-        failure.map_or(Ok(()), Err)
     }
 }
 

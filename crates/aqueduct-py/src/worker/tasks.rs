@@ -1,18 +1,21 @@
 //! A worker's tasks in and out of queue messages: building `KIND_STATE`
-//! tasks, routing handled ones, pushing them on (waiting for room).
+//! tasks, routing and encoding handled ones, pushing them on (waiting for
+//! room), error reports.
 
 use aqueduct_core::queue::PUSH_WAIT_NO_DEADLINE;
 use aqueduct_core::wire::{
-    split_state, state_prefix, INLINE_LIMIT, KIND_ERROR, KIND_STATE, KIND_TASK,
+    base_kind, split_state, state_prefix, FLAG_HTTP, HTTP_ROUTE_MASK, INLINE_LIMIT, KIND_DROPPED,
+    KIND_ERROR, KIND_HTTP_REQUEST, KIND_HTTP_RESPONSE, KIND_STATE, KIND_TASK, KIND_TASK_BY_VALUE,
 };
 use aqueduct_core::{monotonic_ns, Message, MessageHeader};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList};
 
 use super::{StateClass, StepWorker};
 use crate::calls::{call1, instance_dict, new_instance, set_instance_dict};
-use crate::{pickle, signal_checker, state, to_py_err};
+use crate::{is_corrupt, pickle, signal_checker, state, to_py_err};
 
 impl StepWorker {
     /// Index of the next step whose condition holds for `task`, or of the
@@ -69,50 +72,149 @@ impl StepWorker {
         }
     }
 
-    /// Sends one handled task on; returns the queue it went to, or `None`
-    /// when the Python half must do it. `class` is the task's class and
-    /// `KIND_STATE` prefix when it came as one.
-    pub(super) fn forward_fast(
+    /// Sends one task on — to the next step whose condition holds, or
+    /// back to its client (for an HTTP task, as the route's response) —
+    /// and returns the queue it went to. What cannot be sent becomes an
+    /// error report for its client; only corrupt shared memory is raised
+    /// (the worker must stop).
+    pub(super) fn forward_one(
+        &self,
+        task: &Bound<'_, PyAny>,
+        message: &Message,
+        refs: Option<Py<PyAny>>,
+        class: Option<&StateClass>,
+    ) -> PyResult<usize> {
+        let py = task.py();
+        let header = message.header;
+        let sent = self.route(task, header.key).and_then(|to| {
+            self.send_to(task, message, refs.as_ref(), class, to)
+                .map(|()| to)
+        });
+        match sent {
+            Ok(to) => Ok(to),
+            Err(e) if is_corrupt(py, &e) => Err(e),
+            Err(e) => {
+                self.retire(py, refs.as_ref(), None)?;
+                let report = self.report(py, e, 500)?;
+                self.send_error(py, header.key, header.priority, report.as_bytes())
+            }
+        }
+    }
+
+    fn send_to(
+        &self,
+        task: &Bound<'_, PyAny>,
+        message: &Message,
+        refs: Option<&Py<PyAny>>,
+        class: Option<&StateClass>,
+        to: usize,
+    ) -> PyResult<()> {
+        let py = task.py();
+        let h = message.header;
+        let http = if h.kind & FLAG_HTTP != 0 {
+            h.kind & (FLAG_HTTP | HTTP_ROUTE_MASK)
+        } else {
+            0
+        };
+        let header = |kind| MessageHeader {
+            kind,
+            enqueued_ns: 0,
+            ..h
+        };
+        if http != 0 && to >= self.nsteps() {
+            let Some(ends) = &self.http else {
+                return Err(PyRuntimeError::new_err(
+                    "an HTTP task in a flow not served over HTTP",
+                ));
+            };
+            let response = ends.respond(task, h.kind)?;
+            self.push(py, to, &header(KIND_HTTP_RESPONSE), &[&response])?;
+            return self.retire(py, refs, None);
+        }
+        if refs.is_none() {
+            if let Some((kind, payload)) = self.encode_fast(task, message, class)? {
+                // not pushed: the flow closed, or the caller gave up
+                self.push(py, to, &header(kind | http), &[&payload])?;
+                return Ok(());
+            }
+        }
+        let by_value = base_kind(h.kind) == KIND_TASK_BY_VALUE;
+        let slow = self.slow.bind(py);
+        let (kind, payload, out): (u32, Bound<'_, PyBytes>, Bound<'_, PyAny>) = slow
+            .call_method1(intern!(py, "encode"), (task, h.key, by_value))?
+            .extract()?;
+        if !self.push(py, to, &header(kind | http), &[payload.as_bytes()])? {
+            slow.call_method1(intern!(py, "discard"), (&out,))?;
+        }
+        self.retire(py, refs, Some(&out))
+    }
+
+    /// The task's message when it takes no shared memory and its class is
+    /// found by name: its `__dict__` alone when it came as such and is still
+    /// of that class, else its pickle; `None` when the Python half must.
+    fn encode_fast(
         &self,
         task: &Bound<'_, PyAny>,
         message: &Message,
         class: Option<&StateClass>,
-    ) -> PyResult<Option<usize>> {
+    ) -> PyResult<Option<(u32, Vec<u8>)>> {
         let py = task.py();
-        let header = &message.header;
         let Ok(fields) = instance_dict(task) else {
             return Ok(None);
         };
-        let prefix = match (header.kind, class) {
+        match (base_kind(message.header.kind), class) {
             // still of the class it came as: its dict is all there is to send
-            (KIND_STATE, Some(c)) if task.get_type().is(c.class.bind(py)) => Some(&c.prefix),
-            (KIND_TASK, _) if !pickle::has_big_bytes(&fields) => None,
-            _ => return Ok(None),
-        };
-        let index = self.route(task, header.key)?;
-        let out = MessageHeader {
-            enqueued_ns: 0,
-            ..*header
-        };
-        let payload = match prefix {
-            Some(prefix) => {
-                let mut payload = prefix.to_vec();
-                if !state::encode(&fields, &mut payload).unwrap_or(false) {
-                    return Ok(None);
-                }
-                payload
+            (KIND_STATE, Some(c)) if task.get_type().is(c.class.bind(py)) => {
+                let mut payload = c.prefix.to_vec();
+                Ok(state::encode(&fields, &mut payload)
+                    .unwrap_or(false)
+                    .then_some((KIND_STATE, payload)))
             }
-            None => match pickle::dumps(py, task) {
-                Ok(Some(pickled)) if pickled.as_bytes().len() <= INLINE_LIMIT => {
-                    pickled.as_bytes().to_vec()
-                }
-                _ => return Ok(None), // the Python half reports why
-            },
-        };
-        if !self.push(py, index, &out, &[&payload])? {
-            return Ok(None); // still full, or closed: the Python half decides
+            (KIND_STATE | KIND_TASK | KIND_HTTP_REQUEST, _) if !pickle::has_big_bytes(&fields) => {
+                Ok(match pickle::dumps(py, task) {
+                    Ok(Some(pickled)) if pickled.as_bytes().len() <= INLINE_LIMIT => {
+                        Some((KIND_TASK, pickled.as_bytes().to_vec()))
+                    }
+                    _ => None, // the Python half reports why
+                })
+            }
+            _ => Ok(None),
         }
-        Ok(Some(index))
+    }
+
+    /// Frees the blocks of workers' arenas that `refs` (a task's, from the
+    /// Python half) name and `kept` (what it was sent on with) does not.
+    pub(super) fn retire(
+        &self,
+        py: Python<'_>,
+        refs: Option<&Py<PyAny>>,
+        kept: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        if let Some(refs) = refs {
+            let kept = match kept {
+                Some(kept) => kept.clone(),
+                None => PyList::empty(py).into_any(),
+            };
+            self.slow
+                .bind(py)
+                .call_method1(intern!(py, "retire"), (refs, kept))?;
+        }
+        Ok(())
+    }
+
+    /// The error report (the Python half's description) of `error`, with
+    /// the HTTP `status` it stands for.
+    pub(super) fn report<'py>(
+        &self,
+        py: Python<'py>,
+        error: PyErr,
+        status: u16,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(self
+            .slow
+            .bind(py)
+            .call_method1(intern!(py, "report"), (error.into_value(py), status))?
+            .cast_into::<PyBytes>()?)
     }
 
     /// Builds a `KIND_STATE` task: an object of its class with the dict as
@@ -150,6 +252,21 @@ impl StepWorker {
         let task = new_instance(class.class.bind(py))?;
         set_instance_dict(&task, &state)?;
         Ok(Some((task, class)))
+    }
+
+    /// Tells the client of a dropped task that no worker reads the blocks
+    /// of its arena it refers to any more; returns the queue it went to.
+    pub(super) fn send_dropped(&self, py: Python<'_>, message: &Message) -> PyResult<usize> {
+        let index = self.results_of(message.header.key);
+        let header = MessageHeader {
+            key: message.header.key,
+            deadline_ns: 0,
+            kind: KIND_DROPPED,
+            priority: message.header.priority,
+            enqueued_ns: 0,
+        };
+        self.push(py, index, &header, &[])?;
+        Ok(index)
     }
 
     /// Pushes a worker's error report for `key` to its client.
