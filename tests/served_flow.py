@@ -67,6 +67,10 @@ def task_from_request(request: Request) -> Job:
 def response_from_task(task: Job) -> object:
     if isinstance(task.x, str) and task.x == "empty":
         return Response(b"", status=404)
+    if isinstance(task.x, str) and task.x == "cookies":
+        return Response(b"", headers=[("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
+    if isinstance(task.x, str) and task.x == "no such status":
+        return Response(b"", status=1000)
     if isinstance(task.x, str) and task.x == "teapot":
         return Response(b"short and stout", status=418, headers={"X-Pot": "tea"})
     y = int(task.y.sum()) if isinstance(task.y, np.ndarray) else task.y

@@ -81,6 +81,19 @@ def test_requests_become_tasks_and_tasks_responses():
         assert json.loads(body)["y"] == 400
 
 
+def test_a_response_keeps_repeated_headers_and_an_impossible_status_is_an_error():
+    with service() as (port, _):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+        conn.request("POST", "/predict", body=json.dumps({"x": "cookies"}).encode())
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        assert response.headers.get_all("set-cookie") == ["a=1", "b=2"]
+        conn.close()
+        status, _, body = call(port, {"x": "no such status"})
+        assert status == 500 and "1000" in json.loads(body)["error"], body
+
+
 def test_errors_are_json_with_the_status_they_stand_for():
     with service(BODY_LIMIT="1000") as (port, _):
         cases = [

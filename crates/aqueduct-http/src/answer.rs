@@ -31,16 +31,21 @@ pub fn from_message(message: &Message) -> Response<Body> {
     match base_kind(message.header.kind) {
         KIND_HTTP_RESPONSE => match decode_response(payload) {
             Some(answer) => {
+                // workers send only statuses in 100..599 (they check)
+                let Ok(status) = StatusCode::from_u16(answer.status) else {
+                    let message = format!("the worker's response has status {}", answer.status);
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, &message, "FlowError");
+                };
                 let mut response = Response::new(Full::new(Bytes::copy_from_slice(answer.body)));
-                *response.status_mut() =
-                    StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+                *response.status_mut() = status;
                 let headers = response.headers_mut();
                 for (name, value) in answer.headers {
-                    // a header the handler got wrong is left out, not fatal
+                    // a header the handler got wrong is left out, not fatal;
+                    // a name may come more than once (two Set-Cookie)
                     if let (Ok(name), Ok(value)) =
                         (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
                     {
-                        headers.insert(name, value);
+                        headers.append(name, value);
                     }
                 }
                 response
