@@ -118,7 +118,7 @@ def consume_one_soon(queue: _core.Queue) -> threading.Thread:
     says it made room."""
 
     def consume() -> None:
-        eventually(lambda: queue._sleepers()[1] > 0, what="a producer waiting for room")
+        eventually(lambda: queue.sleepers()[1] > 0, what="a producer waiting for room")
         queue.drain(1)
         queue.released()
 

@@ -371,7 +371,7 @@ def _workers_of(pid: int) -> list[int]:
     for child in children_of(pid):
         try:
             with open(f"/proc/{child}/cmdline", "rb") as f:
-                if b"aqueduct._bootstrap" in f.read():
+                if b"aqueduct._worker.bootstrap" in f.read():
                     found.append(child)
         except OSError:
             pass

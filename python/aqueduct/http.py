@@ -33,16 +33,16 @@ import asyncio
 import signal
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import Any
 
-from ._flow_metrics import processes
-from ._http_messages import Request, Response, ResponseFromTask, TaskFromRequest
+from . import _core
+from ._ipc.http_messages import Request, Response, ResponseFromTask, TaskFromRequest
+from ._ipc.topology import Topology
+from ._runtime.metrics import processes
 from .exceptions import FlowError
+from .flow import Flow, runtime_of
 from .logger import log
 from .metrics import MAIN_PROCESS
-
-if TYPE_CHECKING:
-    from .flow import Flow
 
 __all__ = ["Request", "Response", "Server", "serve"]
 
@@ -121,23 +121,22 @@ class Server:
         threads: int = 2,
         flow_name: str = "flow",
     ) -> None:
-        from . import _core
-
         if flow.is_running or flow.are_steps_initialized:
             raise FlowError("serve() starts the flow itself: pass it a flow not yet started")
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         routes = _routes(path, task_from_request, response_from_task, routes)
-        flow._http = list(routes.values())
-        flow.start()
         self._flow = flow
+        self._runtime = runtime = runtime_of(flow)
+        runtime.http_routes = list(routes.values())
+        flow.start()
         self._flow_name = flow_name
         # the control block's metrics slots: the steps, then the result queue's
-        self._metric_slots = [*flow._step_names, MAIN_PROCESS]
-        topology = flow._topology
+        self._metric_slots = [*runtime.config.step_names, MAIN_PROCESS]
+        topology = runtime.topology
         if topology is None:
             raise FlowError("the flow stopped while starting")
-        self._generation = flow._generation
+        self._generation = runtime.generation
         self._slot = slot = topology.control.claim_client()
         if slot >= topology.clients:
             clients = topology.clients
@@ -147,11 +146,7 @@ class Server:
                 host=host,
                 port=port,
                 paths=list(routes),
-                steps=topology.queues[: topology.steps],
-                results=topology.result_queue(slot),
-                control=topology.control,
-                arena=topology.arenas[slot],
-                client=slot,
+                **self._segments(topology),
                 timeout=timeout,
                 body_limit=body_limit,
                 threads=threads,
@@ -163,37 +158,43 @@ class Server:
         self.check_health()
         log.info("Serving the flow on http://%s:%d %s", host, self.port, " ".join(routes))
 
+    def _segments(self, topology: Topology) -> dict[str, Any]:
+        """The segments the server uses, as its client slot sees them."""
+        slot = self._slot
+        return {
+            "steps": topology.queues[: topology.steps],
+            "results": topology.result_queue(slot),
+            "control": topology.control,
+            "arena": topology.arenas[slot],
+            "client": slot,
+        }
+
     def check_health(self) -> None:
         """Every fraction of a second: tells the server whether the flow
         serves (``/health``, 503s), moves it onto the segments of a flow that
         healed, and has the flow heal when the server found its result queue
         corrupt."""
-        flow = self._flow
-        topology = flow._topology
-        if flow._generation != self._generation and topology is not None:
-            if not flow._healer.healing:
-                slot = self._slot
-                self._native.retarget(
-                    steps=topology.queues[: topology.steps],
-                    results=topology.result_queue(slot),
-                    control=topology.control,
-                    arena=topology.arenas[slot],
-                    client=slot,
-                )
-                self._generation = flow._generation
+        runtime = self._runtime
+        topology = runtime.topology
+        if runtime.generation != self._generation and topology is not None:
+            if not runtime.healer.healing:
+                self._native.retarget(**self._segments(topology))
+                self._generation = runtime.generation
                 log.warning("The HTTP server moved onto the flow's fresh shared memory")
         elif (corrupt := self._native.corruption()) is not None:
-            flow._seat.shared_memory_corrupt(corrupt)  # the flow heals
-        self._native.set_failure(flow.failure)
-        supervisor = flow._supervisor
+            runtime.seat.shared_memory_corrupt(corrupt)  # the flow heals
+        self._native.set_failure(runtime.failure)
+        supervisor = runtime.supervisor
         workers = supervisor.workers if supervisor is not None else []
         self._native.set_names(self._flow_name, self._metric_slots, processes(workers))
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """Stops accepting, lets requests in flight finish (at most
-        ``grace`` seconds), then stops the flow."""
+        ``grace`` seconds), then stops the flow (whose workers forget the
+        route functions)."""
         self._native.stop(grace)
         asyncio.run(self._flow.stop(graceful=False))
+        self._runtime.http_routes = None
         log.info("The HTTP server stopped")
 
 

@@ -72,7 +72,7 @@ class BaseTask:
             raise ValueError(f"Type {type(value)} cannot be shared")
         if value.dtype.hasobject:
             raise ValueError("arrays of Python objects cannot be shared")
-        from . import _shm
+        from ._ipc import shm as _shm
 
         arena = _shm.parent_arena()
         if value.flags.c_contiguous and arena.locate(value) is not None:
@@ -100,7 +100,7 @@ class BaseTask:
         read = content if callable(content) else getattr(content, "readany", None)
         if not callable(read):
             raise TypeError("content must have an async readany() method")
-        from . import _shm
+        from ._ipc import shm as _shm
 
         _block, view = _shm.parent_arena().alloc(max(int(size), 1), 0)
         buffer = memoryview(view)

@@ -10,14 +10,14 @@ raises :class:`RuntimeError` in a build without them.
 from __future__ import annotations
 
 from . import _core
-from .flow import Flow
+from .flow import Flow, runtime_of
 
 __all__ = ["abandon_push", "fault_injection_available"]
 
 
 def fault_injection_available() -> bool:
     """True when this build of the extension has the fault-injection hooks."""
-    return hasattr(_core.Queue, "_abandon_push")
+    return hasattr(_core.Queue, "abandon_push")
 
 
 def abandon_push(flow: Flow, step: int = 0, payload_len: int = 100) -> None:
@@ -31,9 +31,9 @@ def abandon_push(flow: Flow, step: int = 0, payload_len: int = 100) -> None:
             "this build of aqueduct has no fault-injection hooks: build it with "
             "`maturin develop --features fault-injection` (make build does)"
         )
-    topology = flow._topology
+    topology = runtime_of(flow).topology
     if topology is None:
         raise RuntimeError("the flow is not running")
     if not 0 <= step < topology.steps:
         raise ValueError(f"step must be in 0..{topology.steps - 1}, got {step}")
-    topology.queues[step]._abandon_push(payload_len)
+    topology.queues[step].abandon_push(payload_len)

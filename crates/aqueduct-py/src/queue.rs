@@ -243,13 +243,13 @@ impl Queue {
     /// Fault injection for tests: leaves an unfinished message, as a producer
     /// killed mid-push would.
     #[cfg(feature = "fault-injection")]
-    fn _abandon_push(&self, payload_len: usize) -> PyResult<()> {
+    fn abandon_push(&self, payload_len: usize) -> PyResult<()> {
         self.inner.abandon_push(payload_len).map_err(to_py_err)
     }
 
     /// A test's probe: processes asleep waiting for a message, and for room.
     #[cfg(feature = "fault-injection")]
-    fn _sleepers(&self) -> (u32, u32) {
+    fn sleepers(&self) -> (u32, u32) {
         self.inner.sleepers()
     }
 

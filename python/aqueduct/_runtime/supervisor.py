@@ -17,11 +17,11 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Protocol
 
-from . import _core
-from ._launch import WorkerHandle, definition, launch
-from ._protocol import EXIT_CORRUPT_SEGMENT, WorkerSpec
-from .exceptions import FlowStartTimeoutError, WorkerStartError
-from .logger import log
+from .. import _core
+from .._ipc.protocol import EXIT_CORRUPT_SEGMENT, WorkerSpec
+from ..exceptions import FlowStartTimeoutError, WorkerStartError
+from ..logger import log
+from .launch import WorkerHandle, definition, launch
 
 #: A worker that dies this many times within RESPAWN_WINDOW seconds is not
 #: respawned again.

@@ -7,10 +7,9 @@ import asyncio
 import os
 from collections.abc import Callable, Iterable
 
-from . import _core
-from ._supervisor import WorkerProcess
-from .logger import log
-from .metrics import (
+from .. import _core
+from ..logger import log
+from ..metrics import (
     MAIN_PROCESS,
     Collector,
     Exporter,
@@ -19,6 +18,7 @@ from .metrics import (
     MetricsTypes,
     StepMetrics,
 )
+from .supervisor import WorkerProcess
 
 __all__ = ["export_periodically", "processes", "snapshot"]
 
@@ -50,7 +50,7 @@ def snapshot(
     queues: list[_core.Queue],
     collector: Collector,
     workers: Iterable[WorkerProcess],
-    task_counts: Callable[[], dict[str, int]],
+    task_counts: dict[str, int],
 ) -> FlowMetrics:
     """What the flow recorded since it started: per step (and, as
     ``MAIN_PROCESS``, the result queue) handle, batch and queue times, batch
@@ -80,8 +80,7 @@ def snapshot(
     memory: dict[str, int] = {}
     if collector.is_collectible(MetricsTypes.MEMORY_USAGE):
         memory = {label: rss_bytes(pid) for label, pid in processes(workers)}
-    tasks = task_counts() if collector.is_collectible(MetricsTypes.TASKS) else {}
-    return FlowMetrics(steps=steps, tasks=tasks, memory=memory)
+    return FlowMetrics(steps=steps, tasks=task_counts, memory=memory)
 
 
 async def export_periodically(read: Callable[[], FlowMetrics | None], exporter: Exporter) -> None:

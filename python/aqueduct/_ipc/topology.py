@@ -10,32 +10,13 @@ has an arena of its own after the clients' ones.
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import cloudpickle
+from .. import _core
+from .._core import CLIENT_SHIFT, DEFAULT_RING_SLOTS, DEFAULT_SLOT_BYTES
+from ..exceptions import FlowError
 
-from . import _core
-from ._core import CLIENT_SHIFT, DEFAULT_RING_SLOTS, DEFAULT_SLOT_BYTES, DEFAULT_SPIN_US
-from ._protocol import WorkerSpec
-from .exceptions import FlowError
-from .logger import log
-from .step import FlowStep
-
-__all__ = ["Topology", "spin_us"]
-
-
-def spin_us() -> int:
-    """How long a worker with an empty queue spins before it sleeps:
-    ``AQUEDUCT_SPIN_US`` from the environment (0 turns spinning off), else the
-    core's default. It spins only while that pays (see the core's spin.rs)."""
-    try:
-        return max(0, int(os.environ.get("AQUEDUCT_SPIN_US", DEFAULT_SPIN_US)))
-    except ValueError:
-        return DEFAULT_SPIN_US
+__all__ = ["Topology"]
 
 
 @dataclass
@@ -143,57 +124,6 @@ class Topology:
             self.control.fd,
             *(a.fd for a in self.arenas),
         ]
-
-    def worker_specs(
-        self,
-        steps: Sequence[FlowStep],
-        step_names: Sequence[str],
-        spin: int,
-        http: list[tuple[Any, Any]] | None = None,
-    ) -> list[WorkerSpec]:
-        """What each worker is started with, in slot order (the workers of
-        step 1, then of step 2, ...): its step, handler and every step's
-        condition (pickled by value), and the segments by fd."""
-        try:
-            conditions_blob = cloudpickle.dumps([s.handle_condition for s in steps])
-        except Exception as exc:
-            raise FlowError(f"cannot pickle the steps' handle_condition: {exc}") from exc
-        try:
-            http_blob = cloudpickle.dumps(http) if http is not None else None
-        except Exception as exc:
-            raise FlowError(f"cannot pickle the HTTP server's functions: {exc}") from exc
-        specs: list[WorkerSpec] = []
-        for index, step in enumerate(steps):
-            try:
-                handler_blob = cloudpickle.dumps(step.handler)
-            except Exception as exc:
-                raise FlowError(f"cannot pickle handler of {step_names[index]}: {exc}") from exc
-            for _ in range(step.nprocs):
-                slot = len(specs)
-                specs.append(
-                    WorkerSpec(
-                        step_index=index,
-                        step_name=step_names[index],
-                        handler_blob=handler_blob,
-                        conditions_blob=conditions_blob,
-                        batch_size=step.batch_size,
-                        batch_timeout=step.batch_timeout,
-                        nprocs=step.nprocs,
-                        queue_fds=[q.fd for q in self.queues],
-                        doorbell_fds=[d.fd for d in self.doorbells],
-                        clients=self.clients,
-                        arena_fds=[a.fd for a in self.arenas],
-                        own_arena=self.clients + slot,  # after the clients' arenas
-                        control_fd=self.control.fd,
-                        slot=slot,
-                        parent_pid=os.getpid(),
-                        log_level=log.getEffectiveLevel(),
-                        spin_us=spin,
-                        sys_path=list(sys.path),
-                        http_blob=http_blob,
-                    )
-                )
-        return specs
 
     def client_of(self, key: int) -> int:
         """The client that submitted the task ``key``."""

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from ._client import Client
-from ._flow_metrics import export_periodically
-from ._follower import Follower
-from ._recovery import OwnerWatch
-from ._rendezvous import Announcement
-from ._topology import Topology
-from .exceptions import FlowError, SharedMemoryCorruptError
-from .logger import log
-
-if TYPE_CHECKING:
-    from .flow import Flow
+from .._ipc.topology import Topology
+from ..exceptions import FlowError, SharedMemoryCorruptError
+from ..logger import log
+from ..metrics import FlowMetrics
+from .client import Client
+from .config import FlowConfig
+from .follower import Follower
+from .metrics import export_periodically
+from .owner import OwnerWatch
+from .recovery import Recovery
+from .rendezvous import Announcement
 
 __all__ = ["PARENT_SPIN_BASE_US", "PARENT_SPIN_PER_STEP_US", "Seat"]
 
@@ -29,17 +29,37 @@ PARENT_SPIN_BASE_US = 40
 PARENT_SPIN_PER_STEP_US = 30
 
 
+class SeatedFlow(Protocol):
+    """What a seat needs of its flow (``FlowRuntime``)."""
+
+    @property
+    def config(self) -> FlowConfig: ...
+    @property
+    def owner_pid(self) -> int: ...
+    @property
+    def rendezvous_address(self) -> str | None: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def topology(self) -> Topology | None: ...
+    @property
+    def recovery(self) -> Recovery | None: ...
+    def metrics(self) -> FlowMetrics | None: ...
+    def add_counts(self, counts: dict[str, int]) -> None: ...
+    def moved(self, topology: Topology, generation: int) -> None: ...
+
+
 class Seat:
     """One process's client of one flow, and its view of the flow's owner."""
 
-    def __init__(self, flow: Flow, forked: bool) -> None:
+    def __init__(self, flow: SeatedFlow, forked: bool) -> None:
         self._flow = flow
         self.client: Client | None = None
         #: The client slot this process took; it keeps it across heals.
         self.slot: int | None = None
         self._export_task: asyncio.Task[None] | None = None
-        self.owner_watch = OwnerWatch(flow._owner_pid) if forked else None
-        self._follow = forked and flow._rendezvous_address is not None
+        self.owner_watch = OwnerWatch(flow.owner_pid) if forked else None
+        self._follow = forked and flow.rendezvous_address is not None
         self.follower: Follower | None = None
 
     @property
@@ -81,7 +101,7 @@ class Seat:
                 self._move(moved)
         client = self.client
         if client is None:
-            topology = self._flow._topology
+            topology = self._flow.topology
             if topology is None:
                 raise FlowError("the flow has no shared memory: it is not running")
             client = self.client = self._claim(topology)
@@ -116,8 +136,8 @@ class Seat:
         if self.follower is not None:
             self.follower.report(reason)
             self.fail_all(SharedMemoryCorruptError(reason))
-        elif flow._recovery is not None:
-            flow._recovery.shared_memory_corrupt(reason)
+        elif flow.recovery is not None:
+            flow.recovery.shared_memory_corrupt(reason)
 
     def close(self, error: FlowError | None = None) -> None:
         """The flow stopped for this process (what it waits for fails with
@@ -135,8 +155,7 @@ class Seat:
         if self._export_task is not None and not self._export_task.done():
             self._export_task.cancel()
         self._export_task = None
-        for name, value in client.close().items():
-            self._flow._counts[name] += value
+        self._flow.add_counts(client.close())
 
     def _attach(self, client: Client, loop: asyncio.AbstractEventLoop) -> None:
         if self._export_task is not None:
@@ -146,23 +165,18 @@ class Seat:
             self.owner_watch.attach(loop, client.core.fail_all)
         if self.follower is not None:
             self.follower.attach(loop, client.core.fail_all)
-        exporter = self._flow._metrics_exporter
+        exporter = self._flow.config.exporter
         if exporter is not None:
             self._export_task = loop.create_task(export_periodically(self._flow.metrics, exporter))
 
     def _claim(self, topology: Topology) -> Client:
         """A client slot of the flow for this process: the one it had on the
         segments the flow left, or a free one."""
-        flow = self._flow
+        config = self._flow.config
         return Client.claim(
             topology,
-            steps=flow._steps,
-            step_names=flow._step_names,
-            priorities=flow._queue_priorities,
-            reject_when_full=flow._reject_when_full,
-            queue_size=flow._queue_size,
-            metrics=flow._collect_metrics,
-            spin_us=PARENT_SPIN_BASE_US + PARENT_SPIN_PER_STEP_US * len(flow._steps),
+            config=config,
+            spin_us=PARENT_SPIN_BASE_US + PARENT_SPIN_PER_STEP_US * len(config.steps),
             on_corrupt=self.shared_memory_corrupt,
             slot=self.slot,
         )
@@ -170,10 +184,10 @@ class Seat:
     def _follower(self) -> Follower | None:
         """Connects to the owner on the first call (a flow with several clients)."""
         if self.follower is None and self._follow:
-            address = self._flow._rendezvous_address
+            address = self._flow.rendezvous_address
             assert address is not None
             try:
-                self.follower = Follower(address, self._flow._generation)
+                self.follower = Follower(address, self._flow.generation)
             except (OSError, EOFError) as exc:
                 self._follow = False
                 log.warning("This process cannot follow the flow through heals: %s", exc)
@@ -188,13 +202,12 @@ class Seat:
                 clients=segments.clients,
                 fds=segments.fds,
                 slot=self.slot,
-                spin=self._flow._spin_us,
+                spin=self._flow.config.spin_us,
             )
         finally:
             segments.close_fds()  # adopting duplicated them
         self.drop_client()
-        self._flow._topology = topology
-        self._flow._generation = segments.generation
+        self._flow.moved(topology, segments.generation)
         self.slot = slot
 
 

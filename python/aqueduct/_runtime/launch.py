@@ -1,20 +1,20 @@
 """Starting a worker process, as the parent sees it.
 
 ``spawn`` (the default) and ``forkserver`` start a fresh interpreter on
-aqueduct's own entry point (:mod:`aqueduct._bootstrap`), never on the user's
+aqueduct's own entry point (:mod:`aqueduct._worker.bootstrap`), never on the user's
 script: multiprocessing's spawn re-runs the parent's ``__main__`` in every
 worker, so a script without an ``if __name__ == "__main__":`` guard starts
 flows recursively, code piped to ``python -`` cannot be re-run at all, and a
 model loaded at module level is loaded once more per worker. The worker gets
 the parent's ``sys.path``, working directory and interpreter flags; its fds
 (queues, arenas, control block) are passed down by number; its
-:class:`~aqueduct._protocol.WorkerSpec` travels in a memfd, so starting a
+:class:`~aqueduct._ipc.protocol.WorkerSpec` travels in a memfd, so starting a
 worker never blocks on a pipe, whatever the size of the handler.
 ``fork`` forks, as upstream did.
 
 Each worker gets one end of a socket pair, its control channel: it sends log
 records, readiness and start failures, and asks for the definitions of
-``__main__`` it meets (see :mod:`aqueduct._bootstrap`); the parent answers.
+``__main__`` it meets (see :mod:`aqueduct._worker.bootstrap`); the parent answers.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Protocol
 
 import cloudpickle
 
-from ._protocol import PICKLE_PROTOCOL, WorkerSpec
+from .._ipc.protocol import PICKLE_PROTOCOL, WorkerSpec
 
 #: Where the worker's interpreter finds the aqueduct package that started it.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +40,7 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: the package root, argv[2] the spec's fd, argv[3] the control channel's fd.
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from aqueduct._bootstrap import boot; boot(int(sys.argv[2]), int(sys.argv[3]))"
+    "from aqueduct._worker.bootstrap import boot; boot(int(sys.argv[2]), int(sys.argv[3]))"
 )
 
 
@@ -113,7 +113,7 @@ def launch(method: str, spec: WorkerSpec, name: str) -> tuple[WorkerHandle, Conn
     child_conn = Connection(child_end.detach())
     try:
         if method == "fork":
-            from . import _bootstrap
+            from .._worker import bootstrap as _bootstrap
 
             forked = multiprocessing.get_context("fork").Process(
                 target=_bootstrap.run_forked, args=(spec, child_conn), name=name, daemon=True

@@ -1,5 +1,5 @@
 """A process forked from a flow's owner follows the flow through its heals:
-it learns from the owner's rendezvous (``_rendezvous``) that the flow went
+it learns from the owner's rendezvous (``rendezvous``) that the flow went
 down — failing what it waits for at once — and which segments the flow runs
 on once it healed, and tells the owner when it found them corrupt itself."""
 
@@ -9,9 +9,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from ._rendezvous import Announcement, OwnerLink
-from .exceptions import FlowError, SharedMemoryCorruptError
-from .logger import log
+from ..exceptions import FlowError, SharedMemoryCorruptError
+from ..logger import log
+from .rendezvous import Announcement, OwnerLink
 
 __all__ = ["Follower"]
 

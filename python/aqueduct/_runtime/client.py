@@ -20,14 +20,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import _core
-from ._core import CLASS_NAMED, CLASS_PLAIN, CLASS_STATE, CLASS_TIMEOUT
-from ._protocol import decode_error
-from ._shm import Ref, SharedMemory, _set_parent_arena, split
-from ._topology import Topology
-from .exceptions import FlowError, TaskSerializationError
-from .step import FlowStep
-from .task import BaseTask
+from .. import _core
+from .._core import CLASS_NAMED, CLASS_PLAIN, CLASS_STATE, CLASS_TIMEOUT
+from .._ipc.protocol import decode_error
+from .._ipc.shm import Ref, SharedMemory, set_parent_arena, split
+from .._ipc.topology import Topology
+from ..exceptions import FlowError, TaskSerializationError
+from ..task import BaseTask
+from .config import FlowConfig
 
 
 def named(cls: type) -> bool:
@@ -90,13 +90,8 @@ class Client:
         self,
         *,
         slot: int,
-        steps: list[FlowStep],
-        step_names: list[str],
         topology: Topology,
-        priorities: int,
-        reject_when_full: bool,
-        queue_size: int | None,
-        metrics: bool,
+        config: FlowConfig,
         spin_us: int,
         on_corrupt: Callable[[str], None],
     ) -> None:
@@ -106,6 +101,7 @@ class Client:
         self._shm = SharedMemory(topology.arenas, own=slot)
         self._clients = topology.clients
         self.loop: asyncio.AbstractEventLoop | None = None
+        steps = config.steps
         self.core = _core.Client(
             slot,
             topology.queues[: topology.steps],
@@ -116,11 +112,11 @@ class Client:
             [step.handle_condition for step in steps],
             classify,
             self,
-            priorities=priorities,
-            reject_when_full=reject_when_full,
-            step_names=step_names,
-            queue_size=queue_size,
-            metrics_step=len(steps) if metrics else None,
+            priorities=config.priorities,
+            reject_when_full=config.reject_when_full,
+            step_names=list(config.step_names),
+            queue_size=config.queue_size,
+            metrics_step=len(steps) if config.collects_metrics else None,
             spin_us=spin_us,
             first_batch_size=steps[0].batch_size if steps else 1,
         )
@@ -130,12 +126,7 @@ class Client:
         cls,
         topology: Topology,
         *,
-        steps: list[FlowStep],
-        step_names: list[str],
-        priorities: int,
-        reject_when_full: bool,
-        queue_size: int | None,
-        metrics: bool,
+        config: FlowConfig,
         spin_us: int,
         on_corrupt: Callable[[str], None],
         slot: int | None = None,
@@ -150,18 +141,9 @@ class Client:
                 f"more processes submit tasks than Flow(clients={topology.clients}) allows"
             )
         client = cls(
-            slot=slot,
-            steps=steps,
-            step_names=step_names,
-            topology=topology,
-            priorities=priorities,
-            reject_when_full=reject_when_full,
-            queue_size=queue_size,
-            metrics=metrics,
-            spin_us=spin_us,
-            on_corrupt=on_corrupt,
+            slot=slot, topology=topology, config=config, spin_us=spin_us, on_corrupt=on_corrupt
         )
-        _set_parent_arena(topology.arenas[slot])
+        set_parent_arena(topology.arenas[slot])
         return client
 
     def close(self) -> dict[str, int]:

@@ -14,10 +14,9 @@ from typing import Any
 
 import cloudpickle
 
-from . import _core
-from ._bootstrap import Channel
-from ._http_messages import Request, Response
-from ._protocol import (
+from .. import _core
+from .._ipc.http_messages import Request, Response
+from .._ipc.protocol import (
     EXIT_CORRUPT_SEGMENT,
     FLAG_REFS,
     KIND_DROPPED,
@@ -25,16 +24,17 @@ from ._protocol import (
     encode_error,
     resolve_class,
 )
-from ._shm import Ref, SharedMemory, split
-from ._topology import Topology
-from .exceptions import (
+from .._ipc.shm import Ref, SharedMemory, split
+from .._ipc.topology import Topology
+from ..exceptions import (
     FlowError,
     SharedMemoryError,
     SharedMemoryFullError,
     TaskSerializationError,
     TaskTooLargeError,
 )
-from .logger import log
+from ..logger import log
+from .channel import Channel
 
 # How long a worker sleeps with nothing to do before it looks around again.
 IDLE_TIMEOUT = 1.0

@@ -29,9 +29,10 @@ from typing import Any
 
 import cloudpickle
 
-from . import _core
-from ._core import BUFFER_THRESHOLD, INLINE_LIMIT
-from ._protocol import (
+from .. import _core
+from .._core import BUFFER_THRESHOLD, INLINE_LIMIT
+from ..exceptions import SharedMemoryFullError, TaskSerializationError
+from .protocol import (
     FLAG_BODY,
     FLAG_REFS,
     KIND_STATE,
@@ -40,7 +41,6 @@ from ._protocol import (
     PICKLE_PROTOCOL,
     decode_state,
 )
-from .exceptions import SharedMemoryFullError, TaskSerializationError
 
 #: Buffers at least this large travel through shared memory.
 THRESHOLD = BUFFER_THRESHOLD
@@ -66,7 +66,7 @@ def parent_arena(size: int | None = None) -> _core.SharedArena:
     global _parent_arena
     with _parent_lock:
         if _parent_arena is None or _parent_pid != os.getpid():
-            _set_parent_arena(_core.SharedArena.create(size or _default_size(), True))
+            set_parent_arena(_core.SharedArena.create(size or _default_size(), True))
         assert _parent_arena is not None
         return _parent_arena
 
@@ -74,7 +74,7 @@ def parent_arena(size: int | None = None) -> _core.SharedArena:
 _parent_pid = -1
 
 
-def _set_parent_arena(arena: _core.SharedArena) -> None:
+def set_parent_arena(arena: _core.SharedArena) -> None:
     """Makes ``arena`` (a running flow's) the one ``share_value`` uses."""
     global _parent_arena, _parent_pid
     with _parent_lock:

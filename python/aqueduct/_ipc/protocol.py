@@ -10,10 +10,10 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from . import _core
+from .. import _core
 
 # The wire constants are defined once, in the Rust core (aqueduct-core's wire.rs).
-from ._core import (
+from .._core import (
     CLIENT_SHIFT,
     FLAG_BODY,
     FLAG_REFS,
@@ -26,7 +26,7 @@ from ._core import (
     MAX_CLIENTS,
     PICKLE_PROTOCOL,
 )
-from .exceptions import (
+from ..exceptions import (
     FlowError,
     HandlerError,
     SharedMemoryFullError,

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .logger import log
+from ..logger import log
 
 if TYPE_CHECKING:
-    from ._topology import Topology
+    from .._ipc.topology import Topology
 
 __all__ = ["Announcement", "OwnerLink", "Rendezvous"]
 
