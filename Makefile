@@ -68,7 +68,7 @@ soak: build ## A million tasks: RSS and open fds of every process before and aft
 	$(PY) benches/soak.py
 
 .PHONY: lint
-lint: $(PY) ## cargo fmt --check, clippy -D warnings, ruff check + format --check, mypy --strict
+lint: build ## cargo fmt --check, clippy -D warnings, ruff check + format --check, mypy --strict, stubtest (_core.pyi vs the module)
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --all-features -- -D warnings
@@ -76,6 +76,7 @@ lint: $(PY) ## cargo fmt --check, clippy -D warnings, ruff check + format --chec
 	$(VENV)/bin/ruff format --check python tests examples benches
 	$(VENV)/bin/mypy --strict python/aqueduct
 	$(VENV)/bin/mypy --explicit-package-bases examples
+	$(PY) -m mypy.stubtest aqueduct._core --allowlist crates/aqueduct-py/stubtest-allowlist.txt
 
 .PHONY: fmt
 fmt: $(PY) ## Format Rust and Python sources

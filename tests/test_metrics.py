@@ -100,3 +100,13 @@ async def test_metrics_can_be_turned_off(make_flow):
     flow = make_flow(FlowStep(Square()), metrics_enabled=False)
     await asyncio.wait_for(flow.process(Task(2)), WAIT)
     assert flow.metrics() is None
+
+
+def test_a_steps_metrics_are_the_fields_the_core_records():
+    from dataclasses import fields
+
+    from aqueduct import _core
+    from aqueduct.metrics import StepMetrics
+
+    recorded = [f.name for f in fields(StepMetrics) if f.name not in ("name", "queue_size")]
+    assert recorded == [*_core.STEP_HISTOGRAMS, *_core.STEP_COUNTERS]

@@ -1,10 +1,62 @@
-"""Type stubs for the native module ``aqueduct._core`` (crates/aqueduct-py)."""
+"""Type stubs for the native module ``aqueduct._core`` (crates/aqueduct-py),
+checked against it by ``make lint`` (mypy's stubtest)."""
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any, TypedDict, final
+from typing import Any, final
 
-# The wire constants (aqueduct-core's wire.rs) and defaults.
+__all__ = [
+    "BOOKKEEPING_FIELDS",
+    "BUFFER_THRESHOLD",
+    "CLASS_NAMED",
+    "CLASS_PLAIN",
+    "CLASS_STATE",
+    "CLASS_TIMEOUT",
+    "CLIENT_SHIFT",
+    "DEFAULT_RING_SLOTS",
+    "DEFAULT_SLOT_BYTES",
+    "DEFAULT_SPIN_US",
+    "FLAGS",
+    "FLAG_BODY",
+    "FLAG_HTTP",
+    "FLAG_REFS",
+    "HTTP_ROUTE_MASK",
+    "HTTP_ROUTE_SHIFT",
+    "INLINE_LIMIT",
+    "KIND_DROPPED",
+    "KIND_ERROR",
+    "KIND_HTTP_REQUEST",
+    "KIND_HTTP_RESPONSE",
+    "KIND_STATE",
+    "KIND_TASK",
+    "KIND_TASK_BY_VALUE",
+    "MAX_CLIENTS",
+    "MAX_PRIORITIES",
+    "MAX_STEPS",
+    "PICKLE_PROTOCOL",
+    "STEP_COUNTERS",
+    "STEP_HISTOGRAMS",
+    "Client",
+    "Control",
+    "Doorbell",
+    "HttpServer",
+    "Message",
+    "Queue",
+    "SharedArena",
+    "ShmView",
+    "StepWorker",
+    "encode_refs",
+    "error_prefix",
+    "error_rest",
+    "monotonic_ns_now",
+    "split_refs",
+    "split_state",
+    "state_fields",
+    "uuid4",
+]
+
+# The wire constants, limits and defaults, each defined once in the core
+# (aqueduct-core's wire.rs, queue.rs, spin.rs, metrics.rs).
 KIND_TASK: int
 KIND_ERROR: int
 KIND_TASK_BY_VALUE: int
@@ -20,25 +72,31 @@ FLAG_BODY: int
 FLAGS: int
 CLIENT_SHIFT: int
 MAX_CLIENTS: int
+MAX_PRIORITIES: int
+MAX_STEPS: int
 PICKLE_PROTOCOL: int
 BUFFER_THRESHOLD: int
 INLINE_LIMIT: int
 DEFAULT_SPIN_US: int
-BOOKKEEPING_FIELDS: tuple[str, ...]
+BOOKKEEPING_FIELDS: list[str]
 DEFAULT_RING_SLOTS: int
 DEFAULT_SLOT_BYTES: int
-MAX_PRIORITIES: int
-MAX_STEPS: int
 CLASS_PLAIN: int
 CLASS_NAMED: int
 CLASS_STATE: int
 CLASS_TIMEOUT: int
+#: The names of a step's histograms and counters in ``Control.metrics``.
+STEP_HISTOGRAMS: list[str]
+STEP_COUNTERS: list[str]
+
+_Ref = tuple[int, int, int, int]
+"""``(arena, block, offset, length)`` of a buffer in shared memory."""
 
 @final
 class Doorbell:
     """An eventfd the parent's event loop watches for results."""
 
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Doorbell: ...
     @staticmethod
     def open(fd: int) -> Doorbell: ...
     @property
@@ -50,9 +108,9 @@ class Doorbell:
 class Message:
     """A queue message, however it crosses the binding."""
 
-    def __init__(
-        self, key: int, kind: int, payload: bytes, priority: int = 0, deadline_ns: int = 0
-    ) -> None: ...
+    def __new__(
+        cls, key: int, kind: int, payload: bytes, priority: int = 0, deadline_ns: int = 0
+    ) -> Message: ...
     @property
     def key(self) -> int: ...
     @property
@@ -95,12 +153,14 @@ class Queue:
     def drain(self, limit: int, control: Control | None = None, step: int = 0) -> list[Message]: ...
     def wait_space(self, timeout: float) -> bool: ...
     def unpublished_heads(self) -> list[tuple[int, int]]: ...
-    def abandon_push(self, payload_len: int) -> None: ...  # fault-injection builds only
+    # test hooks: in builds with the fault-injection feature only
+    def abandon_push(self, payload_len: int) -> None: ...
+    def sleepers(self) -> tuple[int, int]: ...
     def skip_abandoned(self, ring: int, head: int) -> bool: ...
     def close(self) -> None: ...
 
-HttpRoute = tuple[Callable[[Any], Any], Callable[[Any], Any]]
-HttpEnds = tuple[list[HttpRoute], type, type, list[SharedArena]]
+_HttpRoute = tuple[Callable[[Any], Any], Callable[[Any], Any]]
+_HttpEnds = tuple[list[_HttpRoute], type, type, list[SharedArena]]
 """``(routes, Request, Response, arenas)``: what a worker of a flow served
 over HTTP makes tasks and responses with."""
 
@@ -125,7 +185,7 @@ class StepWorker:
         batch_size: int = 1,
         batch_timeout: float = 0.0,
         burst: int = 1,
-        http: HttpEnds | None = None,
+        http: _HttpEnds | None = None,
     ) -> StepWorker: ...
     def next(self, idle_timeout: float | None) -> bool | None: ...
     def batch(self) -> list[Any]: ...
@@ -176,19 +236,8 @@ class Client:
     def counts(self) -> dict[str, int]: ...
     def close(self) -> None: ...
 
-Histogram = tuple[int, int, list[int]]
+_Histogram = tuple[int, int, list[int]]
 """``(count, sum, buckets)``; bucket ``i`` counts values below ``2**i``."""
-
-class StepMetricsRaw(TypedDict):
-    """What ``Control.metrics`` reads for one step."""
-
-    handle_us: Histogram
-    batch_us: Histogram
-    batch_size: Histogram
-    transfer_us: Histogram
-    handled: int
-    expired: int
-    cancelled: int
 
 @final
 class Control:
@@ -207,19 +256,24 @@ class Control:
     def reserve_clients(self, count: int) -> None: ...
     def claims(self, slot: int) -> list[int]: ...
     def clear_claims(self, slot: int) -> None: ...
-    def metrics(self, step: int) -> StepMetricsRaw | None: ...
+    def metrics(self, step: int) -> dict[str, Any] | None:
+        """``STEP_HISTOGRAMS`` as ``_Histogram``s, ``STEP_COUNTERS`` as ints."""
 
 def monotonic_ns_now() -> int: ...
 def uuid4() -> str | None: ...
 def state_fields(body: bytes) -> dict[str, Any]: ...
+def encode_refs(refs: list[_Ref]) -> bytes: ...
+def split_refs(payload: bytes) -> tuple[list[_Ref], int]: ...
+def split_state(payload: bytes) -> tuple[bytes, int]: ...
 def error_prefix(status: int, message: str, kind: str) -> bytes: ...
 def error_rest(payload: bytes) -> bytes: ...
 
+@final
 class HttpServer:
     """The Rust HTTP front of a flow (see ``aqueduct.http``)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         host: str,
         port: int,
@@ -232,7 +286,7 @@ class HttpServer:
         timeout: float,
         body_limit: int,
         threads: int,
-    ) -> None: ...
+    ) -> HttpServer: ...
     @property
     def port(self) -> int: ...
     def set_failure(self, reason: str | None) -> None: ...

@@ -38,6 +38,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// The class of `aqueduct.exceptions` a caller gets for it (`ValueError`
+    /// for [`Error::InvalidArgument`]: Python's own), and the HTTP status it
+    /// stands for — the one map, used by the binding and the HTTP server.
+    pub fn kind(&self) -> (&'static str, u16) {
+        match self {
+            Error::Full => ("QueueFullError", 503),
+            Error::Closed => ("NotRunningError", 503),
+            Error::TooLarge { .. } => ("TaskTooLargeError", 413),
+            Error::ArenaFull { .. } => ("SharedMemoryFullError", 503),
+            Error::Corrupt(_) => ("SharedMemoryCorruptError", 500),
+            Error::Os { .. } | Error::InvalidSegment(_) => ("SharedMemoryError", 500),
+            Error::InvalidArgument(_) => ("ValueError", 500),
+        }
+    }
+
     /// Wraps the calling thread's `errno` for the system call `op`.
     pub(crate) fn last_os(op: &'static str) -> Self {
         Error::Os {

@@ -52,6 +52,12 @@ impl Histogram {
     }
 }
 
+/// The names of a step's histograms and counters, in the order
+/// [`StepSnapshot::histograms`] and [`StepSnapshot::counters`] give them
+/// (the binding and the Python metrics use these names).
+pub const STEP_HISTOGRAMS: [&str; 4] = ["handle_us", "batch_us", "batch_size", "transfer_us"];
+pub const STEP_COUNTERS: [&str; 3] = ["handled", "expired", "cancelled"];
+
 /// What a step records.
 #[repr(C)]
 #[derive(Debug)]
@@ -82,6 +88,29 @@ pub struct StepSnapshot {
     pub handled: u64,
     pub expired: u64,
     pub cancelled: u64,
+}
+
+impl StepSnapshot {
+    /// Each histogram with its name (see [`STEP_HISTOGRAMS`]).
+    pub fn histograms(&self) -> [(&'static str, &HistogramSnapshot); 4] {
+        let [handle, batch, size, transfer] = STEP_HISTOGRAMS;
+        [
+            (handle, &self.handle_us),
+            (batch, &self.batch_us),
+            (size, &self.batch_size),
+            (transfer, &self.transfer_us),
+        ]
+    }
+
+    /// Each counter with its name (see [`STEP_COUNTERS`]).
+    pub fn counters(&self) -> [(&'static str, u64); 3] {
+        let [handled, expired, cancelled] = STEP_COUNTERS;
+        [
+            (handled, self.handled),
+            (expired, self.expired),
+            (cancelled, self.cancelled),
+        ]
+    }
 }
 
 impl StepMetrics {

@@ -15,7 +15,7 @@ use crate::notify::{futex_wait, futex_wake, monotonic_ns, EventFd};
 use crate::ring::{Ring, RingLayout};
 use crate::segment::Segment;
 use crate::spin::{SpinPolicy, DEFAULT_SPIN_US};
-use crate::wire::MAX_PRIORITIES;
+use crate::wire::{MAX_CLIENTS, MAX_PRIORITIES};
 
 const MAGIC: u64 = 0x6171_7565_6475_6374; // "aqueduct"
 const VERSION: u32 = 2;
@@ -454,7 +454,7 @@ impl TaskQueue {
             return;
         }
         let wanted = h.space_wanted.swap(0, Ordering::SeqCst);
-        for (i, bell) in doorbells.iter().enumerate().take(32) {
+        for (i, bell) in doorbells.iter().enumerate().take(MAX_CLIENTS as usize) {
             if wanted & (1 << i) != 0 {
                 bell.signal();
             }
@@ -467,7 +467,7 @@ impl TaskQueue {
     pub fn want_space(&self, client: u32) {
         self.header()
             .space_wanted
-            .fetch_or(1 << client.min(31), Ordering::SeqCst);
+            .fetch_or(1 << client.min(MAX_CLIENTS - 1), Ordering::SeqCst);
     }
 
     /// An asyncio consumer calls this before going idle. Returns true if a

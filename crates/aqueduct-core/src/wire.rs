@@ -106,6 +106,57 @@ pub fn split_state(payload: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((name, payload.get(2 + len..)?))
 }
 
+/// A shared-memory reference of a [`FLAG_REFS`] payload: a buffer of `len`
+/// bytes at `offset` in block `block` of the flow's arena `arena`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArenaRef {
+    pub arena: u32,
+    pub block: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Bytes of one encoded [`ArenaRef`] (`u32` arena, `u64` block, offset and
+/// length, little-endian), after the `u32` count that starts the payload.
+pub const REF_BYTES: usize = 28;
+const COUNT_BYTES: usize = 4;
+
+/// Appends the refs prefix of a [`FLAG_REFS`] payload: their count, then
+/// each ref.
+pub fn encode_refs(refs: &[ArenaRef], out: &mut Vec<u8>) -> Option<()> {
+    out.extend_from_slice(&u32::try_from(refs.len()).ok()?.to_le_bytes());
+    for r in refs {
+        out.extend_from_slice(&r.arena.to_le_bytes());
+        for word in [r.block, r.offset, r.len] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+    }
+    Some(())
+}
+
+/// Splits a [`FLAG_REFS`] payload into its refs and what follows them;
+/// `None` when it is too short for the count it starts with.
+pub fn split_refs(payload: &[u8]) -> Option<(Vec<ArenaRef>, &[u8])> {
+    let count = u32::from_le_bytes(payload.get(..COUNT_BYTES)?.try_into().ok()?) as usize;
+    let end = count.checked_mul(REF_BYTES)?.checked_add(COUNT_BYTES)?;
+    let table = payload.get(COUNT_BYTES..end)?;
+    let word = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(table.get(at..at + 8)?.try_into().ok()?))
+    };
+    let refs = (0..count)
+        .map(|i| {
+            let at = i * REF_BYTES;
+            Some(ArenaRef {
+                arena: u32::from_le_bytes(table.get(at..at + 4)?.try_into().ok()?),
+                block: word(at + 4)?,
+                offset: word(at + 12)?,
+                len: word(at + 20)?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((refs, payload.get(end..)?))
+}
+
 /// The kind of a `kind` word, without its flags.
 pub fn base_kind(kind: u32) -> u32 {
     kind & !FLAGS
@@ -151,6 +202,36 @@ mod tests {
         );
         assert_eq!(split_state(&payload[..5]), None, "a truncated name");
         assert_eq!(split_state(b""), None);
+    }
+
+    #[test]
+    fn refs_come_out_as_they_went_in_and_a_short_table_is_refused() {
+        let refs = [
+            ArenaRef {
+                arena: 1,
+                block: 65536,
+                offset: 65600,
+                len: 10,
+            },
+            ArenaRef {
+                arena: 3,
+                block: 0,
+                offset: 0,
+                len: u64::MAX,
+            },
+        ];
+        let mut payload = Vec::new();
+        encode_refs(&refs, &mut payload).expect("encodes");
+        payload.extend_from_slice(b"PICKLE");
+        let (got, rest) = split_refs(&payload).expect("splits");
+        assert_eq!((got.as_slice(), rest), (&refs[..], &b"PICKLE"[..]));
+        assert_eq!(split_refs(&payload[..20]), None, "cut in the table");
+        assert_eq!(
+            split_refs(&u32::MAX.to_le_bytes()),
+            None,
+            "a count past the payload"
+        );
+        assert_eq!(split_refs(b""), None);
     }
 
     #[test]

@@ -409,21 +409,7 @@ fn send(
                 offset: block.offset,
                 len: body.len() as u64,
             }),
-            Err(Error::Corrupt(e)) => {
-                return Err(Box::new(answer::error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &e,
-                    "SharedMemoryCorruptError",
-                )))
-            }
-            Err(_) => {
-                let message = "no room in shared memory for the body now";
-                return Err(Box::new(answer::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    message,
-                    "SharedMemoryFullError",
-                )));
-            }
+            Err(e) => return Err(Box::new(refused(e))),
         },
         _ => None,
     };
@@ -490,16 +476,8 @@ fn metrics_page(shared: &Shared) -> Response<Body> {
 
 /// The response to a request the first queue did not take.
 fn refused(error: Error) -> Response<Body> {
-    let (status, kind) = match error {
-        Error::Full => (StatusCode::SERVICE_UNAVAILABLE, "QueueFullError"),
-        Error::Closed => (StatusCode::SERVICE_UNAVAILABLE, "NotRunningError"),
-        Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "TaskTooLargeError"),
-        Error::Corrupt(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "SharedMemoryCorruptError",
-        ),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "FlowError"),
-    };
+    let (kind, status) = error.kind();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     answer::error(status, &error.to_string(), kind)
 }
 

@@ -78,17 +78,12 @@ impl PyControl {
         };
         let snap = m.snapshot();
         let d = PyDict::new(py);
-        for (name, h) in [
-            ("handle_us", &snap.handle_us),
-            ("batch_us", &snap.batch_us),
-            ("batch_size", &snap.batch_size),
-            ("transfer_us", &snap.transfer_us),
-        ] {
+        for (name, h) in snap.histograms() {
             d.set_item(name, (h.count, h.sum, h.buckets.clone()))?;
         }
-        d.set_item("handled", snap.handled)?;
-        d.set_item("expired", snap.expired)?;
-        d.set_item("cancelled", snap.cancelled)?;
+        for (name, value) in snap.counters() {
+            d.set_item(name, value)?;
+        }
         Ok(Some(d))
     }
 }

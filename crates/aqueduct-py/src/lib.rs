@@ -6,7 +6,7 @@
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use aqueduct_core::{monotonic_ns, Error};
+use aqueduct_core::{monotonic_ns, wire, Error};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -24,38 +24,31 @@ mod shm;
 mod state;
 mod worker;
 
-/// Raises the public exception from `aqueduct.exceptions` for a core error.
+/// Raises the public exception for a core error (the core's one map).
 pub(crate) fn to_py_err(err: Error) -> PyErr {
-    static FULL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    static TOO_LARGE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    static CLOSED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    static SHARED_MEMORY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    static ARENA_FULL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    static CORRUPT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    Python::attach(|py| {
-        let (cell, name) = match &err {
-            Error::Full => (&FULL, "QueueFullError"),
-            Error::TooLarge { .. } => (&TOO_LARGE, "TaskTooLargeError"),
-            Error::Closed => (&CLOSED, "NotRunningError"),
-            Error::InvalidArgument(_) => return PyValueError::new_err(err.to_string()),
-            Error::ArenaFull { .. } => (&ARENA_FULL, "SharedMemoryFullError"),
-            Error::Corrupt(_) => (&CORRUPT, "SharedMemoryCorruptError"),
-            Error::Os { .. } | Error::InvalidSegment(_) => (&SHARED_MEMORY, "SharedMemoryError"),
-        };
-        match cell.import(py, "aqueduct.exceptions", name) {
-            Ok(ty) => PyErr::from_type(ty.clone(), err.to_string()),
-            Err(import_error) => import_error,
-        }
+    let (name, _status) = err.kind();
+    if name == "ValueError" {
+        return PyValueError::new_err(err.to_string());
+    }
+    Python::attach(|py| match exception(py, name) {
+        Ok(ty) => PyErr::from_type(ty, err.to_string()),
+        Err(import_error) => import_error,
     })
+}
+
+/// The class `name` of `aqueduct.exceptions` (looked up once).
+pub(crate) fn exception<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
+    static CLASSES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let module = CLASSES.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("aqueduct.exceptions")?.into_any().unbind())
+    })?;
+    Ok(module.bind(py).getattr(name)?.cast_into::<PyType>()?)
 }
 
 /// True when `err` is `SharedMemoryCorruptError`: the process must stop
 /// reading the flow's shared memory.
 pub(crate) fn is_corrupt(py: Python<'_>, err: &PyErr) -> bool {
-    static CORRUPT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    CORRUPT
-        .import(py, "aqueduct.exceptions", "SharedMemoryCorruptError")
-        .is_ok_and(|ty| err.is_instance(py, ty))
+    exception(py, "SharedMemoryCorruptError").is_ok_and(|ty| err.is_instance(py, &ty))
 }
 
 /// Runs Python signal handlers from inside a GIL-released wait; a raised
@@ -108,6 +101,48 @@ fn state_fields<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py, pyo3::
     state::decode(py, body)
 }
 
+/// `(arena, block, offset, length)` of a shared-memory reference.
+type Ref = (u32, u64, u64, u64);
+
+/// The refs prefix of a `FLAG_REFS` payload (the layout is the core's).
+#[pyfunction]
+fn encode_refs<'py>(py: Python<'py>, refs: Vec<Ref>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    let refs: Vec<wire::ArenaRef> = refs
+        .into_iter()
+        .map(|(arena, block, offset, len)| wire::ArenaRef {
+            arena,
+            block,
+            offset,
+            len,
+        })
+        .collect();
+    let mut out = Vec::with_capacity(4 + refs.len() * wire::REF_BYTES);
+    wire::encode_refs(&refs, &mut out).ok_or_else(|| PyValueError::new_err("too many refs"))?;
+    Ok(pyo3::types::PyBytes::new(py, &out))
+}
+
+/// A `FLAG_REFS` payload's refs and where what follows them starts;
+/// ValueError when it is not well-formed.
+#[pyfunction]
+fn split_refs(payload: &[u8]) -> PyResult<(Vec<Ref>, usize)> {
+    let (refs, rest) = wire::split_refs(payload)
+        .ok_or_else(|| PyValueError::new_err("a payload without its refs"))?;
+    let refs = refs
+        .into_iter()
+        .map(|r| (r.arena, r.block, r.offset, r.len))
+        .collect();
+    Ok((refs, payload.len() - rest.len()))
+}
+
+/// A `KIND_STATE` payload's class name (`module`, NUL, `qualname`) and
+/// where its body starts; ValueError when it is not well-formed.
+#[pyfunction]
+fn split_state(payload: &[u8]) -> PyResult<(Vec<u8>, usize)> {
+    let (name, body) = wire::split_state(payload)
+        .ok_or_else(|| PyValueError::new_err("a task state without its class"))?;
+    Ok((name.to_vec(), payload.len() - body.len()))
+}
+
 /// Nanoseconds of CLOCK_MONOTONIC (the clock of task deadlines).
 #[pyfunction]
 fn monotonic_ns_now() -> u64 {
@@ -128,6 +163,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(monotonic_ns_now, m)?)?;
     m.add_function(wrap_pyfunction!(uuid4, m)?)?;
     m.add_function(wrap_pyfunction!(state_fields, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_refs, m)?)?;
+    m.add_function(wrap_pyfunction!(split_refs, m)?)?;
+    m.add_function(wrap_pyfunction!(split_state, m)?)?;
     m.add_function(wrap_pyfunction!(http_wire::error_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(http_wire::error_rest, m)?)?;
     m.add("DEFAULT_SPIN_US", aqueduct_core::spin::DEFAULT_SPIN_US)?;
@@ -140,7 +178,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         aqueduct_core::queue::DEFAULT_SLOT_BYTES,
     )?;
     // the wire constants, defined once in the core
-    use aqueduct_core::wire;
     m.add("KIND_TASK", wire::KIND_TASK)?;
     m.add("KIND_ERROR", wire::KIND_ERROR)?;
     m.add("KIND_TASK_BY_VALUE", wire::KIND_TASK_BY_VALUE)?;
@@ -160,6 +197,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BOOKKEEPING_FIELDS", wire::BOOKKEEPING_FIELDS)?;
     m.add("BUFFER_THRESHOLD", wire::BUFFER_THRESHOLD)?;
     m.add("INLINE_LIMIT", wire::INLINE_LIMIT)?;
+    m.add("STEP_HISTOGRAMS", aqueduct_core::metrics::STEP_HISTOGRAMS)?;
+    m.add("STEP_COUNTERS", aqueduct_core::metrics::STEP_COUNTERS)?;
     m.add("MAX_PRIORITIES", wire::MAX_PRIORITIES)?;
     m.add("MAX_STEPS", wire::MAX_STEPS)?;
     m.add("CLASS_PLAIN", wire::CLASS_PLAIN)?;

@@ -116,11 +116,8 @@ impl SharedArena {
         if self.inner.release(block) {
             return Ok(());
         }
-        let ty = py
-            .import("aqueduct.exceptions")?
-            .getattr("BadReferenceCount")?;
         Err(PyErr::from_type(
-            ty.cast_into()?,
+            crate::exception(py, "BadReferenceCount")?,
             format!("block {block} released by more tasks than retained it"),
         ))
     }

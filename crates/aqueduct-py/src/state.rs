@@ -11,7 +11,7 @@ use aqueduct_core::wire::{BOOKKEEPING_FIELDS as BOOKKEEPING, BUFFER_THRESHOLD, I
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyString, PyType};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyString};
 
 use crate::pickle;
 
@@ -188,12 +188,9 @@ fn to_python<'py>(py: Python<'py>, value: Field<'_>) -> Bound<'py, PyAny> {
 
 /// The error for a body that cannot be read.
 pub(crate) fn corrupt() -> PyErr {
-    static SERIALIZATION: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     let message = "a task's state in a queue message is corrupt";
-    Python::attach(|py| {
-        match SERIALIZATION.import(py, "aqueduct.exceptions", "TaskSerializationError") {
-            Ok(ty) => PyErr::from_type(ty.clone(), message),
-            Err(_) => PyValueError::new_err(message),
-        }
+    Python::attach(|py| match crate::exception(py, "TaskSerializationError") {
+        Ok(ty) => PyErr::from_type(ty, message),
+        Err(_) => PyValueError::new_err(message),
     })
 }

@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use aqueduct_core::batch::Claims;
 use aqueduct_core::wire::{
-    base_kind, client_of, FLAG_REFS, KIND_HTTP_REQUEST, KIND_STATE, KIND_TASK,
+    base_kind, client_of, FLAG_REFS, KIND_HTTP_REQUEST, KIND_STATE, KIND_TASK, MAX_CLIENTS,
+    MAX_STEPS,
 };
 use aqueduct_core::{BatchAssembler, BatchPolicy, EventFd, Message};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -76,7 +77,8 @@ struct Burst {
     /// Batches taken in this burst.
     taken: usize,
     /// Bit `i`: queue `i` got messages this burst (its consumer is woken
-    /// once, at `flush`).
+    /// once, at `flush`); a flow has at most `MAX_STEPS + MAX_CLIENTS`
+    /// queues, which `u128` holds.
     touched: u128,
     /// A signal handler raised while tasks were in hand: raised on the next
     /// call, after they are done.
@@ -239,7 +241,7 @@ impl StepWorker {
         let steps = conditions.len();
         let fits = step < steps
             && steps + doorbells.len() == queues.len()
-            && queues.len() <= 128
+            && queues.len() <= MAX_STEPS + MAX_CLIENTS as usize
             && !doorbells.is_empty();
         if !fits {
             return Err(PyValueError::new_err(

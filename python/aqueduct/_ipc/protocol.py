@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import pickle
-import struct
 import sys
 import traceback
 from dataclasses import dataclass
@@ -56,8 +55,6 @@ __all__ = [
 ]
 
 
-_NAME_LENGTH = struct.Struct("<H")
-
 #: The exit code of a worker that found the flow's shared memory corrupt
 #: (segments that fail validation): respawning it onto them cannot help.
 EXIT_CORRUPT_SEGMENT = 75
@@ -79,10 +76,10 @@ def resolve_class(name: bytes) -> Any:
 def decode_state(payload: bytes | memoryview) -> Any:
     """The task a ``KIND_STATE`` payload describes: an object of its class
     whose ``__dict__`` is the pickled dict (what unpickling would build)."""
-    (length,) = _NAME_LENGTH.unpack_from(payload)
-    cls = resolve_class(bytes(payload[2 : 2 + length]))
+    name, start = _core.split_state(bytes(payload))
+    cls = resolve_class(name)
     task = cls.__new__(cls)
-    task.__dict__ = _core.state_fields(bytes(payload[2 + length :]))
+    task.__dict__ = _core.state_fields(bytes(payload[start:]))
     return task
 
 

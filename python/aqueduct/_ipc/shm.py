@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-import struct
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -47,8 +46,6 @@ THRESHOLD = BUFFER_THRESHOLD
 #: Default size of each arena (sparse: memory is used only by live buffers).
 DEFAULT_SHM_SIZE = 1 << 30
 
-_REF = struct.Struct("<IQQQ")  # arena, block, offset, length
-_COUNT = struct.Struct("<I")
 _BYTES_TYPES = (bytes, bytearray, memoryview)
 _BYTES_EXACT = frozenset(_BYTES_TYPES)
 
@@ -241,13 +238,11 @@ class SharedMemory:
 
 
 def encode_refs(refs: list[Ref]) -> bytes:
-    return _COUNT.pack(len(refs)) + b"".join(_REF.pack(*ref) for ref in refs)
+    """The refs prefix of a ``FLAG_REFS`` payload (layout: the core's wire.rs)."""
+    return _core.encode_refs(refs)
 
 
 def split(payload: bytes) -> tuple[list[Ref], memoryview]:
     """Separates the refs prefix of a message payload from the pickle."""
-    view = memoryview(payload)
-    (count,) = _COUNT.unpack_from(view)
-    end = _COUNT.size + count * _REF.size
-    refs = [_REF.unpack_from(view, _COUNT.size + i * _REF.size) for i in range(count)]
-    return refs, view[end:]
+    refs, start = _core.split_refs(payload)
+    return refs, memoryview(payload)[start:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from .. import _core
 from ..logger import log
@@ -64,19 +65,10 @@ def snapshot(
         queue_size = 0
         if index < len(queues) and collector.is_collectible(MetricsTypes.QUEUE_SIZE):
             queue_size = len(queues[index])
-        steps.append(
-            StepMetrics(
-                name=name,
-                handle_us=Histogram.from_raw(raw["handle_us"]),
-                batch_us=Histogram.from_raw(raw["batch_us"]),
-                batch_size=Histogram.from_raw(raw["batch_size"]),
-                transfer_us=Histogram.from_raw(raw["transfer_us"]),
-                handled=raw["handled"],
-                expired=raw["expired"],
-                cancelled=raw["cancelled"],
-                queue_size=queue_size,
-            )
-        )
+        # the fields are the core's (STEP_HISTOGRAMS, STEP_COUNTERS)
+        recorded: dict[str, Any] = {n: Histogram.from_raw(raw[n]) for n in _core.STEP_HISTOGRAMS}
+        recorded.update((n, raw[n]) for n in _core.STEP_COUNTERS)
+        steps.append(StepMetrics(name=name, queue_size=queue_size, **recorded))
     memory: dict[str, int] = {}
     if collector.is_collectible(MetricsTypes.MEMORY_USAGE):
         memory = {label: rss_bytes(pid) for label, pid in processes(workers)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 
 AQUEDUCT = "aqueduct"
@@ -67,17 +67,17 @@ class StepMetrics:
     queue_size: int
 
     def __sub__(self, other: StepMetrics) -> StepMetrics:
-        return StepMetrics(
-            self.name,
-            self.handle_us - other.handle_us,
-            self.batch_us - other.batch_us,
-            self.batch_size - other.batch_size,
-            self.transfer_us - other.transfer_us,
-            self.handled - other.handled,
-            self.expired - other.expired,
-            self.cancelled - other.cancelled,
-            self.queue_size,
-        )
+        """What was recorded since ``other``; the queue size is this one's."""
+        recorded = {
+            f.name: getattr(self, f.name) - getattr(other, f.name)
+            for f in fields(self)
+            if f.name not in ("name", "queue_size")
+        }
+        return StepMetrics(name=self.name, queue_size=self.queue_size, **recorded)
+
+    def zero(self) -> StepMetrics:
+        """The same step with nothing recorded."""
+        return self - self
 
 
 @dataclass
@@ -91,12 +91,7 @@ class FlowMetrics:
 
     def zero(self) -> FlowMetrics:
         """The same shape with nothing recorded (a baseline for deltas)."""
-        empty = Histogram(0, 0, [0] * len(self.steps[0].handle_us.buckets)) if self.steps else None
-        steps = [
-            StepMetrics(s.name, empty, empty, empty, empty, 0, 0, 0, 0)  # type: ignore[arg-type]
-            for s in self.steps
-        ]
-        return FlowMetrics(steps, dict.fromkeys(self.tasks, 0), {})
+        return FlowMetrics([s.zero() for s in self.steps], dict.fromkeys(self.tasks, 0), {})
 
     def __sub__(self, other: FlowMetrics) -> FlowMetrics:
         return FlowMetrics(

@@ -9,14 +9,6 @@ use pyo3::types::{PyDict, PyType};
 
 use super::Client;
 
-fn exception_type<'py>(
-    py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyType>>,
-    name: &str,
-) -> PyResult<&'py Bound<'py, PyType>> {
-    cell.import(py, "aqueduct.exceptions", name)
-}
-
 /// The event loop this client's futures belong to, and its callbacks.
 pub(super) struct Loop {
     pub(super) create_future: Py<PyAny>,
@@ -113,7 +105,6 @@ pub(super) fn future_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
 }
 
 pub(super) fn timeout_error(py: Python<'_>, timeout_s: f64) -> PyResult<Bound<'_, PyAny>> {
-    static TIMEOUT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     let message = format!("Task timeout error: not done in {timeout_s} s");
-    exception_type(py, &TIMEOUT, "TaskTimeoutError")?.call1((message,))
+    crate::exception(py, "TaskTimeoutError")?.call1((message,))
 }

@@ -10,8 +10,7 @@ use aqueduct_core::{monotonic_ns, Error, MessageHeader, Outbound};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyType};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt};
 
 use super::event_loop::future_type;
 use super::{ClassInfo, Client, Entry};
@@ -275,12 +274,9 @@ impl Client {
             .queue_size
             .map_or_else(|| "its ring".to_owned(), |n| n.to_string());
         let message = format!("the queue of {name} is full ({bound} tasks)");
-        Python::attach(|py| {
-            static FULL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-            match FULL.import(py, "aqueduct.exceptions", "QueueFullError") {
-                Ok(ty) => PyErr::from_type(ty.clone(), message),
-                Err(e) => e,
-            }
+        Python::attach(|py| match crate::exception(py, "QueueFullError") {
+            Ok(ty) => PyErr::from_type(ty, message),
+            Err(e) => e,
         })
     }
 
