@@ -1,7 +1,7 @@
 """The native binding's promises (``aqueduct._core``, typed by its
 ``_core.pyi``): blocking calls release the GIL and still run Python signal
 handlers; queues are anonymous shared memory; messages keep their fields;
-arena reference counts stay in range."""
+the core's errors reach Python as the package's exceptions."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 
 import pytest
 from aqueduct import _core
-from aqueduct.exceptions import BadReferenceCount, TaskTooLargeError
+from aqueduct.exceptions import TaskTooLargeError
 from support import eventually
 
 
@@ -127,28 +127,13 @@ def consume_one_soon(queue: _core.Queue) -> threading.Thread:
     return thread
 
 
-def test_wait_space_is_bounded_and_wakes_on_release():
-    queue = _core.Queue.create(1, 4, 64, 2)
-    assert queue.try_push(message(1, b"a")) is True
-    assert queue.try_push(message(2, b"b")) is True
-    assert queue.try_push(message(3, b"c")) is False  # full is an answer, not an error
-    started = time.monotonic()
-    assert queue.wait_space(0.2) is False
-    assert 0.15 <= time.monotonic() - started < 2
-
-    thread = consume_one_soon(queue)
-    assert queue.wait_space(5) is True
-    thread.join(5)
-    assert queue.try_push(message(3, b"c")) is True
-
-
 def test_push_waiting_waits_for_room_within_its_bound():
     queue = _core.Queue.create(1, 4, 64, 1)
     assert queue.try_push(message(1))
     started = time.monotonic()
     assert queue.push_waiting(message(2), 0.2) is False  # no room came
     assert 0.15 <= time.monotonic() - started < 2
-    expired = message(3, deadline_ns=_core.monotonic_ns_now() + 100_000_000)
+    expired = message(3, deadline_ns=time.monotonic_ns() + 100_000_000)
     assert queue.push_waiting(expired, 60) is False  # its own deadline bounds it
     assert time.monotonic() - started < 3
 
@@ -163,7 +148,7 @@ def test_push_waiting_waits_for_room_within_its_bound():
 def test_errors_map_to_public_exceptions():
     queue = _core.Queue.create(1, 8, 64)
     with pytest.raises(TaskTooLargeError, match="bytes"):
-        queue.try_push(message(1, b"x" * (queue.max_payload + 1)))
+        queue.try_push(message(1, b"x" * (1 << 20)))  # more than its 8 slots hold
     with pytest.raises(ValueError):
         step_worker(queue, batch_size=0)
 
@@ -182,17 +167,3 @@ def test_the_doorbell_is_an_eventfd_for_the_event_loop():
     bell.signal()
     assert bell.drain() == 2
     assert os.readlink(f"/proc/self/fd/{bell.fd}") == "anon_inode:[eventfd]"
-
-
-def test_a_block_released_more_often_than_retained_is_refused_not_freed():
-    arena = _core.SharedArena.create(1 << 22, True)
-    block = arena.place(b"x" * 100_000, 1)
-    arena.retain(block)
-    arena.release(block)  # the last holder: freed
-    assert arena.used == 0
-    with pytest.raises(BadReferenceCount, match=f"block {block}"):
-        arena.release(block)
-    kept = arena.place(b"y" * 100_000, 2)  # allocated, not yet retained
-    with pytest.raises(BadReferenceCount):
-        arena.release(kept)
-    assert arena.used >= 100_000, "a refused release frees nothing"

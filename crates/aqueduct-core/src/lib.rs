@@ -11,6 +11,8 @@
 //! * [`batch`] — batch assembly with `batch_size` / `batch_timeout`;
 //! * [`client`] — one process's way in and out of a flow: keys, pushing,
 //!   answers, deadlines, cancelling (the binding's and the HTTP server's);
+//! * [`consumer`] — a worker's side of its step: bursts of batches, pushes
+//!   on (waiting for room), one wake-up per fed queue per burst;
 //! * [`control`] — per-worker claims and the cancel set of a flow;
 //! * [`ids`] — random task ids without a system call per id;
 //! * [`metrics`] — per-step histograms and counters in shared memory;
@@ -18,13 +20,16 @@
 //! * [`pending`] — a client's tasks in flight: keys and deadlines;
 //! * [`spin`] — when a waiter spins before sleeping;
 //! * [`state`] — a task's fields as a message body;
-//! * [`wire`] — message kinds, flags and key layout.
+//! * [`wire`] — message kinds, flags and key layout;
+//! * [`exported`] — every constant the Python package uses, by name.
 
 pub mod arena;
 pub mod batch;
 pub mod client;
+pub mod consumer;
 pub mod control;
 pub mod error;
+pub mod exported;
 pub mod http_wire;
 pub mod ids;
 pub mod metrics;
@@ -41,6 +46,7 @@ pub mod wire;
 pub use arena::{Arena, Block};
 pub use batch::{Batch, BatchAssembler, BatchPolicy};
 pub use client::{Answer, ClientConfig, ClientCore, ClientQueues, Outbound, Submitted};
+pub use consumer::{ConsumerConfig, StepConsumer};
 pub use control::Control;
 pub use error::{Error, Result};
 pub use notify::{monotonic_ns, EventFd};

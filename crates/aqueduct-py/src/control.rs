@@ -42,10 +42,6 @@ impl PyControl {
         self.inner.cancel(key);
     }
 
-    fn uncancel(&self, key: u64) {
-        self.inner.uncancel(key);
-    }
-
     /// The next client slot (each process submitting tasks takes one).
     fn claim_client(&self) -> u64 {
         self.inner.claim_client()

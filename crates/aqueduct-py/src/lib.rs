@@ -143,12 +143,6 @@ fn split_state(payload: &[u8]) -> PyResult<(Vec<u8>, usize)> {
     Ok((name.to_vec(), payload.len() - body.len()))
 }
 
-/// Nanoseconds of CLOCK_MONOTONIC (the clock of task deadlines).
-#[pyfunction]
-fn monotonic_ns_now() -> u64 {
-    monotonic_ns()
-}
-
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<message::PyMessage>()?;
@@ -160,7 +154,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<shm::SharedArena>()?;
     m.add_class::<shm::ShmView>()?;
     m.add_class::<http_server::HttpServer>()?;
-    m.add_function(wrap_pyfunction!(monotonic_ns_now, m)?)?;
     m.add_function(wrap_pyfunction!(uuid4, m)?)?;
     m.add_function(wrap_pyfunction!(state_fields, m)?)?;
     m.add_function(wrap_pyfunction!(encode_refs, m)?)?;
@@ -168,42 +161,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_state, m)?)?;
     m.add_function(wrap_pyfunction!(http_wire::error_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(http_wire::error_rest, m)?)?;
-    m.add("DEFAULT_SPIN_US", aqueduct_core::spin::DEFAULT_SPIN_US)?;
-    m.add(
-        "DEFAULT_RING_SLOTS",
-        aqueduct_core::queue::DEFAULT_RING_SLOTS,
-    )?;
-    m.add(
-        "DEFAULT_SLOT_BYTES",
-        aqueduct_core::queue::DEFAULT_SLOT_BYTES,
-    )?;
-    // the wire constants, defined once in the core
-    m.add("KIND_TASK", wire::KIND_TASK)?;
-    m.add("KIND_ERROR", wire::KIND_ERROR)?;
-    m.add("KIND_TASK_BY_VALUE", wire::KIND_TASK_BY_VALUE)?;
-    m.add("KIND_DROPPED", wire::KIND_DROPPED)?;
-    m.add("KIND_STATE", wire::KIND_STATE)?;
-    m.add("KIND_HTTP_REQUEST", wire::KIND_HTTP_REQUEST)?;
-    m.add("KIND_HTTP_RESPONSE", wire::KIND_HTTP_RESPONSE)?;
-    m.add("FLAG_HTTP", wire::FLAG_HTTP)?;
-    m.add("HTTP_ROUTE_SHIFT", wire::HTTP_ROUTE_SHIFT)?;
-    m.add("HTTP_ROUTE_MASK", wire::HTTP_ROUTE_MASK)?;
-    m.add("FLAG_REFS", wire::FLAG_REFS)?;
-    m.add("FLAG_BODY", wire::FLAG_BODY)?;
-    m.add("FLAGS", wire::FLAGS)?;
-    m.add("CLIENT_SHIFT", wire::CLIENT_SHIFT)?;
-    m.add("MAX_CLIENTS", wire::MAX_CLIENTS)?;
-    m.add("PICKLE_PROTOCOL", wire::PICKLE_PROTOCOL)?;
-    m.add("BOOKKEEPING_FIELDS", wire::BOOKKEEPING_FIELDS)?;
-    m.add("BUFFER_THRESHOLD", wire::BUFFER_THRESHOLD)?;
-    m.add("INLINE_LIMIT", wire::INLINE_LIMIT)?;
-    m.add("STEP_HISTOGRAMS", aqueduct_core::metrics::STEP_HISTOGRAMS)?;
-    m.add("STEP_COUNTERS", aqueduct_core::metrics::STEP_COUNTERS)?;
-    m.add("MAX_PRIORITIES", wire::MAX_PRIORITIES)?;
-    m.add("MAX_STEPS", wire::MAX_STEPS)?;
-    m.add("CLASS_PLAIN", wire::CLASS_PLAIN)?;
-    m.add("CLASS_NAMED", wire::CLASS_NAMED)?;
-    m.add("CLASS_STATE", wire::CLASS_STATE)?;
-    m.add("CLASS_TIMEOUT", wire::CLASS_TIMEOUT)?;
+    // the constants and limits, each defined once in the core
+    for (name, value) in aqueduct_core::exported::NUMBERS {
+        m.add(name, value)?;
+    }
+    for (name, names) in aqueduct_core::exported::NAMES {
+        m.add(name, names)?;
+    }
     Ok(())
 }

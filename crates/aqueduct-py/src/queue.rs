@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aqueduct_core::queue::{DEFAULT_RING_SLOTS, DEFAULT_SLOT_BYTES, PUSH_WAIT_NO_DEADLINE};
 use aqueduct_core::spin::DEFAULT_SPIN_US;
-use aqueduct_core::{monotonic_ns, Error, EventFd, QueueConfig, TaskQueue, Wait};
+use aqueduct_core::{monotonic_ns, Error, EventFd, QueueConfig, TaskQueue};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
@@ -113,21 +113,6 @@ impl Queue {
         self.inner.raw_fd()
     }
 
-    #[getter]
-    fn max_payload(&self) -> usize {
-        self.inner.max_payload()
-    }
-
-    #[getter]
-    fn priorities(&self) -> u32 {
-        self.inner.priorities()
-    }
-
-    #[getter]
-    fn closed(&self) -> bool {
-        self.inner.is_closed()
-    }
-
     fn __len__(&self) -> usize {
         self.inner.len() as usize
     }
@@ -191,12 +176,6 @@ impl Queue {
         self.inner.released(&bells);
     }
 
-    /// Client `client` met a full queue and asks to be rung when room frees.
-    #[pyo3(signature = (client=0))]
-    fn want_space(&self, client: u32) {
-        self.inner.want_space(client);
-    }
-
     /// Takes up to `limit` ready messages without waiting, as `Message`s;
     /// with `control`,
     /// records their time in the queue as step `step`'s transfer time.
@@ -223,21 +202,6 @@ impl Queue {
             list.append(PyMessage::of(py, &m))?;
         }
         Ok(list)
-    }
-
-    /// Blocks (GIL released) until a consumer frees room, the queue closes or
-    /// `timeout` seconds pass. True when it is worth retrying the push.
-    fn wait_space(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
-        let deadline = deadline_after(Some(timeout))?;
-        let mut pending = None;
-        let outcome = py.detach(|| {
-            self.inner
-                .wait_space(deadline, &mut signal_checker(&mut pending))
-        });
-        if let Some(e) = pending {
-            return Err(e);
-        }
-        Ok(outcome == Wait::Ready)
     }
 
     /// Fault injection for tests: leaves an unfinished message, as a producer

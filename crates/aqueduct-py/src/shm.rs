@@ -104,24 +104,6 @@ impl SharedArena {
         self.make_view(block, offset, len)
     }
 
-    /// A task in flight now refers to `block` (tracked arenas only).
-    fn retain(&self, block: u64) {
-        self.inner.retain(block);
-    }
-
-    /// A task that referred to `block` has finished (tracked arenas only).
-    /// Raises `BadReferenceCount` for a block no task holds: freeing it then
-    /// could hand memory someone still reads to the next task.
-    fn release(&self, py: Python<'_>, block: u64) -> PyResult<()> {
-        if self.inner.release(block) {
-            return Ok(());
-        }
-        Err(PyErr::from_type(
-            crate::exception(py, "BadReferenceCount")?,
-            format!("block {block} released by more tasks than retained it"),
-        ))
-    }
-
     /// Frees every block allocated for one of `keys` (tasks a dead worker
     /// held); returns how many.
     fn free_keys(&self, keys: Vec<u64>) -> usize {

@@ -19,15 +19,11 @@
 //! describes an exception; `resolve(name)` finds a `KIND_STATE` class.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use aqueduct_core::batch::Claims;
-use aqueduct_core::wire::{
-    base_kind, client_of, FLAG_REFS, KIND_HTTP_REQUEST, KIND_STATE, KIND_TASK, MAX_CLIENTS,
-    MAX_STEPS,
-};
-use aqueduct_core::{BatchAssembler, BatchPolicy, EventFd, Message};
+use aqueduct_core::wire::{base_kind, FLAG_REFS, KIND_HTTP_REQUEST, KIND_STATE, KIND_TASK};
+use aqueduct_core::{BatchPolicy, ConsumerConfig, Message, StepConsumer};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
@@ -62,7 +58,7 @@ impl StateClass {
     }
 }
 
-/// The burst being worked on and its current batch.
+/// The current batch of a burst, as the Python side holds it.
 #[derive(Default)]
 struct Burst {
     /// The current batch's messages, and per message its task once loaded
@@ -74,12 +70,6 @@ struct Burst {
     classes: Vec<Option<StateClass>>,
     /// The current batch was handed out.
     handed: bool,
-    /// Batches taken in this burst.
-    taken: usize,
-    /// Bit `i`: queue `i` got messages this burst (its consumer is woken
-    /// once, at `flush`); a flow has at most `MAX_STEPS + MAX_CLIENTS`
-    /// queues, which `u128` holds.
-    touched: u128,
     /// A signal handler raised while tasks were in hand: raised on the next
     /// call, after they are done.
     deferred: Option<PyErr>,
@@ -88,16 +78,9 @@ struct Burst {
 /// One worker's side of its step (see the module docs).
 #[pyclass(module = "aqueduct._core", frozen)]
 pub(crate) struct StepWorker {
-    assembler: BatchAssembler,
-    /// Most batches taken after one wait.
-    burst_limit: usize,
-    step: usize,
-    slot: usize,
+    /// The core's side of the step: batches in, pushes out, wake-ups.
+    consumer: Mutex<StepConsumer>,
     input: Py<Queue>,
-    /// Every step's input queue, then one result queue per client.
-    queues: Vec<Py<Queue>>,
-    doorbells: Vec<Py<Doorbell>>,
-    control: Py<PyControl>,
     /// `(queue index, handle_condition)` of the steps after this one.
     later: Vec<(usize, Py<PyAny>)>,
     /// This step's own `handle_condition` (a task from an HTTP request it
@@ -128,13 +111,10 @@ impl StepWorker {
             .map_err(|_| PyRuntimeError::new_err("aqueduct worker state is in use"))
     }
 
-    fn nsteps(&self) -> usize {
-        self.queues.len() - self.doorbells.len()
-    }
-
-    /// Index of the result queue of the client that submitted `key`.
-    fn results_of(&self, key: u64) -> usize {
-        self.nsteps() + client_of(key, self.doorbells.len() as u32) as usize
+    fn consumer(&self) -> PyResult<MutexGuard<'_, StepConsumer>> {
+        self.consumer
+            .try_lock()
+            .map_err(|_| PyRuntimeError::new_err("aqueduct worker state is in use"))
     }
 
     /// Lets dropped (expired or cancelled) tasks' blocks go: the Python
@@ -153,22 +133,29 @@ impl StepWorker {
         }
         for message in messages {
             if base_kind(message.header.kind) == KIND_HTTP_REQUEST && http::body_in_arena(message) {
-                let to = self.send_dropped(py, message)?;
-                self.notify(to);
+                let mut consumer = self.consumer()?;
+                let c = &mut *consumer;
+                let to = waiting(py, |interrupt| c.send_dropped(message, interrupt))?;
+                c.notify(to);
             }
         }
         Ok(())
     }
+}
 
-    /// Wakes the consumers of queue `index`: a step's workers, or a
-    /// client through its doorbell.
-    fn notify(&self, index: usize) {
-        let bell = index
-            .checked_sub(self.nsteps())
-            .and_then(|client| self.doorbells.get(client))
-            .map(|d| &*d.get().inner);
-        self.queues[index].get().inner.notify(bell);
+/// Runs `f` — a push that may wait for room — with the GIL released, running
+/// Python's signal handlers meanwhile (what they raise ends the wait, and
+/// is raised here); a queue found corrupt raises `SharedMemoryCorruptError`.
+pub(super) fn waiting<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce(&mut dyn FnMut() -> bool) -> aqueduct_core::Result<T> + Send,
+) -> PyResult<T> {
+    let mut pending = None;
+    let done = py.detach(|| f(&mut signal_checker(&mut pending)));
+    if let Some(e) = pending {
+        return Err(e);
     }
+    done.map_err(to_py_err)
 }
 
 /// What became of a message of a batch.
@@ -238,30 +225,35 @@ impl StepWorker {
         if batch_timeout.is_nan() || batch_timeout < 0.0 {
             return Err(PyValueError::new_err("batch_timeout must be >= 0"));
         }
-        let steps = conditions.len();
-        let fits = step < steps
-            && steps + doorbells.len() == queues.len()
-            && queues.len() <= MAX_STEPS + MAX_CLIENTS as usize
-            && !doorbells.is_empty();
-        if !fits {
+        if conditions.len() + doorbells.len() != queues.len() || step >= conditions.len() {
             return Err(PyValueError::new_err(
                 "step, conditions and queues do not fit",
             ));
         }
+        let config = ConsumerConfig {
+            step,
+            slot,
+            batch: BatchPolicy {
+                size: batch_size,
+                timeout: Duration::from_secs_f64(batch_timeout.min(1e6)),
+            },
+            burst,
+        };
+        let consumer = StepConsumer::new(
+            config,
+            queues.iter().map(|q| Arc::clone(&q.get().inner)).collect(),
+            doorbells
+                .iter()
+                .map(|d| Arc::clone(&d.get().inner))
+                .collect(),
+            Arc::clone(&control.get().inner),
+        )
+        .map_err(to_py_err)?;
         let own = conditions[step].clone_ref(py);
         let later = conditions.into_iter().enumerate().skip(step + 1).collect();
         Ok(StepWorker {
-            assembler: BatchAssembler::new(BatchPolicy {
-                size: batch_size,
-                timeout: Duration::from_secs_f64(batch_timeout.min(1e6)),
-            }),
-            burst_limit: burst,
-            step,
-            slot,
+            consumer: Mutex::new(consumer),
             input: queues[step].clone_ref(py),
-            queues,
-            doorbells,
-            control,
             later,
             own,
             http,
@@ -283,21 +275,11 @@ impl StepWorker {
         *burst = Burst::default();
         drop(burst);
         let deadline = deadline_after(idle_timeout)?;
-        let control = &self.control.get().inner;
-        let queue = &self.input.get().inner;
+        let mut consumer = self.consumer()?;
+        let c = &mut *consumer;
         let mut pending = None;
-        let batch = py.detach(|| {
-            let batch = self.assembler.next_batch_claimed(
-                queue,
-                deadline,
-                &mut signal_checker(&mut pending),
-                Some(self.claims(control)),
-            );
-            if let Ok(batch) = &batch {
-                self.released(batch);
-            }
-            batch
-        });
+        let batch = py.detach(|| c.wait(deadline, &mut signal_checker(&mut pending)));
+        drop(consumer);
         // corrupt shared memory: the worker must stop reading it (its
         // Python half exits; the tasks it claimed are failed by the parent)
         let batch = batch.map_err(to_py_err)?;
@@ -321,23 +303,11 @@ impl StepWorker {
     /// then, up to the burst's limit, whatever is queued by now (empty when
     /// nothing is: the burst is over).
     fn batch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let take_more = {
-            let mut burst = self.burst()?;
-            let take_more = burst.handed;
-            if take_more && burst.taken >= self.burst_limit {
-                return Ok(PyList::empty(py));
-            }
-            burst.handed = true;
-            take_more
-        };
+        let take_more = std::mem::replace(&mut self.burst()?.handed, true);
         if take_more {
-            let control = &self.control.get().inner;
-            let queue = &self.input.get().inner;
-            let batch = self
-                .assembler
-                .next_ready(queue, Some(self.claims(control)))
-                .map_err(to_py_err)?;
-            self.released(&batch);
+            let Some(batch) = self.consumer()?.next_in_burst().map_err(to_py_err)? else {
+                return Ok(PyList::empty(py)); // the burst took its most batches
+            };
             self.drop_messages(py, &batch.expired)?;
             self.burst()?.start(batch.messages);
         }
@@ -355,9 +325,9 @@ impl StepWorker {
                 Load::Sent(to) => touched |= 1 << to, // reported, or on without the handler
             }
         }
+        self.touch(touched)?;
         let mut burst = self.burst()?;
         burst.messages = messages;
-        burst.touched |= touched;
         for (i, task, refs, class) in loaded {
             burst.tasks[i] = Some(task);
             burst.refs[i] = refs;
@@ -374,19 +344,11 @@ impl StepWorker {
     #[pyo3(signature = (took_ns=0))]
     fn forward(&self, py: Python<'_>, took_ns: u64) -> PyResult<()> {
         let work = self.take()?;
-        if let Some(m) = self.control.get().inner.metrics(self.step) {
-            let tasks = work.len() as u64;
-            m.handle_us.record(took_ns / 1000);
-            m.batch_size.record(tasks);
-            m.handled
-                .fetch_add(tasks, std::sync::atomic::Ordering::Relaxed);
-        }
-        let mut touched = 0u128;
+        self.consumer()?.record_handled(took_ns, work.len());
         for (message, task, refs, class) in work {
             let task = task.into_bound(py);
-            touched |= 1 << self.forward_one(&task, &message, refs, class.as_ref())?;
+            self.forward_one(&task, &message, refs, class.as_ref())?;
         }
-        self.burst()?.touched |= touched;
         if took_ns >= SLOW_BATCH_NS {
             self.flush()?; // a wake-up costs far less than the wait
         }
@@ -396,25 +358,17 @@ impl StepWorker {
     /// The handler raised on the current batch: each of its tasks fails
     /// with the error report `payload`.
     fn fail(&self, py: Python<'_>, payload: &[u8]) -> PyResult<()> {
-        let work = self.take()?;
-        let mut touched = 0u128;
-        for (message, _task, refs, _class) in work {
+        for (message, _task, refs, _class) in self.take()? {
             self.retire(py, refs.as_ref(), None)?;
             let h = message.header;
-            touched |= 1 << self.send_error(py, h.key, h.priority, payload)?;
+            self.send_error(py, h.key, h.priority, payload)?;
         }
-        self.burst()?.touched |= touched;
         Ok(())
     }
 
     /// Wakes the consumer of every queue this burst pushed to, once.
     fn flush(&self) -> PyResult<()> {
-        let touched = std::mem::take(&mut self.burst()?.touched);
-        for index in 0..self.queues.len() {
-            if touched & (1 << index) != 0 {
-                self.notify(index);
-            }
-        }
+        self.consumer()?.flush();
         Ok(())
     }
 
@@ -438,21 +392,13 @@ impl StepWorker {
 }
 
 impl StepWorker {
-    fn claims<'a>(&self, control: &'a aqueduct_core::Control) -> Claims<'a> {
-        Claims {
-            control,
-            slot: self.slot,
-            step: self.step,
-        }
-    }
-
-    /// Frees the room taken messages held (ringing the doorbells of clients
-    /// waiting for it).
-    fn released(&self, batch: &aqueduct_core::Batch) {
-        if !batch.messages.is_empty() || !batch.expired.is_empty() {
-            let bells: Vec<&EventFd> = self.doorbells.iter().map(|d| &*d.get().inner).collect();
-            self.input.get().inner.released(&bells);
-        }
+    /// Queues the Python half pushed to (bit `i`: queue `i`), woken at `flush`.
+    fn touch(&self, touched: u128) -> PyResult<()> {
+        let mut consumer = self.consumer()?;
+        (0..128)
+            .filter(|i| touched & (1 << i) != 0)
+            .for_each(|i| consumer.touch(i));
+        Ok(())
     }
 
     /// Takes the loaded tasks of the current batch (with their messages,
@@ -482,6 +428,5 @@ impl Burst {
         self.refs = (0..messages.len()).map(|_| None).collect();
         self.classes = (0..messages.len()).map(|_| None).collect();
         self.messages = messages;
-        self.taken += 1;
     }
 }

@@ -2,20 +2,19 @@
 //! tasks, routing and encoding handled ones, pushing them on (waiting for
 //! room), error reports.
 
-use aqueduct_core::queue::PUSH_WAIT_NO_DEADLINE;
 use aqueduct_core::wire::{
-    base_kind, split_state, state_prefix, FLAG_HTTP, HTTP_ROUTE_MASK, INLINE_LIMIT, KIND_DROPPED,
-    KIND_ERROR, KIND_HTTP_REQUEST, KIND_HTTP_RESPONSE, KIND_STATE, KIND_TASK, KIND_TASK_BY_VALUE,
+    base_kind, split_state, state_prefix, FLAG_HTTP, HTTP_ROUTE_MASK, INLINE_LIMIT,
+    KIND_HTTP_REQUEST, KIND_HTTP_RESPONSE, KIND_STATE, KIND_TASK, KIND_TASK_BY_VALUE,
 };
-use aqueduct_core::{monotonic_ns, Message, MessageHeader};
+use aqueduct_core::{Message, MessageHeader};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
-use super::{StateClass, StepWorker};
+use super::{waiting, StateClass, StepWorker};
 use crate::calls::{call1, instance_dict, new_instance, set_instance_dict};
-use crate::{is_corrupt, pickle, signal_checker, state, to_py_err};
+use crate::{is_corrupt, pickle, state};
 
 impl StepWorker {
     /// Index of the next step whose condition holds for `task`, or of the
@@ -32,7 +31,7 @@ impl StepWorker {
                 return Ok(*index);
             }
         }
-        Ok(self.results_of(key))
+        Ok(self.consumer()?.results_of(key))
     }
 
     /// Pushes one message into queue `index`, waiting (GIL released) while
@@ -46,30 +45,9 @@ impl StepWorker {
         header: &MessageHeader,
         parts: &[&[u8]],
     ) -> PyResult<bool> {
-        let queue = &self.queues[index].get().inner;
-        match queue.push_parts(header, parts) {
-            Err(aqueduct_core::Error::Full) => {}
-            Err(e @ aqueduct_core::Error::Corrupt(_)) => return Err(to_py_err(e)),
-            done => return Ok(done.is_ok()),
-        }
-        let give_up = if header.deadline_ns == 0 {
-            monotonic_ns() + PUSH_WAIT_NO_DEADLINE.as_nanos() as u64
-        } else {
-            header.deadline_ns
-        };
-        let mut pending = None;
-        let pushed = py.detach(|| {
-            queue.push_waiting(
-                header,
-                parts,
-                Some(give_up),
-                &mut signal_checker(&mut pending),
-            )
-        });
-        match pushed {
-            Err(e @ aqueduct_core::Error::Corrupt(_)) => Err(to_py_err(e)),
-            pushed => Ok(pushed.is_ok()),
-        }
+        let mut consumer = self.consumer()?;
+        let c = &mut *consumer;
+        waiting(py, |interrupt| c.push(index, header, parts, interrupt))
     }
 
     /// Sends one task on — to the next step whose condition holds, or
@@ -121,7 +99,7 @@ impl StepWorker {
             enqueued_ns: 0,
             ..h
         };
-        if http != 0 && to >= self.nsteps() {
+        if http != 0 && to >= self.consumer()?.steps() {
             let Some(ends) = &self.http else {
                 return Err(PyRuntimeError::new_err(
                     "an HTTP task in a flow not served over HTTP",
@@ -254,38 +232,19 @@ impl StepWorker {
         Ok(Some((task, class)))
     }
 
-    /// Tells the client of a dropped task that no worker reads the blocks
-    /// of its arena it refers to any more; returns the queue it went to.
-    pub(super) fn send_dropped(&self, py: Python<'_>, message: &Message) -> PyResult<usize> {
-        let index = self.results_of(message.header.key);
-        let header = MessageHeader {
-            key: message.header.key,
-            deadline_ns: 0,
-            kind: KIND_DROPPED,
-            priority: message.header.priority,
-            enqueued_ns: 0,
-        };
-        self.push(py, index, &header, &[])?;
-        Ok(index)
-    }
-
-    /// Pushes a worker's error report for `key` to its client.
+    /// Pushes a worker's error report for `key` to its client; returns the
+    /// queue it went to.
     pub(super) fn send_error(
         &self,
         py: Python<'_>,
         key: u64,
         priority: u32,
-        payload: &[u8],
+        report: &[u8],
     ) -> PyResult<usize> {
-        let index = self.results_of(key);
-        let header = MessageHeader {
-            key,
-            deadline_ns: 0,
-            kind: KIND_ERROR,
-            priority,
-            enqueued_ns: 0,
-        };
-        self.push(py, index, &header, &[payload])?;
-        Ok(index)
+        let mut consumer = self.consumer()?;
+        let c = &mut *consumer;
+        waiting(py, |interrupt| {
+            c.send_error(key, priority, report, interrupt)
+        })
     }
 }

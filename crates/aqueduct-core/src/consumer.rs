@@ -1,0 +1,370 @@
+//! A worker's side of its step, free of Python: taking batches from the
+//! step's queue (a burst of them after one wait), pushing what it sends on —
+//! to a later step or back to a client — waiting for room while the task is
+//! still wanted, and waking each queue it fed once per burst.
+//!
+//! A burst: after one wait, a worker takes up to `burst` batches one after
+//! the other as long as some are queued, without waiting again; each is
+//! what is queued when the one before is done, so a slow handler still gets
+//! full batches, and the consumers of the queues it feeds are woken once for
+//! the whole burst ([`StepConsumer::flush`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::batch::{Batch, BatchAssembler, BatchPolicy, Claims};
+use crate::control::Control;
+use crate::error::{Error, Result};
+use crate::notify::{monotonic_ns, EventFd};
+use crate::queue::{Message, MessageHeader, TaskQueue, PUSH_WAIT_NO_DEADLINE};
+use crate::wire::{client_of, KIND_DROPPED, KIND_ERROR, MAX_CLIENTS, MAX_STEPS};
+
+/// Where a worker stands in its flow and how it batches.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerConfig {
+    /// Its step's index.
+    pub step: usize,
+    /// Its claim slot (in the control block).
+    pub slot: usize,
+    pub batch: BatchPolicy,
+    /// Most batches taken after one wait (>= 1).
+    pub burst: usize,
+}
+
+/// A worker's side of its step (see the module docs).
+#[derive(Debug)]
+pub struct StepConsumer {
+    config: ConsumerConfig,
+    assembler: BatchAssembler,
+    /// Every step's input queue, then one result queue per client.
+    queues: Vec<Arc<TaskQueue>>,
+    /// One per client.
+    doorbells: Vec<Arc<EventFd>>,
+    control: Arc<Control>,
+    /// Batches taken in this burst.
+    taken: usize,
+    /// Bit `i`: queue `i` got messages this burst (a flow has at most
+    /// `MAX_STEPS + MAX_CLIENTS` queues, which `u128` holds).
+    touched: u128,
+}
+
+impl StepConsumer {
+    pub fn new(
+        config: ConsumerConfig,
+        queues: Vec<Arc<TaskQueue>>,
+        doorbells: Vec<Arc<EventFd>>,
+        control: Arc<Control>,
+    ) -> Result<Self> {
+        let clients = doorbells.len();
+        let fits = config.step + clients < queues.len()
+            && clients >= 1
+            && clients <= MAX_CLIENTS as usize
+            && queues.len() - clients <= MAX_STEPS
+            && config.burst >= 1;
+        if !fits {
+            return Err(Error::InvalidArgument(format!(
+                "step {} of {} queues with {clients} clients",
+                config.step,
+                queues.len()
+            )));
+        }
+        Ok(StepConsumer {
+            assembler: BatchAssembler::new(config.batch),
+            config,
+            queues,
+            doorbells,
+            control,
+            taken: 0,
+            touched: 0,
+        })
+    }
+
+    pub fn steps(&self) -> usize {
+        self.queues.len() - self.doorbells.len()
+    }
+
+    /// Index of the result queue of the client that submitted `key`.
+    pub fn results_of(&self, key: u64) -> usize {
+        self.steps() + client_of(key, self.doorbells.len() as u32) as usize
+    }
+
+    fn claims(&self) -> Claims<'_> {
+        Claims {
+            control: &self.control,
+            slot: self.config.slot,
+            step: self.config.step,
+        }
+    }
+
+    fn input(&self) -> &TaskQueue {
+        &self.queues[self.config.step]
+    }
+
+    /// Starts a burst: waits for the first batch until `idle_deadline_ns`
+    /// (an empty batch then), polling `interrupt` while asleep.
+    pub fn wait(
+        &mut self,
+        idle_deadline_ns: Option<u64>,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> Result<Batch> {
+        self.taken = 1;
+        let batch = self.assembler.next_batch_claimed(
+            self.input(),
+            idle_deadline_ns,
+            interrupt,
+            Some(self.claims()),
+        )?;
+        self.released(&batch);
+        Ok(batch)
+    }
+
+    /// The burst's next batch, of what is queued now (empty: nothing is);
+    /// `None` once the burst took its most batches.
+    pub fn next_in_burst(&mut self) -> Result<Option<Batch>> {
+        if self.taken >= self.config.burst {
+            return Ok(None);
+        }
+        self.taken += 1;
+        let batch = self
+            .assembler
+            .next_ready(self.input(), Some(self.claims()))?;
+        self.released(&batch);
+        Ok(Some(batch))
+    }
+
+    /// Frees the room taken messages held (ringing the doorbells of clients
+    /// waiting for it).
+    fn released(&self, batch: &Batch) {
+        if !batch.messages.is_empty() || !batch.expired.is_empty() {
+            let bells: Vec<&EventFd> = self.doorbells.iter().map(AsRef::as_ref).collect();
+            self.input().released(&bells);
+        }
+    }
+
+    /// The handler took `took_ns` for a batch of `tasks` tasks.
+    pub fn record_handled(&self, took_ns: u64, tasks: usize) {
+        if let Some(m) = self.control.metrics(self.config.step) {
+            m.handle_us.record(took_ns / 1000);
+            m.batch_size.record(tasks as u64);
+            m.handled.fetch_add(tasks as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Pushes a message into queue `index` (its consumers are woken at
+    /// [`Self::flush`]), waiting while the queue is full and the task still
+    /// wanted: until its deadline, or [`PUSH_WAIT_NO_DEADLINE`] without one.
+    /// False when it gave up (still full, closed, interrupted, or a message
+    /// that can never fit); `Err` only for a queue found corrupt.
+    pub fn push(
+        &mut self,
+        index: usize,
+        header: &MessageHeader,
+        parts: &[&[u8]],
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> Result<bool> {
+        let Some(queue) = self.queues.get(index) else {
+            return Err(Error::InvalidArgument(format!("no queue {index}")));
+        };
+        let pushed = match queue.push_parts(header, parts) {
+            Err(Error::Full) => {
+                let give_up = if header.deadline_ns == 0 {
+                    monotonic_ns() + PUSH_WAIT_NO_DEADLINE.as_nanos() as u64
+                } else {
+                    header.deadline_ns
+                };
+                queue.push_waiting(header, parts, Some(give_up), interrupt)
+            }
+            done => done,
+        };
+        match pushed {
+            Ok(()) => {
+                self.touched |= 1 << index;
+                Ok(true)
+            }
+            Err(e @ Error::Corrupt(_)) => Err(e),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Pushes an error report for task `key` to its client; returns the
+    /// queue it went to.
+    pub fn send_error(
+        &mut self,
+        key: u64,
+        priority: u32,
+        report: &[u8],
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> Result<usize> {
+        let index = self.results_of(key);
+        let header = notice(key, KIND_ERROR, priority);
+        self.push(index, &header, &[report], interrupt)?;
+        Ok(index)
+    }
+
+    /// Tells the client of a dropped task that no worker reads the blocks
+    /// of its arena the task refers to any more.
+    pub fn send_dropped(
+        &mut self,
+        message: &Message,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> Result<usize> {
+        let h = message.header;
+        let index = self.results_of(h.key);
+        self.push(
+            index,
+            &notice(h.key, KIND_DROPPED, h.priority),
+            &[],
+            interrupt,
+        )?;
+        Ok(index)
+    }
+
+    /// Notes that queue `index` got a message pushed by someone else (the
+    /// Python half): it is woken at [`Self::flush`].
+    pub fn touch(&mut self, index: usize) {
+        if index < self.queues.len() {
+            self.touched |= 1 << index;
+        }
+    }
+
+    /// Wakes the consumer of every queue the burst pushed to, once.
+    pub fn flush(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        for index in 0..self.queues.len() {
+            if touched & (1 << index) != 0 {
+                self.notify(index);
+            }
+        }
+    }
+
+    /// Wakes the consumers of queue `index`: a step's workers, or a client
+    /// through its doorbell.
+    pub fn notify(&self, index: usize) {
+        let bell = index
+            .checked_sub(self.steps())
+            .and_then(|client| self.doorbells.get(client))
+            .map(AsRef::as_ref);
+        if let Some(queue) = self.queues.get(index) {
+            queue.notify(bell);
+        }
+    }
+}
+
+/// The header of a message about task `key` with no deadline.
+fn notice(key: u64, kind: u32, priority: u32) -> MessageHeader {
+    MessageHeader {
+        key,
+        deadline_ns: 0,
+        kind,
+        priority,
+        enqueued_ns: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::queue::QueueConfig;
+    use crate::wire::CLIENT_SHIFT;
+
+    fn consumer(burst: usize) -> StepConsumer {
+        let queue = || Arc::new(TaskQueue::create(QueueConfig::default()).expect("queue"));
+        StepConsumer::new(
+            ConsumerConfig {
+                step: 0,
+                slot: 0,
+                batch: BatchPolicy {
+                    size: 2,
+                    timeout: Duration::ZERO,
+                },
+                burst,
+            },
+            vec![queue(), queue(), queue(), queue()], // 2 steps, 2 clients
+            vec![
+                Arc::new(EventFd::new().expect("eventfd")),
+                Arc::new(EventFd::new().expect("eventfd")),
+            ],
+            Arc::new(Control::create(1, 0).expect("control")),
+        )
+        .expect("consumer")
+    }
+
+    fn task(key: u64) -> MessageHeader {
+        MessageHeader {
+            key,
+            ..MessageHeader::default()
+        }
+    }
+
+    #[test]
+    fn a_burst_takes_at_most_its_batches_after_one_wait() {
+        let mut c = consumer(2);
+        for key in 0..6 {
+            c.queues[0].push(&task(key), b"t").expect("room");
+        }
+        let first = c.wait(None, &mut || false).expect("intact");
+        assert_eq!(first.messages.len(), 2);
+        let second = c
+            .next_in_burst()
+            .expect("intact")
+            .expect("within the burst");
+        assert_eq!(second.messages.len(), 2);
+        assert!(
+            c.next_in_burst().expect("intact").is_none(),
+            "the burst is over"
+        );
+        assert_eq!(
+            c.wait(None, &mut || false).expect("intact").messages.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn answers_go_to_the_client_that_sent_the_task_and_wake_it_once() {
+        let mut c = consumer(1);
+        let key = (1 << CLIENT_SHIFT) | 7;
+        assert_eq!(c.results_of(key), 3);
+        let to = c
+            .send_error(key, 0, b"report", &mut || false)
+            .expect("intact");
+        assert_eq!(to, 3);
+        assert_eq!(c.touched, 1 << 3);
+        c.flush();
+        assert_eq!(c.touched, 0);
+        let got = c.queues[3].try_pop().expect("intact").expect("the report");
+        assert_eq!(
+            (got.header.kind, got.payload()),
+            (KIND_ERROR, &b"report"[..])
+        );
+    }
+
+    #[test]
+    fn a_push_into_a_closed_queue_gives_up() {
+        let mut c = consumer(1);
+        c.queues[1].close();
+        assert!(!c.push(1, &task(1), &[b"t"], &mut || false).expect("intact"));
+        assert_eq!(c.touched, 0);
+    }
+
+    #[test]
+    fn a_step_past_its_queues_is_refused() {
+        let queue = Arc::new(TaskQueue::create(QueueConfig::default()).expect("queue"));
+        let made = StepConsumer::new(
+            ConsumerConfig {
+                step: 1,
+                slot: 0,
+                batch: BatchPolicy {
+                    size: 1,
+                    timeout: Duration::ZERO,
+                },
+                burst: 1,
+            },
+            vec![Arc::clone(&queue), queue],
+            vec![Arc::new(EventFd::new().expect("eventfd"))],
+            Arc::new(Control::create(1, 0).expect("control")),
+        );
+        assert!(made.is_err());
+    }
+}
