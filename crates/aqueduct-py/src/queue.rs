@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use aqueduct_core::queue::{DEFAULT_RING_SLOTS, DEFAULT_SLOT_BYTES, PUSH_WAIT_NO_DEADLINE};
 use aqueduct_core::spin::DEFAULT_SPIN_US;
-use aqueduct_core::{monotonic_ns, Error, EventFd, QueueConfig, TaskQueue};
+use aqueduct_core::{Error, EventFd, QueueConfig, TaskQueue};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::control::PyControl;
 use crate::message::PyMessage;
 use crate::{deadline_after, dup_fd, signal_checker, to_py_err};
 
@@ -168,39 +167,18 @@ impl Queue {
         self.inner.notify(doorbell.map(|d| &*d.inner));
     }
 
-    /// Tells waiting producers that room was freed (after a burst of pops);
-    /// `doorbells[i]` is rung if client `i` asked for room.
-    #[pyo3(signature = (doorbells=Vec::new()))]
-    fn released(&self, doorbells: Vec<Py<Doorbell>>) {
-        let bells: Vec<&EventFd> = doorbells.iter().map(|d| &*d.get().inner).collect();
-        self.inner.released(&bells);
-    }
-
-    /// Takes up to `limit` ready messages without waiting, as `Message`s;
-    /// with `control`,
-    /// records their time in the queue as step `step`'s transfer time.
-    #[pyo3(signature = (limit, control=None, step=0))]
-    fn drain<'py>(
-        &self,
-        py: Python<'py>,
-        limit: usize,
-        control: Option<&PyControl>,
-        step: usize,
-    ) -> PyResult<Bound<'py, PyList>> {
+    /// A test's consumer: takes up to `limit` ready messages without
+    /// waiting, as `Message`s, and tells producers waiting for room.
+    #[cfg(feature = "fault-injection")]
+    fn drain<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
-        let metrics = control.and_then(|c| c.inner.metrics(step));
-        let now = monotonic_ns();
         for _ in 0..limit {
             let Some(m) = self.inner.try_pop().map_err(to_py_err)? else {
                 break;
             };
-            if let Some(metrics) = metrics {
-                metrics
-                    .transfer_us
-                    .record(now.saturating_sub(m.header.enqueued_ns) / 1000);
-            }
             list.append(PyMessage::of(py, &m))?;
         }
+        self.inner.released(&[]);
         Ok(list)
     }
 
