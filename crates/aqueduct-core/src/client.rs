@@ -514,6 +514,17 @@ mod tests {
         client: &mut ClientCore<&'static str>,
         waiter: &'static str,
     ) -> Result<(u64, Submitted)> {
+        send_with(client, waiter, Vec::new(), u64::MAX, true)
+    }
+
+    /// Submits a one-part task to step 0 holding `blocks` until `deadline_ns`.
+    fn send_with(
+        client: &mut ClientCore<&'static str>,
+        waiter: &'static str,
+        blocks: Vec<u64>,
+        deadline_ns: u64,
+        defer: bool,
+    ) -> Result<(u64, Submitted)> {
         let key = client.next_key();
         let header = MessageHeader {
             key,
@@ -524,9 +535,11 @@ mod tests {
             step: 0,
             header,
             parts: &[b"task"],
-            blocks: Vec::new(),
+            blocks,
         };
-        client.submit(out, waiter, u64::MAX, true).map(|s| (key, s))
+        client
+            .submit(out, waiter, deadline_ns, defer)
+            .map(|s| (key, s))
     }
 
     /// What a worker does: takes a task and answers it.
@@ -599,18 +612,7 @@ mod tests {
         let mut client = client(0, false);
         let arena = client.queues().arena.clone().expect("arena");
         let block = arena.place(b"input", 1).expect("place").offset;
-        let key = client.next_key();
-        let header = MessageHeader {
-            key,
-            ..MessageHeader::default()
-        };
-        let out = Outbound {
-            step: 0,
-            header,
-            parts: &[b"t"],
-            blocks: vec![block],
-        };
-        client.submit(out, "a", u64::MAX, false).expect("sent");
+        let (key, _) = send_with(&mut client, "a", vec![block], u64::MAX, false).expect("sent");
         client.cancel(key); // the caller left; a worker may still read it
         assert!(arena.arena().used() > 0);
         answer(&client);
@@ -622,18 +624,7 @@ mod tests {
     #[test]
     fn deadlines_expire_and_count() {
         let mut client = client(0, false);
-        let key = client.next_key();
-        let header = MessageHeader {
-            key,
-            ..MessageHeader::default()
-        };
-        let out = Outbound {
-            step: 0,
-            header,
-            parts: &[b"t"],
-            blocks: Vec::new(),
-        };
-        let sent = client.submit(out, "a", 100, false).expect("sent");
+        let (key, sent) = send_with(&mut client, "a", Vec::new(), 100, false).expect("sent");
         assert_eq!(sent.timer, Some(100));
         let (due, next) = client.expire(100);
         assert_eq!(due, vec![(key, "a")]);

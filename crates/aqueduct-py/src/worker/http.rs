@@ -213,11 +213,7 @@ impl StepWorker {
         };
         let task = match made {
             Ok(task) => task,
-            Err(e) => {
-                let report = self.report(py, e, 400)?;
-                let to = self.send_error(py, header.key, header.priority, report.as_bytes())?;
-                return Ok(Load::Sent(to));
-            }
+            Err(e) => return Ok(Load::Sent(self.fail_task(py, message, e, 400)?)),
         };
         debug_assert!(header.kind & FLAG_HTTP != 0);
         let own = self.own.bind(py);
@@ -228,11 +224,7 @@ impl StepWorker {
         };
         let holds = match holds {
             Ok(holds) => holds,
-            Err(e) => {
-                let report = self.report(py, e, 500)?;
-                let to = self.send_error(py, header.key, header.priority, report.as_bytes())?;
-                return Ok(Load::Sent(to));
-            }
+            Err(e) => return Ok(Load::Sent(self.fail_task(py, message, e, 500)?)),
         };
         if !holds {
             return Ok(Load::Sent(self.forward_one(&task, message, None, None)?));

@@ -73,8 +73,7 @@ impl StepWorker {
             Err(e) if is_corrupt(py, &e) => Err(e),
             Err(e) => {
                 self.retire(py, refs.as_ref(), None)?;
-                let report = self.report(py, e, 500)?;
-                self.send_error(py, header.key, header.priority, report.as_bytes())
+                self.fail_task(py, message, e, 500)
             }
         }
     }
@@ -180,19 +179,23 @@ impl StepWorker {
         Ok(())
     }
 
-    /// The error report (the Python half's description) of `error`, with
-    /// the HTTP `status` it stands for.
-    pub(super) fn report<'py>(
+    /// Fails the task of `message` with `error` (described by the Python
+    /// half, with the HTTP `status` it stands for); returns the queue its
+    /// report went to.
+    pub(super) fn fail_task(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
+        message: &Message,
         error: PyErr,
         status: u16,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        Ok(self
+    ) -> PyResult<usize> {
+        let report = self
             .slow
             .bind(py)
             .call_method1(intern!(py, "report"), (error.into_value(py), status))?
-            .cast_into::<PyBytes>()?)
+            .cast_into::<PyBytes>()?;
+        let h = message.header;
+        self.send_error(py, h.key, h.priority, report.as_bytes())
     }
 
     /// Builds a `KIND_STATE` task: an object of its class with the dict as
