@@ -66,8 +66,11 @@ SECONDARY: list[Metric] = [
     ("share_64mb", "median_ms", False, None),
 ]
 
+#: The generative workload (``generative.py``): upstream cannot stream.
+GENERATIVE = ["gen_static32", "gen_continuous32", "gen_continuous64"]
+
 #: Workloads that tell something of this package only (upstream is not run).
-OURS_ONLY = {"web_metrics"}
+OURS_ONLY = {"web_metrics", *GENERATIVE}
 
 #: Goals that are not ratios to upstream.
 BATCH_FILL_GOAL = 0.95
@@ -75,10 +78,16 @@ MEAN_BATCH_GOAL = 31.0
 OVERLOAD_SHARE_GOAL = 0.8
 MAIN_VS_MODULE_GOAL = 0.05
 METRICS_COST_GOAL = 0.05
+CONTINUOUS_GAIN_GOAL = 2.0
+#: Time to first token, beyond one decoding iteration of the full set.
+TTFT_SLACK_MS = 1.0
+STREAM_CALLER_GOAL_US = 5.0
 
 
 def command(python: str, workload: str, scale: float) -> list[str]:
     """The command line of one run of ``workload``."""
+    if workload.startswith("gen_"):
+        return [python, str(HERE / "generative.py"), workload.removeprefix("gen_"), str(scale)]
     script = "web_workloads.py" if workload.startswith("web_") else "workloads.py"
     return [python, str(HERE / script), workload, str(scale)]
 
@@ -211,6 +220,48 @@ def goals(ours: dict[str, dict[str, float]], missed: list[str]) -> list[str]:
     return lines
 
 
+def generative(ours: dict[str, dict[str, float]], missed: list[str]) -> list[str]:
+    """The generative table and its goals (see ``generative.py``)."""
+    from generative import CALLERS, ITERATION_S, PER_SEQUENCE_S
+
+    rows = [(w, ours[w]) for w in GENERATIVE if w in ours and "failed" not in ours[w]]
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"generative (decode emulator, {CALLERS} streaming callers, a new task per request):",
+        f"{'mode':<18} {'tokens/s':>9} {'ttft p50 ms':>12} {'ttft p99 ms':>12}"
+        f" {'caller µs/part':>15} {'beyond harness':>15}",
+    ]
+    for workload, r in rows:
+        lines.append(
+            f"{workload.removeprefix('gen_'):<18} {r['tokens_per_s']:>9,.0f}"
+            f" {r['ttft_p50_ms']:>12.1f} {r['ttft_p99_ms']:>12.1f}"
+            f" {r['caller_cpu_per_part_us']:>15.1f} {r['caller_beyond_harness_us']:>15.1f}"
+        )
+    static = ours.get("gen_static32", {}).get("tokens_per_s")
+    for workload, size in (("gen_continuous32", 32), ("gen_continuous64", 64)):
+        r = ours.get(workload)
+        if not (r and static) or "failed" in r:
+            continue
+        gain = r["tokens_per_s"] / static
+        iteration_ms = (ITERATION_S + PER_SEQUENCE_S * min(size, CALLERS)) * 1e3
+        lines.append(
+            f"{workload.removeprefix('gen_')}: {gain:.2f}x the tokens/s of static32"
+            f" (goal {CONTINUOUS_GAIN_GOAL:.0f}x); p50 time to first token"
+            f" {r['ttft_p50_ms']:.1f} ms vs one iteration {iteration_ms:.1f} ms"
+            f" + {TTFT_SLACK_MS:.0f} (goal)"
+        )
+        if workload == "gen_continuous64":
+            if gain < CONTINUOUS_GAIN_GOAL:
+                missed.append(f"{workload} tokens/s {gain:.2f}x")
+            if r["ttft_p50_ms"] > iteration_ms + TTFT_SLACK_MS:
+                missed.append(f"{workload} p50 ttft")
+            if r["caller_beyond_harness_us"] > STREAM_CALLER_GOAL_US:
+                missed.append(f"{workload} caller µs/part")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream", help="python with aqueduct==1.15.0 installed")
@@ -227,6 +278,7 @@ def main() -> None:
         return list(dict.fromkeys(w for w, *_ in metrics))
 
     workloads = names(HEADLINE) + names(SECONDARY) + ["concurrency_sweep", "batch_sweep"]
+    workloads += GENERATIVE
     if args.only:
         workloads = [w for w in workloads if any(w.startswith(p) for p in args.only.split(","))]
     pythons = {"aqueduct": sys.executable}
@@ -241,6 +293,7 @@ def main() -> None:
     lines += goals(ours, missed)
     lines += ["", "secondary (32 long-lived caller loops; big payloads):"]
     lines += table(SECONDARY, ours, theirs, missed)
+    lines += generative(ours, missed)
     errors = {w: r.get("errors", 0) for w, r in ours.items() if r.get("errors")}
     if errors:
         lines.append(f"errors: {errors}")

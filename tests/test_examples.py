@@ -38,3 +38,54 @@ def test_digits_demo_serves_a_real_model():
     accuracy = float(stdout.split("accuracy:")[1].split("%")[0])
     assert accuracy > 90, stdout
     assert "(0 errors)" in stdout
+
+
+GENERATE = EXAMPLES / "generate"
+
+
+def test_the_generative_example_streams_over_http():
+    import http.client
+    import json
+
+    proc = subprocess.Popen(
+        [sys.executable, str(GENERATE / "serve_http.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PORT": "0"},
+    )
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        body = {"prompt": "Beautiful is", "max_tokens": 80, "seed": 7}
+        conn.request("POST", "/generate", body=json.dumps(body).encode())
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("content-type") == "text/event-stream"
+        events = response.read().decode().split("\n\n")[:-1]
+        chars = [e.removeprefix("data: ") for e in events[:-1]]
+        final = json.loads(events[-1].removeprefix("data: "))
+        assert len(chars) == 80 and final["tokens"] == 80
+        # a character may be a newline, sent as an event of two empty data lines
+        assert final["text"] == "Beautiful is" + "".join(c.replace("\ndata: ", "\n") for c in chars)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_the_generative_example_streams_over_fastapi():
+    pytest.importorskip("fastapi")
+    import importlib.util
+
+    from fastapi.testclient import TestClient
+
+    spec = importlib.util.spec_from_file_location("generate_fastapi", GENERATE / "serve_fastapi.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    with TestClient(module.app) as client:
+        body = {"prompt": "Errors should", "max_tokens": 50, "seed": 3}
+        with client.stream("POST", "/generate", json=body) as response:
+            assert response.status_code == 200
+            events = "".join(response.iter_text()).split("\n\n")[:-1]
+        assert len(events) == 50

@@ -1,6 +1,9 @@
 """`make bench-http`: the no-op and model-emulator services on aqueduct (its
 Rust HTTP front; one aiohttp process, and several sharing one Flow) and on mosec, loaded by wrk at
-1, 32 and 256 connections, back to back. Prints a table; writes JSON.
+1, 32 and 256 connections, back to back; then the streaming decode
+emulator (``stream_services.py``) on aqueduct's front and on mosec's SSE,
+loaded by ``stream_client.py`` at 32 and 256 connections. Prints tables;
+writes JSON.
 
 Needs wrk (Debian package) and mosec in MOSEC_PYTHON's environment.
 """
@@ -88,6 +91,64 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     time.sleep(0.5)
 
 
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def streaming(mosec_python: str | None, seconds: int) -> dict[str, dict[str, dict[str, float]]]:
+    """The streaming runs: per server, per connection count."""
+    import asyncio
+
+    from stream_client import load
+
+    script = str(HERE / "stream_services.py")
+    targets = {"aqueduct http": [sys.executable, script, "--server", "aqueduct"]}
+    if mosec_python:
+        targets["mosec sse"] = [mosec_python, script, "--server", "mosec", "--timeout", "120000"]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, command in targets.items():
+        proc = serve([*command, "--port", str(PORT)])
+        try:
+            for connections in (32, 256):
+                print(f"stream {name:<12} {connections:>3} connections ...", file=sys.stderr)
+                asyncio.run(load(PORT, "/inference", connections, 3))  # warm-up
+                before = server_cpu_s(proc.pid)
+                result = asyncio.run(load(PORT, "/inference", connections, seconds))
+                front = server_cpu_s(proc.pid) - before
+                result["front_us_per_part"] = front / max(result["tokens"], 1) * 1e6
+                out.setdefault(name, {})[str(connections)] = result
+        finally:
+            stop(proc)
+    return out
+
+
+def print_streaming(results: dict[str, dict[str, dict[str, float]]]) -> None:
+    print()
+    columns = ("stream", "conns", "tokens/s", "ttft p50", "ttft p99", "front µs", "errors")
+    print("{:<14} {:>5} {:>10} {:>9} {:>9} {:>9} {:>7}".format(*columns))
+    for name, by_conn in results.items():
+        for connections, r in by_conn.items():
+            front = r["front_us_per_part"] if name.startswith("aqueduct") else float("nan")
+            print(
+                f"{name:<14} {connections:>5} {r['tokens_per_s']:>10,.0f} "
+                f"{r['ttft_p50_ms']:>9.1f} {r['ttft_p99_ms']:>9.1f} {front:>9.2f} "
+                f"{r['errors']:>7.0f}"
+            )
+    ours, theirs = results.get("aqueduct http", {}), results.get("mosec sse", {})
+    for connections in ours:
+        if connections in theirs:
+            gain = ours[connections]["tokens_per_s"] / theirs[connections]["tokens_per_s"]
+            p99 = (ours[connections]["ttft_p99_ms"], theirs[connections]["ttft_p99_ms"])
+            print(
+                f"{connections} connections: {gain:.2f}x mosec's tokens/s (goal 1.5x);"
+                f" p99 time to first token {p99[0]:.1f} vs {p99[1]:.1f} ms"
+            )
+    print("front µs: CPU of aqueduct's web process (Rust front) per streamed part (goal <= 3)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=15)
@@ -97,7 +158,14 @@ def main() -> None:
     )
     parser.add_argument("--out", default="bench-report/http.json")
     parser.add_argument("--only", help="comma-separated server names to run (default: all)")
+    parser.add_argument("--stream-only", action="store_true", help="the streaming runs only")
     args = parser.parse_args()
+    if args.stream_only:
+        stream = streaming(args.mosec_python, args.seconds)
+        print_streaming(stream)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"stream": stream}, indent=2))
+        return
 
     targets = {
         "aqueduct http": [
@@ -153,8 +221,10 @@ def main() -> None:
                     f"{service:<7} {name:<14} {connections:>5} {r['rps']:>10,.0f} "
                     f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7.0f}"
                 )
+    stream = streaming(args.mosec_python, args.seconds)
+    print_streaming(stream)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    Path(args.out).write_text(json.dumps({**results, "stream": stream}, indent=2))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Any, final
 __all__ = [
     "BOOKKEEPING_FIELDS",
     "BUFFER_THRESHOLD",
+    "CARRIED",
     "CLASS_NAMED",
     "CLASS_PLAIN",
     "CLASS_STATE",
@@ -20,13 +21,16 @@ __all__ = [
     "FLAG_BODY",
     "FLAG_HTTP",
     "FLAG_REFS",
+    "FLAG_STREAM",
     "HTTP_ROUTE_MASK",
     "HTTP_ROUTE_SHIFT",
     "INLINE_LIMIT",
     "KIND_DROPPED",
     "KIND_ERROR",
+    "KIND_HTTP_PART",
     "KIND_HTTP_REQUEST",
     "KIND_HTTP_RESPONSE",
+    "KIND_PART",
     "KIND_STATE",
     "KIND_TASK",
     "KIND_TASK_BY_VALUE",
@@ -46,8 +50,10 @@ __all__ = [
     "ShmView",
     "StepWorker",
     "encode_refs",
+    "error_event",
     "error_prefix",
     "error_rest",
+    "part_chunk",
     "split_refs",
     "split_state",
     "state_fields",
@@ -63,7 +69,11 @@ KIND_DROPPED: int
 KIND_STATE: int
 KIND_HTTP_REQUEST: int
 KIND_HTTP_RESPONSE: int
+KIND_PART: int
+KIND_HTTP_PART: int
 FLAG_HTTP: int
+FLAG_STREAM: int
+CARRIED: int
 HTTP_ROUTE_SHIFT: int
 HTTP_ROUTE_MASK: int
 FLAG_REFS: int
@@ -149,7 +159,7 @@ class Queue:
     def skip_abandoned(self, ring: int, head: int) -> bool: ...
     def close(self) -> None: ...
 
-_HttpRoute = tuple[Callable[[Any], Any], Callable[[Any], Any]]
+_HttpRoute = tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], Any] | None]
 _HttpEnds = tuple[list[_HttpRoute], type, type, list[SharedArena]]
 """``(routes, Request, Response, arenas)``: what a worker of a flow served
 over HTTP makes tasks and responses with."""
@@ -159,8 +169,9 @@ class StepWorker:
     """A worker's per-task path: batches in, handled tasks routed and pushed on.
 
     ``slow`` is the worker's Python half: ``load(message)``, ``encode(task,
-    key, by_value)``, ``discard(refs)``, ``retire(refs, kept)``,
-    ``report(exc, status)``, ``drop(messages)``, ``resolve(name)``.
+    key, by_value)``, ``encode_part(part, key)``, ``discard(refs)``,
+    ``retire(refs, kept)``, ``report(exc, status)``, ``drop(messages)``,
+    ``resolve(name)``.
     """
 
     def __new__(
@@ -176,11 +187,16 @@ class StepWorker:
         batch_timeout: float = 0.0,
         burst: int = 1,
         http: _HttpEnds | None = None,
+        continuous: bool = False,
     ) -> StepWorker: ...
     def next(self, idle_timeout: float | None) -> bool | None: ...
     def batch(self) -> list[Any]: ...
+    def active(self, idle_timeout: float | None) -> list[Any] | None: ...
     def forward(self, took_ns: int = 0) -> None: ...
     def fail(self, payload: bytes) -> None: ...
+    def emit(self, task: Any, part: Any) -> bool: ...
+    def finish(self, task: Any) -> None: ...
+    def is_cancelled(self, task: Any) -> bool: ...
     def flush(self) -> None: ...
     @property
     def input(self) -> Queue: ...
@@ -215,7 +231,9 @@ class Client:
         first_batch_size: int = 1,
     ) -> Client: ...
     def attach(self, event_loop: asyncio.AbstractEventLoop) -> None: ...
-    def submit(self, task: Any, timeout_sec: float) -> asyncio.Future[Any] | None: ...
+    def submit(
+        self, task: Any, timeout_sec: float, sink: Callable[[], Any] | None = None
+    ) -> asyncio.Future[Any] | None: ...
     def resolve(self) -> None: ...
     def expire(self) -> None: ...
     def flush(self) -> None: ...
@@ -254,6 +272,8 @@ def encode_refs(refs: list[_Ref]) -> bytes: ...
 def split_refs(payload: bytes) -> tuple[list[_Ref], int]: ...
 def split_state(payload: bytes) -> tuple[bytes, int]: ...
 def error_prefix(status: int, message: str, kind: str) -> bytes: ...
+def part_chunk(part: Any) -> bytes: ...
+def error_event(message: str, kind: str) -> bytes: ...
 def error_rest(payload: bytes) -> bytes: ...
 
 @final
@@ -274,6 +294,7 @@ class HttpServer:
         timeout: float,
         body_limit: int,
         threads: int,
+        streams: list[str | None] = ...,
     ) -> HttpServer: ...
     @property
     def port(self) -> int: ...

@@ -10,7 +10,6 @@ as it runs belongs to its ``FlowRuntime`` (``aqueduct._runtime``).
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Literal
 
 from . import _core
@@ -18,7 +17,8 @@ from ._ipc.shm import DEFAULT_SHM_SIZE
 from ._runtime.config import FlowConfig
 from ._runtime.runtime import FlowRuntime
 from ._runtime.state import FlowState
-from .exceptions import FlowError, NotRunningError, SharedMemoryCorruptError, TaskTimeoutError
+from ._runtime.stream import TaskStream
+from ._runtime.submission import cancelled, submit
 from .handler import BaseTaskHandler
 from .logger import log
 from .metrics import Collector, Exporter, FlowMetrics
@@ -137,41 +137,24 @@ class Flow:
         when ``timeout_sec`` passes, ``HandlerError`` when a handler raised,
         ``NotRunningError`` when the flow is not running."""
         runtime = self._runtime
-        if runtime.state is not FlowState.RUNNING:
-            raise NotRunningError(f"Flow is not running (state: {runtime.state.value})")
-        if not timeout_sec or timeout_sec <= 0:
-            raise ValueError(f"timeout_sec must be > 0, got {timeout_sec!r}")
-        called = time.monotonic()
-        # (no local refers to the recovery: a traceback through this frame
-        # would keep the segments it knows mapped until a garbage collection)
-        healed = runtime.healer.healing or runtime.broken()
-        if healed:
-            await runtime.healer.heal_or_raise(timeout_sec)
-        loop = asyncio.get_running_loop()
-        seat = runtime.seat
-        client = seat.ready_client(loop)  # the common case: nothing to wait for
-        followed = False
-        if client is None:
-            client, followed = await seat.client_for(loop, timeout_sec)
-        if healed or followed:  # what waiting for a heal took counts against the timeout
-            timeout_sec -= time.monotonic() - called
-            if timeout_sec <= 0:
-                raise TaskTimeoutError("the call's timeout passed while the flow healed")
-        try:
-            future = client.core.submit(task, timeout_sec)
-        except SharedMemoryCorruptError as exc:
-            seat.shared_memory_corrupt(str(exc))
-            raise
+        client, future = await submit(runtime, task, timeout_sec)
         if future is None:
             return True  # no step's condition holds: nothing to do
         try:
             await future
         except asyncio.CancelledError:
-            client.core.cancel(future)  # workers skip it instead of handling it
-            if runtime.state in (FlowState.STOPPING, FlowState.STOPPED):
-                raise FlowError("Task was cancelled: the flow is stopping") from None
+            cancelled(runtime, client, future)  # workers skip it instead of handling it
             raise
         return True
+
+    def stream(self, task: BaseTask, timeout_sec: float = 5.0) -> TaskStream:
+        """Runs ``task`` through the steps and yields the parts its handlers
+        ``emit``, as they come: ``async for part in flow.stream(task)``. When
+        the loop ends, ``task`` has its final fields, as after ``process``;
+        a task's error is raised after the parts sent before it (the same
+        exceptions as ``process``). Leaving the loop early cancels the task:
+        its handler's ``emit`` returns False from then on."""
+        return TaskStream(self._runtime, task, timeout_sec)
 
     # -- stop ----------------------------------------------------------------
 

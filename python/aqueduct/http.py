@@ -25,6 +25,19 @@ a body over ``body_limit``, 500 when a handler raised or a worker died, 503
 when the queue is full or the flow is down, 504 past the timeout (the
 server's, or the request's ``X-Aqueduct-Timeout`` header in seconds).
 ``GET /health`` answers 200, or 503 while the flow cannot serve.
+
+A route streams when ``stream`` is given (or a third element of its
+``routes`` entry): each part its handlers ``emit`` is turned into bytes in
+the worker — bytes as they are, text as one Server-Sent Event
+(``data: <text>``), anything else as one event of its JSON; ``stream`` may
+be a function of the part that makes what is sent — and written as a chunk
+as soon as it comes, after a 200 with ``Content-Type: stream_content_type``
+(default ``text/event-stream``). The final response's body, if any, is the
+last chunk. An error after the first part ends the stream with an ``error``
+event carrying the JSON error; a task that fails before its first part gets
+the usual error response. The timeout bounds the whole stream. A client
+that closes the connection cancels its task: the handler's ``emit`` returns
+False from then on (``aqueduct_tasks_total{outcome="cancelled"}``).
 """
 
 from __future__ import annotations
@@ -36,7 +49,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import _core
-from ._ipc.http_messages import Request, Response, ResponseFromTask, TaskFromRequest
+from ._ipc.http_messages import (
+    PartToChunk,
+    Request,
+    Response,
+    ResponseFromTask,
+    TaskFromRequest,
+)
 from ._ipc.topology import Topology
 from ._runtime.metrics import processes
 from .exceptions import FlowError
@@ -50,6 +69,16 @@ __all__ = ["Request", "Response", "Server", "serve"]
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
 #: How long stopping lets requests in flight finish.
 STOP_GRACE = 10.0
+#: The content type of a streamed response, unless said otherwise.
+EVENT_STREAM = "text/event-stream"
+
+#: What a streaming route does with its parts: True (the default encoding,
+#: see the module docs) or a function making each part's chunk.
+Streaming = bool | PartToChunk
+#: A route: its two functions, and optionally how it streams.
+Route = (
+    tuple[TaskFromRequest, ResponseFromTask] | tuple[TaskFromRequest, ResponseFromTask, Streaming]
+)
 
 
 def serve(
@@ -60,11 +89,13 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     path: str = "/predict",
-    routes: Mapping[str, tuple[TaskFromRequest, ResponseFromTask]] | None = None,
+    routes: Mapping[str, Route] | None = None,
     timeout: float = 5.0,
     body_limit: int = DEFAULT_BODY_LIMIT,
     threads: int = 2,
     on_ready: Callable[[int], None] | None = None,
+    stream: Streaming = False,
+    stream_content_type: str = EVENT_STREAM,
 ) -> None:
     """Starts ``flow`` (pass it not yet started: its workers get the two
     functions) and serves it on ``host:port`` (0: a free port) until SIGINT
@@ -72,8 +103,10 @@ def serve(
     ``STOP_GRACE`` seconds) and stops the flow. ``on_ready`` gets the port
     once it listens. ``threads`` run the connections. To run the server
     beside other work instead, use ``Server`` and ``stop`` it yourself.
-    ``routes`` maps several paths to their own pair of functions, instead of
-    ``path`` and the two functions."""
+    ``routes`` maps several paths to their own pair of functions (and
+    optionally a third element, as ``stream``), instead of ``path`` and the
+    two functions. ``stream``: the route streams its parts (see the module
+    docs)."""
     server = Server(
         flow,
         task_from_request=task_from_request,
@@ -85,6 +118,8 @@ def serve(
         timeout=timeout,
         body_limit=body_limit,
         threads=threads,
+        stream=stream,
+        stream_content_type=stream_content_type,
     )
     stopping = threading.Event()
     previous = {}
@@ -115,20 +150,27 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 8000,
         path: str = "/predict",
-        routes: Mapping[str, tuple[TaskFromRequest, ResponseFromTask]] | None = None,
+        routes: Mapping[str, Route] | None = None,
         timeout: float = 5.0,
         body_limit: int = DEFAULT_BODY_LIMIT,
         threads: int = 2,
         flow_name: str = "flow",
+        stream: Streaming = False,
+        stream_content_type: str = EVENT_STREAM,
     ) -> None:
         if flow.is_running or flow.are_steps_initialized:
             raise FlowError("serve() starts the flow itself: pass it a flow not yet started")
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
-        routes = _routes(path, task_from_request, response_from_task, routes)
+        routes = _routes(path, task_from_request, response_from_task, stream, routes)
         self._flow = flow
         self._runtime = runtime = runtime_of(flow)
-        runtime.http_routes = list(routes.values())
+        # the workers' ends: a streaming route's part function (None: the default)
+        runtime.http_routes = [
+            (make, respond, streaming if callable(streaming) else None)
+            for make, respond, streaming in routes.values()
+        ]
+        streams = [stream_content_type if s else None for _m, _r, s in routes.values()]
         flow.start()
         self._flow_name = flow_name
         # the control block's metrics slots: the steps, then the result queue's
@@ -150,6 +192,7 @@ class Server:
                 timeout=timeout,
                 body_limit=body_limit,
                 threads=threads,
+                streams=streams,
             )
         except BaseException:
             asyncio.run(flow.stop(graceful=False))
@@ -202,22 +245,32 @@ def _routes(
     path: str,
     task_from_request: TaskFromRequest | None,
     response_from_task: ResponseFromTask | None,
-    routes: Mapping[str, tuple[TaskFromRequest, ResponseFromTask]] | None,
-) -> dict[str, tuple[TaskFromRequest, ResponseFromTask]]:
-    """Path -> functions, from ``routes`` or from ``path`` and the two."""
+    stream: Streaming,
+    routes: Mapping[str, Route] | None,
+) -> dict[str, tuple[TaskFromRequest, ResponseFromTask, Streaming]]:
+    """Path -> functions and streaming, from ``routes`` or from ``path``,
+    the two functions and ``stream``."""
     single = task_from_request is not None or response_from_task is not None
+    given: dict[str, tuple[Any, ...]]
     if routes is not None:
-        if single:
-            raise ValueError("give either routes or task_from_request/response_from_task")
-        out = dict(routes)
+        if single or stream:
+            raise ValueError("give either routes or task_from_request/response_from_task/stream")
+        given = {route: tuple(functions) for route, functions in routes.items()}
     elif task_from_request is None or response_from_task is None:
         raise ValueError("task_from_request and response_from_task are both needed")
     else:
-        out = {path: (task_from_request, response_from_task)}
-    reserved = {"/health", "/metrics"} & set(out)
-    if not out or reserved:
+        given = {path: (task_from_request, response_from_task, stream)}
+    reserved = {"/health", "/metrics"} & set(given)
+    if not given or reserved:
         raise ValueError(f"routes must be some paths other than {sorted(reserved) or '/health'}")
-    for route, pair in out.items():
-        if not route.startswith("/") or len(pair) != 2 or not all(map(callable, pair)):
+    out = {}
+    for route, functions in given.items():
+        if len(functions) not in (2, 3) or not route.startswith("/"):
             raise ValueError(f"route {route!r} needs a path and two functions")
+        make, respond, streaming = (*functions, False)[:3]
+        if not (callable(make) and callable(respond)):
+            raise ValueError(f"route {route!r} needs a path and two functions")
+        if not (isinstance(streaming, bool) or callable(streaming)):
+            raise ValueError(f"route {route!r}: stream must be True, False or a function")
+        out[route] = (make, respond, streaming)
     return out

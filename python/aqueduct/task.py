@@ -8,6 +8,7 @@ from time import monotonic
 from typing import Any, Protocol
 
 from . import _core
+from ._ipc import handling
 
 __all__ = ["DEFAULT_PRIORITY", "BaseTask", "HasReadany"]
 
@@ -52,6 +53,27 @@ class BaseTask:
 
     def is_expired(self) -> bool:
         return self.expiration_time is not None and monotonic() >= self.expiration_time
+
+    def emit(self, part: Any) -> bool:
+        """In a handler: sends ``part`` (any picklable object; big buffers go
+        through shared memory) to the caller at once — ``async for part in
+        flow.stream(task)`` yields it; a caller of ``process`` gets none.
+        Parts of a task arrive in the order they were emitted, before its
+        final fields. Returns False when the caller no longer wants the task
+        (it stopped iterating, was cancelled, or its timeout passed): stop
+        producing for it."""
+        return handling.engine().emit(self, part)
+
+    def finish(self) -> None:
+        """In a handler of a ``continuous=True`` step: the task is done. It
+        leaves the active set after this ``handle`` call and is sent on
+        (to the next step, or back to its caller) at once."""
+        handling.engine().finish(self)
+
+    def is_cancelled(self) -> bool:
+        """In a handler: True when the caller no longer wants the task (it
+        stopped iterating a stream, was cancelled, or its timeout passed)."""
+        return handling.engine().is_cancelled(self)
 
     def share_value(self, field_name: str) -> None:
         """Moves a numpy array field into shared memory now.

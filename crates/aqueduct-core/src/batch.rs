@@ -139,6 +139,34 @@ impl BatchAssembler {
         Ok(batch)
     }
 
+    /// Up to `limit` more tasks, without clearing the claim slot: a
+    /// continuous batch admits them beside the tasks it holds (whose claims
+    /// its caller recorded). Takes what is queued now; then, while fewer
+    /// than `hoped` came, waits for more until `until_ns` (None: never
+    /// waits), polling `interrupt`.
+    pub fn admit(
+        &self,
+        queue: &TaskQueue,
+        limit: usize,
+        hoped: usize,
+        until_ns: Option<u64>,
+        interrupt: &mut dyn FnMut() -> bool,
+        claims: Option<Claims<'_>>,
+    ) -> Result<Batch> {
+        let limit = limit.min(self.policy.size);
+        let mut batch = Batch::default();
+        self.take_up_to(queue, &mut batch, limit, claims)?;
+        if let Some(until) = until_ns {
+            while batch.messages.len() < hoped.min(limit) {
+                match queue.wait_ready(Some(until), interrupt) {
+                    Wait::Ready => self.take_up_to(queue, &mut batch, limit, claims)?,
+                    Wait::Closed | Wait::Timeout | Wait::Interrupted => break,
+                }
+            }
+        }
+        Ok(batch)
+    }
+
     fn record_batch(first_ns: u64, claims: Option<Claims<'_>>) {
         if let Some(m) = claims.and_then(|c| c.control.metrics(c.step)) {
             m.batch_us
@@ -153,9 +181,21 @@ impl BatchAssembler {
         batch: &mut Batch,
         claims: Option<Claims<'_>>,
     ) -> Result<()> {
+        self.take_up_to(queue, batch, self.policy.size, claims)
+    }
+
+    /// Moves ready messages into the batch until it holds `limit` or none
+    /// is ready; cancelled and expired ones go to `batch.expired`.
+    fn take_up_to(
+        &self,
+        queue: &TaskQueue,
+        batch: &mut Batch,
+        limit: usize,
+        claims: Option<Claims<'_>>,
+    ) -> Result<()> {
         let now = monotonic_ns();
         let metrics = claims.and_then(|c| c.control.metrics(c.step));
-        while batch.messages.len() < self.policy.size {
+        while batch.messages.len() < limit {
             let Some(m) = queue.try_pop()? else { break };
             let cancelled = claims.is_some_and(|c| c.control.is_cancelled(m.header.key));
             if cancelled || m.header.is_expired(now) {

@@ -29,7 +29,7 @@ use crate::pending::Pending;
 use crate::queue::{Message, MessageHeader, TaskQueue};
 use crate::spin::SpinPolicy;
 use crate::tracked_arena::TrackedArena;
-use crate::wire::{base_kind, KIND_DROPPED, MAX_STEPS};
+use crate::wire::{base_kind, is_part, KIND_DROPPED, MAX_STEPS};
 
 /// How a client behaves.
 #[derive(Debug, Clone)]
@@ -103,17 +103,24 @@ pub struct Submitted {
 /// it (None: nobody does any more), and the blocks of the client's arena
 /// the task held — release them with [`ClientCore::release`] once the
 /// answer is delivered (its views, if any, hold them from then on).
+/// A part leaves the waiter and blocks where they are.
 #[derive(Debug)]
-pub struct Answer<W> {
+pub struct Answer<W, S = ()> {
     pub message: Message,
     pub waiter: Option<W>,
     pub blocks: Vec<u64>,
+    /// A part of a streamed result ([`is_part`]): the task is not over, so
+    /// its waiter stays and so do its blocks.
+    pub part: bool,
+    /// For a part: where its waiter streams to, taken when the part was
+    /// (see [`ClientCore::drain_streams`]); None: nobody streams it.
+    pub sink: Option<S>,
 }
 
 /// What one [`ClientCore::drain`] took.
 #[derive(Debug)]
-pub struct Drained<W> {
-    pub answers: Vec<Answer<W>>,
+pub struct Drained<W, S = ()> {
+    pub answers: Vec<Answer<W, S>>,
     /// The result queue holds what no process writes: nothing more may be
     /// read from it.
     pub corrupt: Option<Error>,
@@ -301,6 +308,17 @@ impl<W> ClientCore<W> {
     /// Takes up to `limit` answers from the result queue; what waited for
     /// each is taken out. Call [`Self::finish_drain`] after delivering them.
     pub fn drain(&mut self, limit: usize) -> Drained<W> {
+        self.drain_streams(limit, |_| None)
+    }
+
+    /// As [`Self::drain`], with where each part goes: `sink_of(waiter)`
+    /// of its task's waiter, asked as the part is taken (a final answer
+    /// later in the same drain takes the waiter out).
+    pub fn drain_streams<S>(
+        &mut self,
+        limit: usize,
+        mut sink_of: impl FnMut(&W) -> Option<S>,
+    ) -> Drained<W, S> {
         let results = &self.queues.results;
         let metrics = self
             .config
@@ -323,7 +341,20 @@ impl<W> ClientCore<W> {
                 metrics.transfer_us.record(waited);
             }
             let key = message.header.key;
-            let waiter = if base_kind(message.header.kind) == KIND_DROPPED {
+            let kind = message.header.kind;
+            if is_part(kind) {
+                // the task goes on: what waits for it and its blocks stay
+                let sink = self.pending.get(key).and_then(&mut sink_of);
+                answers.push(Answer {
+                    message,
+                    waiter: None,
+                    blocks: Vec::new(),
+                    part: true,
+                    sink,
+                });
+                continue;
+            }
+            let waiter = if base_kind(kind) == KIND_DROPPED {
                 None // a notice that the blocks are free: the task is not over
             } else {
                 self.pending.remove(key)
@@ -333,6 +364,8 @@ impl<W> ClientCore<W> {
                 message,
                 waiter,
                 blocks,
+                part: false,
+                sink: None,
             });
         }
         if !answers.is_empty() {
@@ -406,6 +439,11 @@ impl<W> ClientCore<W> {
     /// True while tasks wait in the client for room in some step's queue.
     pub fn has_backlog(&self) -> bool {
         self.backlogs.iter().any(|b| !b.is_empty())
+    }
+
+    /// What waits for task `key`, while it is in flight (a part's task).
+    pub fn waiter(&self, key: u64) -> Option<&W> {
+        self.pending.get(key)
     }
 
     /// The caller of task `key` gave up: workers skip it (its blocks stay
@@ -619,6 +657,53 @@ mod tests {
         let drained = client.drain(16);
         client.release(&drained.answers[0].blocks);
         assert_eq!(arena.arena().used(), 0);
+    }
+
+    #[test]
+    fn parts_reach_the_waiter_and_leave_the_task_in_flight() {
+        let mut client = client(0, false);
+        let arena = client.queues().arena.clone().expect("arena");
+        let block = arena.place(b"input", 1).expect("place").offset;
+        let (key, _) = send_with(&mut client, "a", vec![block], u64::MAX, false).expect("sent");
+        let results = &client.queues().results;
+        for part in [&b"one"[..], b"two"] {
+            let header = MessageHeader {
+                key,
+                kind: crate::wire::KIND_PART,
+                ..MessageHeader::default()
+            };
+            results.push(&header, part).expect("room");
+        }
+        answer(&client); // the final answer, in the same drain as the parts
+        let drained = client.drain_streams(16, |waiter| Some(waiter.to_uppercase()));
+        let parts: Vec<_> = drained
+            .answers
+            .iter()
+            .map(|a| {
+                (
+                    a.part,
+                    a.waiter,
+                    a.sink.clone(),
+                    a.message.payload().to_vec(),
+                )
+            })
+            .collect();
+        let sink = Some("A".to_string());
+        assert_eq!(
+            parts,
+            vec![
+                (true, None, sink.clone(), b"one".to_vec()),
+                (true, None, sink, b"two".to_vec()),
+                (false, Some("a"), None, b"done".to_vec()),
+            ]
+        );
+        assert_eq!(client.waiter(key), None);
+        assert!(drained.answers[..2].iter().all(|a| a.blocks.is_empty()));
+        assert_eq!(
+            drained.answers[2].blocks,
+            vec![block],
+            "held until the answer"
+        );
     }
 
     #[test]

@@ -132,6 +132,49 @@ impl StepConsumer {
         Ok(Some(batch))
     }
 
+    /// Continuous batching: up to `room` more tasks beside the tasks of
+    /// `holding` (their keys are claimed again, so a worker that dies fails
+    /// them all). Takes what is queued now; when the last iteration
+    /// retired `left` tasks, waits up to the batch timeout for as many to
+    /// take their places (their callers are likely to send the next ones
+    /// at once), polling `interrupt`.
+    pub fn admit(
+        &mut self,
+        room: usize,
+        holding: &[u64],
+        left: usize,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> Result<Batch> {
+        let claims = self.claims();
+        claims.control.clear_claims(claims.slot);
+        for &key in holding {
+            claims.control.claim(claims.slot, key);
+        }
+        let timeout = self.config.batch.timeout;
+        let until =
+            (left > 0 && !timeout.is_zero()).then(|| monotonic_ns() + timeout.as_nanos() as u64);
+        let batch =
+            self.assembler
+                .admit(self.input(), room, left, until, interrupt, Some(claims))?;
+        self.released(&batch);
+        Ok(batch)
+    }
+
+    /// True when the task of `header` is no longer wanted (its caller
+    /// cancelled it or its deadline passed); `count` records it in the
+    /// step's metrics (the task leaves its batch).
+    pub fn unwanted(&self, header: &MessageHeader, count: bool) -> bool {
+        let cancelled = self.control.is_cancelled(header.key);
+        let gone = cancelled || header.is_expired(monotonic_ns());
+        if gone && count {
+            if let Some(m) = self.control.metrics(self.config.step) {
+                let counter = if cancelled { &m.cancelled } else { &m.expired };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        gone
+    }
+
     /// Frees the room taken messages held (ringing the doorbells of clients
     /// waiting for it).
     fn released(&self, batch: &Batch) {
@@ -338,6 +381,28 @@ mod tests {
             (got.header.kind, got.payload()),
             (KIND_ERROR, &b"report"[..])
         );
+    }
+
+    #[test]
+    fn a_continuous_batch_admits_beside_what_it_holds() {
+        let mut c = consumer(1);
+        for key in 10..14 {
+            c.queues[0].push(&task(key), b"t").expect("room");
+        }
+        let batch = c.admit(1, &[1, 2], 0, &mut || false).expect("admitted");
+        let keys: Vec<u64> = batch.messages.iter().map(|m| m.header.key).collect();
+        assert_eq!(keys, vec![10], "no more than the room");
+        assert_eq!(
+            c.control.claims(0),
+            vec![1, 2, 10],
+            "held tasks stay claimed"
+        );
+        c.control.cancel(11);
+        let batch = c.admit(5, &[1], 0, &mut || false).expect("admitted");
+        assert_eq!(batch.messages.len(), 2, "at most the batch size");
+        assert_eq!(batch.expired.len(), 1, "the cancelled one is dropped");
+        assert!(c.unwanted(&task(11), false));
+        assert!(!c.unwanted(&task(12), false));
     }
 
     #[test]

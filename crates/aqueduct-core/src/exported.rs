@@ -8,7 +8,7 @@ use crate::spin::DEFAULT_SPIN_US;
 use crate::wire::*;
 
 /// The numbers.
-pub const NUMBERS: [(&str, u64); 27] = [
+pub const NUMBERS: [(&str, u64); 31] = [
     ("KIND_TASK", KIND_TASK as u64),
     ("KIND_ERROR", KIND_ERROR as u64),
     ("KIND_TASK_BY_VALUE", KIND_TASK_BY_VALUE as u64),
@@ -16,9 +16,13 @@ pub const NUMBERS: [(&str, u64); 27] = [
     ("KIND_STATE", KIND_STATE as u64),
     ("KIND_HTTP_REQUEST", KIND_HTTP_REQUEST as u64),
     ("KIND_HTTP_RESPONSE", KIND_HTTP_RESPONSE as u64),
+    ("KIND_PART", KIND_PART as u64),
+    ("KIND_HTTP_PART", KIND_HTTP_PART as u64),
     ("FLAG_REFS", FLAG_REFS as u64),
     ("FLAG_BODY", FLAG_BODY as u64),
     ("FLAG_HTTP", FLAG_HTTP as u64),
+    ("FLAG_STREAM", FLAG_STREAM as u64),
+    ("CARRIED", CARRIED as u64),
     ("HTTP_ROUTE_SHIFT", HTTP_ROUTE_SHIFT as u64),
     ("HTTP_ROUTE_MASK", HTTP_ROUTE_MASK as u64),
     ("FLAGS", FLAGS as u64),

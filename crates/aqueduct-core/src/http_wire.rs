@@ -159,6 +159,29 @@ pub fn split_error(payload: &[u8]) -> Option<ErrorSummary<'_>> {
     })
 }
 
+/// `data` as one Server-Sent Event: each of its lines after `data: `, then
+/// the blank line that ends the event (how a streamed part is sent).
+pub fn server_sent_event(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 8);
+    for line in data.split(|&b| b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out
+}
+
+/// The Server-Sent Event that ends a stream whose task failed: type
+/// `error`, the JSON error ([`error_json`]) as its data.
+pub fn error_event(message: &str, kind: &str) -> Vec<u8> {
+    let json = error_json(message, kind);
+    let mut out = Vec::with_capacity(json.len() + 24);
+    out.extend_from_slice(b"event: error\n");
+    out.extend_from_slice(&server_sent_event(&json));
+    out
+}
+
 /// `{"error": message, "type": kind}`, escaped as JSON strings must be.
 pub fn error_json(message: &str, kind: &str) -> Vec<u8> {
     let mut out = String::with_capacity(message.len() + kind.len() + 24);
@@ -238,6 +261,16 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn server_sent_events_carry_each_line() {
+        assert_eq!(server_sent_event(b"a"), b"data: a\n\n");
+        assert_eq!(server_sent_event(b"a\r\nb"), b"data: a\ndata: b\n\n");
+        assert_eq!(
+            error_event("x", "E"),
+            b"event: error\ndata: {\"error\": \"x\", \"type\": \"E\"}\n\n"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -22,6 +22,14 @@ pub const KIND_HTTP_REQUEST: u32 = 5;
 /// An HTTP response for the Rust server (see `http_wire`), made by the last
 /// step's worker with the server's `response_from_task`.
 pub const KIND_HTTP_RESPONSE: u32 = 6;
+/// A part of a streamed task's result (`task.emit(part)` in a handler),
+/// keyed like the final answer, which follows its parts and closes the
+/// stream: the part pickled (or by shared-memory reference, `FLAG_REFS`).
+pub const KIND_PART: u32 = 7;
+/// A part of a streamed HTTP response: bytes the Rust server writes to the
+/// connection as one chunk (made in the worker: Server-Sent Events, or the
+/// route's own encoding).
+pub const KIND_HTTP_PART: u32 = 8;
 
 /// Flag: the payload starts with shared-memory references.
 pub const FLAG_REFS: u32 = 0x100;
@@ -30,6 +38,10 @@ pub const FLAG_BODY: u32 = 0x200;
 /// Flag: the task came from the HTTP server; the last step answers it with
 /// a `KIND_HTTP_RESPONSE`, and its errors are reported as HTTP statuses.
 pub const FLAG_HTTP: u32 = 0x400;
+/// Flag: the caller streams the task's parts (`Flow.stream`, a streaming
+/// HTTP route); without it a handler's `emit` sends nothing. Carried by the
+/// task through the steps.
+pub const FLAG_STREAM: u32 = 0x800;
 /// With `FLAG_HTTP`, the bits from this one up say which of the server's
 /// routes the request came to (and so which pair of functions makes its
 /// task and its response); they travel with the task through the steps.
@@ -37,7 +49,15 @@ pub const HTTP_ROUTE_SHIFT: u32 = 16;
 /// The route bits of a `kind` word.
 pub const HTTP_ROUTE_MASK: u32 = 0xffff << HTTP_ROUTE_SHIFT;
 /// Every flag bit; `kind & !FLAGS` is the kind.
-pub const FLAGS: u32 = FLAG_REFS | FLAG_BODY | FLAG_HTTP | HTTP_ROUTE_MASK;
+pub const FLAGS: u32 = FLAG_REFS | FLAG_BODY | FLAG_HTTP | FLAG_STREAM | HTTP_ROUTE_MASK;
+/// What a task carries from step to step whatever its encoding: where it
+/// came from (HTTP, and which route) and whether its parts are streamed.
+pub const CARRIED: u32 = FLAG_HTTP | FLAG_STREAM | HTTP_ROUTE_MASK;
+
+/// True for the messages that are parts of a streamed result.
+pub fn is_part(kind: u32) -> bool {
+    matches!(base_kind(kind), KIND_PART | KIND_HTTP_PART)
+}
 
 /// The `kind` bits of HTTP route `route`.
 pub fn http_route_bits(route: u16) -> u32 {

@@ -12,6 +12,7 @@ mod answer;
 mod json_errors;
 mod metrics;
 mod server;
+mod stream;
 
 pub use metrics::Names;
 pub use server::{Config, Server, Target};

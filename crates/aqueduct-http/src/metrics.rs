@@ -14,6 +14,9 @@ pub struct Outcomes {
     pub done: AtomicU64,
     pub failed: AtomicU64,
     pub timeout: AtomicU64,
+    /// Requests whose client closed the connection before the end (their
+    /// tasks were cancelled).
+    pub left: AtomicU64,
 }
 
 /// What the page names: the flow, each metrics slot of the control block
@@ -101,6 +104,7 @@ pub fn render(
         ("done", &outcomes.done),
         ("failed", &outcomes.failed),
         ("timeout", &outcomes.timeout),
+        ("cancelled", &outcomes.left),
     ] {
         let labels = format!("flow=\"{flow}\",outcome=\"{outcome}\"");
         line(
@@ -110,12 +114,6 @@ pub fn render(
             value.load(Ordering::Relaxed) as f64,
         );
     }
-    line(
-        &mut out,
-        "tasks_total",
-        &format!("flow=\"{flow}\",outcome=\"cancelled\""),
-        0.0,
-    );
     header(
         &mut out,
         "memory_bytes",

@@ -11,24 +11,27 @@ use std::time::{Duration, Instant};
 
 use aqueduct_core::http_wire::{encode_request_head, BodyRef};
 use aqueduct_core::wire::{
-    http_route_bits, FLAG_HTTP, INLINE_LIMIT, KIND_HTTP_REQUEST, MAX_PRIORITIES,
+    http_route_bits, is_part, FLAG_HTTP, FLAG_STREAM, INLINE_LIMIT, KIND_HTTP_REQUEST,
+    MAX_PRIORITIES,
 };
 use aqueduct_core::{
     monotonic_ns, ClientConfig, ClientCore, ClientQueues, Control, Error, Message, MessageHeader,
     Outbound, TaskQueue, TrackedArena,
 };
 use bytes::Bytes;
+use http_body_util::Either;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::answer::{self, Body};
 use crate::json_errors::JsonErrors;
 use crate::metrics::{self, Names, Outcomes};
+use crate::stream::{End, PartBody};
 
 /// Header a request may set to its own timeout, in seconds.
 const TIMEOUT_HEADER: &str = "x-aqueduct-timeout";
@@ -51,10 +54,53 @@ pub struct Config {
     pub body_limit: usize,
     /// Threads of the runtime that runs connections.
     pub threads: usize,
+    /// Per route (as `paths`): the content type of its streamed responses,
+    /// or None for a route that answers once (see `stream`).
+    pub streams: Vec<Option<String>>,
 }
 
-/// What a request waits for: the answer's message (dropped: there is none).
-type Waiter = oneshot::Sender<Message>;
+/// What a request waits for (dropped: there is no answer): the answer's
+/// message, or, for a streaming route, every part and then the answer.
+enum Waiter {
+    Once(oneshot::Sender<Message>),
+    Stream(mpsc::UnboundedSender<Message>),
+}
+
+impl Waiter {
+    fn deliver(self, message: Message) {
+        let _ = match self {
+            Waiter::Once(tx) => tx.send(message).map_err(drop),
+            Waiter::Stream(tx) => tx.send(message).map_err(drop),
+        };
+    }
+}
+
+/// How a request waits (see [`Waiter`]).
+enum Awaited {
+    Once(oneshot::Receiver<Message>),
+    Stream(mpsc::UnboundedReceiver<Message>),
+}
+
+/// A response's body: whole, or streamed.
+pub type Reply = Either<Body, PartBody>;
+
+/// Cancels a request's task when the request is dropped before it ended
+/// (its client closed the connection): workers skip it or stop producing
+/// for it.
+struct CancelOnDrop<'a> {
+    shared: &'a Shared,
+    key: Option<u64>,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            if self.shared.client().cancel(key).is_some() {
+                self.shared.outcomes.left.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 /// The segments of the flow the server feeds, as this server's client
 /// slot sees them: they change when the flow heals onto fresh ones (see
@@ -302,24 +348,27 @@ async fn accept(
     }
 }
 
-async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
+async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Reply> {
     let path = request.uri().path().to_owned();
     if path == "/metrics" {
-        return metrics_page(shared);
+        return metrics_page(shared).map(Either::Left);
     }
     if path == "/health" {
         return match shared.failure() {
             None => ok_json(br#"{"status": "ok"}"#),
             Some(reason) => answer::error(StatusCode::SERVICE_UNAVAILABLE, &reason, "FlowError"),
-        };
+        }
+        .map(Either::Left);
     }
     let Some(route) = shared.config.paths.iter().position(|p| *p == path) else {
         let message = format!("no route for {path}");
-        return answer::error(StatusCode::NOT_FOUND, &message, "NotFound");
+        return answer::error(StatusCode::NOT_FOUND, &message, "NotFound").map(Either::Left);
     };
+    let stream = shared.config.streams.get(route).cloned().flatten();
     let route = u16::try_from(route).unwrap_or(u16::MAX);
     if let Some(reason) = shared.failure() {
-        return answer::error(StatusCode::SERVICE_UNAVAILABLE, &reason, "FlowError");
+        return answer::error(StatusCode::SERVICE_UNAVAILABLE, &reason, "FlowError")
+            .map(Either::Left);
     }
     let timeout = header_f64(&request, TIMEOUT_HEADER)
         .filter(|t| t.is_finite() && *t > 0.0)
@@ -333,16 +382,21 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => {
             let message = format!("the body is over {} bytes", shared.config.body_limit);
-            return answer::error(StatusCode::PAYLOAD_TOO_LARGE, &message, "PayloadTooLarge");
+            return answer::error(StatusCode::PAYLOAD_TOO_LARGE, &message, "PayloadTooLarge")
+                .map(Either::Left);
         }
-        Err(e) => return answer::error(StatusCode::BAD_REQUEST, &e.to_string(), "BadRequest"),
+        Err(e) => {
+            return answer::error(StatusCode::BAD_REQUEST, &e.to_string(), "BadRequest")
+                .map(Either::Left)
+        }
     };
     let headers: Vec<(&[u8], &[u8])> = parts
         .headers
         .iter()
         .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
         .collect();
-    let (answer, key) = {
+    let started = tokio::time::Instant::now();
+    let (awaited, key) = {
         let mut client = shared.client();
         let key = client.next_key();
         let query = parts.uri.query().unwrap_or("");
@@ -352,14 +406,39 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
             query: query.as_bytes(),
             headers: &headers,
         };
-        match send(&mut client, key, &head, &body, route, priority, timeout) {
-            Ok(answer) => (answer, key),
-            Err(response) => return *response,
+        let sent = Sending {
+            route,
+            priority,
+            timeout,
+            stream: stream.is_some(),
+        };
+        match send(&mut client, key, &head, &body, &sent) {
+            Ok(awaited) => (awaited, key),
+            Err(response) => return response.map(Either::Left),
         }
     };
-    let response = match tokio::time::timeout(timeout, answer).await {
-        Ok(Ok(message)) => answer::from_message(&message),
-        Ok(Err(_)) => answer::error(
+    let mut guard = CancelOnDrop {
+        shared,
+        key: Some(key),
+    };
+    let first = match awaited {
+        Awaited::Once(answer) => tokio::time::timeout(timeout, answer).await.map(Result::ok),
+        Awaited::Stream(mut messages) => {
+            match tokio::time::timeout(timeout, messages.recv()).await {
+                Ok(Some(message)) if is_part(message.header.kind) => {
+                    guard.key = None; // the body cancels it from now on
+                    let content_type = stream.unwrap_or_default();
+                    let deadline = Box::pin(tokio::time::sleep_until(started + timeout));
+                    return streamed(shared, key, message, messages, deadline, &content_type);
+                }
+                waited => waited,
+            }
+        }
+    };
+    guard.key = None;
+    let response = match first {
+        Ok(Some(message)) => answer::from_message(&message),
+        Ok(None) => answer::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the flow stopped or restarted before it answered",
             "FlowError",
@@ -376,7 +455,54 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         _ => &shared.outcomes.failed,
     };
     outcome.fetch_add(1, Ordering::Relaxed);
+    response.map(Either::Left)
+}
+
+/// The response of a streaming route whose first part came: 200, then the
+/// parts as chunks (see `stream`); a client that leaves cancels the task.
+fn streamed(
+    shared: &Arc<Shared>,
+    key: u64,
+    first: Message,
+    messages: mpsc::UnboundedReceiver<Message>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    content_type: &str,
+) -> Response<Reply> {
+    let shared = Arc::clone(shared);
+    let on_end = Box::new(move |how: End| {
+        let outcomes = &shared.outcomes;
+        let counter = match how {
+            End::Done => &outcomes.done,
+            End::Failed => &outcomes.failed,
+            End::Timeout => &outcomes.timeout,
+            End::Left => &outcomes.left,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if matches!(how, End::Timeout | End::Left) {
+            shared.client().cancel(key); // workers stop producing for it
+        }
+    });
+    let mut response = Response::new(Either::Right(PartBody::new(
+        first, messages, deadline, on_end,
+    )));
+    let headers = response.headers_mut();
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        headers.insert(hyper::header::CONTENT_TYPE, value);
+    }
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
     response
+}
+
+/// How a request is sent: to which route, at which priority, until when,
+/// and whether its parts are streamed back.
+struct Sending {
+    route: u16,
+    priority: u32,
+    timeout: Duration,
+    stream: bool,
 }
 
 /// A request's head, as it goes to the workers.
@@ -396,10 +522,8 @@ fn send(
     key: u64,
     head: &RequestHead<'_>,
     body: &[u8],
-    route: u16,
-    priority: u32,
-    timeout: Duration,
-) -> Result<oneshot::Receiver<Message>, Box<Response<Body>>> {
+    sending: &Sending,
+) -> Result<Awaited, Box<Response<Body>>> {
     let arena = client.queues().arena.clone();
     let in_arena = match &arena {
         Some(arena) if body.len() > INLINE_LIMIT => match arena.place(body, key) {
@@ -429,15 +553,22 @@ fn send(
         )));
     }
     let inline: &[u8] = if in_arena.is_some() { &[] } else { body };
-    let deadline_ns = monotonic_ns().saturating_add(timeout.as_nanos() as u64);
+    let deadline_ns = monotonic_ns().saturating_add(sending.timeout.as_nanos() as u64);
+    let streamed = if sending.stream { FLAG_STREAM } else { 0 };
     let header = MessageHeader {
         key,
         deadline_ns,
-        kind: KIND_HTTP_REQUEST | FLAG_HTTP | http_route_bits(route),
-        priority,
+        kind: KIND_HTTP_REQUEST | FLAG_HTTP | streamed | http_route_bits(sending.route),
+        priority: sending.priority,
         enqueued_ns: 0,
     };
-    let (waiter, answer) = oneshot::channel();
+    let (waiter, awaited) = if sending.stream {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Waiter::Stream(tx), Awaited::Stream(rx))
+    } else {
+        let (tx, rx) = oneshot::channel();
+        (Waiter::Once(tx), Awaited::Once(rx))
+    };
     let out = Outbound {
         step: 0,
         header,
@@ -448,7 +579,7 @@ fn send(
         discard(in_arena);
         return Err(Box::new(refused(e)));
     }
-    Ok(answer)
+    Ok(awaited)
 }
 
 fn metrics_page(shared: &Shared) -> Response<Body> {
@@ -518,7 +649,10 @@ fn read_answers(shared: &Shared) {
                 if !Arc::ptr_eq(&client.queues().results, &results) {
                     break; // retargeted meanwhile
                 }
-                let drained = client.drain(DRAIN_LIMIT);
+                let drained = client.drain_streams(DRAIN_LIMIT, |waiter| match waiter {
+                    Waiter::Stream(tx) => Some(tx.clone()),
+                    Waiter::Once(_) => None,
+                });
                 for answer in &drained.answers {
                     client.release(&answer.blocks); // the worker is done with the body
                 }
@@ -526,8 +660,10 @@ fn read_answers(shared: &Shared) {
             };
             let taken = drained.answers.len();
             for answer in drained.answers {
-                if let Some(waiter) = answer.waiter {
-                    let _ = waiter.send(answer.message);
+                if let Some(sink) = answer.sink {
+                    let _ = sink.send(answer.message); // a part
+                } else if let Some(waiter) = answer.waiter {
+                    waiter.deliver(answer.message);
                 }
             }
             if taken > 0 {

@@ -48,6 +48,9 @@ pub(crate) struct Entry {
     /// otherwise `task.update(finished)` is called.
     plain: bool,
     timeout_s: f64,
+    /// A streamed task's parts go to `sink().put(part)` (a weak reference
+    /// to `Flow.stream`'s iterator).
+    sink: Option<Py<PyAny>>,
 }
 
 struct State {
@@ -176,13 +179,18 @@ impl Client {
 
     /// Sends `task` to the flow and returns its future, resolved once the
     /// handlers' fields are set on `task` (or failed with the flow's
-    /// error); None when no step's condition holds for it.
+    /// error); None when no step's condition holds for it. With a `sink`
+    /// (a weak reference), the task is streamed: each part a handler emits
+    /// is given to `sink().put(part)` as it comes, before the future is
+    /// resolved.
+    #[pyo3(signature = (task, timeout_sec, sink=None))]
     fn submit<'py>(
         &self,
         task: &Bound<'py, PyAny>,
         timeout_sec: f64,
+        sink: Option<Py<PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.submit_task(task, timeout_sec)
+        self.submit_task(task, timeout_sec, sink)
     }
 
     /// The doorbell rang: settles every ready answer, then sends what
@@ -330,6 +338,9 @@ impl Client {
             for entry in state.core.waiters() {
                 visit.call(&entry.future)?;
                 visit.call(&entry.task)?;
+                if let Some(sink) = &entry.sink {
+                    visit.call(sink)?;
+                }
             }
         }
         Ok(())

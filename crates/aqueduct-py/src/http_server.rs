@@ -22,7 +22,7 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -36,6 +36,7 @@ impl HttpServer {
         timeout: f64,
         body_limit: usize,
         threads: usize,
+        streams: Vec<Option<String>>,
     ) -> PyResult<Self> {
         if !(timeout.is_finite() && timeout > 0.0) {
             return Err(PyValueError::new_err("timeout must be > 0"));
@@ -48,9 +49,13 @@ impl HttpServer {
         if paths.is_empty() || paths.len() > usize::from(u16::MAX) {
             return Err(PyValueError::new_err("a server needs 1 to 65535 routes"));
         }
+        if !streams.is_empty() && streams.len() != paths.len() {
+            return Err(PyValueError::new_err("streams: one per route, or none"));
+        }
         let config = Config {
             addr,
             paths,
+            streams,
             timeout: Duration::from_secs_f64(timeout.min(1e6)),
             body_limit,
             threads,

@@ -143,6 +143,26 @@ fn split_state(payload: &[u8]) -> PyResult<(Vec<u8>, usize)> {
     Ok((name.to_vec(), payload.len() - body.len()))
 }
 
+/// The chunk a streamed part is sent as over HTTP: bytes as they are,
+/// anything else as one Server-Sent Event (what the Rust server sends).
+#[pyfunction]
+fn part_chunk<'py>(
+    py: Python<'py>,
+    part: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    Ok(pyo3::types::PyBytes::new(py, &worker::chunk(part)?))
+}
+
+/// The Server-Sent Event that ends a stream whose task failed.
+#[pyfunction]
+fn error_event<'py>(
+    py: Python<'py>,
+    message: &str,
+    kind: &str,
+) -> Bound<'py, pyo3::types::PyBytes> {
+    pyo3::types::PyBytes::new(py, &aqueduct_core::http_wire::error_event(message, kind))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<message::PyMessage>()?;
@@ -155,6 +175,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<shm::ShmView>()?;
     m.add_class::<http_server::HttpServer>()?;
     m.add_function(wrap_pyfunction!(uuid4, m)?)?;
+    m.add_function(wrap_pyfunction!(part_chunk, m)?)?;
+    m.add_function(wrap_pyfunction!(error_event, m)?)?;
     m.add_function(wrap_pyfunction!(state_fields, m)?)?;
     m.add_function(wrap_pyfunction!(encode_refs, m)?)?;
     m.add_function(wrap_pyfunction!(split_refs, m)?)?;

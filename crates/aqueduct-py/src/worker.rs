@@ -35,9 +35,10 @@ use crate::queue::{message_list, Doorbell, Queue};
 use crate::{deadline_after, pickle, signal_checker, to_py_err};
 
 mod http;
+mod stream;
 mod tasks;
 
-pub(crate) use self::http::HttpEnds;
+pub(crate) use self::http::{chunk, HttpEnds};
 
 /// A batch whose handler took this long sends its results on at once instead
 /// of with the rest of its burst.
@@ -58,21 +59,43 @@ impl StateClass {
     }
 }
 
-/// The current batch of a burst, as the Python side holds it.
+/// A task in the handler's hands: its message, object, shared-memory refs
+/// (from the Python half) and, for a `KIND_STATE` one, its class.
+struct Held {
+    message: Message,
+    task: Py<PyAny>,
+    refs: Option<Py<PyAny>>,
+    class: Option<StateClass>,
+    /// Continuous batching: `task.finish()` was called, so it leaves the
+    /// active set after this iteration.
+    finished: bool,
+}
+
+/// The current batch of a burst (or the active set of a continuous step),
+/// as the Python side holds it.
 #[derive(Default)]
 struct Burst {
-    /// The current batch's messages, and per message its task once loaded
-    /// and its shared-memory refs (from the Python half) if it has any.
-    messages: Vec<Message>,
-    tasks: Vec<Option<Py<PyAny>>>,
-    refs: Vec<Option<Py<PyAny>>>,
-    /// Per message that came as `KIND_STATE`: its class and payload prefix.
-    classes: Vec<Option<StateClass>>,
+    /// Messages taken from the queue and not loaded yet.
+    fresh: Vec<Message>,
+    /// The tasks handed to the handler.
+    held: Vec<Held>,
     /// The current batch was handed out.
     handed: bool,
+    /// Continuous batching: tasks the last iteration sent on (the next
+    /// admission may wait for as many to take their places).
+    retired: usize,
     /// A signal handler raised while tasks were in hand: raised on the next
     /// call, after they are done.
     deferred: Option<PyErr>,
+}
+
+impl Burst {
+    /// The held task `task` is.
+    fn find(&mut self, task: &Bound<'_, PyAny>) -> Option<&mut Held> {
+        self.held
+            .iter_mut()
+            .find(|h| h.task.as_ptr() == task.as_ptr())
+    }
 }
 
 /// One worker's side of its step (see the module docs).
@@ -92,6 +115,10 @@ pub(crate) struct StepWorker {
     truth: Py<PyAny>,
     slow: Py<PyAny>,
     burst: Mutex<Burst>,
+    /// Continuous batching: the handler keeps an active set of at most
+    /// `batch_size` tasks and finishes each when it is done.
+    continuous: bool,
+    batch_size: usize,
     /// `KIND_STATE` class names (module NUL qualname) -> classes.
     classes: Mutex<HashMap<Vec<u8>, StateClass>>,
 }
@@ -203,7 +230,7 @@ impl StepWorker {
     /// `conditions`: every step's `handle_condition`, in order; `http`:
     /// the HTTP server's ends (see `HttpEnds`), when it serves the flow.
     #[new]
-    #[pyo3(signature = (step, slot, queues, doorbells, control, conditions, slow, batch_size=1, batch_timeout=0.0, burst=1, http=None))]
+    #[pyo3(signature = (step, slot, queues, doorbells, control, conditions, slow, batch_size=1, batch_timeout=0.0, burst=1, http=None, continuous=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -218,6 +245,7 @@ impl StepWorker {
         batch_timeout: f64,
         burst: usize,
         http: Option<HttpEnds>,
+        continuous: bool,
     ) -> PyResult<Self> {
         if batch_size == 0 || burst == 0 {
             return Err(PyValueError::new_err("batch_size and burst must be >= 1"));
@@ -260,6 +288,8 @@ impl StepWorker {
             truth: py.import("operator")?.getattr("truth")?.unbind(),
             slow,
             burst: Mutex::new(Burst::default()),
+            continuous,
+            batch_size,
             classes: Mutex::new(HashMap::new()),
         })
     }
@@ -268,35 +298,7 @@ impl StepWorker {
     /// when `idle_timeout` passed with nothing to do, None once the queue is
     /// closed and drained.
     fn next(&self, py: Python<'_>, idle_timeout: Option<f64>) -> PyResult<Option<bool>> {
-        let mut burst = self.burst()?;
-        if let Some(e) = burst.deferred.take() {
-            return Err(e);
-        }
-        *burst = Burst::default();
-        drop(burst);
-        let deadline = deadline_after(idle_timeout)?;
-        let mut consumer = self.consumer()?;
-        let c = &mut *consumer;
-        let mut pending = None;
-        let batch = py.detach(|| c.wait(deadline, &mut signal_checker(&mut pending)));
-        drop(consumer);
-        // corrupt shared memory: the worker must stop reading it (its
-        // Python half exits; the tasks it claimed are failed by the parent)
-        let batch = batch.map_err(to_py_err)?;
-        // dropped tasks are let go before anything else can fail
-        self.drop_messages(py, &batch.expired)?;
-        if let Some(e) = pending {
-            if batch.messages.is_empty() {
-                return Err(e);
-            }
-            self.burst()?.deferred = Some(e);
-        }
-        if batch.closed && batch.messages.is_empty() {
-            return Ok(None);
-        }
-        let ready = !batch.messages.is_empty();
-        self.burst()?.start(batch.messages);
-        Ok(Some(ready))
+        self.wait_for_work(py, idle_timeout)
     }
 
     /// The tasks of the next batch, unpickled: the one `next` waited for,
@@ -309,45 +311,54 @@ impl StepWorker {
                 return Ok(PyList::empty(py)); // the burst took its most batches
             };
             self.drop_messages(py, &batch.expired)?;
-            self.burst()?.start(batch.messages);
+            self.burst()?.fresh = batch.messages;
         }
-        // the messages leave the burst while Python code runs on them
-        let messages = std::mem::take(&mut self.burst()?.messages);
-        let tasks = PyList::empty(py);
-        let mut loaded = Vec::with_capacity(messages.len());
-        let mut touched = 0u128;
-        for (i, message) in messages.iter().enumerate() {
-            match self.load(py, message)? {
-                Load::Task(task, refs, class) => {
-                    tasks.append(&task)?;
-                    loaded.push((i, task.unbind(), refs, class));
-                }
-                Load::Sent(to) => touched |= 1 << to, // reported, or on without the handler
-            }
-        }
-        self.touch(touched)?;
-        let mut burst = self.burst()?;
-        burst.messages = messages;
-        for (i, task, refs, class) in loaded {
-            burst.tasks[i] = Some(task);
-            burst.refs[i] = refs;
-            burst.classes[i] = class;
-        }
+        let held = self.load_fresh(py)?;
+        let tasks = PyList::new(py, held.iter().map(|h| h.task.bind(py)))?;
+        self.burst()?.held = held;
         Ok(tasks)
     }
 
+    /// Continuous batching: the active set for the handler's next
+    /// iteration — the tasks it holds, joined by what is queued now (up to
+    /// `batch_size` in all), less those cancelled or expired meanwhile.
+    /// Waits (as `next`) only while it holds none: an empty list when
+    /// `idle_timeout` passed, None once the queue is closed and drained.
+    fn active<'py>(
+        &self,
+        py: Python<'py>,
+        idle_timeout: Option<f64>,
+    ) -> PyResult<Option<Bound<'py, PyList>>> {
+        self.next_iteration(py, idle_timeout)
+    }
+
     /// Sends the handled tasks of the current batch on: to the next step
-    /// whose condition holds, or back to their clients. `took_ns`: how long
-    /// the handler took (recorded in the step's metrics); a batch that took
-    /// [`SLOW_BATCH_NS`] or more wakes the next consumers at once instead of
-    /// with the rest of its burst.
+    /// whose condition holds, or back to their clients (continuous
+    /// batching: the finished ones only; the rest stay active). `took_ns`:
+    /// how long the handler took (recorded in the step's metrics); a batch
+    /// that took [`SLOW_BATCH_NS`] or more wakes the next consumers at once
+    /// instead of with the rest of its burst.
     #[pyo3(signature = (took_ns=0))]
     fn forward(&self, py: Python<'_>, took_ns: u64) -> PyResult<()> {
-        let work = self.take()?;
-        self.consumer()?.record_handled(took_ns, work.len());
-        for (message, task, refs, class) in work {
-            let task = task.into_bound(py);
-            self.forward_one(&task, &message, refs, class.as_ref())?;
+        let (work, handled) = {
+            let mut burst = self.burst()?;
+            let handled = burst.held.len();
+            let work = if self.continuous {
+                let (done, active): (Vec<Held>, Vec<Held>) = std::mem::take(&mut burst.held)
+                    .into_iter()
+                    .partition(|h| h.finished);
+                burst.held = active;
+                burst.retired = done.len();
+                done
+            } else {
+                std::mem::take(&mut burst.held)
+            };
+            (work, handled)
+        };
+        self.consumer()?.record_handled(took_ns, handled);
+        for held in work {
+            let task = held.task.into_bound(py);
+            self.forward_one(&task, &held.message, held.refs, held.class.as_ref())?;
         }
         if took_ns >= SLOW_BATCH_NS {
             self.flush()?; // a wake-up costs far less than the wait
@@ -355,15 +366,35 @@ impl StepWorker {
         Ok(())
     }
 
-    /// The handler raised on the current batch: each of its tasks fails
-    /// with the error report `payload`.
+    /// The handler raised on the current batch (continuous batching: the
+    /// active set): each of its tasks fails with the error report `payload`.
     fn fail(&self, py: Python<'_>, payload: &[u8]) -> PyResult<()> {
-        for (message, _task, refs, _class) in self.take()? {
-            self.retire(py, refs.as_ref(), None)?;
-            let h = message.header;
-            self.send_error(py, h.key, h.priority, payload)?;
+        let held = std::mem::take(&mut self.burst()?.held);
+        for h in held {
+            self.retire(py, h.refs.as_ref(), None)?;
+            let header = h.message.header;
+            self.send_error(py, header.key, header.priority, payload)?;
         }
         Ok(())
+    }
+
+    /// Sends `part` to the caller of `task` (one of the tasks in the
+    /// handler's hands) at once; False when the caller no longer wants it
+    /// (cancelled, or its timeout passed): stop producing for it.
+    fn emit(&self, task: &Bound<'_, PyAny>, part: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.emit_part(task, part)
+    }
+
+    /// Continuous batching: `task` is done; it leaves the active set (and
+    /// is sent on) after this iteration.
+    fn finish(&self, task: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.held_task(task, |held| held.finished = true)
+    }
+
+    /// True when the caller of `task` no longer wants it.
+    fn is_cancelled(&self, task: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let header = self.held_task(task, |held| held.message.header)?;
+        Ok(self.consumer()?.unwanted(&header, false))
     }
 
     /// Wakes the consumer of every queue this burst pushed to, once.
@@ -401,32 +432,72 @@ impl StepWorker {
         Ok(())
     }
 
-    /// Takes the loaded tasks of the current batch (with their messages,
-    /// refs and classes).
-    fn take(&self) -> PyResult<Vec<Handed>> {
+    /// See `next`.
+    fn wait_for_work(&self, py: Python<'_>, idle_timeout: Option<f64>) -> PyResult<Option<bool>> {
         let mut burst = self.burst()?;
-        let messages = std::mem::take(&mut burst.messages);
-        let mut work = Vec::with_capacity(messages.len());
-        for (i, message) in messages.into_iter().enumerate() {
-            if let Some(task) = burst.tasks[i].take() {
-                let refs = burst.refs[i].take();
-                let class = burst.classes[i].take();
-                work.push((message, task, refs, class));
+        if let Some(e) = burst.deferred.take() {
+            return Err(e);
+        }
+        *burst = Burst::default();
+        drop(burst);
+        let deadline = deadline_after(idle_timeout)?;
+        let mut consumer = self.consumer()?;
+        let c = &mut *consumer;
+        let mut pending = None;
+        let batch = py.detach(|| c.wait(deadline, &mut signal_checker(&mut pending)));
+        drop(consumer);
+        // corrupt shared memory: the worker must stop reading it (its
+        // Python half exits; the tasks it claimed are failed by the parent)
+        let batch = batch.map_err(to_py_err)?;
+        // dropped tasks are let go before anything else can fail
+        self.drop_messages(py, &batch.expired)?;
+        if let Some(e) = pending {
+            if batch.messages.is_empty() {
+                return Err(e);
+            }
+            self.burst()?.deferred = Some(e);
+        }
+        if batch.closed && batch.messages.is_empty() {
+            return Ok(None);
+        }
+        let ready = !batch.messages.is_empty();
+        self.burst()?.fresh = batch.messages;
+        Ok(Some(ready))
+    }
+
+    /// Loads the fresh messages of the burst: the tasks for the handler
+    /// (those it cannot load, or that its condition declines, are sent on
+    /// at once).
+    fn load_fresh(&self, py: Python<'_>) -> PyResult<Vec<Held>> {
+        // the messages leave the burst while Python code runs on them
+        let fresh = std::mem::take(&mut self.burst()?.fresh);
+        let mut held = Vec::with_capacity(fresh.len());
+        let mut touched = 0u128;
+        for message in fresh {
+            match self.load(py, &message)? {
+                Load::Task(task, refs, class) => held.push(Held {
+                    message,
+                    task: task.unbind(),
+                    refs,
+                    class,
+                    finished: false,
+                }),
+                Load::Sent(to) => touched |= 1 << to, // reported, or on without the handler
             }
         }
-        Ok(work)
+        self.touch(touched)?;
+        Ok(held)
     }
-}
 
-/// A task handed to the handler: its message, object, refs and class.
-type Handed = (Message, Py<PyAny>, Option<Py<PyAny>>, Option<StateClass>);
-
-impl Burst {
-    /// Makes `messages` the current batch, not handed out yet.
-    fn start(&mut self, messages: Vec<Message>) {
-        self.tasks = (0..messages.len()).map(|_| None).collect();
-        self.refs = (0..messages.len()).map(|_| None).collect();
-        self.classes = (0..messages.len()).map(|_| None).collect();
-        self.messages = messages;
+    /// Runs `f` on the held task `task`; a task the handler does not hold
+    /// (this worker's) raises.
+    fn held_task<T>(&self, task: &Bound<'_, PyAny>, f: impl FnOnce(&mut Held) -> T) -> PyResult<T> {
+        let mut burst = self.burst()?;
+        burst.find(task).map(f).ok_or_else(|| {
+            PyRuntimeError::new_err(
+                "this task is not one the handler of this worker is handling \
+                 (emit, finish and is_cancelled work inside handle)",
+            )
+        })
     }
 }

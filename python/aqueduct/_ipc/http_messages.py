@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-__all__ = ["Request", "Response", "ResponseFromTask", "TaskFromRequest"]
+__all__ = ["PartToChunk", "Request", "Response", "ResponseFromTask", "TaskFromRequest"]
 
 
 class Request:
@@ -42,6 +42,9 @@ class Request:
 
 TaskFromRequest = Callable[[Request], Any]
 ResponseFromTask = Callable[[Any], Any]
+#: A streaming route's part -> its chunk: bytes as they are, anything else
+#: (text, or JSON for other objects) as one Server-Sent Event.
+PartToChunk = Callable[[Any], Any]
 
 
 @dataclass

@@ -106,6 +106,7 @@ class WorkerSpec:
     spin_us: int
     sys_path: list[str]  # the parent's, so workers import what it can
     http_blob: bytes | None = None  # the HTTP server's functions per route (cloudpickle)
+    continuous: bool = False  # continuous batching (see FlowStep)
 
     def inherited_fds(self) -> list[int]:
         """The parent's fds this worker maps (passed down by number)."""

@@ -29,7 +29,7 @@ from typing import Any
 import cloudpickle
 
 from .. import _core
-from .._core import BUFFER_THRESHOLD, INLINE_LIMIT
+from .._core import BUFFER_THRESHOLD, FLAGS, INLINE_LIMIT
 from ..exceptions import SharedMemoryFullError, TaskSerializationError
 from .protocol import (
     FLAG_BODY,
@@ -197,6 +197,13 @@ class SharedMemory:
             return kind | FLAG_REFS, encode_refs(refs) + payload, refs
         return kind, payload, refs
 
+    def dumps_part(self, part: Any, key: int) -> tuple[int, bytes, list[Ref]]:
+        """A streamed part as ``dumps`` encodes a task (a big bytes-like part
+        goes through shared memory as one buffer)."""
+        if isinstance(part, _BYTES_TYPES) and _nbytes(part) >= THRESHOLD:
+            part = _OutOfBand(part)
+        return self.dumps(part, key, by_value=False)
+
     def _on_buffer(self, buffer: pickle.PickleBuffer) -> bool:
         """pickle's buffer callback: True keeps the buffer in-band."""
         try:
@@ -227,7 +234,7 @@ class SharedMemory:
 
     def loads(self, kind: int, payload: bytes) -> tuple[Any, list[Ref]]:
         """Unpickles a message payload; returns the task and its refs."""
-        if kind == KIND_STATE:
+        if kind & ~FLAGS == KIND_STATE:
             return decode_state(payload), []
         if not kind & FLAG_REFS:
             return pickle.loads(payload), []

@@ -23,7 +23,7 @@ def worker_specs(
     steps: Sequence[FlowStep],
     step_names: Sequence[str],
     spin: int,
-    http: list[tuple[Any, Any]] | None = None,
+    http: list[tuple[Any, Any, Any]] | None = None,
 ) -> list[WorkerSpec]:
     """What each worker is started with, in slot order (the workers of
     step 1, then of step 2, ...): its step, handler and every step's
@@ -52,6 +52,7 @@ def worker_specs(
                     conditions_blob=conditions_blob,
                     batch_size=step.batch_size,
                     batch_timeout=step.batch_timeout,
+                    continuous=step.continuous,
                     nprocs=step.nprocs,
                     queue_fds=[q.fd for q in topology.queues],
                     doorbell_fds=[d.fd for d in topology.doorbells],

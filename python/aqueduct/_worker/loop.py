@@ -15,6 +15,7 @@ from typing import Any
 import cloudpickle
 
 from .. import _core
+from .._ipc import handling
 from .._ipc.http_messages import Request, Response
 from .._ipc.protocol import (
     EXIT_CORRUPT_SEGMENT,
@@ -154,7 +155,10 @@ class _Worker:
             spec.batch_timeout,
             burst,
             http,
+            spec.continuous,
         )
+        self.continuous = spec.continuous
+        handling.bind(self.engine)
         # the fds were duplicated by `open`; the inherited ones are not needed
         for fd in spec.inherited_fds():
             try:
@@ -164,6 +168,13 @@ class _Worker:
 
     def loop(self) -> None:
         log.debug("[%s] worker %d ready", self.step_name, os.getpid())
+        if self.continuous:
+            self._continuous_loop()
+        else:
+            self._batch_loop()
+        log.debug("[%s] worker %d exits", self.step_name, os.getpid())
+
+    def _batch_loop(self) -> None:
         engine = self.engine
         handle = self.handler.handle
         clock = time.perf_counter_ns
@@ -183,7 +194,26 @@ class _Worker:
                     continue
                 engine.forward(clock() - started)
             engine.flush()  # one wake-up per burst for each queue fed
-        log.debug("[%s] worker %d exits", self.step_name, os.getpid())
+
+    def _continuous_loop(self) -> None:
+        """One ``handle`` call per iteration over the active set (see
+        ``FlowStep``): tasks join it between iterations, finished ones leave
+        it at once, and a raise fails the whole set."""
+        engine = self.engine
+        handle = self.handler.handle
+        clock = time.perf_counter_ns
+        while (tasks := engine.active(IDLE_TIMEOUT)) is not None:
+            if not tasks:
+                continue
+            started = clock()
+            try:
+                handle(*tasks)
+            except BaseException as exc:  # fails the tasks in hand only
+                log.exception("[%s] handler raised on %d active tasks", self.step_name, len(tasks))
+                engine.fail(encode_error(self.step_name, exc))
+            else:
+                engine.forward(clock() - started)
+            engine.flush()
 
     # -- the Python half, called by the StepWorker ----------------------------------
 
@@ -202,6 +232,11 @@ class _Worker:
         is pickled by value (or the fast path could not pickle it: this
         raises why)."""
         return self.shm.dumps(task, key, by_value)
+
+    def encode_part(self, part: Any, key: int) -> tuple[int, bytes, list[Ref]]:
+        """A streamed part's message when it takes shared memory (or only
+        cloudpickle can pickle it)."""
+        return self.shm.dumps_part(part, key)
 
     def discard(self, refs: list[Ref]) -> None:
         """Frees the blocks ``encode`` placed for a message never sent."""

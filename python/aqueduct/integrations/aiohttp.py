@@ -8,7 +8,9 @@ Flows start on application startup (bounded by ``FLOW_START_TIMEOUT``
 seconds), stop on cleanup; with ``exit_on_fail`` the server process stops if a
 flow stops serving. ``map_errors`` answers 503 for ``QueueFullError`` and 504
 for ``TaskTimeoutError``. ``/metrics`` serves Prometheus metrics of every flow
-(``metrics_path=None`` turns it off).
+(``metrics_path=None`` turns it off). A handler streams a task's parts
+with ``return await stream_response(request, flow, task)`` (Server-Sent
+Events; a client that disconnects cancels the task).
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from ..flow import Flow
 from ..logger import replace_logger
+from ..task import BaseTask
 from .utils import (
+    EVENT_STREAM,
     FLOW_NAME,
     FLOW_START_TIMEOUT_DEFAULT,
     FLOW_START_TIMEOUT_NAME,
     METRICS_PATH,
+    chunks,
     error_status,
     get_start_timeout,
     metrics_endpoint,
@@ -39,6 +45,7 @@ __all__ = [
     "FLOW_START_TIMEOUT_NAME",
     "AppIntegrator",
     "get_start_timeout",
+    "stream_response",
 ]
 
 AQUEDUCT_FLOW_NAMES = "aqueduct_flow_names"
@@ -46,6 +53,33 @@ _OBSERVER = "aqueduct_flows_observer"
 _TO_START = "aqueduct_flows_to_start"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def stream_response(
+    request: web.Request,
+    flow: Flow,
+    task: BaseTask,
+    timeout_sec: float = 5.0,
+    encode: Callable[[Any], Any] | None = None,
+    content_type: str = EVENT_STREAM,
+) -> web.StreamResponse:
+    """Streams the parts ``flow.stream(task)`` yields to the client, as
+    ``aqueduct.http`` does (see ``integrations.utils.chunks``); a client
+    that disconnects cancels the task."""
+    response = web.StreamResponse(
+        headers={"Content-Type": content_type, "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    parts = chunks(flow, task, timeout_sec, encode)
+    try:
+        async for chunk in parts:
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client left: closing the parts cancels the task
+    finally:
+        await parts.aclose()
+    return response
 
 
 @web.middleware

@@ -8,6 +8,8 @@
         ...
 
 or, with your own lifespan, ``FastAPI(lifespan=flow_lifespan({"flow": build_flow()}))``.
+A route streams a task's parts with ``return streaming_response(flow, task)``
+(Server-Sent Events; a client that disconnects cancels the task).
 Flows start before the application serves (bounded by ``FLOW_START_TIMEOUT``)
 and stop on shutdown; with ``exit_on_fail`` the server process stops if a flow
 stops serving. ``map_errors`` answers 503 for ``QueueFullError`` and 504 for
@@ -23,21 +25,31 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from ..exceptions import QueueFullError, TaskTimeoutError
 from ..flow import Flow
 from ..logger import replace_logger
+from ..task import BaseTask
 from .utils import (
+    EVENT_STREAM,
     FLOW_NAME,
     METRICS_PATH,
+    chunks,
     error_status,
     get_start_timeout,
     metrics_endpoint,
     observe_flows,
 )
 
-__all__ = ["AQUEDUCT_FLOW_NAMES", "FLOW_NAME", "AppIntegrator", "flow_lifespan", "get_flow"]
+__all__ = [
+    "AQUEDUCT_FLOW_NAMES",
+    "FLOW_NAME",
+    "AppIntegrator",
+    "flow_lifespan",
+    "get_flow",
+    "streaming_response",
+]
 
 AQUEDUCT_FLOW_NAMES = "aqueduct_flow_names"
 
@@ -53,6 +65,18 @@ def get_flow(flow_name: str = FLOW_NAME) -> Callable[[Request], Flow]:
         return flow
 
     return _get_flow
+
+
+def streaming_response(
+    flow: Flow,
+    task: BaseTask,
+    timeout_sec: float = 5.0,
+    encode: Callable[[Any], Any] | None = None,
+    media_type: str = EVENT_STREAM,
+) -> StreamingResponse:
+    """A response streaming the parts ``flow.stream(task)`` yields, as
+    ``aqueduct.http`` does (see ``integrations.utils.chunks``)."""
+    return StreamingResponse(chunks(flow, task, timeout_sec, encode), media_type=media_type)
 
 
 def flow_lifespan(flows: dict[str, Flow], exit_on_fail: bool = True) -> Callable[[FastAPI], Any]:

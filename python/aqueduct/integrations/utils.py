@@ -1,18 +1,25 @@
 """What the web integrations share: start timeout, the flow observer, HTTP
-statuses for flow errors, and the Prometheus registry behind /metrics."""
+statuses for flow errors, streamed parts as chunks, and the Prometheus
+registry behind /metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import QueueFullError, TaskTimeoutError
+from .. import _core
+from ..exceptions import FlowError, QueueFullError, TaskTimeoutError
 from ..logger import log
 
 if TYPE_CHECKING:
     from ..flow import Flow
+    from ..task import BaseTask
+
+#: The content type of a stream of Server-Sent Events.
+EVENT_STREAM = "text/event-stream"
 
 FLOW_START_TIMEOUT_NAME = "FLOW_START_TIMEOUT"
 FLOW_START_TIMEOUT_DEFAULT = 300.0
@@ -59,6 +66,27 @@ def error_status(exc: BaseException) -> int | None:
     if isinstance(exc, TaskTimeoutError):
         return 504
     return None
+
+
+async def chunks(
+    flow: Flow,
+    task: BaseTask,
+    timeout_sec: float = 5.0,
+    encode: Callable[[Any], Any] | None = None,
+) -> AsyncGenerator[bytes, None]:
+    """The parts of ``flow.stream(task)`` as the chunks of a streamed HTTP
+    response, as ``aqueduct.http`` sends them: bytes as they are, anything
+    else as one Server-Sent Event (``encode(part)`` first, if given). A
+    flow error mid-stream ends it with an ``error`` event; the web server
+    closing the generator (its client left) cancels the task."""
+    parts = flow.stream(task, timeout_sec=timeout_sec)
+    try:
+        async for part in parts:
+            yield _core.part_chunk(part if encode is None else encode(part))
+    except FlowError as exc:
+        yield _core.error_event(str(exc), type(exc).__name__)
+    finally:
+        await parts.aclose()
 
 
 class MetricsEndpoint:

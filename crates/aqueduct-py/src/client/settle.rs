@@ -27,7 +27,9 @@ impl Client {
         loop {
             let drained = {
                 let mut state = self.state()?;
-                let drained = state.core.drain(DRAIN_LIMIT);
+                let drained = state.core.drain_streams(DRAIN_LIMIT, |entry| {
+                    entry.sink.as_ref().map(|sink| sink.clone_ref(py))
+                });
                 for answer in &drained.answers {
                     if let Some(entry) = &answer.waiter {
                         state.forget(entry);
@@ -39,7 +41,11 @@ impl Client {
             // every answer is settled, whatever fails: a future left behind
             // would never be resolved (its entry is gone)
             for answer in drained.answers {
-                let done = self.settle(py, &answer.message, answer.waiter);
+                let done = if answer.part {
+                    self.deliver_part(py, &answer.message, answer.sink)
+                } else {
+                    self.settle(py, &answer.message, answer.waiter)
+                };
                 // after settling: the views of the result hold what it shares
                 self.state()?.core.release(&answer.blocks);
                 if let Err(e) = done {
@@ -82,7 +88,7 @@ impl Client {
             slow.call_method1(intern!(py, "error"), (message.payload(),))
                 .map_or_else(|e| Err(e.into_value(py).into_bound(py).into_any()), Err)
         } else {
-            let finished = if kind == KIND_STATE {
+            let finished = if base_kind(kind) == KIND_STATE {
                 split_state(message.payload())
                     .map(|(_, body)| Finished::State(body))
                     .ok_or_else(state::corrupt)
@@ -102,6 +108,39 @@ impl Client {
         };
         self.state()?.core.settled(outcome.is_ok());
         resolve(entry.future.bind(py), outcome)
+    }
+
+    /// Gives a streamed task's part to its sink; a part nobody waits for
+    /// (the caller left) lets its blocks go.
+    fn deliver_part(
+        &self,
+        py: Python<'_>,
+        message: &Message,
+        sink: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let kind = message.header.kind;
+        let slow = self.slow.bind(py);
+        // the stream is held weakly: gone when its caller left the loop
+        let sink = match sink {
+            Some(weak) => Some(weak.bind(py).call0()?).filter(|s| !s.is_none()),
+            None => None,
+        };
+        let Some(sink) = sink else {
+            if kind & FLAG_REFS != 0 {
+                slow.call_method1(intern!(py, "unwanted"), (message.payload(),))?;
+            }
+            return Ok(());
+        };
+        let part = if kind & FLAG_REFS == 0 {
+            pickle::loads(py, &PyBytes::new(py, message.payload()))
+        } else {
+            slow.call_method1(intern!(py, "result"), (kind, message.payload()))
+        };
+        match part {
+            Ok(part) => sink.call_method1(intern!(py, "put"), (part,)),
+            Err(e) => sink.call_method1(intern!(py, "fail"), (e.into_value(py),)),
+        }
+        .map(drop)
     }
 
     /// Copies what the handlers set onto the caller's task.

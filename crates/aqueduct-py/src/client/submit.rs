@@ -3,8 +3,8 @@
 //! pickled by value), the push and the wake-ups.
 
 use aqueduct_core::wire::{
-    state_prefix, CLASS_NAMED, CLASS_PLAIN, CLASS_STATE, CLASS_TIMEOUT, INLINE_LIMIT, KIND_STATE,
-    KIND_TASK,
+    state_prefix, CLASS_NAMED, CLASS_PLAIN, CLASS_STATE, CLASS_TIMEOUT, FLAG_STREAM, INLINE_LIMIT,
+    KIND_STATE, KIND_TASK,
 };
 use aqueduct_core::{monotonic_ns, Error, MessageHeader, Outbound};
 use pyo3::exceptions::PyRuntimeError;
@@ -71,6 +71,7 @@ impl Client {
         &self,
         task: &Bound<'py, PyAny>,
         timeout_s: f64,
+        sink: Option<Py<PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = task.py();
         if !(timeout_s.is_finite() && timeout_s > 0.0) {
@@ -87,6 +88,11 @@ impl Client {
         };
         let key = self.state()?.core.next_key();
         let (kind, payload) = self.encode(task, fields.as_ref(), bits, prefix, key)?;
+        let kind = if sink.is_some() {
+            kind | FLAG_STREAM
+        } else {
+            kind
+        };
         let blocks = match &payload {
             Payload::Encoded { refs, .. } => self.own_blocks(refs)?,
             _ => Vec::new(),
@@ -97,6 +103,7 @@ impl Client {
             task: task.clone().unbind(),
             plain: bits & CLASS_PLAIN != 0,
             timeout_s,
+            sink,
         };
         let header = MessageHeader {
             key,

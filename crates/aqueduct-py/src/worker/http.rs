@@ -6,7 +6,7 @@
 //! of aqueduct's in the worker. The message's `kind` carries the route.
 
 use aqueduct_core::http_wire::{self, Body};
-use aqueduct_core::wire::{http_route, FLAG_HTTP};
+use aqueduct_core::wire::{http_route, FLAG_HTTP, FLAG_STREAM};
 use aqueduct_core::Message;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
@@ -24,20 +24,20 @@ use crate::shm::SharedArena;
 /// Python half: `(routes, Request, Response, arenas)` — per route its
 /// `(task_from_request, response_from_task)`, the classes
 /// `aqueduct.http.Request` and `Response`, and the flow's arenas (a big
-/// request body lies in the server's).
+/// request body lies in the server's). A streaming route's third function
+/// makes the bytes of a part's chunk (None: bytes as they are, anything
+/// else as a Server-Sent Event).
 #[derive(FromPyObject)]
-pub(crate) struct HttpEnds(
-    Vec<(Py<PyAny>, Py<PyAny>)>,
-    Py<PyAny>,
-    Py<PyAny>,
-    Vec<Py<SharedArena>>,
-);
+pub(crate) struct HttpEnds(Vec<RouteEnds>, Py<PyAny>, Py<PyAny>, Vec<Py<SharedArena>>);
+
+/// A route's `(task_from_request, response_from_task, part_to_bytes)`.
+type RouteEnds = (Py<PyAny>, Py<PyAny>, Option<Py<PyAny>>);
 
 /// The lowest and highest status a response may have.
 const STATUSES: std::ops::RangeInclusive<i64> = 100..=599;
 
 impl HttpEnds {
-    fn route(&self, kind: u32) -> PyResult<&(Py<PyAny>, Py<PyAny>)> {
+    fn route(&self, kind: u32) -> PyResult<&RouteEnds> {
         let route = http_route(kind);
         self.0
             .get(usize::from(route))
@@ -45,9 +45,12 @@ impl HttpEnds {
     }
 
     pub(super) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for (request, response) in &self.0 {
+        for (request, response, part) in &self.0 {
             visit.call(request)?;
             visit.call(response)?;
+            if let Some(part) = part {
+                visit.call(part)?;
+            }
         }
         visit.call(&self.1)?;
         visit.call(&self.2)
@@ -91,10 +94,28 @@ impl HttpEnds {
     }
 
     /// The `KIND_HTTP_RESPONSE` payload for a finished HTTP task (whose
-    /// message `kind` names its route).
+    /// message `kind` names its route). A streamed task's response is its
+    /// last chunk: what `response_from_task` made, as a part (None, or an
+    /// empty body: nothing more).
     pub(super) fn respond(&self, task: &Bound<'_, PyAny>, kind: u32) -> PyResult<Vec<u8>> {
         let py = task.py();
         let made = call1(self.route(kind)?.1.bind(py), task)?;
+        if kind & FLAG_STREAM != 0 {
+            let last = if made.is_instance(self.2.bind(py))? {
+                made.getattr(intern!(py, "body"))?
+            } else {
+                made
+            };
+            let body = if last.is_none() {
+                Vec::new()
+            } else {
+                self.part(&last, kind)?
+            };
+            let mut out = Vec::with_capacity(body.len() + 16);
+            http_wire::encode_response(&mut out, 200, &[], &body)
+                .ok_or_else(|| PyValueError::new_err("a response too large to encode"))?;
+            return Ok(out);
+        }
         let (body, status, headers) = if made.is_instance(self.2.bind(py))? {
             let status = made.getattr(intern!(py, "status"))?;
             let status: i64 = status.extract().map_err(|_| {
@@ -123,6 +144,30 @@ impl HttpEnds {
             .ok_or_else(|| PyValueError::new_err("a response too large to encode"))?;
         Ok(out)
     }
+}
+
+impl HttpEnds {
+    /// The bytes of the chunk a streamed part of an HTTP task (whose
+    /// message `kind` names its route) is written as: the route's part
+    /// function's, or bytes as they are and anything else as one
+    /// Server-Sent Event (`data: <text or JSON>`, a `data:` line per line).
+    pub(super) fn part(&self, part: &Bound<'_, PyAny>, kind: u32) -> PyResult<Vec<u8>> {
+        let py = part.py();
+        match &self.route(kind)?.2 {
+            Some(encode) => chunk(&call1(encode.bind(py), part)?),
+            None => chunk(part),
+        }
+    }
+}
+
+/// The chunk a streamed part is sent as: bytes as they are, anything else
+/// as one Server-Sent Event of its text (JSON for what is not text).
+pub(crate) fn chunk(part: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    let (bytes, content_type) = body_of(part)?;
+    if content_type == BYTES {
+        return Ok(bytes);
+    }
+    Ok(http_wire::server_sent_event(&bytes))
 }
 
 /// A response's headers as `(lower-case name, value)` pairs: from a dict,
@@ -206,7 +251,7 @@ impl StepWorker {
             None => Err(PyRuntimeError::new_err(
                 "the flow was not started by aqueduct.http.serve",
             )),
-            Some(ends) => ends.route(header.kind).and_then(|(make, _)| {
+            Some(ends) => ends.route(header.kind).and_then(|(make, _, _)| {
                 let request = ends.request(py, message.payload())?;
                 call1(make.bind(py), &request)
             }),

@@ -3,8 +3,8 @@
 //! room), error reports.
 
 use aqueduct_core::wire::{
-    base_kind, split_state, state_prefix, FLAG_HTTP, HTTP_ROUTE_MASK, INLINE_LIMIT,
-    KIND_HTTP_REQUEST, KIND_HTTP_RESPONSE, KIND_STATE, KIND_TASK, KIND_TASK_BY_VALUE,
+    base_kind, split_state, state_prefix, CARRIED, FLAG_HTTP, INLINE_LIMIT, KIND_HTTP_REQUEST,
+    KIND_HTTP_RESPONSE, KIND_STATE, KIND_TASK, KIND_TASK_BY_VALUE,
 };
 use aqueduct_core::{Message, MessageHeader};
 use pyo3::exceptions::PyRuntimeError;
@@ -88,17 +88,16 @@ impl StepWorker {
     ) -> PyResult<()> {
         let py = task.py();
         let h = message.header;
-        let http = if h.kind & FLAG_HTTP != 0 {
-            h.kind & (FLAG_HTTP | HTTP_ROUTE_MASK)
-        } else {
-            0
-        };
+        // where it came from, and whether its parts are streamed (its
+        // client knows both)
+        let to_client = to >= self.consumer()?.steps();
+        let carried = if to_client { 0 } else { h.kind & CARRIED };
         let header = |kind| MessageHeader {
             kind,
             enqueued_ns: 0,
             ..h
         };
-        if http != 0 && to >= self.consumer()?.steps() {
+        if h.kind & FLAG_HTTP != 0 && to_client {
             let Some(ends) = &self.http else {
                 return Err(PyRuntimeError::new_err(
                     "an HTTP task in a flow not served over HTTP",
@@ -111,7 +110,7 @@ impl StepWorker {
         if refs.is_none() {
             if let Some((kind, payload)) = self.encode_fast(task, message, class)? {
                 // not pushed: the flow closed, or the caller gave up
-                self.push(py, to, &header(kind | http), &[&payload])?;
+                self.push(py, to, &header(kind | carried), &[&payload])?;
                 return Ok(());
             }
         }
@@ -120,7 +119,7 @@ impl StepWorker {
         let (kind, payload, out): (u32, Bound<'_, PyBytes>, Bound<'_, PyAny>) = slow
             .call_method1(intern!(py, "encode"), (task, h.key, by_value))?
             .extract()?;
-        if !self.push(py, to, &header(kind | http), &[payload.as_bytes()])? {
+        if !self.push(py, to, &header(kind | carried), &[payload.as_bytes()])? {
             slow.call_method1(intern!(py, "discard"), (&out,))?;
         }
         self.retire(py, refs, Some(&out))

@@ -1,0 +1,46 @@
+"""A streaming flow served by aqueduct.http, for test_http_stream.py: run
+as a script, it prints the port it listens on, then serves until SIGTERM.
+``/generate`` streams Server-Sent Events; ``/lines`` streams raw lines."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from aqueduct import Flow, FlowStep
+from aqueduct.http import Request, serve
+from generators import Counter, Decoder, Prompt
+
+
+def prompt(request: Request) -> Prompt:
+    data = request.json()
+    return Prompt(data["name"], int(data["length"]), data.get("log"))
+
+
+def final(task: Prompt) -> object:
+    return {"text": task.text}
+
+
+def line(part: str) -> bytes:
+    return f"{part}\n".encode()
+
+
+def main() -> None:
+    if os.environ.get("CONTINUOUS"):
+        step = FlowStep(Decoder(iteration=0.005), batch_size=8, continuous=True)
+    else:
+        step = FlowStep(Counter(delay=0.01), batch_size=4, batch_timeout=0.02)
+    serve(
+        Flow(step),
+        routes={
+            "/generate": (prompt, final, True),
+            "/lines": (prompt, lambda task: None, line),
+        },
+        port=0,
+        timeout=float(os.environ.get("TIMEOUT", "10")),
+        on_ready=lambda port: print("port", port, flush=True),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
