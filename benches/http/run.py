@@ -1,7 +1,7 @@
 """`make bench-http`: the no-op and model-emulator services on aqueduct (its
 Rust HTTP front; one aiohttp process, and several sharing one Flow) and on mosec, loaded by wrk at
 1, 32 and 256 connections, back to back; then the streaming decode
-emulator (``stream_services.py``) on aqueduct's front and on mosec's SSE,
+emulator (``decode_emulator.py``) on aqueduct's front and on mosec's SSE,
 loaded by ``stream_client.py`` at 32 and 256 connections. Prints tables;
 writes JSON.
 
@@ -104,10 +104,9 @@ def streaming(mosec_python: str | None, seconds: int) -> dict[str, dict[str, dic
 
     from stream_client import load
 
-    script = str(HERE / "stream_services.py")
-    targets = {"aqueduct http": [sys.executable, script, "--server", "aqueduct"]}
+    targets = {"aqueduct http": [sys.executable, str(HERE / "stream_aqueduct.py")]}
     if mosec_python:
-        targets["mosec sse"] = [mosec_python, script, "--server", "mosec", "--timeout", "120000"]
+        targets["mosec sse"] = [mosec_python, str(HERE / "stream_mosec.py"), "--timeout", "120000"]
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, command in targets.items():
         proc = serve([*command, "--port", str(PORT)])
