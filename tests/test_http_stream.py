@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from generators import noted
@@ -41,6 +42,15 @@ def events(response: http.client.HTTPResponse, limit: int | None = None) -> list
     return out
 
 
+def in_threads(run: Callable[[int], None], count: int) -> None:
+    """``run(i)`` for i in 0..count, each in a thread of its own, joined."""
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+
+
 def test_a_route_streams_server_sent_events_then_the_final_one() -> None:
     with service(SERVICE) as (port, _proc):
         response = open_stream(port, "/generate", {"name": "a", "length": 5})
@@ -58,11 +68,7 @@ def test_a_route_with_its_own_chunks_and_concurrent_streams() -> None:
             response = open_stream(port, "/lines", {"name": f"s{i}", "length": 10 + i})
             bodies[i] = response.read()
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(WAIT)
+        in_threads(run, 6)
         for i in range(6):
             assert bodies[i] == "".join(f"s{i}:{j}\n" for j in range(10 + i)).encode()
 
@@ -113,11 +119,7 @@ def test_continuous_batching_streams_over_http(tmp_path) -> None:
         def run(i: int) -> None:
             bodies[i] = events(open_stream(port, "/generate", {"name": f"c{i}", "length": 3 + i}))
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(WAIT)
+        in_threads(run, 8)
         for i in range(8):
             parts = [e.removeprefix("data: ").split("/")[0] for e in bodies[i][:-1]]
             assert parts == [f"c{i}:{j}" for j in range(1, 4 + i)]

@@ -221,3 +221,37 @@ def test_workers_die_with_the_master_even_when_servers_were_forked():
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=WAIT)
+
+
+async def test_aiohttp_streams_a_tasks_parts_as_server_sent_events(aiohttp_client, tmp_path):
+    from aiohttp import web
+    from aqueduct import Flow, FlowStep
+    from aqueduct.integrations.aiohttp import AppIntegrator, stream_response
+    from generators import Counter, Prompt, noted
+    from support import eventually_async
+
+    log = str(tmp_path / "log")
+    app = web.Application()
+    AppIntegrator(app).add_flow(Flow(FlowStep(Counter(delay=0.005))))
+
+    async def generate(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        task = Prompt(body["name"], body["length"], log)
+        return await stream_response(request, request.app["flow"], task, timeout_sec=10)
+
+    app.router.add_post("/generate", generate)
+    client = await aiohttp_client(app)
+    reply = await client.post("/generate", json={"name": "a", "length": 4})
+    assert reply.headers["Content-Type"] == "text/event-stream"
+    assert await asyncio.wait_for(reply.text(), WAIT) == "".join(
+        f"data: a:{i}\n\n" for i in range(4)
+    )
+    broken = await client.post("/generate", json={"name": "e", "length": -1})
+    text = await asyncio.wait_for(broken.text(), WAIT)
+    assert text.startswith("data: e:0\n\ndata: e:1\n\nevent: error\ndata: {")
+    assert "HandlerError" in text
+    leaver = await client.post("/generate", json={"name": "leaver", "length": 100_000})
+    await asyncio.wait_for(leaver.content.readuntil(b"\n\n"), WAIT)
+    leaver.close()  # the connection goes: the task is cancelled
+    await eventually_async(lambda: any(x.startswith("stopped leaver") for x in noted(log)))
+    await client.close()

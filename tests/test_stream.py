@@ -193,3 +193,17 @@ async def test_continuous_batching_waits_for_a_freed_slot_to_refill(make_flow, t
     with_short = [i for i, names in enumerate(iterations) if len(names) == 2]
     first, last = with_short[0], with_short[-1]
     assert last - first + 1 == 6, iterations[first : last + 1]  # 3 x 2, no iteration alone between
+
+
+async def test_continuous_batching_drops_a_task_whose_timeout_passed(make_flow, tmp_path) -> None:
+    log = str(tmp_path / "log")
+    flow = make_flow(FlowStep(Decoder(iteration=0.01), batch_size=4, continuous=True))
+    got = []
+    with pytest.raises(TaskTimeoutError):
+        async for part in flow.stream(Prompt("slow", 100_000, log), timeout_sec=0.3):
+            got.append(part)
+    assert got  # parts came before the timeout
+    await collect(flow, Prompt("after", 3, log))
+    iterations = [x.split()[1:] for x in noted(log) if x.startswith("iteration")]
+    assert ["after"] in iterations
+    assert not any("slow" in names and "after" in names for names in iterations)
