@@ -22,6 +22,9 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Sleep;
 
+/// Parts already there when one is written go out with it, up to this size.
+const COALESCE_BYTES: usize = 64 * 1024;
+
 /// How a stream ended, for the server's outcome counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -65,6 +68,22 @@ impl PartBody {
         if let Some(on_end) = self.on_end.take() {
             on_end(how);
         }
+    }
+
+    /// `first` and the frames of what else has come by now, as one chunk
+    /// (at most [`COALESCE_BYTES`]): a burst of parts is one write.
+    fn with_ready(&mut self, first: Bytes) -> Bytes {
+        let mut out: Option<Vec<u8>> = None;
+        while !self.ended && out.as_ref().map_or(first.len(), Vec::len) < COALESCE_BYTES {
+            let Ok(message) = self.messages.try_recv() else {
+                break;
+            };
+            if let Some(more) = self.frame_of(&message) {
+                out.get_or_insert_with(|| first.to_vec())
+                    .extend_from_slice(&more);
+            }
+        }
+        out.map_or(first, Bytes::from)
     }
 
     /// The frame a message makes (None: the stream is over with nothing
@@ -135,7 +154,7 @@ impl Body for PartBody {
                 },
             };
             if let Some(bytes) = this.frame_of(&message) {
-                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                return Poll::Ready(Some(Ok(Frame::data(this.with_ready(bytes)))));
             }
         }
     }
@@ -154,5 +173,62 @@ impl Drop for PartBody {
         if !self.ended {
             self.end(End::Left);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aqueduct_core::http_wire::encode_response;
+    use aqueduct_core::{MessageHeader, QueueConfig, TaskQueue};
+    use http_body_util::BodyExt;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    fn message(queue: &TaskQueue, kind: u32, payload: &[u8]) -> Message {
+        let header = MessageHeader {
+            kind,
+            ..MessageHeader::default()
+        };
+        queue.push(&header, payload).expect("room");
+        queue.try_pop().expect("intact").expect("a message")
+    }
+
+    #[tokio::test]
+    async fn parts_that_came_together_are_one_chunk_and_the_end_is_counted() {
+        let queue = TaskQueue::create(QueueConfig::default()).expect("queue");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let first = message(&queue, KIND_HTTP_PART, b"data: 1\n\n");
+        tx.send(message(&queue, KIND_HTTP_PART, b"data: 2\n\n"))
+            .expect("open");
+        let mut response = Vec::new();
+        encode_response(&mut response, 200, &[], b"data: end\n\n").expect("encoded");
+        tx.send(message(&queue, KIND_HTTP_RESPONSE, &response))
+            .expect("open");
+        let ended = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&ended);
+        let deadline = Box::pin(tokio::time::sleep(Duration::from_secs(5)));
+        let on_end = Box::new(move |how| *seen.lock().expect("lock") = Some(how));
+        let mut body = PartBody::new(first, rx, deadline, on_end);
+        let frame = body.frame().await.expect("a frame").expect("ok");
+        let bytes = frame.into_data().expect("data");
+        assert_eq!(&bytes[..], b"data: 1\n\ndata: 2\n\ndata: end\n\n");
+        assert!(body.frame().await.is_none());
+        assert_eq!(*ended.lock().expect("lock"), Some(End::Done));
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_says_the_client_left() {
+        let queue = TaskQueue::create(QueueConfig::default()).expect("queue");
+        let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let first = message(&queue, KIND_HTTP_PART, b"data: 1\n\n");
+        let ended = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&ended);
+        let deadline = Box::pin(tokio::time::sleep(Duration::from_secs(5)));
+        let on_end = Box::new(move |how| *seen.lock().expect("lock") = Some(how));
+        let mut body = PartBody::new(first, rx, deadline, on_end);
+        assert!(body.frame().await.is_some());
+        drop(body);
+        assert_eq!(*ended.lock().expect("lock"), Some(End::Left));
     }
 }
