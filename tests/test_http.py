@@ -44,6 +44,8 @@ def service(script: Path = SERVICE, **env: str) -> Iterator[tuple[int, subproces
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=WAIT)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def call(

@@ -7,9 +7,10 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from generators import noted
 from support import WAIT, eventually
 from test_http import call, service
@@ -17,9 +18,21 @@ from test_http import call, service
 SERVICE = Path(__file__).parent / "streamed_service.py"
 
 
+#: The connections a test opened, closed after it.
+OPENED: list[http.client.HTTPConnection] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_connections() -> Iterator[None]:
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
 def open_stream(port: int, path: str, body: dict) -> http.client.HTTPResponse:
     """The response of a streaming request (``leave`` closes its connection)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    OPENED.append(conn)
     conn.request("POST", path, body=json.dumps(body).encode())
     response = conn.getresponse()
     response.leave = lambda: (response.close(), conn.close())  # type: ignore[attr-defined]
