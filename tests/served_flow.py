@@ -109,6 +109,7 @@ def main() -> None:
         port=0,
         timeout=float(os.environ.get("TIMEOUT", "5")),
         body_limit=int(os.environ.get("BODY_LIMIT", str(16 << 20))),
+        header_timeout=float(os.environ.get("HEADER_TIMEOUT", "10")),
         on_ready=lambda port: print("port", port, flush=True),
     )
     print("stopped", flush=True)

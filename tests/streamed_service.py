@@ -38,6 +38,7 @@ def main() -> None:
         },
         port=0,
         timeout=float(os.environ.get("TIMEOUT", "10")),
+        header_timeout=float(os.environ.get("HEADER_TIMEOUT", "10")),
         on_ready=lambda port: print("port", port, flush=True),
     )
 

@@ -343,3 +343,49 @@ def test_a_request_the_parser_refuses_gets_a_json_400():
         # a handler's own bodiless 4xx is left alone
         status, _, body = call(port, {"x": "empty"})
         assert (status, body) == (404, b"")
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """True once the server closed ``sock`` (what it sent first is read)."""
+    sock.settimeout(0.05)
+    try:
+        while chunk := sock.recv(65536):
+            del chunk
+        return True
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def test_smuggling_shapes_get_400_and_the_connection_closes():
+    with service() as (port, _):
+        for head in (
+            b"Content-Length: 8\r\nTransfer-Encoding: chunked\r\n",
+            b"Content-Length: 8\r\nContent-Length: 9\r\n",
+        ):
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+                sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n" + head + b'\r\n{"x": 1}')
+                received = b""
+                while chunk := sock.recv(65536):  # until the server closes it
+                    received += chunk
+            assert received.startswith(b"HTTP/1.1 400"), received
+            assert json.loads(received.split(b"\r\n\r\n", 1)[1])["type"] == "BadRequest"
+        assert call(port, {"x": 1})[0] == 200
+
+
+def test_half_sent_heads_and_idle_connections_are_closed_after_the_header_timeout():
+    with service(HEADER_TIMEOUT="0.5") as (port, _):
+        partial = [socket.create_connection(("127.0.0.1", port), timeout=WAIT) for _ in range(50)]
+        for sock in partial:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+        assert call(port, {"x": 2})[0] == 200  # others are served meanwhile
+        idle = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+        assert call(port, {"x": 3}, conn=idle)[0] == 200
+        try:
+            for sock in [*partial, idle.sock]:
+                eventually(lambda s=sock: _closed_by_server(s), what="the server closed it")
+        finally:
+            idle.close()
+            for sock in partial:
+                sock.close()

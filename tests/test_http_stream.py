@@ -137,3 +137,10 @@ def test_continuous_batching_streams_over_http(tmp_path) -> None:
             parts = [e.removeprefix("data: ").split("/")[0] for e in bodies[i][:-1]]
             assert parts == [f"c{i}:{j}" for j in range(1, 4 + i)]
             assert bodies[i][-1].startswith('data: {"text": "c')
+
+
+def test_a_stream_outlives_the_header_timeout() -> None:
+    # the header timeout bounds reading a request's head, not its answer
+    with service(SERVICE, HEADER_TIMEOUT="0.2") as (port, _proc):
+        got = events(open_stream(port, "/generate", {"name": "long", "length": 60}))
+        assert len(got) == 61  # 60 parts 10 ms apart, then the final event

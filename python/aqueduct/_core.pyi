@@ -295,6 +295,7 @@ class HttpServer:
         body_limit: int,
         threads: int,
         streams: list[str | None] = ...,
+        header_timeout: float = 10.0,
     ) -> HttpServer: ...
     @property
     def port(self) -> int: ...

@@ -24,7 +24,12 @@ Errors are JSON ``{"error", "type"}``: 400 for a malformed request or one
 a body over ``body_limit``, 500 when a handler raised or a worker died, 503
 when the queue is full or the flow is down, 504 past the timeout (the
 server's, or the request's ``X-Aqueduct-Timeout`` header in seconds).
-``GET /health`` answers 200, or 503 while the flow cannot serve.
+``GET /health`` answers 200, or 503 while the flow cannot serve. A client
+that has not sent a request's head within ``header_timeout`` seconds (10)
+is disconnected, idle keep-alive connections too; a request carrying both
+``Content-Length`` and ``Transfer-Encoding``, or ``Content-Length``s that
+disagree, gets a 400 and its connection is closed (RFC 9112: a proxy in
+front could read its length differently).
 
 A route streams when ``stream`` is given (or a third element of its
 ``routes`` entry): each part its handlers ``emit`` is turned into bytes in
@@ -69,6 +74,8 @@ __all__ = ["Request", "Response", "Server", "serve"]
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
 #: How long stopping lets requests in flight finish.
 STOP_GRACE = 10.0
+#: Default time a client has to send a request's head.
+DEFAULT_HEADER_TIMEOUT = 10.0
 #: The content type of a streamed response, unless said otherwise.
 EVENT_STREAM = "text/event-stream"
 
@@ -96,6 +103,7 @@ def serve(
     on_ready: Callable[[int], None] | None = None,
     stream: Streaming = False,
     stream_content_type: str = EVENT_STREAM,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
 ) -> None:
     """Starts ``flow`` (pass it not yet started: its workers get the two
     functions) and serves it on ``host:port`` (0: a free port) until SIGINT
@@ -106,7 +114,9 @@ def serve(
     ``routes`` maps several paths to their own pair of functions (and
     optionally a third element, as ``stream``), instead of ``path`` and the
     two functions. ``stream``: the route streams its parts (see the module
-    docs)."""
+    docs). ``header_timeout``: seconds a client has to send a request's
+    head; a connection that has not by then is closed (this also bounds how
+    long a keep-alive connection may sit idle between requests)."""
     server = Server(
         flow,
         task_from_request=task_from_request,
@@ -120,6 +130,7 @@ def serve(
         threads=threads,
         stream=stream,
         stream_content_type=stream_content_type,
+        header_timeout=header_timeout,
     )
     stopping = threading.Event()
     previous = {}
@@ -157,11 +168,14 @@ class Server:
         flow_name: str = "flow",
         stream: Streaming = False,
         stream_content_type: str = EVENT_STREAM,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     ) -> None:
         if flow.is_running or flow.are_steps_initialized:
             raise FlowError("serve() starts the flow itself: pass it a flow not yet started")
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
+        if header_timeout <= 0:
+            raise ValueError(f"header_timeout must be > 0, got {header_timeout}")
         routes = _routes(path, task_from_request, response_from_task, stream, routes)
         self._flow = flow
         self._runtime = runtime = runtime_of(flow)
@@ -193,6 +207,7 @@ class Server:
                 body_limit=body_limit,
                 threads=threads,
                 streams=streams,
+                header_timeout=header_timeout,
             )
         except BaseException:
             asyncio.run(flow.stop(graceful=False))

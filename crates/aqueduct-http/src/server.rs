@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::answer::{self, Body};
@@ -54,6 +54,10 @@ pub struct Config {
     pub body_limit: usize,
     /// Threads of the runtime that runs connections.
     pub threads: usize,
+    /// How long a client may take to send a request's head (a connection
+    /// that has not sent it by then is closed; this also bounds how long a
+    /// keep-alive connection may stay idle between requests).
+    pub header_timeout: Duration,
     /// Per route (as `paths`): the content type of its streamed responses,
     /// or None for a route that answers once (see `stream`).
     pub streams: Vec<Option<String>>,
@@ -332,6 +336,8 @@ async fn accept(
             };
             let io = TokioIo::new(JsonErrors::new(stream, made));
             let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.config.header_timeout)
                 .keep_alive(true)
                 .serve_connection(io, service);
             tokio::pin!(connection);
@@ -359,6 +365,9 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Re
             Some(reason) => answer::error(StatusCode::SERVICE_UNAVAILABLE, &reason, "FlowError"),
         }
         .map(Either::Left);
+    }
+    if let Some(refused) = smuggling(&request) {
+        return refused.map(Either::Left);
     }
     let Some(route) = shared.config.paths.iter().position(|p| *p == path) else {
         let message = format!("no route for {path}");
@@ -494,6 +503,24 @@ fn streamed(
         hyper::header::HeaderValue::from_static("no-cache"),
     );
     response
+}
+
+/// A 400 (and the connection closed) for a request whose length a proxy in
+/// front could read differently from us (RFC 9112 §6.1): both
+/// `Content-Length` and `Transfer-Encoding`. (hyper itself refuses
+/// `Content-Length`s that disagree, with a 400 too.)
+fn smuggling(request: &Request<Incoming>) -> Option<Response<Body>> {
+    use hyper::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+    let headers = request.headers();
+    if !(headers.contains_key(CONTENT_LENGTH) && headers.contains_key(TRANSFER_ENCODING)) {
+        return None;
+    }
+    let message = "a request with both Content-Length and Transfer-Encoding";
+    let mut response = answer::error(StatusCode::BAD_REQUEST, message, "BadRequest");
+    response
+        .headers_mut()
+        .insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    Some(response)
 }
 
 /// How a request is sent: to which route, at which priority, until when,

@@ -22,7 +22,7 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new()))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -37,9 +37,13 @@ impl HttpServer {
         body_limit: usize,
         threads: usize,
         streams: Vec<Option<String>>,
+        header_timeout: f64,
     ) -> PyResult<Self> {
         if !(timeout.is_finite() && timeout > 0.0) {
             return Err(PyValueError::new_err("timeout must be > 0"));
+        }
+        if !(header_timeout.is_finite() && header_timeout > 0.0) {
+            return Err(PyValueError::new_err("header_timeout must be > 0"));
         }
         let addr: SocketAddr = (host, port)
             .to_socket_addrs()
@@ -59,6 +63,7 @@ impl HttpServer {
             timeout: Duration::from_secs_f64(timeout.min(1e6)),
             body_limit,
             threads,
+            header_timeout: Duration::from_secs_f64(header_timeout.min(1e6)),
         };
         let target = target(&steps, results, control, arena, client);
         let server = Server::start(config, target)
