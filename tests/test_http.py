@@ -389,3 +389,30 @@ def test_half_sent_heads_and_idle_connections_are_closed_after_the_header_timeou
             idle.close()
             for sock in partial:
                 sock.close()
+
+
+def test_a_client_that_leaves_before_its_answer_cancels_the_task(tmp_path):
+    busy, left = tmp_path / "busy", tmp_path / "left"
+
+    def page() -> str:
+        return call(port, method="GET", path="/metrics")[2].decode()
+
+    with service() as (port, _):
+        # the only first-step worker is busy with another request meanwhile
+        first = threading.Thread(
+            target=call, args=(port, {"x": 1, "sleep": 3.0, "reached": str(busy)})
+        )
+        first.start()
+        eventually(busy.exists, what="the worker busy")
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            body = json.dumps({"x": 2, "reached": str(left)}).encode()
+            head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+            sock.sendall(head + body)
+            queued = 'aqueduct_queue_size{flow="flow",step="step1_Double"} 1.0'
+            eventually(lambda: queued in page(), what=page)  # its task waits in the queue
+        # the client went: its task is cancelled, and the worker skips it
+        eventually(lambda: 'outcome="cancelled"} 1.0' in page(), what=page)
+        first.join(WAIT)
+        dropped = 'step="step1_Double",reason="cancelled"} 1.0'
+        eventually(lambda: dropped in page(), what=page)
+        assert not left.exists()
