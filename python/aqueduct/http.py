@@ -29,7 +29,8 @@ that has not sent a request's head within ``header_timeout`` seconds (10)
 is disconnected, idle keep-alive connections too; a request carrying both
 ``Content-Length`` and ``Transfer-Encoding``, or ``Content-Length``s that
 disagree, gets a 400 and its connection is closed (RFC 9112: a proxy in
-front could read its length differently).
+front could read its length differently). A client that closes its
+connection before its answer cancels its task (workers skip it).
 
 A route streams when ``stream`` is given (or a third element of its
 ``routes`` entry): each part its handlers ``emit`` is turned into bytes in
