@@ -110,6 +110,7 @@ def main() -> None:
         timeout=float(os.environ.get("TIMEOUT", "5")),
         body_limit=int(os.environ.get("BODY_LIMIT", str(16 << 20))),
         header_timeout=float(os.environ.get("HEADER_TIMEOUT", "10")),
+        max_connections=int(os.environ.get("MAX_CONNECTIONS", "10000")),
         on_ready=lambda port: print("port", port, flush=True),
     )
     print("stopped", flush=True)

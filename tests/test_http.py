@@ -416,3 +416,36 @@ def test_a_client_that_leaves_before_its_answer_cancels_the_task(tmp_path):
         dropped = 'step="step1_Double",reason="cancelled"} 1.0'
         eventually(lambda: dropped in page(), what=page)
         assert not left.exists()
+
+
+def test_connections_beyond_the_cap_wait_until_one_closes():
+    with service(MAX_CONNECTIONS="2") as (port, _):
+        held = [http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT) for _ in range(2)]
+        for conn in held:
+            assert call(port, {"x": 1}, conn=conn)[0] == 200  # both open, kept alive
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as third:
+            third.sendall(b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n{"x": 4}')
+            third.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                third.recv(1)  # waits in the backlog: not accepted yet
+            held.pop().close()
+            third.settimeout(WAIT)
+            assert third.recv(65536).startswith(b"HTTP/1.1 200")  # accepted once one closed
+        held.pop().close()
+
+
+def test_a_chunked_body_is_read_and_counts_against_the_limit():
+    with service(BODY_LIMIT="64") as (port, _):
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            chunks = b'4\r\n{"x"\r\n4\r\n: 21\r\n1\r\n}\r\n0\r\n\r\n'
+            sock.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+            )
+            answer = sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200") and b'"y": 84' in answer, answer
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            big = b"40\r\n" + b" " * 64 + b"\r\n" + b'8\r\n{"x": 1}\r\n0\r\n\r\n'
+            sock.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + big
+            )
+            assert sock.recv(65536).startswith(b"HTTP/1.1 413")

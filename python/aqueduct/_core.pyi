@@ -296,6 +296,7 @@ class HttpServer:
         threads: int,
         streams: list[str | None] = ...,
         header_timeout: float = 10.0,
+        max_connections: int = 10000,
     ) -> HttpServer: ...
     @property
     def port(self) -> int: ...

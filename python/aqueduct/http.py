@@ -77,6 +77,8 @@ DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
 STOP_GRACE = 10.0
 #: Default time a client has to send a request's head.
 DEFAULT_HEADER_TIMEOUT = 10.0
+#: Default most connections open at once.
+DEFAULT_MAX_CONNECTIONS = 10_000
 #: The content type of a streamed response, unless said otherwise.
 EVENT_STREAM = "text/event-stream"
 
@@ -105,6 +107,7 @@ def serve(
     stream: Streaming = False,
     stream_content_type: str = EVENT_STREAM,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> None:
     """Starts ``flow`` (pass it not yet started: its workers get the two
     functions) and serves it on ``host:port`` (0: a free port) until SIGINT
@@ -117,7 +120,9 @@ def serve(
     two functions. ``stream``: the route streams its parts (see the module
     docs). ``header_timeout``: seconds a client has to send a request's
     head; a connection that has not by then is closed (this also bounds how
-    long a keep-alive connection may sit idle between requests)."""
+    long a keep-alive connection may sit idle between requests).
+    ``max_connections``: most connections open at once; beyond it new ones
+    wait in the listen backlog until one closes."""
     server = Server(
         flow,
         task_from_request=task_from_request,
@@ -132,6 +137,7 @@ def serve(
         stream=stream,
         stream_content_type=stream_content_type,
         header_timeout=header_timeout,
+        max_connections=max_connections,
     )
     stopping = threading.Event()
     previous = {}
@@ -170,6 +176,7 @@ class Server:
         stream: Streaming = False,
         stream_content_type: str = EVENT_STREAM,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if flow.is_running or flow.are_steps_initialized:
             raise FlowError("serve() starts the flow itself: pass it a flow not yet started")
@@ -177,6 +184,8 @@ class Server:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         if header_timeout <= 0:
             raise ValueError(f"header_timeout must be > 0, got {header_timeout}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         routes = _routes(path, task_from_request, response_from_task, stream, routes)
         self._flow = flow
         self._runtime = runtime = runtime_of(flow)
@@ -209,6 +218,7 @@ class Server:
                 threads=threads,
                 streams=streams,
                 header_timeout=header_timeout,
+                max_connections=max_connections,
             )
         except BaseException:
             asyncio.run(flow.stop(graceful=False))

@@ -26,7 +26,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::answer::{self, Body};
 use crate::json_errors::JsonErrors;
@@ -37,6 +37,8 @@ use crate::stream::{End, PartBody};
 const TIMEOUT_HEADER: &str = "x-aqueduct-timeout";
 /// Header a request may set to its priority (clamped to the flow's levels).
 const PRIORITY_HEADER: &str = "x-aqueduct-priority";
+/// How long the accept loop waits after a failed accept (out of fds).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// How often the reader thread looks at `stopping` while no answer comes.
 const READER_TICK: Duration = Duration::from_millis(100);
 
@@ -58,6 +60,8 @@ pub struct Config {
     /// that has not sent it by then is closed; this also bounds how long a
     /// keep-alive connection may stay idle between requests).
     pub header_timeout: Duration,
+    /// Most connections open at once (beyond: they wait to be accepted).
+    pub max_connections: usize,
     /// Per route (as `paths`): the content type of its streamed responses,
     /// or None for a route that answers once (see `stream`).
     pub streams: Vec<Option<String>>,
@@ -309,11 +313,24 @@ async fn accept(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // beyond the cap, new connections wait in the listen backlog
+    let permits = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
     loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = shutdown.changed() => return,
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
-                Err(_) => continue, // out of fds and the like: the next may work
+                Err(_) => {
+                    // out of fds and the like: the next may work, later
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
             },
             _ = shutdown.changed() => return,
         };
@@ -350,6 +367,7 @@ async fn accept(
                 }
             }
             shared.connections.fetch_sub(1, Ordering::AcqRel);
+            drop(permit);
         });
     }
 }

@@ -22,7 +22,7 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -38,6 +38,7 @@ impl HttpServer {
         threads: usize,
         streams: Vec<Option<String>>,
         header_timeout: f64,
+        max_connections: usize,
     ) -> PyResult<Self> {
         if !(timeout.is_finite() && timeout > 0.0) {
             return Err(PyValueError::new_err("timeout must be > 0"));
@@ -64,6 +65,7 @@ impl HttpServer {
             body_limit,
             threads,
             header_timeout: Duration::from_secs_f64(header_timeout.min(1e6)),
+            max_connections: max_connections.max(1),
         };
         let target = target(&steps, results, control, arena, client);
         let server = Server::start(config, target)
