@@ -111,6 +111,7 @@ def main() -> None:
         body_limit=int(os.environ.get("BODY_LIMIT", str(16 << 20))),
         header_timeout=float(os.environ.get("HEADER_TIMEOUT", "10")),
         max_connections=int(os.environ.get("MAX_CONNECTIONS", "10000")),
+        body_timeout=float(os.environ.get("BODY_TIMEOUT", "30")),
         on_ready=lambda port: print("port", port, flush=True),
     )
     print("stopped", flush=True)

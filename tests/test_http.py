@@ -449,3 +449,15 @@ def test_a_chunked_body_is_read_and_counts_against_the_limit():
                 b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + big
             )
             assert sock.recv(65536).startswith(b"HTTP/1.1 413")
+
+
+def test_a_body_that_does_not_come_in_time_gets_408():
+    with service(BODY_TIMEOUT="0.5") as (port, _):
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as slow:
+            slow.sendall(b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"x": ')
+            assert call(port, {"x": 1})[0] == 200  # others are served meanwhile
+            received = b""
+            while chunk := slow.recv(65536):  # until the server closes it
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 408"), received
+        assert json.loads(received.split(b"\r\n\r\n", 1)[1])["type"] == "RequestTimeout"

@@ -297,6 +297,7 @@ class HttpServer:
         streams: list[str | None] = ...,
         header_timeout: float = 10.0,
         max_connections: int = 10000,
+        body_timeout: float = 30.0,
     ) -> HttpServer: ...
     @property
     def port(self) -> int: ...

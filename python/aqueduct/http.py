@@ -79,6 +79,8 @@ STOP_GRACE = 10.0
 DEFAULT_HEADER_TIMEOUT = 10.0
 #: Default most connections open at once.
 DEFAULT_MAX_CONNECTIONS = 10_000
+#: Default time a request's body may take to come.
+DEFAULT_BODY_TIMEOUT = 30.0
 #: The content type of a streamed response, unless said otherwise.
 EVENT_STREAM = "text/event-stream"
 
@@ -108,6 +110,7 @@ def serve(
     stream_content_type: str = EVENT_STREAM,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> None:
     """Starts ``flow`` (pass it not yet started: its workers get the two
     functions) and serves it on ``host:port`` (0: a free port) until SIGINT
@@ -122,7 +125,9 @@ def serve(
     head; a connection that has not by then is closed (this also bounds how
     long a keep-alive connection may sit idle between requests).
     ``max_connections``: most connections open at once; beyond it new ones
-    wait in the listen backlog until one closes."""
+    wait in the listen backlog until one closes. ``body_timeout``: seconds
+    a request's body may take to come; a slower one gets 408 and its
+    connection is closed."""
     server = Server(
         flow,
         task_from_request=task_from_request,
@@ -138,6 +143,7 @@ def serve(
         stream_content_type=stream_content_type,
         header_timeout=header_timeout,
         max_connections=max_connections,
+        body_timeout=body_timeout,
     )
     stopping = threading.Event()
     previous = {}
@@ -177,6 +183,7 @@ class Server:
         stream_content_type: str = EVENT_STREAM,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
     ) -> None:
         if flow.is_running or flow.are_steps_initialized:
             raise FlowError("serve() starts the flow itself: pass it a flow not yet started")
@@ -186,6 +193,8 @@ class Server:
             raise ValueError(f"header_timeout must be > 0, got {header_timeout}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        if body_timeout <= 0:
+            raise ValueError(f"body_timeout must be > 0, got {body_timeout}")
         routes = _routes(path, task_from_request, response_from_task, stream, routes)
         self._flow = flow
         self._runtime = runtime = runtime_of(flow)
@@ -219,6 +228,7 @@ class Server:
                 streams=streams,
                 header_timeout=header_timeout,
                 max_connections=max_connections,
+                body_timeout=body_timeout,
             )
         except BaseException:
             asyncio.run(flow.stop(graceful=False))

@@ -62,6 +62,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Most connections open at once (beyond: they wait to be accepted).
     pub max_connections: usize,
+    /// How long a request's body may take to come (408 beyond).
+    pub body_timeout: Duration,
     /// Per route (as `paths`): the content type of its streamed responses,
     /// or None for a route that answers once (see `stream`).
     pub streams: Vec<Option<String>>,
@@ -405,7 +407,20 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Re
     let priority = header_f64(&request, PRIORITY_HEADER)
         .map_or(0, |p| p.clamp(0.0, f64::from(MAX_PRIORITIES - 1)) as u32);
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, shared.config.body_limit).collect().await {
+    let reading = Limited::new(body, shared.config.body_limit).collect();
+    let Ok(read) = tokio::time::timeout(shared.config.body_timeout, reading).await else {
+        let message = format!(
+            "the body did not come within {} s",
+            shared.config.body_timeout.as_secs_f64()
+        );
+        let mut response = answer::error(StatusCode::REQUEST_TIMEOUT, &message, "RequestTimeout");
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        return response.map(Either::Left);
+    };
+    let body = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => {
             let message = format!("the body is over {} bytes", shared.config.body_limit);

@@ -22,7 +22,7 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -39,12 +39,16 @@ impl HttpServer {
         streams: Vec<Option<String>>,
         header_timeout: f64,
         max_connections: usize,
+        body_timeout: f64,
     ) -> PyResult<Self> {
         if !(timeout.is_finite() && timeout > 0.0) {
             return Err(PyValueError::new_err("timeout must be > 0"));
         }
         if !(header_timeout.is_finite() && header_timeout > 0.0) {
             return Err(PyValueError::new_err("header_timeout must be > 0"));
+        }
+        if !(body_timeout.is_finite() && body_timeout > 0.0) {
+            return Err(PyValueError::new_err("body_timeout must be > 0"));
         }
         let addr: SocketAddr = (host, port)
             .to_socket_addrs()
@@ -66,6 +70,7 @@ impl HttpServer {
             threads,
             header_timeout: Duration::from_secs_f64(header_timeout.min(1e6)),
             max_connections: max_connections.max(1),
+            body_timeout: Duration::from_secs_f64(body_timeout.min(1e6)),
         };
         let target = target(&steps, results, control, arena, client);
         let server = Server::start(config, target)
