@@ -28,23 +28,21 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from aqueduct import BaseTask, BaseTaskHandler, Flow, FlowStep
 from web_workloads import CpuMeter
 
-ITERATION_S = 0.002
-PER_SEQUENCE_S = 0.0001
+sys.path.insert(0, str(Path(__file__).resolve().parent / "http"))
+from decode_emulator import ITERATION_S as ITERATION_S  # the cost model, for bench.py
+from decode_emulator import PER_SEQUENCE_S as PER_SEQUENCE_S
+from decode_emulator import iteration
+
 CALLERS = 64
 MAX_TOKENS = 128
 REQUESTS = 1200
 COMPACT = os.environ.get("COMPACT") == "1"
-
-
-def spin(seconds: float) -> None:
-    until = time.perf_counter() + seconds
-    while time.perf_counter() < until:
-        pass
 
 
 class Generation(BaseTask):
@@ -64,7 +62,7 @@ class StaticDecoder(BaseTaskHandler):
         live = list(tasks)
         while live:
             rows = len(live) if COMPACT else len(tasks)
-            spin(ITERATION_S + PER_SEQUENCE_S * rows)
+            iteration(rows)
             for task in live:
                 task.written += 1
                 task.emit(task.written)
@@ -75,7 +73,7 @@ class ContinuousDecoder(BaseTaskHandler):
     """One iteration over the active set; a finished sequence leaves it."""
 
     def handle(self, *active: Generation) -> None:  # type: ignore[override]
-        spin(ITERATION_S + PER_SEQUENCE_S * len(active))
+        iteration(len(active))
         for task in active:
             task.written += 1
             if not task.emit(task.written) or task.written >= task.length:

@@ -8,27 +8,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from pathlib import Path
 
-from aqueduct import BaseTask, BaseTaskHandler, Flow, FlowStep
+from aqueduct import Flow, FlowStep
 from aqueduct.http import Request, serve
 from aqueduct.logger import log
-from decode_emulator import BATCH, iteration
+from decode_emulator import BATCH
 
-
-class Generation(BaseTask):
-    def __init__(self, length: int) -> None:
-        super().__init__()
-        self.length = length
-        self.written = 0
-
-
-class Decoder(BaseTaskHandler):
-    def handle(self, *active: Generation) -> None:  # type: ignore[override]
-        iteration(len(active))
-        for task in active:
-            task.written += 1
-            if not task.emit(str(task.written)) or task.written >= task.length:
-                task.finish()
+# the same task and continuous decoder as the in-process benchmark
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from generative import ContinuousDecoder as Decoder
+from generative import Generation
 
 
 def generation(request: Request) -> Generation:
