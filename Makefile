@@ -37,6 +37,10 @@ test: build ## Build, then run cargo test (core) and pytest
 loom: ## Model-check the ring protocol with loom (every interleaving of its tests)
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p aqueduct-core --release --all-features --test loom_ring
 
+.PHONY: fuzz
+fuzz: ## Fuzz every decoder of shared-memory and network bytes longer than CI does (PROPTEST_CASES, default 50,000 each)
+	PROPTEST_CASES=$${PROPTEST_CASES:-50000} cargo test --workspace --release --all-features fuzz
+
 .PHONY: demo
 demo: build ## Serve a real model (digits, scikit-learn) and load it: accuracy, latency, throughput
 	$(PY) examples/digits/demo.py

@@ -132,7 +132,9 @@ impl Arena {
         if magic != MAGIC || version != VERSION {
             return Err(Error::InvalidSegment("not an aqueduct arena".into()));
         }
-        let expected = layout(pages * PAGE)?;
+        let truncated = || Error::InvalidSegment("arena segment is truncated".into());
+        let expected =
+            layout(pages.checked_mul(PAGE).ok_or_else(truncated)?).map_err(|_| truncated())?;
         if expected.1 != data_offset || segment.len() < expected.2 {
             return Err(Error::InvalidSegment("arena segment is truncated".into()));
         }
@@ -460,8 +462,94 @@ mod tests {
     }
 
     #[test]
+    fn a_header_whose_size_overflows_is_not_an_arena() {
+        let arena = Arena::create(PAGE).expect("arena");
+        // SAFETY: the header of a segment this test alone maps.
+        unsafe { (*arena.segment.as_ptr().cast::<Header>()).pages = u64::MAX / 2 };
+        let opened = Arena::open_borrowed(arena.as_fd());
+        assert!(
+            matches!(opened, Err(Error::InvalidSegment(_))),
+            "{opened:?}"
+        );
+    }
+
+    #[test]
     fn an_intact_freed_block_is_reused() {
         let arena = freed_block();
         assert_eq!(arena.alloc(2 * PAGE, 3).expect("reused").offset, 0);
+    }
+
+    mod fuzz {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        use super::*;
+
+        fn in_data(arena: &Arena, block: Block) -> bool {
+            block.offset % PAGE == 0 && block.offset + block.capacity <= arena.pages * PAGE
+        }
+
+        proptest! {
+            /// Whatever another process wrote over the arena's header and
+            /// block table, its owner's calls and a process opening it
+            /// (a respawned owner) get blocks inside the data region,
+            /// `ArenaFull`, `Corrupt` or an invalid segment: never a panic.
+            #[test]
+            fn a_scribbled_arena_hands_out_blocks_inside_it_or_says_corrupt(
+                sizes in vec(1u64..3 * PAGE, 0..6),
+                freed in vec(any::<bool>(), 6),
+                words in vec((any::<Index>(), any::<u64>()), 0..6),
+                small in vec((any::<Index>(), 0u32..4), 0..6),
+                wanted in vec(1u64..4 * PAGE, 1..4),
+                offsets in vec(any::<u64>(), 0..4),
+            ) {
+                let arena = Arena::create(8 * PAGE).expect("arena");
+                let blocks: Vec<Block> = sizes.iter().filter_map(|&n| arena.alloc(n, n).ok()).collect();
+                for (block, free) in blocks.iter().zip(&freed) {
+                    if *free {
+                        arena.free(block.offset);
+                    }
+                }
+                let table = arena.data_offset as usize;
+                let base = arena.segment.as_ptr();
+                for (at, word) in words {
+                    // SAFETY: an aligned word of the table, which this test
+                    // alone maps; the entries' atomics tolerate any value.
+                    unsafe { base.add(at.index(table / 8) * 8).cast::<u64>().write_volatile(word) };
+                }
+                // states and page counts near the ones alloc writes
+                for (at, value) in small {
+                    // SAFETY: as above, a 4-byte aligned word of the table.
+                    unsafe { base.add(at.index(table / 4) * 4).cast::<u32>().write_volatile(value) };
+                }
+                let check = |arena: &Arena| -> std::result::Result<(), TestCaseError> {
+                    for &len in &wanted {
+                        match arena.alloc(len, 1) {
+                            Ok(block) => prop_assert!(in_data(arena, block), "{block:?}"),
+                            Err(Error::ArenaFull { .. } | Error::Corrupt(_)) => {}
+                            Err(e) => prop_assert!(false, "alloc: {e:?}"),
+                        }
+                    }
+                    for &offset in &offsets {
+                        arena.free(offset);
+                        if let Some(ptr) = arena.ptr_at(offset, 1) {
+                            prop_assert!(arena.locate(ptr, 1).is_some());
+                        }
+                    }
+                    arena.free_where(&|key| key % 2 == 0);
+                    let _ = arena.used();
+                    Ok(())
+                };
+                check(&arena)?;
+                match Arena::open_borrowed(arena.as_fd()) {
+                    Ok(mut opened) => {
+                        opened.take_ownership();
+                        check(&opened)?;
+                    }
+                    Err(e) => prop_assert!(matches!(e, Error::InvalidSegment(_)), "{e:?}"),
+                }
+            }
+        }
     }
 }

@@ -160,15 +160,25 @@ pub fn split_error(payload: &[u8]) -> Option<ErrorSummary<'_>> {
 }
 
 /// `data` as one Server-Sent Event: each of its lines after `data: `, then
-/// the blank line that ends the event (how a streamed part is sent).
+/// the blank line that ends the event (how a streamed part is sent). A
+/// line ends at `\n`, `\r\n` or a lone `\r`, as for the client's parser:
+/// a part cannot end its event early or add fields of its own.
 pub fn server_sent_event(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 8);
-    for line in data.split(|&b| b == b'\n') {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
-        out.push(b'\n');
+    out.extend_from_slice(b"data: ");
+    let mut bytes = data.iter().peekable();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'\r' | b'\n' => {
+                if b == b'\r' && bytes.peek() == Some(&&b'\n') {
+                    bytes.next();
+                }
+                out.extend_from_slice(b"\ndata: ");
+            }
+            b => out.push(b),
+        }
     }
-    out.push(b'\n');
+    out.extend_from_slice(b"\n\n");
     out
 }
 
@@ -266,6 +276,11 @@ mod tests {
         assert_eq!(server_sent_event(b"a"), b"data: a\n\n");
         assert_eq!(server_sent_event(b"a\r\nb"), b"data: a\ndata: b\n\n");
         assert_eq!(
+            server_sent_event(b"a\revent: x\n\nb"),
+            b"data: a\ndata: event: x\ndata: \ndata: b\n\n",
+            "a lone CR ends a line too"
+        );
+        assert_eq!(
             error_event("x", "E"),
             b"event: error\ndata: {\"error\": \"x\", \"type\": \"E\"}\n\n"
         );
@@ -337,5 +352,181 @@ mod tests {
             (summary.status, summary.json, summary.rest),
             (400, &json[..], &b"PICKLE"[..])
         );
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing::{bytes, damaged};
+
+    type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn headers() -> impl Strategy<Value = Headers> {
+        vec((bytes(24), bytes(48)), 0..6)
+    }
+
+    fn borrowed(headers: &Headers) -> Vec<(&[u8], &[u8])> {
+        headers
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .collect()
+    }
+
+    fn body_ref() -> impl Strategy<Value = Option<BodyRef>> {
+        proptest::option::of(
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(arena, block, offset, len)| BodyRef {
+                    arena,
+                    block,
+                    offset,
+                    len,
+                },
+            ),
+        )
+    }
+
+    #[derive(Debug, Clone)]
+    struct Sent {
+        method: Vec<u8>,
+        path: Vec<u8>,
+        query: Vec<u8>,
+        headers: Headers,
+        in_arena: Option<BodyRef>,
+        body: Vec<u8>,
+    }
+
+    fn request() -> impl Strategy<Value = Sent> {
+        (
+            bytes(12),
+            bytes(64),
+            bytes(32),
+            headers(),
+            body_ref(),
+            bytes(64),
+        )
+            .prop_map(|(method, path, query, headers, in_arena, body)| Sent {
+                method,
+                path,
+                query,
+                headers,
+                in_arena,
+                body,
+            })
+    }
+
+    fn encoded(sent: &Sent) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (method, path, query) = (&sent.method, &sent.path, &sent.query);
+        encode_request_head(
+            &mut out,
+            method,
+            path,
+            query,
+            &borrowed(&sent.headers),
+            sent.in_arena,
+        )
+        .expect("encodes");
+        if sent.in_arena.is_none() {
+            out.extend_from_slice(&sent.body);
+        }
+        out
+    }
+
+    fn encoded_response() -> impl Strategy<Value = Vec<u8>> {
+        (any::<u16>(), headers(), bytes(64)).prop_map(|(status, headers, body)| {
+            let mut out = Vec::new();
+            encode_response(&mut out, status, &borrowed(&headers), &body).expect("encodes");
+            out
+        })
+    }
+
+    fn encoded_error() -> impl Strategy<Value = Vec<u8>> {
+        (any::<u16>(), bytes(64), bytes(32)).prop_map(|(status, json, rest)| {
+            let mut out = error_prefix(status, &json).expect("a short summary");
+            out.extend_from_slice(&rest);
+            out
+        })
+    }
+
+    /// Every byte a decoded layout borrows lies in the payload, in order:
+    /// what it decoded accounts for the whole payload.
+    fn request_len(r: &Request<'_>) -> usize {
+        let headers: usize = r.headers.iter().map(|(n, v)| 8 + n.len() + v.len()).sum();
+        let body = match r.body {
+            Body::Inline(b) => b.len(),
+            Body::Arena(_) => 28,
+        };
+        2 + r.method.len() + 4 + r.path.len() + 4 + r.query.len() + 4 + headers + 1 + body
+    }
+
+    proptest! {
+        #[test]
+        fn requests_responses_and_errors_come_back_as_they_went(
+            sent in request(),
+            status in any::<u16>(),
+            headers in headers(),
+            body in bytes(64),
+        ) {
+            let payload = encoded(&sent);
+            let got = decode_request(&payload).expect("decodes");
+            prop_assert_eq!(got.method, &sent.method[..]);
+            prop_assert_eq!(got.path, &sent.path[..]);
+            prop_assert_eq!(got.query, &sent.query[..]);
+            prop_assert_eq!(got.headers, borrowed(&sent.headers));
+            let want = sent.in_arena.map_or(Body::Inline(&sent.body), Body::Arena);
+            prop_assert_eq!(got.body, want);
+
+            let mut payload = Vec::new();
+            encode_response(&mut payload, status, &borrowed(&headers), &body).expect("encodes");
+            let got = decode_response(&payload).expect("decodes");
+            prop_assert_eq!((got.status, got.headers, got.body), (status, borrowed(&headers), &body[..]));
+
+            let mut payload = error_prefix(status, &body).expect("prefix");
+            payload.extend_from_slice(&sent.path);
+            let got = split_error(&payload).expect("splits");
+            prop_assert_eq!((got.status, got.json, got.rest), (status, &body[..], &sent.path[..]));
+        }
+
+        #[test]
+        fn any_bytes_decode_to_what_they_hold_or_are_refused(
+            payload in prop_oneof![
+                bytes(256),
+                request().prop_flat_map(|sent| damaged(encoded(&sent))),
+                encoded_response().prop_flat_map(damaged),
+                encoded_error().prop_flat_map(damaged),
+            ],
+        ) {
+            if let Some(request) = decode_request(&payload) {
+                let arena = matches!(request.body, Body::Arena(_));
+                let len = request_len(&request);
+                // an arena reference may be followed by bytes nobody reads
+                prop_assert!(len == payload.len() || (arena && len <= payload.len()));
+            }
+            if let Some(response) = decode_response(&payload) {
+                let headers: usize = response.headers.iter().map(|(n, v)| 8 + n.len() + v.len()).sum();
+                prop_assert_eq!(2 + 4 + headers + response.body.len(), payload.len());
+            }
+            if let Some(error) = split_error(&payload) {
+                prop_assert_eq!(2 + 4 + error.json.len() + error.rest.len(), payload.len());
+            }
+        }
+
+        #[test]
+        fn any_text_makes_one_event_and_valid_json(message in ".{0,64}", kind in "[A-Za-z]{0,16}", data in bytes(128)) {
+            let json = error_json(&message, &kind);
+            let text = String::from_utf8(json).expect("utf-8");
+            prop_assert!(!text.contains('\n'), "one line: {}", text);
+            let event = server_sent_event(&data);
+            // one event of data lines: no CR, every line a data field, and
+            // the blank line that ends it only at its end
+            prop_assert!(!event.contains(&b'\r'));
+            prop_assert!(event.ends_with(b"\n\n"));
+            let lines: Vec<&[u8]> = event[..event.len() - 2].split(|&b| b == b'\n').collect();
+            prop_assert!(lines.iter().all(|line| line.starts_with(b"data: ")));
+        }
     }
 }

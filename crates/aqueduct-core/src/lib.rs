@@ -30,6 +30,8 @@ pub mod consumer;
 pub mod control;
 pub mod error;
 pub mod exported;
+#[cfg(test)]
+mod fuzzing;
 pub mod http_wire;
 pub mod ids;
 pub mod metrics;

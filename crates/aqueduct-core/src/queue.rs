@@ -705,3 +705,54 @@ mod tests {
         assert!(MessageHeader::decode(&bytes[..20]).is_err(), "short");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    use super::*;
+    use crate::fuzzing::bytes;
+
+    fn header() -> impl Strategy<Value = MessageHeader> {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(key, deadline_ns, kind, priority, enqueued_ns)| MessageHeader {
+                    key,
+                    deadline_ns,
+                    kind,
+                    priority,
+                    enqueued_ns,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn a_header_comes_back_as_it_went_and_a_flipped_bit_is_caught(
+            header in header(),
+            at in any::<Index>(),
+            bit in 0u8..8,
+        ) {
+            let mut bytes = header.encode().to_vec();
+            bytes.extend_from_slice(b"payload");
+            prop_assert_eq!(MessageHeader::decode(&bytes).ok(), Some(header));
+            bytes[at.index(HEADER_BYTES)] ^= 1 << bit;
+            prop_assert!(matches!(MessageHeader::decode(&bytes), Err(Error::Corrupt(_))));
+        }
+
+        #[test]
+        fn any_bytes_are_a_header_that_checks_or_corrupt(bytes in bytes(64)) {
+            match MessageHeader::decode(&bytes) {
+                Ok(header) => prop_assert_eq!(&header.encode()[..], &bytes[..HEADER_BYTES]),
+                Err(e) => prop_assert!(matches!(e, Error::Corrupt(_))),
+            }
+        }
+    }
+}

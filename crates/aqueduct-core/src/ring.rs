@@ -802,4 +802,63 @@ mod tests {
         ring.pop().expect("an intact ring").expect("a message");
         ring.push(&[b"y"]).expect("room again");
     }
+
+    mod fuzz {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        use super::*;
+        use crate::fuzzing::bytes;
+
+        proptest! {
+            /// Whatever another process wrote over the ring's memory (its
+            /// words or its data), popping and pushing return messages that
+            /// fit, `Full`, or `Corrupt`: nothing is read or written outside
+            /// the ring, nothing panics, nothing loops.
+            #[test]
+            fn a_scribbled_ring_pops_what_fits_or_says_corrupt(
+                messages in vec(bytes(100), 0..12),
+                popped in 0usize..12,
+                words in vec((any::<Index>(), any::<u64>()), 0..6),
+                noise in vec((any::<Index>(), any::<u8>()), 0..16),
+            ) {
+                let heap = Heap::new(16, 32);
+                let ring = &heap.ring;
+                for m in &messages {
+                    let _ = ring.push(&[m]);
+                }
+                for _ in 0..popped {
+                    let _ = ring.pop();
+                }
+                let size = ring.layout().size();
+                for (at, word) in words {
+                    let at = at.index(size / 8) * 8;
+                    // SAFETY: an aligned word inside the ring's allocation,
+                    // which this test alone uses.
+                    unsafe { heap.ptr.add(at).cast::<u64>().write(word) };
+                }
+                for (at, byte) in noise {
+                    // SAFETY: a byte inside the ring's allocation.
+                    unsafe { heap.ptr.add(at.index(size)).write(byte) };
+                }
+                for _ in 0..40 {
+                    match ring.pop() {
+                        Ok(Some(m)) => prop_assert!(m.len() <= ring.layout().max_message()),
+                        Ok(None) => break,
+                        Err(e) => {
+                            prop_assert!(matches!(e, Error::Corrupt(_)), "{e:?}");
+                            break;
+                        }
+                    }
+                }
+                for m in &messages {
+                    match ring.push(&[m]) {
+                        Ok(()) | Err(Error::Full | Error::Corrupt(_)) => {}
+                        Err(e) => prop_assert!(false, "push: {e:?}"),
+                    }
+                }
+            }
+        }
+    }
 }

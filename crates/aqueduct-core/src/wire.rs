@@ -262,3 +262,74 @@ mod tests {
         assert_eq!(client_of(u64::MAX, MAX_CLIENTS), MAX_CLIENTS - 1);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing::{bytes, damaged};
+
+    fn arena_ref() -> impl Strategy<Value = ArenaRef> {
+        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(arena, block, offset, len)| ArenaRef {
+                arena,
+                block,
+                offset,
+                len,
+            },
+        )
+    }
+
+    fn encoded_refs() -> impl Strategy<Value = Vec<u8>> {
+        (vec(arena_ref(), 0..6), bytes(32)).prop_map(|(refs, rest)| {
+            let mut out = Vec::new();
+            encode_refs(&refs, &mut out).expect("a few refs encode");
+            out.extend_from_slice(&rest);
+            out
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn refs_and_class_names_come_back_as_they_went(
+            refs in vec(arena_ref(), 0..8),
+            name in bytes(300),
+            rest in bytes(64),
+        ) {
+            let mut payload = Vec::new();
+            encode_refs(&refs, &mut payload).expect("encodes");
+            payload.extend_from_slice(&rest);
+            let (got, after) = split_refs(&payload).expect("splits");
+            prop_assert_eq!((got, after), (refs, &rest[..]));
+            let mut payload = state_prefix(&name).expect("a short name");
+            payload.extend_from_slice(&rest);
+            prop_assert_eq!(split_state(&payload), Some((&name[..], &rest[..])));
+        }
+
+        #[test]
+        fn any_bytes_split_into_what_they_hold_or_are_refused(
+            payload in prop_oneof![bytes(256), encoded_refs().prop_flat_map(damaged)],
+        ) {
+            if let Some((refs, rest)) = split_refs(&payload) {
+                prop_assert_eq!(COUNT_BYTES + refs.len() * REF_BYTES + rest.len(), payload.len());
+            }
+            if let Some((name, rest)) = split_state(&payload) {
+                prop_assert_eq!(2 + name.len() + rest.len(), payload.len());
+            }
+        }
+
+        #[test]
+        fn any_kind_word_and_key_name_a_kind_route_and_client(
+            kind in any::<u32>(),
+            key in any::<u64>(),
+            clients in 0..=MAX_CLIENTS,
+        ) {
+            prop_assert_eq!(base_kind(kind) & FLAGS, 0);
+            prop_assert_eq!(base_kind(kind) | (kind & FLAGS), kind);
+            prop_assert_eq!(http_route_bits(http_route(kind)), kind & HTTP_ROUTE_MASK);
+            prop_assert!(client_of(key, clients) < clients.max(1));
+        }
+    }
+}

@@ -82,3 +82,61 @@ pub fn from_message(message: &Message) -> Response<Body> {
         ),
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use aqueduct_core::http_wire::{encode_response, error_prefix};
+    use aqueduct_core::wire::{FLAGS, KIND_PART};
+    use aqueduct_core::{MessageHeader, QueueConfig, TaskQueue};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        vec(any::<u8>(), 0..=max)
+    }
+
+    /// Payloads of every kind a result queue carries, well-formed or not.
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        let response = (any::<u16>(), vec((bytes(16), bytes(32)), 0..4), bytes(32)).prop_map(
+            |(status, headers, body)| {
+                let headers: Vec<(&[u8], &[u8])> = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_slice(), v.as_slice()))
+                    .collect();
+                let mut out = Vec::new();
+                encode_response(&mut out, status, &headers, &body).expect("encodes");
+                out
+            },
+        );
+        let error = (any::<u16>(), bytes(48), bytes(16)).prop_map(|(status, json, rest)| {
+            let mut out = error_prefix(status, &json).expect("short");
+            out.extend_from_slice(&rest);
+            out
+        });
+        prop_oneof![bytes(128), response, error]
+    }
+
+    proptest! {
+        /// Whatever a worker (or memory scribbled on) put in the result
+        /// queue, the client gets a response with a status hyper can send.
+        #[test]
+        fn any_answer_becomes_a_response(
+            kind in prop_oneof![0..=KIND_PART, any::<u32>()],
+            flags in any::<u32>(),
+            payload in payload(),
+        ) {
+            let queue = TaskQueue::create(QueueConfig::default()).expect("queue");
+            let header = MessageHeader { kind: kind | (flags & FLAGS), ..MessageHeader::default() };
+            queue.push(&header, &payload).expect("room");
+            let message = queue.try_pop().expect("intact").expect("a message");
+            let response = from_message(&message);
+            let status = response.status().as_u16();
+            prop_assert!((100..=999).contains(&status));
+            if base_kind(kind) == KIND_ERROR {
+                prop_assert!(status >= 400, "an error is never a success: {status}");
+            }
+        }
+    }
+}
