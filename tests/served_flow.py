@@ -44,6 +44,11 @@ class Double(BaseTaskHandler):
                 from support import scribble  # what a buggy native extension does
 
                 scribble(seed=11, names=("aqueduct-queue",), skip=64)
+            if isinstance(task.x, str) and task.x == "scribble arenas":
+                from support import scribble
+
+                # the block tables of every arena, the server's among them
+                scribble(seed=12, names=("aqueduct-arena",), span=4096)
             if isinstance(task.x, str) and task.x == "die":
                 os._exit(9)
             value = task.x if task.y is None else task.y

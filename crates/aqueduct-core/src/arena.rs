@@ -222,8 +222,9 @@ impl Arena {
         // pages are then the ones reused.
         let frees = self.header().frees.load(Ordering::Acquire);
         if frees != *seen {
-            *seen = frees;
+            // still unseen after an error: a corrupt table stays corrupt
             self.reclaim(runs)?;
+            *seen = frees;
         }
         let start = Self::first_fit(runs, want).ok_or_else(|| Error::ArenaFull {
             size: len,
@@ -471,6 +472,15 @@ mod tests {
             matches!(opened, Err(Error::InvalidSegment(_))),
             "{opened:?}"
         );
+    }
+
+    #[test]
+    fn a_corrupt_table_is_corrupt_for_every_alloc_after() {
+        let arena = freed_block();
+        arena.entry(5).state.store(0xdead, Ordering::Relaxed);
+        for _ in 0..3 {
+            assert!(matches!(arena.alloc(PAGE, 3), Err(Error::Corrupt(_))));
+        }
     }
 
     #[test]

@@ -182,6 +182,13 @@ impl Shared {
         failure.clone().or_else(|| self.corruption())
     }
 
+    /// This server found the flow's shared memory corrupt: it answers 503
+    /// from now on and the flow heals (see `Server::corruption`).
+    fn found_corrupt(&self, why: &str) {
+        let mut corrupt = self.corrupt.lock().unwrap_or_else(PoisonError::into_inner);
+        corrupt.get_or_insert_with(|| why.to_owned());
+    }
+
     fn corruption(&self) -> Option<String> {
         self.corrupt
             .lock()
@@ -456,7 +463,13 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Re
         };
         match send(&mut client, key, &head, &body, &sent) {
             Ok(awaited) => (awaited, key),
-            Err(response) => return response.map(Either::Left),
+            Err(Refused::Answer(response)) => return response.map(Either::Left),
+            Err(Refused::Flow(e)) => {
+                if let Error::Corrupt(why) = &e {
+                    shared.found_corrupt(why); // the flow heals, the server follows
+                }
+                return refused(e).map(Either::Left);
+            }
         }
     };
     let mut guard = CancelOnDrop {
@@ -573,17 +586,24 @@ struct RequestHead<'a> {
     headers: &'a [(&'a [u8], &'a [u8])],
 }
 
+/// Why a request was not sent.
+enum Refused {
+    /// The request cannot be a task: this is its answer.
+    Answer(Box<Response<Body>>),
+    /// The flow refused it (full, closed, its shared memory corrupt).
+    Flow(Error),
+}
+
 /// Sends a request to the first step as task `key`: its head and body in
 /// the message, or a big body in the server's arena (held until a worker
-/// is done with it). The receiver gets the answer; the error is the
-/// response to give at once.
+/// is done with it). The receiver gets the answer.
 fn send(
     client: &mut Client,
     key: u64,
     head: &RequestHead<'_>,
     body: &[u8],
     sending: &Sending,
-) -> Result<Awaited, Box<Response<Body>>> {
+) -> Result<Awaited, Refused> {
     let arena = client.queues().arena.clone();
     let in_arena = match &arena {
         Some(arena) if body.len() > INLINE_LIMIT => match arena.place(body, key) {
@@ -593,7 +613,7 @@ fn send(
                 offset: block.offset,
                 len: body.len() as u64,
             }),
-            Err(e) => return Err(Box::new(refused(e))),
+            Err(e) => return Err(Refused::Flow(e)),
         },
         _ => None,
     };
@@ -606,11 +626,11 @@ fn send(
     let (method, path, query) = (head.method, head.path, head.query);
     if encode_request_head(&mut encoded, method, path, query, head.headers, in_arena).is_none() {
         discard(in_arena);
-        return Err(Box::new(answer::error(
+        return Err(Refused::Answer(Box::new(answer::error(
             StatusCode::BAD_REQUEST,
             "headers too large",
             "BadRequest",
-        )));
+        ))));
     }
     let inline: &[u8] = if in_arena.is_some() { &[] } else { body };
     let deadline_ns = monotonic_ns().saturating_add(sending.timeout.as_nanos() as u64);
@@ -637,7 +657,7 @@ fn send(
     };
     if let Err(e) = client.submit(out, waiter, deadline_ns, false) {
         discard(in_arena);
-        return Err(Box::new(refused(e)));
+        return Err(Refused::Flow(e));
     }
     Ok(awaited)
 }
