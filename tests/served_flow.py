@@ -117,6 +117,8 @@ def main() -> None:
         header_timeout=float(os.environ.get("HEADER_TIMEOUT", "10")),
         max_connections=int(os.environ.get("MAX_CONNECTIONS", "10000")),
         body_timeout=float(os.environ.get("BODY_TIMEOUT", "30")),
+        idle_timeout=float(os.environ.get("IDLE_TIMEOUT", "30")),
+        access_log=os.environ.get("ACCESS_LOG"),
         on_ready=lambda port: print("port", port, flush=True),
     )
     print("stopped", flush=True)

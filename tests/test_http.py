@@ -391,21 +391,50 @@ def test_smuggling_shapes_get_400_and_the_connection_closes():
         assert call(port, {"x": 1})[0] == 200
 
 
-def test_half_sent_heads_and_idle_connections_are_closed_after_the_header_timeout():
-    with service(HEADER_TIMEOUT="0.5") as (port, _):
+def test_half_sent_heads_are_closed_after_the_header_timeout_idle_ones_after_the_idle_timeout():
+    with service(HEADER_TIMEOUT="0.5", IDLE_TIMEOUT="4") as (port, _):
         partial = [socket.create_connection(("127.0.0.1", port), timeout=WAIT) for _ in range(50)]
         for sock in partial:
             sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+        silent = socket.create_connection(("127.0.0.1", port), timeout=WAIT)  # sends nothing
         assert call(port, {"x": 2})[0] == 200  # others are served meanwhile
         idle = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
         assert call(port, {"x": 3}, conn=idle)[0] == 200
+        answered = time.monotonic()
         try:
-            for sock in [*partial, idle.sock]:
+            for sock in [*partial, silent]:
                 eventually(lambda s=sock: _closed_by_server(s), what="the server closed it")
+            assert time.monotonic() - answered < 3.0
+            assert not _closed_by_server(idle.sock), "idle for less than its timeout"
+            assert call(port, {"x": 4}, conn=idle)[0] == 200, "and still serving"
+            eventually(lambda: _closed_by_server(idle.sock), what="the idle connection closed")
         finally:
             idle.close()
+            silent.close()
             for sock in partial:
                 sock.close()
+
+
+def test_the_access_log_has_a_line_per_answer_written_by_rust(tmp_path):
+    log = tmp_path / "access.log"
+    with service(ACCESS_LOG=str(log)) as (port, _):
+        assert call(port, {"x": 5})[0] == 200
+        assert call(port, path="/nowhere?a=1", method="GET")[0] == 404
+        assert call(port, {"x": "teapot"})[0] == 418
+
+        def lines() -> list[str]:
+            return log.read_text().splitlines() if log.exists() else []
+
+        eventually(lambda: len(lines()) == 3, what=lambda: lines())
+    fields = [line.split(" ") for line in lines()]
+    assert [f[0] for f in fields] == ["127.0.0.1"] * 3
+    assert [(f[5], f[6], f[8]) for f in fields] == [
+        ('"POST', "/predict", "200"),
+        ('"GET', "/nowhere?a=1", "404"),
+        ('"POST', "/predict", "418"),
+    ]
+    assert fields[2][9] == str(len(b"short and stout"))
+    assert all(float(f[10]) >= 0 for f in fields)
 
 
 def test_a_client_that_leaves_before_its_answer_cancels_the_task(tmp_path):

@@ -298,6 +298,8 @@ class HttpServer:
         header_timeout: float = 10.0,
         max_connections: int = 10000,
         body_timeout: float = 30.0,
+        idle_timeout: float = 30.0,
+        access_log: str | None = None,
     ) -> HttpServer: ...
     @property
     def port(self) -> int: ...

@@ -26,7 +26,8 @@ when the queue is full or the flow is down, 504 past the timeout (the
 server's, or the request's ``X-Aqueduct-Timeout`` header in seconds).
 ``GET /health`` answers 200, or 503 while the flow cannot serve. A client
 that has not sent a request's head within ``header_timeout`` seconds (10)
-is disconnected, idle keep-alive connections too; a request carrying both
+of its first byte, or of connecting, is disconnected, and so is a
+keep-alive connection idle for ``idle_timeout`` seconds (30); a request carrying both
 ``Content-Length`` and ``Transfer-Encoding``, or ``Content-Length``s that
 disagree, gets a 400 and its connection is closed (RFC 9112: a proxy in
 front could read its length differently). A client that closes its
@@ -81,6 +82,8 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 10_000
 #: Default time a request's body may take to come.
 DEFAULT_BODY_TIMEOUT = 30.0
+#: Default time a keep-alive connection may sit idle between requests.
+DEFAULT_IDLE_TIMEOUT = 30.0
 #: The content type of a streamed response, unless said otherwise.
 EVENT_STREAM = "text/event-stream"
 
@@ -111,6 +114,8 @@ def serve(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    access_log: str | None = None,
 ) -> None:
     """Starts ``flow`` (pass it not yet started: its workers get the two
     functions) and serves it on ``host:port`` (0: a free port) until SIGINT
@@ -122,12 +127,15 @@ def serve(
     optionally a third element, as ``stream``), instead of ``path`` and the
     two functions. ``stream``: the route streams its parts (see the module
     docs). ``header_timeout``: seconds a client has to send a request's
-    head; a connection that has not by then is closed (this also bounds how
-    long a keep-alive connection may sit idle between requests).
+    head, from its first byte (or from connecting); a connection that has
+    not by then is closed. ``idle_timeout``: seconds a keep-alive
+    connection may sit idle after an answer before it is closed.
     ``max_connections``: most connections open at once; beyond it new ones
     wait in the listen backlog until one closes. ``body_timeout``: seconds
     a request's body may take to come; a slower one gets 408 and its
-    connection is closed."""
+    connection is closed. ``access_log``: a file to append a line per
+    answered request to (``"-"``: stderr), written by Rust; None (the
+    default): no access log."""
     server = Server(
         flow,
         task_from_request=task_from_request,
@@ -144,6 +152,8 @@ def serve(
         header_timeout=header_timeout,
         max_connections=max_connections,
         body_timeout=body_timeout,
+        idle_timeout=idle_timeout,
+        access_log=access_log,
     )
     stopping = threading.Event()
     previous = {}
@@ -184,17 +194,18 @@ class Server:
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        access_log: str | None = None,
     ) -> None:
         if flow.is_running or flow.are_steps_initialized:
             raise FlowError("serve() starts the flow itself: pass it a flow not yet started")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0, got {timeout}")
-        if header_timeout <= 0:
-            raise ValueError(f"header_timeout must be > 0, got {header_timeout}")
+        seconds = {"timeout": timeout, "header_timeout": header_timeout}
+        seconds |= {"body_timeout": body_timeout, "idle_timeout": idle_timeout}
+        for name, value in seconds.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
-        if body_timeout <= 0:
-            raise ValueError(f"body_timeout must be > 0, got {body_timeout}")
         routes = _routes(path, task_from_request, response_from_task, stream, routes)
         self._flow = flow
         self._runtime = runtime = runtime_of(flow)
@@ -229,6 +240,8 @@ class Server:
                 header_timeout=header_timeout,
                 max_connections=max_connections,
                 body_timeout=body_timeout,
+                idle_timeout=idle_timeout,
+                access_log=access_log,
             )
         except BaseException:
             asyncio.run(flow.stop(graceful=False))

@@ -8,11 +8,15 @@
 //! waiting for it. The server only needs the fds of those two queues and of
 //! the control block (to cancel requests that timed out).
 
+mod access_log;
 mod answer;
+mod connection;
 mod json_errors;
 mod metrics;
 mod server;
 mod stream;
+mod timed_connection;
 
+pub use access_log::Destination;
 pub use metrics::Names;
 pub use server::{Config, Server, Target};

@@ -2,7 +2,6 @@
 //! and a reader thread that hands answers from the result queue to the
 //! requests waiting for them.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -22,14 +21,12 @@ use bytes::Bytes;
 use http_body_util::Either;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::access_log::{AccessLog, Destination};
 use crate::answer::{self, Body};
-use crate::json_errors::JsonErrors;
+use crate::connection;
 use crate::metrics::{self, Names, Outcomes};
 use crate::stream::{End, PartBody};
 
@@ -37,8 +34,6 @@ use crate::stream::{End, PartBody};
 const TIMEOUT_HEADER: &str = "x-aqueduct-timeout";
 /// Header a request may set to its priority (clamped to the flow's levels).
 const PRIORITY_HEADER: &str = "x-aqueduct-priority";
-/// How long the accept loop waits after a failed accept (out of fds).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// How often the reader thread looks at `stopping` while no answer comes.
 const READER_TICK: Duration = Duration::from_millis(100);
 
@@ -56,10 +51,15 @@ pub struct Config {
     pub body_limit: usize,
     /// Threads of the runtime that runs connections.
     pub threads: usize,
-    /// How long a client may take to send a request's head (a connection
-    /// that has not sent it by then is closed; this also bounds how long a
-    /// keep-alive connection may stay idle between requests).
+    /// How long a client may take to send a request's head, from its
+    /// first byte (or from connecting): a connection that has not sent it
+    /// by then is closed.
     pub header_timeout: Duration,
+    /// How long a keep-alive connection may stay idle after an answer
+    /// before it is closed.
+    pub idle_timeout: Duration,
+    /// Where a line per answered request goes (None: nowhere).
+    pub access_log: Option<Destination>,
     /// Most connections open at once (beyond: they wait to be accepted).
     pub max_connections: usize,
     /// How long a request's body may take to come (408 beyond).
@@ -153,8 +153,8 @@ fn client_of(target: Target) -> std::io::Result<Client> {
     ClientCore::new(config, queues).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
-struct Shared {
-    config: Config,
+pub(crate) struct Shared {
+    pub(crate) config: Config,
     client: Mutex<Client>,
     names: Mutex<Names>,
     outcomes: Outcomes,
@@ -163,7 +163,8 @@ struct Shared {
     /// Why the reader stopped reading the result queue (it is corrupt).
     corrupt: Mutex<Option<String>>,
     stopping: AtomicBool,
-    connections: AtomicUsize,
+    pub(crate) connections: AtomicUsize,
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 impl Shared {
@@ -213,6 +214,11 @@ impl Server {
         let listener = std::net::TcpListener::bind(config.addr)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
+        let access_log = config
+            .access_log
+            .as_ref()
+            .map(AccessLog::open)
+            .transpose()?;
         let shared = Arc::new(Shared {
             client: Mutex::new(client_of(target)?),
             names: Mutex::new(Names::default()),
@@ -221,6 +227,7 @@ impl Server {
             corrupt: Mutex::new(None),
             stopping: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
+            access_log,
             config,
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -233,7 +240,7 @@ impl Server {
             let _entered = runtime.enter();
             tokio::net::TcpListener::from_std(listener)?
         };
-        runtime.spawn(accept(listener, Arc::clone(&shared), watching));
+        runtime.spawn(connection::accept(listener, Arc::clone(&shared), watching));
         let reader = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -317,71 +324,7 @@ impl Drop for Server {
     }
 }
 
-async fn accept(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    // beyond the cap, new connections wait in the listen backlog
-    let permits = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
-    loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            _ = shutdown.changed() => return,
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => {
-                    // out of fds and the like: the next may work, later
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        shared.connections.fetch_add(1, Ordering::AcqRel);
-        let shared = Arc::clone(&shared);
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let made = Arc::new(AtomicUsize::new(0));
-            let service = {
-                let (shared, made) = (Arc::clone(&shared), Arc::clone(&made));
-                service_fn(move |request| {
-                    let (shared, made) = (Arc::clone(&shared), Arc::clone(&made));
-                    async move {
-                        let response = handle(&shared, request).await;
-                        made.fetch_add(1, Ordering::Release);
-                        Ok::<_, Infallible>(response)
-                    }
-                })
-            };
-            let io = TokioIo::new(JsonErrors::new(stream, made));
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(shared.config.header_timeout)
-                .keep_alive(true)
-                .serve_connection(io, service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = shutdown.changed() => {
-                    // finish the request in flight, then close
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
-            drop(permit);
-        });
-    }
-}
-
-async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Reply> {
+pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Reply> {
     let path = request.uri().path().to_owned();
     if path == "/metrics" {
         return metrics_page(shared).map(Either::Left);

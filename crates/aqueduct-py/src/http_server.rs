@@ -5,7 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use aqueduct_http::{Config, Names, Server, Target};
+use aqueduct_http::{Config, Destination, Names, Server, Target};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
@@ -22,7 +22,7 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, access_log=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -40,16 +40,9 @@ impl HttpServer {
         header_timeout: f64,
         max_connections: usize,
         body_timeout: f64,
+        idle_timeout: f64,
+        access_log: Option<String>,
     ) -> PyResult<Self> {
-        if !(timeout.is_finite() && timeout > 0.0) {
-            return Err(PyValueError::new_err("timeout must be > 0"));
-        }
-        if !(header_timeout.is_finite() && header_timeout > 0.0) {
-            return Err(PyValueError::new_err("header_timeout must be > 0"));
-        }
-        if !(body_timeout.is_finite() && body_timeout > 0.0) {
-            return Err(PyValueError::new_err("body_timeout must be > 0"));
-        }
         let addr: SocketAddr = (host, port)
             .to_socket_addrs()
             .map_err(|e| PyOSError::new_err(format!("cannot resolve {host}: {e}")))?
@@ -65,12 +58,14 @@ impl HttpServer {
             addr,
             paths,
             streams,
-            timeout: Duration::from_secs_f64(timeout.min(1e6)),
+            timeout: seconds("timeout", timeout)?,
             body_limit,
             threads,
-            header_timeout: Duration::from_secs_f64(header_timeout.min(1e6)),
+            header_timeout: seconds("header_timeout", header_timeout)?,
+            idle_timeout: seconds("idle_timeout", idle_timeout)?,
             max_connections: max_connections.max(1),
-            body_timeout: Duration::from_secs_f64(body_timeout.min(1e6)),
+            body_timeout: seconds("body_timeout", body_timeout)?,
+            access_log: access_log.as_deref().map(Destination::parse),
         };
         let target = target(&steps, results, control, arena, client);
         let server = Server::start(config, target)
@@ -167,5 +162,16 @@ fn target(
         control: Arc::clone(&control.inner),
         arena: Arc::clone(&arena.inner),
         client,
+    }
+}
+
+/// A limit given in seconds: finite and above zero (at most 10^6 s).
+fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    if value.is_finite() && value > 0.0 {
+        Ok(Duration::from_secs_f64(value.min(1e6)))
+    } else {
+        Err(PyValueError::new_err(format!(
+            "{name} must be > 0, got {value}"
+        )))
     }
 }

@@ -1,0 +1,179 @@
+//! Accepting connections and serving each: the connection cap, the clocks
+//! of a connection between requests (`timed_connection`), hyper's own
+//! errors made JSON (`json_errors`), and the access log.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+
+use crate::access_log::Entry;
+use crate::json_errors::JsonErrors;
+use crate::server::{handle, Reply, Shared};
+use crate::timed_connection::{Activity, InProgress, TimedConnection};
+
+/// How long the accept loop waits after a failed accept (out of fds).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Accepts connections until `shutdown`: at most `max_connections` open at
+/// once (beyond, they wait in the listen backlog).
+pub(crate) async fn accept(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    // out of fds and the like: the next may work, later
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        shared.connections.fetch_add(1, Ordering::AcqRel);
+        let shared = Arc::clone(&shared);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve(stream, peer, &shared, shutdown).await;
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            drop(permit);
+        });
+    }
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let made = Arc::new(AtomicUsize::new(0));
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let (shared, made, activity) =
+            (Arc::clone(shared), Arc::clone(&made), Arc::clone(&activity));
+        service_fn(move |request| {
+            let (shared, made) = (Arc::clone(&shared), Arc::clone(&made));
+            let in_progress = activity.begin();
+            async move {
+                let line = shared.access_log.as_ref().map(|_| Line::of(&request, peer));
+                let response = handle(&shared, request).await;
+                made.fetch_add(1, Ordering::Release);
+                if let (Some(log), Some(line)) = (&shared.access_log, line) {
+                    log.record(&line.entry(&response));
+                }
+                Ok::<_, Infallible>(response.map(|body| UntilSent {
+                    body,
+                    _in_progress: in_progress,
+                }))
+            }
+        })
+    };
+    let config = &shared.config;
+    let timed = TimedConnection::new(stream, activity, config.header_timeout, config.idle_timeout);
+    let io = TokioIo::new(JsonErrors::new(timed, made));
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None) // the timed connection's clocks instead
+        .keep_alive(true)
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = shutdown.changed() => {
+            // finish the request in flight, then close
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// What the access log says of a request, taken before it is handled.
+struct Line {
+    peer: SocketAddr,
+    method: hyper::Method,
+    target: String,
+    version: hyper::Version,
+    start: Instant,
+}
+
+impl Line {
+    fn of(request: &Request<Incoming>, peer: SocketAddr) -> Line {
+        Line {
+            peer,
+            method: request.method().clone(),
+            target: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), ToString::to_string),
+            version: request.version(),
+            start: Instant::now(),
+        }
+    }
+
+    fn entry(&self, response: &Response<Reply>) -> Entry<'_> {
+        Entry {
+            peer: self.peer,
+            method: self.method.as_str(),
+            target: &self.target,
+            version: match self.version {
+                hyper::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            status: response.status().as_u16(),
+            bytes: response.body().size_hint().exact(),
+            took: self.start.elapsed(),
+        }
+    }
+}
+
+/// A response body that keeps its request in progress (no connection
+/// clock runs) until it is sent or dropped.
+struct UntilSent<B> {
+    body: B,
+    _in_progress: InProgress,
+}
+
+impl<B: Body + Unpin> Body for UntilSent<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
