@@ -2,7 +2,8 @@
 per request. POST JSON ``{"values": [...]}`` to /predict; the first step
 normalises the values, the second scores them in batches of up to 16.
 
-    python examples/http_service.py            # then:
+    python examples/http_service.py            # or, from a shell:
+    aqueduct serve --app-dir examples http_service:service
     curl -d '{"values": [1, 2, 3]}' localhost:8000/predict
 """
 
@@ -12,7 +13,7 @@ import os
 
 import numpy as np
 from aqueduct import BaseTask, BaseTaskHandler, Flow, FlowStep
-from aqueduct.http import Request, Response, serve
+from aqueduct.http import Request, Response, Service
 
 
 class Scoring(BaseTask):
@@ -54,15 +55,17 @@ def response_from_task(task: Scoring) -> object:
     return {"score": task.score}
 
 
-if __name__ == "__main__":
+def service() -> Service:
+    """The flow and its ends: what ``aqueduct serve http_service:service`` serves."""
     flow = Flow(
         FlowStep(Normalise()),
         FlowStep(Model(), batch_size=16, batch_timeout=0.002),
     )
-    serve(
-        flow,
-        task_from_request=task_from_request,
-        response_from_task=response_from_task,
+    return Service(flow, task_from_request=task_from_request, response_from_task=response_from_task)
+
+
+if __name__ == "__main__":
+    service().serve(
         port=int(os.environ.get("PORT", "8000")),
         on_ready=lambda port: print(f"listening on {port}", flush=True),
     )

@@ -15,6 +15,8 @@ PACKAGE = Path(aqueduct.__file__).parent
 
 #: Top first: a module may import from its own layer or any below it.
 LAYERS = [
+    # the command line, over the public API
+    ["aqueduct._cli", "aqueduct.__main__"],
     # the public API users import, and the integrations over it
     [
         "aqueduct",

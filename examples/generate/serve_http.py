@@ -1,7 +1,8 @@
 """The generative model served over HTTP by aqueduct's Rust front,
 streaming Server-Sent Events (one per character) as it writes:
 
-    python examples/generate/serve_http.py
+    python examples/generate/serve_http.py     # or, from a shell:
+    aqueduct serve --app-dir examples/generate --timeout 60 serve_http:service
     curl -N -d '{"prompt": "The ", "max_tokens": 300}' http://127.0.0.1:8000/generate
 
 Continuous batching: up to 32 sequences share each decoding iteration, a
@@ -17,7 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from aqueduct import Flow, FlowStep
-from aqueduct.http import Request, serve
+from aqueduct.http import Request, Service
 from char_model import CharModel, Generation
 
 
@@ -34,13 +35,19 @@ def done(task: Generation) -> dict[str, object]:
     return {"text": task.text, "tokens": task.written}
 
 
-if __name__ == "__main__":
-    serve(
+def service() -> Service:
+    """What ``aqueduct serve serve_http:service`` serves: /generate streams."""
+    return Service(
         build_flow(),
         task_from_request=generation,
         response_from_task=done,
         path="/generate",
         stream=True,
+    )
+
+
+if __name__ == "__main__":
+    service().serve(
         port=int(os.environ.get("PORT", "8000")),
         timeout=60,
         on_ready=lambda port: print(f"listening on http://127.0.0.1:{port}/generate", flush=True),

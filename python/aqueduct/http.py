@@ -50,9 +50,11 @@ False from then on (``aqueduct_tasks_total{outcome="cancelled"}``).
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import _core
@@ -70,7 +72,7 @@ from .flow import Flow, runtime_of
 from .logger import log
 from .metrics import MAIN_PROCESS
 
-__all__ = ["Request", "Response", "Server", "serve"]
+__all__ = ["Request", "Response", "Server", "Service", "serve"]
 
 #: Default largest request body, in bytes.
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
@@ -207,6 +209,7 @@ class Server:
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         routes = _routes(path, task_from_request, response_from_task, stream, routes)
+        _allow_fds(max_connections)
         self._flow = flow
         self._runtime = runtime = runtime_of(flow)
         # the workers' ends: a streaming route's part function (None: the default)
@@ -323,3 +326,70 @@ def _routes(
             raise ValueError(f"route {route!r}: stream must be True, False or a function")
         out[route] = (make, respond, streaming)
     return out
+
+
+#: File descriptors a server needs besides one per connection (segments,
+#: eventfds, pipes, logs).
+FDS_BESIDES_CONNECTIONS = 256
+
+
+def _allow_fds(max_connections: int) -> None:
+    """Raises this process's soft limit on open files (up to the hard one)
+    so that ``max_connections`` can be open at once; warns when the hard
+    limit is lower (connections beyond it wait to be accepted)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + FDS_BESIDES_CONNECTIONS
+    if soft != resource.RLIM_INFINITY and soft < want:
+        raised = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        if raised < want:
+            log.warning(
+                "max_connections=%d needs %d open files, the hard limit is %d: "
+                "connections beyond it wait to be accepted",
+                max_connections,
+                want,
+                hard,
+            )
+
+
+@dataclass
+class Service:
+    """A flow, not yet started, and its HTTP ends: what ``serve`` takes
+    besides the network and its limits, bundled so that a module can name
+    it and ``aqueduct serve module:attr`` serve it (``attr`` may also be a
+    function of no arguments returning one)::
+
+        service = Service(Flow(FlowStep(Model())), task_from_request=make,
+                          response_from_task=answer)
+
+    The fields mean what the arguments of ``serve`` of the same names mean,
+    and are checked when the service is made."""
+
+    flow: Flow
+    task_from_request: TaskFromRequest | None = None
+    response_from_task: ResponseFromTask | None = None
+    path: str = "/predict"
+    routes: Mapping[str, Route] | None = None
+    stream: Streaming = False
+    stream_content_type: str = EVENT_STREAM
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.flow, Flow):
+            raise TypeError(f"Service needs a Flow, got {type(self.flow).__name__}")
+        _routes(
+            self.path, self.task_from_request, self.response_from_task, self.stream, self.routes
+        )
+
+    def serve(self, **options: Any) -> None:
+        """``serve`` with this service's flow and ends; ``options`` are the
+        rest of ``serve``'s arguments (host, port, limits...)."""
+        serve(
+            self.flow,
+            task_from_request=self.task_from_request,
+            response_from_task=self.response_from_task,
+            path=self.path,
+            routes=self.routes,
+            stream=self.stream,
+            stream_content_type=self.stream_content_type,
+            **options,
+        )
