@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from support import WAIT, eventually
-from test_http import _closed_by_server, call
+from test_http import call
+from test_http_hostile import _closed_by_server
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 #: The console script pip installed beside this interpreter.

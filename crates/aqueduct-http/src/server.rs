@@ -207,12 +207,35 @@ pub struct Server {
     local_addr: SocketAddr,
 }
 
+/// Connections the kernel completes before the server accepts them (it
+/// caps this at `net.core.somaxconn`): a burst of new clients, or those
+/// beyond `max_connections`, wait there instead of retrying their SYN.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Server {
     /// Listens on `config.addr` and serves: requests go into the queue of
     /// `first`, answers come from `results`. The fds are duplicated.
     pub fn start(config: Config, target: Target) -> std::io::Result<Server> {
-        let listener = std::net::TcpListener::bind(config.addr)?;
-        listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads.max(1))
+            .thread_name("aqueduct-http")
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _entered = runtime.enter();
+            listen(config.addr)?
+        };
         let local_addr = listener.local_addr()?;
         let access_log = config
             .access_log
@@ -230,16 +253,7 @@ impl Server {
             access_log,
             config,
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(shared.config.threads.max(1))
-            .thread_name("aqueduct-http")
-            .enable_all()
-            .build()?;
         let (shutdown, watching) = watch::channel(false);
-        let listener = {
-            let _entered = runtime.enter();
-            tokio::net::TcpListener::from_std(listener)?
-        };
         runtime.spawn(connection::accept(listener, Arc::clone(&shared), watching));
         let reader = {
             let shared = Arc::clone(&shared);
