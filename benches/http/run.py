@@ -2,7 +2,8 @@
 Rust HTTP front; one aiohttp process, and several sharing one Flow) and on mosec, loaded by wrk at
 1, 32 and 256 connections, back to back; then the streaming decode
 emulator (``decode_emulator.py``) on aqueduct's front and on mosec's SSE,
-loaded by ``stream_client.py`` at 32 and 256 connections. Prints tables;
+loaded by ``stream_client.py`` at 32 and 256 connections; between them,
+aqueduct's front at 256 and 10,000 keep-alive connections. Prints tables;
 writes JSON.
 
 Needs wrk (Debian package) and mosec in MOSEC_PYTHON's environment.
@@ -148,6 +149,38 @@ def print_streaming(results: dict[str, dict[str, dict[str, float]]]) -> None:
     print("front µs: CPU of aqueduct's web process (Rust front) per streamed part (goal <= 3)")
 
 
+#: The many-connections stage: aqueduct's front at the usual 256 and at
+#: this many keep-alive connections (its default ``max_connections``).
+MANY_CONNECTIONS = 10_000
+MANY_SHARE_GOAL = 0.8
+
+
+def many_connections(seconds: int) -> dict[str, dict[str, float]]:
+    """The no-op service on aqueduct's front under 256, then 10,000 wrk
+    connections: what a crowd of keep-alive clients costs the rate."""
+    command = [sys.executable, str(HERE / "rust_front_service.py"), "--port", str(PORT)]
+    proc = serve([*command, "--service", "noop"])
+    out = {}
+    try:
+        for connections in (256, MANY_CONNECTIONS):
+            print(f"many   aqueduct http {connections:>5} connections ...", file=sys.stderr)
+            out[str(connections)] = wrk(connections, seconds)
+    finally:
+        stop(proc)
+    return out
+
+
+def print_many(results: dict[str, dict[str, float]]) -> None:
+    base, many = results["256"], results[str(MANY_CONNECTIONS)]
+    share = many["rps"] / base["rps"]
+    print(
+        f"{MANY_CONNECTIONS:,} keep-alive connections: {many['rps']:,.0f} req/s, p50 "
+        f"{many['p50_ms']:.1f} ms, p99 {many['p99_ms']:.1f} ms, {many['errors']:.0f} errors — "
+        f"{share:.2f} of the 256-connection rate ({base['rps']:,.0f} req/s, p99 "
+        f"{base['p99_ms']:.1f} ms; goal {MANY_SHARE_GOAL})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=15)
@@ -158,7 +191,12 @@ def main() -> None:
     parser.add_argument("--out", default="bench-report/http.json")
     parser.add_argument("--only", help="comma-separated server names to run (default: all)")
     parser.add_argument("--stream-only", action="store_true", help="the streaming runs only")
+    parser.add_argument("--many-only", action="store_true", help="the 10,000-connection stage only")
     args = parser.parse_args()
+    if args.many_only:
+        many = many_connections(args.seconds)
+        print_many(many)
+        return
     if args.stream_only:
         stream = streaming(args.mosec_python, args.seconds)
         print_streaming(stream)
@@ -220,10 +258,13 @@ def main() -> None:
                     f"{service:<7} {name:<14} {connections:>5} {r['rps']:>10,.0f} "
                     f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7.0f}"
                 )
+    many = many_connections(args.seconds)
+    print_many(many)
     stream = streaming(args.mosec_python, args.seconds)
     print_streaming(stream)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({**results, "stream": stream}, indent=2))
+    report = {**results, "many_connections": many, "stream": stream}
+    Path(args.out).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
