@@ -162,6 +162,26 @@ def test_a_body_that_does_not_come_in_time_gets_408():
         assert json.loads(received.split(b"\r\n\r\n", 1)[1])["type"] == "RequestTimeout"
 
 
+def _exchange(port: int, sent: bytes, *, half_close: bool = False) -> bytes:
+    """Sends ``sent`` on a new connection (and, with ``half_close``, says it
+    will send nothing more), then reads what the server sends until it
+    closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        try:
+            sock.sendall(sent)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except ConnectionError:
+            pass  # the server answered and closed before all of it was in
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    return received
+
+
 def _open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -261,18 +281,8 @@ def test_a_flood_beyond_the_connection_cap_never_holds_more_than_the_cap():
 
 def test_an_oversized_head_gets_a_json_431_and_others_are_served():
     with service() as (port, _):
-        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
-            head = b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
-            try:
-                sock.sendall(head)
-            except ConnectionError:
-                pass  # the server answered and closed before the whole head was in
-            received = b""
-            try:
-                while chunk := sock.recv(65536):
-                    received += chunk
-            except ConnectionResetError:
-                pass
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
+        received = _exchange(port, head)
         assert received.startswith(b"HTTP/1.1 431"), received[:200]
         assert json.loads(received.split(b"\r\n\r\n", 1)[1])["type"] == "BadRequest"
         assert call(port, {"x": 1})[0] == 200
@@ -312,15 +322,7 @@ def test_garbage_and_damaged_requests_get_4xx_or_a_close_and_the_server_serves_o
                 for _ in range(rng.randrange(1, 4)):
                     sent[rng.randrange(len(sent))] = rng.randrange(256)
                 sent = bytes(sent[: rng.randrange(1, len(sent) + 1)]) * rng.choice([1, 2])
-            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
-                sock.sendall(sent)
-                sock.shutdown(socket.SHUT_WR)
-                received = b""
-                try:
-                    while chunk := sock.recv(65536):
-                        received += chunk
-                except ConnectionResetError:
-                    pass
+            received = _exchange(port, sent, half_close=True)
             statuses = [int(part[:3]) for part in received.split(b"HTTP/1.1 ")[1:]]
             # each answer is a status a client can read (a 2xx for what still parsed)
             assert all(100 <= s < 600 for s in statuses), (sent, received)
