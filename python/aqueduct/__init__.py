@@ -3,7 +3,7 @@ with dynamic batching, over a Rust shared-memory core."""
 
 from .exceptions import AqueductError, FlowError, NotRunningError
 from .flow import Flow, FlowState, FlowStep
-from .handler import BaseTaskHandler
+from .handler import BaseTaskHandler, WorkerInfo, current_worker
 from .logger import log
 from .task import BaseTask
 
@@ -16,5 +16,7 @@ __all__ = [
     "FlowState",
     "FlowStep",
     "NotRunningError",
+    "WorkerInfo",
+    "current_worker",
     "log",
 ]

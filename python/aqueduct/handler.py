@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ._ipc import identity
+from ._ipc.identity import WorkerInfo
 from .task import BaseTask
 
-__all__ = ["BaseTaskHandler", "HandleConditionType"]
+__all__ = ["BaseTaskHandler", "HandleConditionType", "WorkerInfo", "current_worker"]
 
 HandleConditionType = Callable[[BaseTask], bool]
 
@@ -29,3 +31,9 @@ class BaseTaskHandler:
     def handle(self, *tasks: BaseTask) -> None:
         """Processes a batch of tasks (``1 <= len(tasks) <= batch_size``)."""
         raise NotImplementedError
+
+
+def current_worker() -> WorkerInfo | None:
+    """In a worker process (its handler's ``on_start`` and ``handle``): which
+    worker of its step it is and its device; None in any other process."""
+    return identity.current()

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Mapping, Sequence
 
 from .handler import BaseTaskHandler, HandleConditionType
+
+#: Environment of a step's workers: the same for each, or a function of the
+#: worker's number among its step's.
+WorkerEnv = Mapping[str, str] | Callable[[int], Mapping[str, str]]
 
 __all__ = ["FlowStep"]
 
@@ -30,6 +35,17 @@ class FlowStep:
     iteration that finished tasks, how long the worker may wait for as many
     new ones to take their places (their callers often send the next one at
     once) before it starts the next iteration — 0 never waits.
+
+    ``devices`` pins each worker to an accelerator: worker ``i`` (of
+    ``nprocs``) gets ``devices[i % len(devices)]`` as its
+    ``CUDA_VISIBLE_DEVICES`` (so ``nprocs=8, devices=[0, 1, 2, 3]`` puts two
+    workers on each GPU; a device may be a string such as ``"0,1"`` for two
+    GPUs per worker). ``env`` adds environment variables to each worker — a
+    mapping, or a function of the worker's number returning one — and wins
+    over ``devices``'. Both are set before the worker imports the handler's
+    module; a respawned worker gets its predecessor's. In the worker,
+    ``aqueduct.current_worker()`` says its number and device (also in
+    ``AQUEDUCT_WORKER_INDEX`` and ``AQUEDUCT_DEVICE``).
     """
 
     def __init__(
@@ -42,6 +58,8 @@ class FlowStep:
         on_start_wait: float = 0,
         *,
         continuous: bool = False,
+        devices: Sequence[int | str] | None = None,
+        env: WorkerEnv | None = None,
     ) -> None:
         if not callable(getattr(handler, "handle", None)):
             raise TypeError(
@@ -65,6 +83,25 @@ class FlowStep:
         self.batch_timeout = float(batch_timeout)
         self.on_start_wait = float(on_start_wait)
         self.continuous = bool(continuous)
+        self.devices = _devices(devices)
+        if env is not None and not (callable(env) or isinstance(env, Mapping)):
+            raise TypeError("env must be a mapping or a function of the worker's number")
+        self.env = env
+        if isinstance(env, Mapping):
+            self.placement(0)  # its names and values are checked now
+
+    def placement(self, number: int) -> tuple[str | None, dict[str, str]]:
+        """Worker ``number``'s device and the environment it starts with."""
+        device = self.devices[number % len(self.devices)] if self.devices else None
+        env = {"AQUEDUCT_WORKER_INDEX": str(number)}
+        if device is not None:
+            env |= {"CUDA_VISIBLE_DEVICES": device, "AQUEDUCT_DEVICE": device}
+        extra = self.env(number) if callable(self.env) else self.env
+        for name, value in (extra or {}).items():
+            if not (isinstance(name, str) and isinstance(value, str)):
+                raise TypeError(f"env of worker {number}: {name!r}={value!r} is not str=str")
+            env[name] = value
+        return device, env
 
     def __repr__(self) -> str:
         return (
@@ -72,3 +109,20 @@ class FlowStep:
             f"batch_size={self.batch_size}, batch_timeout={self.batch_timeout}"
             + (", continuous=True)" if self.continuous else ")")
         )
+
+
+def _devices(devices: Sequence[int | str] | int | str | None) -> list[str] | None:
+    if devices is None:
+        return None
+    if isinstance(devices, str | int):
+        devices = [devices]
+    out = []
+    for device in devices:
+        if isinstance(device, bool) or not isinstance(device, int | str):
+            raise TypeError(f"a device is a number or a string, got {device!r}")
+        if (isinstance(device, int) and device < 0) or str(device).strip() == "":
+            raise ValueError(f"no such device: {device!r}")
+        out.append(str(device))
+    if not out:
+        raise ValueError("devices must name at least one device (None: no pinning)")
+    return out

@@ -6,7 +6,7 @@ import importlib
 import pickle
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _core
@@ -107,6 +107,9 @@ class WorkerSpec:
     sys_path: list[str]  # the parent's, so workers import what it can
     http_blob: bytes | None = None  # the HTTP server's functions per route (cloudpickle)
     continuous: bool = False  # continuous batching (see FlowStep)
+    worker_index: int = 0  # among the step's workers (kept by a respawn)
+    device: str | None = None  # FlowStep(devices=...)'s, for this worker
+    env: dict[str, str] = field(default_factory=dict)  # set before the handler loads
 
     def inherited_fds(self) -> list[int]:
         """The parent's fds this worker maps (passed down by number)."""

@@ -150,6 +150,7 @@ def _start_interpreter(spec: WorkerSpec, channel_fd: int) -> ChildProcess:
             command,
             pass_fds=[*spec.inherited_fds(), spec_fd, channel_fd],
             stdin=subprocess.DEVNULL,
+            env={**os.environ, **spec.env},  # before anything is imported
         )
     finally:
         os.close(spec_fd)

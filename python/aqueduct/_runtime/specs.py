@@ -42,8 +42,9 @@ def worker_specs(
             handler_blob = cloudpickle.dumps(step.handler)
         except Exception as exc:
             raise FlowError(f"cannot pickle handler of {step_names[index]}: {exc}") from exc
-        for _ in range(step.nprocs):
+        for number in range(step.nprocs):
             slot = len(specs)
+            device, env = step.placement(number)
             specs.append(
                 WorkerSpec(
                     step_index=index,
@@ -66,6 +67,9 @@ def worker_specs(
                     spin_us=spin,
                     sys_path=list(sys.path),
                     http_blob=http_blob,
+                    worker_index=number,
+                    device=device,
+                    env=env,
                 )
             )
     return specs

@@ -64,6 +64,7 @@ def boot(spec_fd: int, channel_fd: int) -> None:
 def run_forked(spec: WorkerSpec, conn: Connection) -> None:
     """Entry point of a forked worker: it has the parent's ``__main__`` as it
     was at the fork; what the parent defines later is fetched as above."""
+    os.environ.update(spec.env)  # modules the parent imported before the fork keep theirs
     channel = Channel(conn)
     main = sys.modules.get("__main__")
     if main is not None and "__getattr__" not in main.__dict__:

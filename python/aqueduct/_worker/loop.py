@@ -15,7 +15,7 @@ from typing import Any
 import cloudpickle
 
 from .. import _core
-from .._ipc import handling
+from .._ipc import handling, identity
 from .._ipc.http_messages import Request, Response
 from .._ipc.protocol import (
     EXIT_CORRUPT_SEGMENT,
@@ -73,6 +73,9 @@ def run(spec: WorkerSpec, channel: Channel) -> None:
     log.handlers = [_ChannelLogHandler(channel)]
     log.propagate = False
     log.setLevel(spec.log_level)
+    identity.set_current(
+        identity.WorkerInfo(spec.step_name, spec.worker_index, spec.nprocs, spec.device)
+    )
     try:
         handler = cloudpickle.loads(spec.handler_blob)
         conditions = cloudpickle.loads(spec.conditions_blob)
