@@ -119,6 +119,7 @@ def main() -> None:
         body_timeout=float(os.environ.get("BODY_TIMEOUT", "30")),
         idle_timeout=float(os.environ.get("IDLE_TIMEOUT", "30")),
         access_log=os.environ.get("ACCESS_LOG"),
+        open_metrics=os.environ.get("OPEN_METRICS") == "1",
         on_ready=lambda port: print("port", port, flush=True),
     )
     print("stopped", flush=True)

@@ -115,6 +115,15 @@ def test_limits_come_from_the_environment_and_a_flag_beats_its_variable():
             eventually(lambda: _closed_by_server(sock), within=3.0, what="closed at 0.3 s")
 
 
+def test_api_keys_come_from_the_environment():
+    with cli("--app-dir", str(EXAMPLES), "http_service:service", AQUEDUCT_API_KEYS="abc") as (
+        port,
+        _,
+    ):
+        assert call(port, {"values": [1.0]})[0] == 401
+        assert call(port, {"values": [1.0]}, headers={"Authorization": "Bearer abc"})[0] == 200
+
+
 @pytest.mark.parametrize(
     ("target", "says"),
     [

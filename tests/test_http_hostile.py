@@ -328,3 +328,22 @@ def test_garbage_and_damaged_requests_get_4xx_or_a_close_and_the_server_serves_o
             assert all(100 <= s < 600 for s in statuses), (sent, received)
         assert proc.poll() is None
         assert call(port, {"x": 3})[0] == 200
+
+
+def test_api_keys_are_needed_everywhere_but_health_and_come_in_either_header():
+    with service(AQUEDUCT_API_KEYS="k1-secret, k2-secret") as (port, _):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "k1-secre"}):
+            status, got, body = call(port, {"x": 1}, headers=headers)
+            assert status == 401, (headers, body)
+            assert got["www-authenticate"] == "Bearer"
+            assert json.loads(body)["type"] == "Unauthorized"
+        assert call(port, {"x": 1}, headers={"Authorization": "Bearer k1-secret"})[0] == 200
+        assert call(port, {"x": 1}, headers={"X-API-Key": "k2-secret"})[0] == 200
+        assert call(port, path="/health", method="GET")[0] == 200
+        assert call(port, path="/metrics", method="GET")[0] == 401
+        metrics = call(port, path="/metrics", method="GET", headers={"X-API-Key": "k1-secret"})
+        assert metrics[0] == 200
+        assert call(port, path="/nowhere", method="GET")[0] == 401, "no route map for strangers"
+    with service(AQUEDUCT_API_KEYS="k1-secret", OPEN_METRICS="1") as (port, _):
+        assert call(port, path="/metrics", method="GET")[0] == 200
+        assert call(port, {"x": 1})[0] == 401

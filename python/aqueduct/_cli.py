@@ -39,6 +39,18 @@ class Option:
         return ENV_PREFIX + self.name.upper()
 
 
+def _keys(text: str) -> list[str]:
+    return [key.strip() for key in text.split(",") if key.strip()]
+
+
+def _boolean(text: str) -> bool:
+    words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+    try:
+        return words[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 1 or 0") from None
+
+
 OPTIONS = [
     Option("host", str, "127.0.0.1", "address to listen on (0.0.0.0: every interface)"),
     Option("port", int, 8000, "port to listen on (0: one the system picks, printed at start)"),
@@ -69,6 +81,14 @@ OPTIONS = [
         http.DEFAULT_MAX_CONNECTIONS,
         "most connections open at once (beyond: they wait in the listen backlog)",
     ),
+    Option(
+        "api_keys",
+        _keys,
+        None,
+        "comma-separated API keys a request must carry one of (Authorization: Bearer, or "
+        "X-API-Key); prefer the variable: a command line is visible to every user",
+    ),
+    Option("open_metrics", _boolean, False, "/metrics needs no API key (1 or 0)"),
     Option(
         "access_log",
         str,

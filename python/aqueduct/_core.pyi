@@ -300,6 +300,8 @@ class HttpServer:
         body_timeout: float = 30.0,
         idle_timeout: float = 30.0,
         access_log: str | None = None,
+        api_keys: list[str] = ...,
+        open_metrics: bool = False,
     ) -> HttpServer: ...
     @property
     def port(self) -> int: ...

@@ -50,10 +50,11 @@ False from then on (``aqueduct_tasks_total{outcome="cancelled"}``).
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,9 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_BODY_TIMEOUT = 30.0
 #: Default time a keep-alive connection may sit idle between requests.
 DEFAULT_IDLE_TIMEOUT = 30.0
+#: Where ``serve`` and ``Server`` find API keys when not given any
+#: (comma-separated).
+API_KEYS_ENV = "AQUEDUCT_API_KEYS"
 #: The content type of a streamed response, unless said otherwise.
 EVENT_STREAM = "text/event-stream"
 
@@ -118,6 +122,8 @@ def serve(
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     access_log: str | None = None,
+    api_keys: Sequence[str] | None = None,
+    open_metrics: bool = False,
 ) -> None:
     """Starts ``flow`` (pass it not yet started: its workers get the two
     functions) and serves it on ``host:port`` (0: a free port) until SIGINT
@@ -137,7 +143,12 @@ def serve(
     a request's body may take to come; a slower one gets 408 and its
     connection is closed. ``access_log``: a file to append a line per
     answered request to (``"-"``: stderr), written by Rust; None (the
-    default): no access log."""
+    default): no access log. ``api_keys``: a request without one of them
+    (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``) gets 401, from
+    Rust, in time that does not depend on the key it sent; None (the
+    default): the comma-separated keys of ``AQUEDUCT_API_KEYS`` if set,
+    else no key is needed. ``/health`` never needs one; ``/metrics`` does
+    unless ``open_metrics``."""
     server = Server(
         flow,
         task_from_request=task_from_request,
@@ -156,6 +167,8 @@ def serve(
         body_timeout=body_timeout,
         idle_timeout=idle_timeout,
         access_log=access_log,
+        api_keys=api_keys,
+        open_metrics=open_metrics,
     )
     stopping = threading.Event()
     previous = {}
@@ -198,6 +211,8 @@ class Server:
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         access_log: str | None = None,
+        api_keys: Sequence[str] | None = None,
+        open_metrics: bool = False,
     ) -> None:
         if flow.is_running or flow.are_steps_initialized:
             raise FlowError("serve() starts the flow itself: pass it a flow not yet started")
@@ -209,6 +224,7 @@ class Server:
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         routes = _routes(path, task_from_request, response_from_task, stream, routes)
+        keys = _api_keys(api_keys)
         _allow_fds(max_connections)
         self._flow = flow
         self._runtime = runtime = runtime_of(flow)
@@ -245,6 +261,8 @@ class Server:
                 body_timeout=body_timeout,
                 idle_timeout=idle_timeout,
                 access_log=access_log,
+                api_keys=keys,
+                open_metrics=open_metrics,
             )
         except BaseException:
             asyncio.run(flow.stop(graceful=False))
@@ -252,6 +270,8 @@ class Server:
         self.port: int = self._native.port
         self.check_health()
         log.info("Serving the flow on http://%s:%d %s", host, self.port, " ".join(routes))
+        if keys:
+            log.info("Requests need one of %d API key(s) (/health does not)", len(keys))
 
     def _segments(self, topology: Topology) -> dict[str, Any]:
         """The segments the server uses, as its client slot sees them."""
@@ -326,6 +346,19 @@ def _routes(
             raise ValueError(f"route {route!r}: stream must be True, False or a function")
         out[route] = (make, respond, streaming)
     return out
+
+
+def _api_keys(given: Sequence[str] | None) -> list[str]:
+    """The keys requests need: those given, else ``AQUEDUCT_API_KEYS``'s."""
+    if given is None:
+        given = os.environ.get(API_KEYS_ENV, "").split(",")
+    elif isinstance(given, str):
+        raise TypeError("api_keys is a list of keys, not one string")
+    keys = [key.strip() for key in given if key.strip()]
+    for key in keys:
+        if not key.isprintable() or " " in key:
+            raise ValueError("an API key is printable characters without spaces")
+    return keys
 
 
 #: File descriptors a server needs besides one per connection (segments,

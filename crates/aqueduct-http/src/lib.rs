@@ -10,6 +10,7 @@
 
 mod access_log;
 mod answer;
+mod auth;
 mod connection;
 mod json_errors;
 mod metrics;
@@ -18,5 +19,6 @@ mod stream;
 mod timed_connection;
 
 pub use access_log::Destination;
+pub use auth::ApiKeys;
 pub use metrics::Names;
 pub use server::{Config, Server, Target};

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::access_log::{AccessLog, Destination};
 use crate::answer::{self, Body};
+use crate::auth::ApiKeys;
 use crate::connection;
 use crate::metrics::{self, Names, Outcomes};
 use crate::stream::{End, PartBody};
@@ -60,6 +61,11 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Where a line per answered request goes (None: nowhere).
     pub access_log: Option<Destination>,
+    /// The keys a request must carry one of (none: no key is needed);
+    /// `/health` never needs one.
+    pub api_keys: ApiKeys,
+    /// `/metrics` needs no key even when the others do.
+    pub open_metrics: bool,
     /// Most connections open at once (beyond: they wait to be accepted).
     pub max_connections: usize,
     /// How long a request's body may take to come (408 beyond).
@@ -340,15 +346,20 @@ impl Drop for Server {
 
 pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Reply> {
     let path = request.uri().path().to_owned();
-    if path == "/metrics" {
-        return metrics_page(shared).map(Either::Left);
-    }
     if path == "/health" {
         return match shared.failure() {
             None => ok_json(br#"{"status": "ok"}"#),
             Some(reason) => answer::error(StatusCode::SERVICE_UNAVAILABLE, &reason, "FlowError"),
         }
         .map(Either::Left);
+    }
+    let config = &shared.config;
+    let open = path == "/metrics" && config.open_metrics;
+    if !open && !config.api_keys.admits(request.headers()) {
+        return unauthorized().map(Either::Left);
+    }
+    if path == "/metrics" {
+        return metrics_page(shared).map(Either::Left);
     }
     if let Some(refused) = smuggling(&request) {
         return refused.map(Either::Left);
@@ -643,6 +654,17 @@ fn metrics_page(shared: &Shared) -> Response<Body> {
 }
 
 /// The response to a request the first queue did not take.
+/// 401: the request carries none of the server's API keys.
+fn unauthorized() -> Response<Body> {
+    let message = "a valid API key is needed (Authorization: Bearer <key>, or X-API-Key)";
+    let mut response = answer::error(StatusCode::UNAUTHORIZED, message, "Unauthorized");
+    response.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
 fn refused(error: Error) -> Response<Body> {
     let (kind, status) = error.kind();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

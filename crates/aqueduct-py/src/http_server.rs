@@ -5,7 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use aqueduct_http::{Config, Destination, Names, Server, Target};
+use aqueduct_http::{ApiKeys, Config, Destination, Names, Server, Target};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
@@ -22,7 +22,7 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, access_log=None))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -42,6 +42,8 @@ impl HttpServer {
         body_timeout: f64,
         idle_timeout: f64,
         access_log: Option<String>,
+        api_keys: Vec<String>,
+        open_metrics: bool,
     ) -> PyResult<Self> {
         let addr: SocketAddr = (host, port)
             .to_socket_addrs()
@@ -66,6 +68,8 @@ impl HttpServer {
             max_connections: max_connections.max(1),
             body_timeout: seconds("body_timeout", body_timeout)?,
             access_log: access_log.as_deref().map(Destination::parse),
+            api_keys: ApiKeys::new(api_keys),
+            open_metrics,
         };
         let target = target(&steps, results, control, arena, client);
         let server = Server::start(config, target)
