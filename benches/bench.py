@@ -208,7 +208,7 @@ def goals(ours: dict[str, dict[str, float]], missed: list[str]) -> list[str]:
     harness = ours.get("web_1step", {}).get("harness_cpu_us")
     if harness:
         lines.append(
-            f"the bare harness (a task per call, semaphore, request object) costs"
+            f"the bare harness (connection loops, a task per call, request object) costs"
             f" {harness:.1f} µs of CPU per call, not counted in caller_beyond_harness_us"
         )
     metrics = ours.get("web_metrics", {})
