@@ -22,6 +22,7 @@ LAYERS = [
         "aqueduct",
         "aqueduct.flow",
         "aqueduct.http",
+        "aqueduct.openapi",
         "aqueduct.testing",
         "aqueduct.integrations*",
         "aqueduct.metrics.prometheus",

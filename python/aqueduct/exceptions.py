@@ -15,6 +15,7 @@ __all__ = [
     "MPStartMethodValueError",
     "NotRunningError",
     "QueueFullError",
+    "RequestValidationError",
     "SharedMemoryCorruptError",
     "SharedMemoryError",
     "SharedMemoryFullError",
@@ -116,3 +117,20 @@ class SharedMemoryFullError(FlowError):
     """A buffer of the task does not fit in the shared-memory arena (larger
     than ``Flow(shm_size=...)``, or the arena is full right now). The message
     gives the buffer's size and the arena's capacity and free space."""
+
+
+class RequestValidationError(AqueductError, ValueError):
+    """An HTTP request's body does not fit its route's ``request_model``:
+    answered 422 with the field errors (``detail``: a list of
+    ``{"loc", "msg", "type"}``, as pydantic reports them)."""
+
+    http_status = 422
+
+    def __init__(self, message: str, detail: list[dict[str, object]]) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[RequestValidationError], tuple[str, list[dict[str, object]]]]:
+        return (type(self), (str(self), self.detail))

@@ -33,6 +33,12 @@ disagree, gets a 400 and its connection is closed (RFC 9112: a proxy in
 front could read its length differently). A client that closes its
 connection before its answer cancels its task (workers skip it).
 
+A ``routes`` entry may be a :class:`Route`, which can declare its body's
+pydantic model: the body is validated in the first step's worker (a 422
+with the field errors when it does not fit) and ``task_from_request``
+finds the model in ``request.model``. ``GET /openapi.json`` describes
+every route.
+
 A route streams when ``stream`` is given (or a third element of its
 ``routes`` entry): each part its handlers ``emit`` is turned into bytes in
 the worker — bytes as they are, text as one Server-Sent Event
@@ -50,6 +56,7 @@ False from then on (``aqueduct_tasks_total{outcome="cancelled"}``).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import signal
@@ -58,7 +65,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _core
+from . import _core, openapi
 from ._ipc.http_messages import (
     PartToChunk,
     Request,
@@ -67,13 +74,14 @@ from ._ipc.http_messages import (
     TaskFromRequest,
 )
 from ._ipc.topology import Topology
+from ._ipc.validation import Validated, check_model
 from ._runtime.metrics import processes
 from .exceptions import FlowError
 from .flow import Flow, runtime_of
 from .logger import log
 from .metrics import MAIN_PROCESS
 
-__all__ = ["Request", "Response", "Server", "Service", "serve"]
+__all__ = ["Request", "Response", "Route", "Server", "Service", "serve"]
 
 #: Default largest request body, in bytes.
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
@@ -87,6 +95,8 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_BODY_TIMEOUT = 30.0
 #: Default time a keep-alive connection may sit idle between requests.
 DEFAULT_IDLE_TIMEOUT = 30.0
+#: Paths the server answers itself.
+RESERVED_PATHS = ("/health", "/metrics", "/openapi.json")
 #: Where ``serve`` and ``Server`` find API keys when not given any
 #: (comma-separated).
 API_KEYS_ENV = "AQUEDUCT_API_KEYS"
@@ -96,9 +106,49 @@ EVENT_STREAM = "text/event-stream"
 #: What a streaming route does with its parts: True (the default encoding,
 #: see the module docs) or a function making each part's chunk.
 Streaming = bool | PartToChunk
-#: A route: its two functions, and optionally how it streams.
-Route = (
-    tuple[TaskFromRequest, ResponseFromTask] | tuple[TaskFromRequest, ResponseFromTask, Streaming]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route's ends (what a ``routes`` entry may be, beside a tuple of
+    its two functions and its ``stream``). ``request_model``: a pydantic
+    model the body must fit — validated in the first step's worker, before
+    ``task_from_request``, which finds it in ``request.model``; a body that
+    does not fit gets 422 with the field errors (``detail``).
+    ``response_model``: what a 200 carries, for ``/openapi.json`` only.
+    ``summary``: the route's line in ``/openapi.json``."""
+
+    task_from_request: TaskFromRequest
+    response_from_task: ResponseFromTask
+    stream: Streaming = False
+    request_model: Any = None
+    response_model: Any = None
+    summary: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (callable(self.task_from_request) and callable(self.response_from_task)):
+            raise ValueError("a route needs two functions")
+        if not (isinstance(self.stream, bool) or callable(self.stream)):
+            raise ValueError("stream must be True, False or a function")
+        for model in (self.request_model, self.response_model):
+            if model is not None:
+                check_model(model)
+
+    def ends(self) -> tuple[TaskFromRequest, ResponseFromTask, PartToChunk | None]:
+        """What the workers get: the two functions (the first behind the
+        request model's validation) and the part function, if any."""
+        make = self.task_from_request
+        if self.request_model is not None:
+            make = Validated(make, self.request_model)
+        return make, self.response_from_task, self.stream if callable(self.stream) else None
+
+
+#: What a ``routes`` entry may be: a Route, or its two functions and
+#: optionally how it streams.
+RouteEnds = (
+    Route
+    | tuple[TaskFromRequest, ResponseFromTask]
+    | tuple[TaskFromRequest, ResponseFromTask, Streaming]
 )
 
 
@@ -110,7 +160,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     path: str = "/predict",
-    routes: Mapping[str, Route] | None = None,
+    routes: Mapping[str, RouteEnds] | None = None,
     timeout: float = 5.0,
     body_limit: int = DEFAULT_BODY_LIMIT,
     threads: int = 2,
@@ -199,7 +249,7 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 8000,
         path: str = "/predict",
-        routes: Mapping[str, Route] | None = None,
+        routes: Mapping[str, RouteEnds] | None = None,
         timeout: float = 5.0,
         body_limit: int = DEFAULT_BODY_LIMIT,
         threads: int = 2,
@@ -229,11 +279,9 @@ class Server:
         self._flow = flow
         self._runtime = runtime = runtime_of(flow)
         # the workers' ends: a streaming route's part function (None: the default)
-        runtime.http_routes = [
-            (make, respond, streaming if callable(streaming) else None)
-            for make, respond, streaming in routes.values()
-        ]
-        streams = [stream_content_type if s else None for _m, _r, s in routes.values()]
+        runtime.http_routes = [route.ends() for route in routes.values()]
+        streams = [stream_content_type if r.stream else None for r in routes.values()]
+        api = openapi.document(routes, flow_name, stream_content_type, needs_key=bool(keys))
         flow.start()
         self._flow_name = flow_name
         # the control block's metrics slots: the steps, then the result queue's
@@ -263,6 +311,7 @@ class Server:
                 access_log=access_log,
                 api_keys=keys,
                 open_metrics=open_metrics,
+                openapi=json.dumps(api).encode(),
             )
         except BaseException:
             asyncio.run(flow.stop(graceful=False))
@@ -318,33 +367,36 @@ def _routes(
     task_from_request: TaskFromRequest | None,
     response_from_task: ResponseFromTask | None,
     stream: Streaming,
-    routes: Mapping[str, Route] | None,
-) -> dict[str, tuple[TaskFromRequest, ResponseFromTask, Streaming]]:
-    """Path -> functions and streaming, from ``routes`` or from ``path``,
-    the two functions and ``stream``."""
+    routes: Mapping[str, RouteEnds] | None,
+) -> dict[str, Route]:
+    """Path -> Route, from ``routes`` or from ``path``, the two functions
+    and ``stream``."""
     single = task_from_request is not None or response_from_task is not None
-    given: dict[str, tuple[Any, ...]]
+    given: dict[str, Any]
     if routes is not None:
         if single or stream:
             raise ValueError("give either routes or task_from_request/response_from_task/stream")
-        given = {route: tuple(functions) for route, functions in routes.items()}
+        given = dict(routes)
     elif task_from_request is None or response_from_task is None:
         raise ValueError("task_from_request and response_from_task are both needed")
     else:
         given = {path: (task_from_request, response_from_task, stream)}
-    reserved = {"/health", "/metrics"} & set(given)
+    reserved = set(RESERVED_PATHS) & set(given)
     if not given or reserved:
         raise ValueError(f"routes must be some paths other than {sorted(reserved) or '/health'}")
     out = {}
-    for route, functions in given.items():
-        if len(functions) not in (2, 3) or not route.startswith("/"):
-            raise ValueError(f"route {route!r} needs a path and two functions")
-        make, respond, streaming = (*functions, False)[:3]
-        if not (callable(make) and callable(respond)):
-            raise ValueError(f"route {route!r} needs a path and two functions")
-        if not (isinstance(streaming, bool) or callable(streaming)):
-            raise ValueError(f"route {route!r}: stream must be True, False or a function")
-        out[route] = (make, respond, streaming)
+    for route, ends in given.items():
+        if not isinstance(route, str) or not route.startswith("/"):
+            raise ValueError(f"route {route!r} is not a path")
+        if isinstance(ends, Route):
+            out[route] = ends
+            continue
+        if not isinstance(ends, tuple | list) or len(ends) not in (2, 3):
+            raise ValueError(f"route {route!r} needs two functions (or a Route)")
+        try:
+            out[route] = Route(*ends)
+        except ValueError as exc:
+            raise ValueError(f"route {route!r}: {exc}") from None
     return out
 
 
@@ -402,7 +454,7 @@ class Service:
     task_from_request: TaskFromRequest | None = None
     response_from_task: ResponseFromTask | None = None
     path: str = "/predict"
-    routes: Mapping[str, Route] | None = None
+    routes: Mapping[str, RouteEnds] | None = None
     stream: Streaming = False
     stream_content_type: str = EVENT_STREAM
 

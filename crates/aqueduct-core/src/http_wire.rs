@@ -194,11 +194,22 @@ pub fn error_event(message: &str, kind: &str) -> Vec<u8> {
 
 /// `{"error": message, "type": kind}`, escaped as JSON strings must be.
 pub fn error_json(message: &str, kind: &str) -> Vec<u8> {
-    let mut out = String::with_capacity(message.len() + kind.len() + 24);
+    error_json_with(message, kind, None)
+}
+
+/// [`error_json`] with a `"detail"` member: `detail` is JSON text its
+/// caller made (the field errors of a request that failed validation).
+pub fn error_json_with(message: &str, kind: &str, detail: Option<&str>) -> Vec<u8> {
+    let extra = detail.map_or(0, |d| d.len() + 12);
+    let mut out = String::with_capacity(message.len() + kind.len() + 24 + extra);
     out.push_str("{\"error\": ");
     push_json_string(&mut out, message);
     out.push_str(", \"type\": ");
     push_json_string(&mut out, kind);
+    if let Some(detail) = detail {
+        out.push_str(", \"detail\": ");
+        out.push_str(detail);
+    }
     out.push('}');
     out.into_bytes()
 }

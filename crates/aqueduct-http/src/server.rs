@@ -66,6 +66,8 @@ pub struct Config {
     pub api_keys: ApiKeys,
     /// `/metrics` needs no key even when the others do.
     pub open_metrics: bool,
+    /// What `GET /openapi.json` answers (None: 404).
+    pub openapi: Option<Bytes>,
     /// Most connections open at once (beyond: they wait to be accepted).
     pub max_connections: usize,
     /// How long a request's body may take to come (408 beyond).
@@ -360,6 +362,14 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
     }
     if path == "/metrics" {
         return metrics_page(shared).map(Either::Left);
+    }
+    if let (true, Some(doc)) = (path == "/openapi.json", &config.openapi) {
+        let mut response = Response::new(Full::new(doc.clone()));
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        return response.map(Either::Left);
     }
     if let Some(refused) = smuggling(&request) {
         return refused.map(Either::Left);

@@ -22,7 +22,7 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false, openapi=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -44,6 +44,7 @@ impl HttpServer {
         access_log: Option<String>,
         api_keys: Vec<String>,
         open_metrics: bool,
+        openapi: Option<Vec<u8>>,
     ) -> PyResult<Self> {
         let addr: SocketAddr = (host, port)
             .to_socket_addrs()
@@ -70,6 +71,7 @@ impl HttpServer {
             access_log: access_log.as_deref().map(Destination::parse),
             api_keys: ApiKeys::new(api_keys),
             open_metrics,
+            openapi: openapi.map(Into::into),
         };
         let target = target(&steps, results, control, arena, client);
         let server = Server::start(config, target)

@@ -18,15 +18,18 @@ pub(crate) fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString>
     }
 }
 
-/// The start of an error report: its HTTP status and `{"error", "type"}`.
+/// The start of an error report: its HTTP status and `{"error", "type"}`
+/// (and `"detail"`, JSON text, when given).
 #[pyfunction]
+#[pyo3(signature = (status, message, kind, detail=None))]
 pub fn error_prefix<'py>(
     py: Python<'py>,
     status: u16,
     message: &str,
     kind: &str,
+    detail: Option<&str>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let json = http_wire::error_json(message, kind);
+    let json = http_wire::error_json_with(message, kind, detail);
     let prefix = http_wire::error_prefix(status, &json)
         .ok_or_else(|| PyValueError::new_err("an error message too large to encode"))?;
     Ok(PyBytes::new(py, &prefix))

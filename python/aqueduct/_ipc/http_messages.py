@@ -18,7 +18,7 @@ class Request:
     """An HTTP request, as ``task_from_request`` gets it (in a worker).
     Header names are lower-case."""
 
-    __slots__ = ("body", "headers", "method", "path", "query")
+    __slots__ = ("body", "headers", "method", "model", "path", "query")
 
     def __init__(
         self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
@@ -28,6 +28,9 @@ class Request:
         self.query = query
         self.headers = headers
         self.body = body
+        #: The body as the route's ``request_model``, validated (None when
+        #: the route has none).
+        self.model: Any = None
 
     def json(self) -> Any:
         return json.loads(self.body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import pickle
 import sys
 import traceback
@@ -28,6 +29,7 @@ from .._core import (
 from ..exceptions import (
     FlowError,
     HandlerError,
+    RequestValidationError,
     SharedMemoryFullError,
     TaskSerializationError,
     TaskTooLargeError,
@@ -136,7 +138,15 @@ def encode_error(
         text = "".join(traceback.format_exception(exc))
     except Exception:
         text = ""
-    summary = _core.error_prefix(status, message, kind.__name__ if kind else type(exc).__qualname__)
+    detail = None
+    if isinstance(exc, RequestValidationError):
+        detail, status = exc.detail, exc.http_status
+    summary = _core.error_prefix(
+        status,
+        message,
+        kind.__name__ if kind else type(exc).__qualname__,
+        None if detail is None else json.dumps(detail, default=str),
+    )
     return summary + pickle.dumps(
         (
             kind.__name__ if kind else None,
