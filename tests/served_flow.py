@@ -76,6 +76,8 @@ def response_from_task(task: Job) -> object:
         return Response(b"", headers=[("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
     if isinstance(task.x, str) and task.x == "no such status":
         return Response(b"", status=1000)
+    if isinstance(task.x, str) and task.x == "big answer":
+        return Response(b"x" * int(os.environ.get("BIG_ANSWER", str(32 << 20))))
     if isinstance(task.x, str) and task.x == "teapot":
         return Response(b"short and stout", status=418, headers={"X-Pot": "tea"})
     y = int(task.y.sum()) if isinstance(task.y, np.ndarray) else task.y
@@ -118,6 +120,7 @@ def main() -> None:
         max_connections=int(os.environ.get("MAX_CONNECTIONS", "10000")),
         body_timeout=float(os.environ.get("BODY_TIMEOUT", "30")),
         idle_timeout=float(os.environ.get("IDLE_TIMEOUT", "30")),
+        write_timeout=float(os.environ.get("WRITE_TIMEOUT", "30")),
         access_log=os.environ.get("ACCESS_LOG"),
         open_metrics=os.environ.get("OPEN_METRICS") == "1",
         on_ready=lambda port: print("port", port, flush=True),

@@ -71,6 +71,7 @@ def test_help_explains_every_option_and_its_variable():
         ("--header-timeout", "AQUEDUCT_HEADER_TIMEOUT"),
         ("--body-timeout", "AQUEDUCT_BODY_TIMEOUT"),
         ("--idle-timeout", "AQUEDUCT_IDLE_TIMEOUT"),
+        ("--write-timeout", "AQUEDUCT_WRITE_TIMEOUT"),
         ("--max-connections", "AQUEDUCT_MAX_CONNECTIONS"),
         ("--access-log", "AQUEDUCT_ACCESS_LOG"),
         ("--app-dir", "AQUEDUCT_APP_DIR"),

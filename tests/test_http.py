@@ -172,6 +172,15 @@ def test_keep_alive_and_concurrent_clients():
         assert max(batches) > 1, "concurrent requests share batches"
 
 
+def test_an_answer_too_big_for_a_message_is_a_clear_500_at_once():
+    with service(BIG_ANSWER=str(3 << 20)) as (port, _):
+        started = time.monotonic()
+        status, _, body = call(port, {"x": "big answer"})
+        assert status == 500 and b"stream it in parts" in body, body
+        assert time.monotonic() - started < 2, "not the request's timeout"
+        assert call(port, {"x": 1})[0] == 200
+
+
 def test_big_bodies_travel():
     with service() as (port, _):
         body = os.urandom(8 << 20)

@@ -347,3 +347,24 @@ def test_api_keys_are_needed_everywhere_but_health_and_come_in_either_header():
     with service(AQUEDUCT_API_KEYS="k1-secret", OPEN_METRICS="1") as (port, _):
         assert call(port, path="/metrics", method="GET")[0] == 200
         assert call(port, {"x": 1})[0] == 401
+
+
+def test_a_client_that_reads_none_of_its_answer_is_cut_at_the_write_timeout():
+    with service(WRITE_TIMEOUT="1", BIG_ANSWER="2000000") as (port, _):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(WAIT)
+        with sock:
+            sock.connect(("127.0.0.1", port))
+            body = b'{"x": "big answer"}'
+            head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+            sock.sendall((head + body) * 6)  # 12 MB of answers: more than the kernel buffers
+            time.sleep(3)  # reads nothing for longer than the write timeout
+            assert call(port, {"x": 1})[0] == 200, "others are served meanwhile"
+            received = 0
+            try:
+                while chunk := sock.recv(1 << 20):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+        assert 0 < received < 6 * 2_000_000, received  # cut short, not waited on forever

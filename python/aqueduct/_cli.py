@@ -76,6 +76,12 @@ OPTIONS = [
         "seconds a keep-alive connection may sit idle after an answer",
     ),
     Option(
+        "write_timeout",
+        float,
+        http.DEFAULT_WRITE_TIMEOUT,
+        "seconds writing an answer may wait for a client that reads nothing",
+    ),
+    Option(
         "max_connections",
         int,
         http.DEFAULT_MAX_CONNECTIONS,

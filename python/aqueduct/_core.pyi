@@ -299,6 +299,7 @@ class HttpServer:
         max_connections: int = 10000,
         body_timeout: float = 30.0,
         idle_timeout: float = 30.0,
+        write_timeout: float = 30.0,
         access_log: str | None = None,
         api_keys: list[str] = ...,
         open_metrics: bool = False,

@@ -95,6 +95,8 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_BODY_TIMEOUT = 30.0
 #: Default time a keep-alive connection may sit idle between requests.
 DEFAULT_IDLE_TIMEOUT = 30.0
+#: Default time writing an answer may wait for its client to read.
+DEFAULT_WRITE_TIMEOUT = 30.0
 #: Paths the server answers itself.
 RESERVED_PATHS = ("/health", "/metrics", "/openapi.json")
 #: Where ``serve`` and ``Server`` find API keys when not given any
@@ -174,6 +176,7 @@ def serve(
     access_log: str | None = None,
     api_keys: Sequence[str] | None = None,
     open_metrics: bool = False,
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT,
 ) -> None:
     """Starts ``flow`` (pass it not yet started: its workers get the two
     functions) and serves it on ``host:port`` (0: a free port) until SIGINT
@@ -188,6 +191,8 @@ def serve(
     head, from its first byte (or from connecting); a connection that has
     not by then is closed. ``idle_timeout``: seconds a keep-alive
     connection may sit idle after an answer before it is closed.
+    ``write_timeout``: seconds writing an answer may wait for a client
+    that reads nothing before its connection is closed.
     ``max_connections``: most connections open at once; beyond it new ones
     wait in the listen backlog until one closes. ``body_timeout``: seconds
     a request's body may take to come; a slower one gets 408 and its
@@ -219,6 +224,7 @@ def serve(
         access_log=access_log,
         api_keys=api_keys,
         open_metrics=open_metrics,
+        write_timeout=write_timeout,
     )
     stopping = threading.Event()
     previous = {}
@@ -263,11 +269,13 @@ class Server:
         access_log: str | None = None,
         api_keys: Sequence[str] | None = None,
         open_metrics: bool = False,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     ) -> None:
         if flow.is_running or flow.are_steps_initialized:
             raise FlowError("serve() starts the flow itself: pass it a flow not yet started")
         seconds = {"timeout": timeout, "header_timeout": header_timeout}
         seconds |= {"body_timeout": body_timeout, "idle_timeout": idle_timeout}
+        seconds |= {"write_timeout": write_timeout}
         for name, value in seconds.items():
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
@@ -308,6 +316,7 @@ class Server:
                 max_connections=max_connections,
                 body_timeout=body_timeout,
                 idle_timeout=idle_timeout,
+                write_timeout=write_timeout,
                 access_log=access_log,
                 api_keys=keys,
                 open_metrics=open_metrics,

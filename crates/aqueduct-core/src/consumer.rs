@@ -193,6 +193,11 @@ impl StepConsumer {
         }
     }
 
+    /// The largest payload queue `index` carries (None: no such queue).
+    pub fn max_payload(&self, index: usize) -> Option<usize> {
+        self.queues.get(index).map(|q| q.max_payload())
+    }
+
     /// Pushes a message into queue `index` (its consumers are woken at
     /// [`Self::flush`]), waiting while the queue is full and the task still
     /// wanted: until its deadline, or [`PUSH_WAIT_NO_DEADLINE`] without one.

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::access_log::Entry;
 use crate::json_errors::JsonErrors;
 use crate::server::{handle, Reply, Shared};
-use crate::timed_connection::{Activity, InProgress, TimedConnection};
+use crate::timed_connection::{Activity, InProgress, Limits, TimedConnection};
 
 /// How long the accept loop waits after a failed accept (out of fds).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
@@ -94,7 +94,12 @@ async fn serve(
         })
     };
     let config = &shared.config;
-    let timed = TimedConnection::new(stream, activity, config.header_timeout, config.idle_timeout);
+    let limits = Limits {
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+        write_timeout: config.write_timeout,
+    };
+    let timed = TimedConnection::new(stream, activity, limits);
     let io = TokioIo::new(JsonErrors::new(timed, made));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())

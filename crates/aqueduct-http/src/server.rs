@@ -59,6 +59,9 @@ pub struct Config {
     /// How long a keep-alive connection may stay idle after an answer
     /// before it is closed.
     pub idle_timeout: Duration,
+    /// How long writing an answer may wait for the client to read before
+    /// the connection is closed.
+    pub write_timeout: Duration,
     /// Where a line per answered request goes (None: nowhere).
     pub access_log: Option<Destination>,
     /// The keys a request must carry one of (none: no key is needed);

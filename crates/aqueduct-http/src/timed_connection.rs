@@ -54,6 +54,18 @@ impl Drop for InProgress {
     }
 }
 
+/// The clocks' lengths.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// For a request's head, from its first byte (or from connecting).
+    pub header_timeout: Duration,
+    /// For the next request after an answer.
+    pub idle_timeout: Duration,
+    /// For the client to take bytes of an answer (a write that cannot go
+    /// on for this long ends the connection).
+    pub write_timeout: Duration,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Waiting for (the rest of) a head: the header clock runs.
@@ -71,6 +83,10 @@ pub struct TimedConnection<T> {
     activity: Arc<Activity>,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// How long a write may wait for the client to read.
+    write_timeout: Duration,
+    /// Running while a write waits (the client reads nothing).
+    write_timer: Option<Pin<Box<Sleep>>>,
     phase: Phase,
     /// `ended` when last looked at: a request may begin and end between
     /// two reads.
@@ -80,17 +96,19 @@ pub struct TimedConnection<T> {
 
 impl<T> TimedConnection<T> {
     /// A fresh connection: it has `header_timeout` to send its first head.
-    pub fn new(
-        inner: T,
-        activity: Arc<Activity>,
-        header_timeout: Duration,
-        idle_timeout: Duration,
-    ) -> Self {
+    pub fn new(inner: T, activity: Arc<Activity>, limits: Limits) -> Self {
+        let Limits {
+            header_timeout,
+            idle_timeout,
+            write_timeout,
+        } = limits;
         TimedConnection {
             inner,
             activity,
             header_timeout,
             idle_timeout,
+            write_timeout,
+            write_timer: None,
             phase: Phase::Head,
             seen_ended: 0,
             timer: Box::pin(tokio::time::sleep(header_timeout)),
@@ -151,13 +169,37 @@ fn timed_out(what: &str) -> io::Error {
     )
 }
 
+impl<T> TimedConnection<T> {
+    /// `polled`, a write's or a flush's outcome, unless the client has let
+    /// writes wait for longer than the write timeout.
+    fn unless_stalled<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.write_timer = None;
+            return polled;
+        }
+        let wait = self.write_timeout;
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(timed_out("the client's reading of its answer"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for TimedConnection<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.unless_stalled(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -165,7 +207,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedConnection<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.unless_stalled(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -173,7 +216,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedConnection<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.unless_stalled(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -194,10 +238,13 @@ mod tests {
         tokio::io::DuplexStream,
     ) {
         let (server, client) = tokio::io::duplex(1024);
-        let header = Duration::from_secs(10);
-        let idle = Duration::from_secs(30);
+        let limits = Limits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(20),
+        };
         (
-            TimedConnection::new(server, Arc::clone(activity), header, idle),
+            TimedConnection::new(server, Arc::clone(activity), limits),
             client,
         )
     }
@@ -255,5 +302,35 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed().as_secs(), 10);
         drop(writer.await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_nothing_is_cut_at_the_write_timeout() {
+        let activity = Arc::new(Activity::default());
+        let (mut conn, _client) = timed(&activity);
+        let _request = activity.begin();
+        conn.write_all(&[b'x'; 1024])
+            .await
+            .expect("room for a buffer's worth");
+        let start = Instant::now();
+        let err = conn.write_all(b"more").await.expect_err("nobody reads");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed().as_secs(), 20);
+
+        // a slow reader that keeps reading is not cut
+        let (mut conn, mut slow) = timed(&activity);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            let mut got = 0;
+            while got < 8192 {
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                got += slow.read(&mut buf).await.expect("read");
+            }
+            got
+        });
+        conn.write_all(&[b'y'; 8192])
+            .await
+            .expect("read slowly, but read");
+        assert!(reader.await.expect("joined") >= 8192);
     }
 }

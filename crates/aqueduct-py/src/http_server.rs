@@ -22,7 +22,7 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false, openapi=None))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, write_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false, openapi=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -41,6 +41,7 @@ impl HttpServer {
         max_connections: usize,
         body_timeout: f64,
         idle_timeout: f64,
+        write_timeout: f64,
         access_log: Option<String>,
         api_keys: Vec<String>,
         open_metrics: bool,
@@ -66,6 +67,7 @@ impl HttpServer {
             threads,
             header_timeout: seconds("header_timeout", header_timeout)?,
             idle_timeout: seconds("idle_timeout", idle_timeout)?,
+            write_timeout: seconds("write_timeout", write_timeout)?,
             max_connections: max_connections.max(1),
             body_timeout: seconds("body_timeout", body_timeout)?,
             access_log: access_log.as_deref().map(Destination::parse),
