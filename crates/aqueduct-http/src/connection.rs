@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -71,18 +71,15 @@ async fn serve(
     shared: &Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let made = Arc::new(AtomicUsize::new(0));
     let activity = Arc::new(Activity::default());
     let service = {
-        let (shared, made, activity) =
-            (Arc::clone(shared), Arc::clone(&made), Arc::clone(&activity));
+        let (shared, activity) = (Arc::clone(shared), Arc::clone(&activity));
         service_fn(move |request| {
-            let (shared, made) = (Arc::clone(&shared), Arc::clone(&made));
+            let shared = Arc::clone(&shared);
             let in_progress = activity.begin();
             async move {
                 let line = shared.access_log.as_ref().map(|_| Line::of(&request, peer));
                 let response = handle(&shared, request).await;
-                made.fetch_add(1, Ordering::Release);
                 if let (Some(log), Some(line)) = (&shared.access_log, line) {
                     log.record(&line.entry(&response));
                 }
@@ -99,8 +96,8 @@ async fn serve(
         idle_timeout: config.idle_timeout,
         write_timeout: config.write_timeout,
     };
-    let timed = TimedConnection::new(stream, activity, limits);
-    let io = TokioIo::new(JsonErrors::new(timed, made));
+    let timed = TimedConnection::new(stream, Arc::clone(&activity), limits);
+    let io = TokioIo::new(JsonErrors::new(timed, activity));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(None) // the timed connection's clocks instead

@@ -1,24 +1,26 @@
 //! hyper answers a request it cannot parse by itself — a 4xx with an empty
 //! body, then it closes the connection — before any service sees it. Every
 //! other error of this server is JSON `{"error", "type"}`; this connection
-//! wrapper makes those JSON too. It counts the responses the service made
-//! (`made`) and the response heads written: a head written beyond what the
-//! service made is hyper's own, and a bodiless 4xx one is rewritten.
+//! wrapper makes those JSON too. It compares the requests the service was
+//! given (the connection's `Activity`) with the response heads written: a
+//! head written beyond them is hyper's own, and a bodiless 4xx one is
+//! rewritten.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use aqueduct_core::http_wire::error_json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::timed_connection::Activity;
+
 /// A connection whose bodiless 4xx responses become JSON ones.
 pub struct JsonErrors<T> {
     inner: T,
-    /// Responses the service made on this connection.
-    made: Arc<AtomicUsize>,
+    /// Requests the service was given on this connection.
+    activity: Arc<Activity>,
     /// Response heads written on it.
     heads: usize,
     /// A rewritten response, and how much of it was written.
@@ -26,11 +28,12 @@ pub struct JsonErrors<T> {
 }
 
 impl<T> JsonErrors<T> {
-    /// Wraps `inner`; the service adds one to `made` per response it makes.
-    pub fn new(inner: T, made: Arc<AtomicUsize>) -> Self {
+    /// Wraps `inner`, the socket of the connection whose requests
+    /// `activity` counts.
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
         JsonErrors {
             inner,
-            made,
+            activity,
             heads: 0,
             pending: None,
         }
@@ -99,7 +102,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonErrors<T> {
             return Poll::Pending;
         }
         let head = buf.starts_with(b"HTTP/1.1 ");
-        let hypers = head && self.heads >= self.made.load(Ordering::Acquire);
+        let hypers = head && self.heads >= self.activity.begun();
         if let Some(json) = hypers.then(|| rewrite(buf)).flatten() {
             self.heads += 1;
             self.pending = Some((json, 0));

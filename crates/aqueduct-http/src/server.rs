@@ -744,10 +744,7 @@ fn read_answers(shared: &Shared) {
             if let Some(e) = drained.corrupt {
                 // nothing more is read from it: every waiting request
                 // ends (503), and so do later ones until `retarget`
-                *shared
-                    .corrupt
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+                shared.found_corrupt(&e.to_string());
                 shared.settle_all();
                 while !stopping() && Arc::ptr_eq(&shared.client().queues().results, &results) {
                     std::thread::sleep(READER_TICK);

@@ -37,6 +37,11 @@ impl Activity {
         InProgress(Arc::clone(self))
     }
 
+    /// Requests whose heads were read and handed to the service.
+    pub fn begun(&self) -> usize {
+        self.begun.load(Ordering::Acquire)
+    }
+
     /// (begun, ended): a request is in progress while they differ.
     fn counts(&self) -> (usize, usize) {
         let ended = self.ended.load(Ordering::Acquire);
