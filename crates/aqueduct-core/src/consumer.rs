@@ -8,15 +8,19 @@
 //! what is queued when the one before is done, so a slow handler still gets
 //! full batches, and the consumers of the queues it feeds are woken once for
 //! the whole burst ([`StepConsumer::flush`]).
+//!
+//! The parent's orders for the worker's slot (see [`crate::control`]) are
+//! obeyed here: a held worker takes nothing until released; a retired one
+//! takes nothing more and is told to exit, as when the queue is closed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::batch::{Batch, BatchAssembler, BatchPolicy, Claims};
-use crate::control::Control;
+use crate::control::{Control, HOLD, RETIRE};
 use crate::error::{Error, Result};
 use crate::notify::{monotonic_ns, EventFd};
-use crate::queue::{Message, MessageHeader, TaskQueue, PUSH_WAIT_NO_DEADLINE};
+use crate::queue::{Message, MessageHeader, TaskQueue, PUSH_WAIT_NO_DEADLINE, WAIT_SLICE};
 use crate::wire::{client_of, KIND_DROPPED, KIND_ERROR, MAX_CLIENTS, MAX_STEPS};
 
 /// Where a worker stands in its flow and how it batches.
@@ -101,27 +105,77 @@ impl StepConsumer {
     }
 
     /// Starts a burst: waits for the first batch until `idle_deadline_ns`
-    /// (an empty batch then), polling `interrupt` while asleep.
+    /// (an empty batch then), polling `interrupt` while asleep. A held
+    /// worker waits for its release first; a retired one gets a closed batch.
     pub fn wait(
         &mut self,
         idle_deadline_ns: Option<u64>,
         interrupt: &mut dyn FnMut() -> bool,
     ) -> Result<Batch> {
         self.taken = 1;
+        // the batch before is done: a worker that exits now holds nothing
+        self.control.clear_claims(self.config.slot);
+        if !self.released_from_hold(idle_deadline_ns, interrupt) {
+            return Ok(self.closed_if_retired(Batch::default()));
+        }
+        let (control, slot) = (&self.control, self.config.slot);
+        let mut stop = || interrupt() || control.orders(slot) & RETIRE != 0;
         let batch = self.assembler.next_batch_claimed(
             self.input(),
             idle_deadline_ns,
-            interrupt,
+            &mut stop,
             Some(self.claims()),
         )?;
         self.released(&batch);
-        Ok(batch)
+        Ok(self.closed_if_retired(batch))
+    }
+
+    /// True when this worker has been told to take no more tasks.
+    pub fn retired(&self) -> bool {
+        self.control.orders(self.config.slot) & RETIRE != 0
+    }
+
+    /// An empty batch of a retired worker says "exit", like a closed queue.
+    fn closed_if_retired(&self, mut batch: Batch) -> Batch {
+        if batch.messages.is_empty() && self.retired() {
+            batch.closed = true;
+        }
+        batch
+    }
+
+    /// Waits while the worker is held; false when it was retired, the idle
+    /// deadline passed or `interrupt` asked to stop first.
+    fn released_from_hold(
+        &self,
+        idle_deadline_ns: Option<u64>,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> bool {
+        let slot = self.config.slot;
+        loop {
+            let orders = self.control.orders(slot);
+            if orders & RETIRE != 0 {
+                return false;
+            }
+            if orders & HOLD == 0 {
+                return true;
+            }
+            let now = monotonic_ns();
+            let slice = match idle_deadline_ns {
+                Some(d) if now >= d => return false,
+                Some(d) => std::time::Duration::from_nanos(d - now).min(WAIT_SLICE),
+                None => WAIT_SLICE,
+            };
+            self.control.wait_orders(slot, orders, slice);
+            if interrupt() {
+                return false;
+            }
+        }
     }
 
     /// The burst's next batch, of what is queued now (empty: nothing is);
     /// `None` once the burst took its most batches.
     pub fn next_in_burst(&mut self) -> Result<Option<Batch>> {
-        if self.taken >= self.config.burst {
+        if self.taken >= self.config.burst || self.retired() {
             return Ok(None);
         }
         self.taken += 1;
@@ -149,6 +203,9 @@ impl StepConsumer {
         claims.control.clear_claims(claims.slot);
         for &key in holding {
             claims.control.claim(claims.slot, key);
+        }
+        if self.retired() {
+            return Ok(Batch::default()); // the tasks in hand finish; none join
         }
         let timeout = self.config.batch.timeout;
         let until =
@@ -436,5 +493,68 @@ mod tests {
             Arc::new(Control::create(1, 0).expect("control")),
         );
         assert!(made.is_err());
+    }
+
+    #[test]
+    fn a_held_worker_takes_nothing_until_released() {
+        let mut c = consumer(1);
+        c.queues[0].push(&task(1), b"t").expect("room");
+        c.control.set_orders(0, HOLD);
+        let soon = monotonic_ns() + 30_000_000;
+        let idle = c.wait(Some(soon), &mut || false).expect("intact");
+        assert!(
+            idle.messages.is_empty() && !idle.closed,
+            "held: nothing taken"
+        );
+        assert_eq!(c.queues[0].len(), 1);
+        let control = Arc::clone(&c.control);
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            control.set_orders(0, 0);
+        });
+        let started = std::time::Instant::now();
+        let batch = c.wait(None, &mut || false).expect("intact");
+        releaser.join().expect("releaser");
+        assert_eq!(batch.messages.len(), 1);
+        assert!(
+            started.elapsed() < WAIT_SLICE,
+            "woken by the release, not by the next look around"
+        );
+    }
+
+    #[test]
+    fn a_retired_worker_takes_no_more_and_is_told_to_exit() {
+        let mut c = consumer(4);
+        for key in 0..6 {
+            c.queues[0].push(&task(key), b"t").expect("room");
+        }
+        assert_eq!(
+            c.wait(None, &mut || false).expect("intact").messages.len(),
+            2
+        );
+        c.control.add_orders(0, RETIRE);
+        assert!(
+            c.next_in_burst().expect("intact").is_none(),
+            "the burst ends"
+        );
+        let exit = c.wait(None, &mut || false).expect("intact");
+        assert!(exit.closed && exit.messages.is_empty());
+        let none = c.admit(2, &[1], 0, &mut || false).expect("intact");
+        assert!(none.messages.is_empty(), "nothing joins an active set");
+        assert_eq!(c.control.claims(0), vec![1], "what it holds stays claimed");
+        assert_eq!(c.queues[0].len(), 4, "left for the other workers");
+    }
+
+    #[test]
+    fn retiring_wakes_a_worker_asleep_on_its_queue() {
+        let mut c = consumer(1);
+        let control = Arc::clone(&c.control);
+        let retirer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            control.add_orders(0, RETIRE);
+        });
+        let batch = c.wait(None, &mut || false).expect("intact");
+        retirer.join().expect("retirer");
+        assert!(batch.closed);
     }
 }

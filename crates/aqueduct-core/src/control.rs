@@ -8,12 +8,17 @@
 //!   there for the parent to read.
 //! * cancel set: one bit per task key (modulo its size), set by the parent
 //!   when the caller gave up, cleared when the key is submitted.
+//! * orders: a word per worker slot through which the parent tells its
+//!   worker to wait before taking tasks ([`HOLD`]: a replacement whose
+//!   siblings are still starting) or to take no more and exit once what it
+//!   holds is done ([`RETIRE`]: replaced, or an elastic step shrinking).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::metrics::StepMetrics;
+use crate::notify::{futex_wait, futex_wake};
 use crate::segment::Segment;
 
 const MAGIC: u64 = 0x6171_7565_6463_746c; // "aquedctl"
@@ -24,6 +29,12 @@ pub const MAX_CLAIMS: usize = 4096;
 const MAX_SLOTS: usize = 1 << 16;
 /// Bits in the cancel set; keys wrap around it.
 const CANCEL_BITS: u64 = 1 << 20;
+
+/// An order bit: the worker of the slot takes no task until it is cleared.
+pub const HOLD: u32 = 1;
+/// An order bit: the worker of the slot takes no more tasks; it finishes
+/// those it holds and exits.
+pub const RETIRE: u32 = 2;
 
 #[repr(C)]
 struct Header {
@@ -37,7 +48,8 @@ struct Header {
 #[repr(C)]
 struct ClaimSlot {
     count: AtomicU32,
-    _pad: u32,
+    /// [`HOLD`] and [`RETIRE`] bits, written by the parent.
+    orders: AtomicU32,
     keys: [AtomicU64; MAX_CLAIMS],
 }
 
@@ -192,6 +204,44 @@ impl Control {
             .iter()
             .map(|k| k.load(Ordering::Relaxed))
             .collect()
+    }
+
+    /// How many tasks the worker of `slot` holds now (0: between batches).
+    pub fn claim_count(&self, slot: usize) -> usize {
+        self.slot(slot).map_or(0, |s| {
+            (s.count.load(Ordering::Acquire) as usize).min(MAX_CLAIMS)
+        })
+    }
+
+    /// The orders of the worker of `slot` (0 for a slot that does not exist).
+    pub fn orders(&self, slot: usize) -> u32 {
+        self.slot(slot)
+            .map_or(0, |s| s.orders.load(Ordering::Acquire))
+    }
+
+    /// Sets the orders of `slot` to `orders` and wakes its worker if it
+    /// waits for them to change. A fresh worker process in a reused slot
+    /// starts from the orders set here (`0`: take tasks at once).
+    pub fn set_orders(&self, slot: usize, orders: u32) {
+        if let Some(s) = self.slot(slot) {
+            s.orders.store(orders, Ordering::Release);
+            futex_wake(&s.orders, i32::MAX);
+        }
+    }
+
+    /// Adds the bits of `orders` to those of `slot` (and wakes its worker).
+    pub fn add_orders(&self, slot: usize, orders: u32) {
+        if let Some(s) = self.slot(slot) {
+            s.orders.fetch_or(orders, Ordering::AcqRel);
+            futex_wake(&s.orders, i32::MAX);
+        }
+    }
+
+    /// Blocks while the orders of `slot` are `seen`, at most `timeout`.
+    pub fn wait_orders(&self, slot: usize, seen: u32, timeout: std::time::Duration) {
+        if let Some(s) = self.slot(slot) {
+            futex_wait(&s.orders, seen, Some(timeout));
+        }
     }
 
     pub fn slots(&self) -> usize {

@@ -2,7 +2,7 @@
 //! there (`aqueduct._core.<NAME>`): defined in the core's modules, listed
 //! here once so the binding exports them all with one loop.
 
-use crate::metrics::{STEP_COUNTERS, STEP_HISTOGRAMS};
+use crate::metrics::{STEP_COUNTERS, STEP_GAUGES, STEP_HISTOGRAMS};
 use crate::queue::{DEFAULT_RING_SLOTS, DEFAULT_SLOT_BYTES};
 use crate::spin::DEFAULT_SPIN_US;
 use crate::wire::*;
@@ -43,10 +43,11 @@ pub const NUMBERS: [(&str, u64); 31] = [
 ];
 
 /// The lists of names.
-pub const NAMES: [(&str, &[&str]); 3] = [
+pub const NAMES: [(&str, &[&str]); 4] = [
     ("BOOKKEEPING_FIELDS", &BOOKKEEPING_FIELDS),
     ("STEP_HISTOGRAMS", &STEP_HISTOGRAMS),
     ("STEP_COUNTERS", &STEP_COUNTERS),
+    ("STEP_GAUGES", &STEP_GAUGES),
 ];
 
 #[cfg(test)]

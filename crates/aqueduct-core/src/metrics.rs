@@ -57,6 +57,9 @@ impl Histogram {
 /// (the binding and the Python metrics use these names).
 pub const STEP_HISTOGRAMS: [&str; 4] = ["handle_us", "batch_us", "batch_size", "transfer_us"];
 pub const STEP_COUNTERS: [&str; 3] = ["handled", "expired", "cancelled"];
+/// A step's worker processes by state, as the parent last counted them
+/// (gauges, in the order [`StepSnapshot::gauges`] gives them).
+pub const STEP_GAUGES: [&str; 3] = ["workers_running", "workers_starting", "workers_retiring"];
 
 /// What a step records.
 #[repr(C)]
@@ -76,6 +79,8 @@ pub struct StepMetrics {
     pub expired: AtomicU64,
     /// Tasks dropped because their caller cancelled them.
     pub cancelled: AtomicU64,
+    /// Worker processes serving, starting and retiring (see [`STEP_GAUGES`]).
+    pub workers: [AtomicU64; 3],
 }
 
 /// A point-in-time copy of a step's metrics.
@@ -88,6 +93,7 @@ pub struct StepSnapshot {
     pub handled: u64,
     pub expired: u64,
     pub cancelled: u64,
+    pub workers: [u64; 3],
 }
 
 impl StepSnapshot {
@@ -111,6 +117,16 @@ impl StepSnapshot {
             (cancelled, self.cancelled),
         ]
     }
+
+    /// Each gauge with its name (see [`STEP_GAUGES`]).
+    pub fn gauges(&self) -> [(&'static str, u64); 3] {
+        let [running, starting, retiring] = STEP_GAUGES;
+        [
+            (running, self.workers[0]),
+            (starting, self.workers[1]),
+            (retiring, self.workers[2]),
+        ]
+    }
 }
 
 impl StepMetrics {
@@ -123,6 +139,14 @@ impl StepMetrics {
             handled: self.handled.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
             cancelled: self.cancelled.load(Ordering::Relaxed),
+            workers: self.workers.each_ref().map(|w| w.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// The parent counted the step's workers: `[running, starting, retiring]`.
+    pub fn set_workers(&self, counts: [u64; 3]) {
+        for (gauge, count) in self.workers.iter().zip(counts) {
+            gauge.store(count, Ordering::Relaxed);
         }
     }
 }

@@ -94,6 +94,17 @@ pub fn render(
         let labels = format!("flow=\"{flow}\",step=\"{}\"", escape(step));
         line(&mut out, "queue_size", &labels, size as f64);
     }
+    header(&mut out, "workers", "worker processes of a step", "gauge");
+    for (step, s) in &steps[..steps.len().saturating_sub(1)] {
+        for (state, value) in s.gauges() {
+            let state = state.trim_start_matches("workers_");
+            let labels = format!(
+                "flow=\"{flow}\",step=\"{}\",state=\"{state}\"",
+                escape(step)
+            );
+            line(&mut out, "workers", &labels, value as f64);
+        }
+    }
     header(
         &mut out,
         "tasks",
@@ -203,6 +214,7 @@ mod tests {
         if let Some(m) = control.metrics(0) {
             m.handle_us.record(3);
             m.handled.fetch_add(2, Ordering::Relaxed);
+            m.set_workers([2, 1, 0]);
         }
         let names = Names {
             flow: "flow".into(),
@@ -220,6 +232,8 @@ mod tests {
             "aqueduct_tasks_total{flow=\"flow\",outcome=\"done\"} 5.0",
             "aqueduct_queue_size{flow=\"flow\",step=\"main_process\"} 0.0",
             "aqueduct_batch_size_count{flow=\"flow\",step=\"main_process\"} 0.0",
+            "aqueduct_workers{flow=\"flow\",step=\"step1_A\",state=\"running\"} 2.0",
+            "aqueduct_workers{flow=\"flow\",step=\"step1_A\",state=\"starting\"} 1.0",
         ] {
             assert!(page.contains(wanted), "{wanted} not in\n{page}");
         }
@@ -227,6 +241,7 @@ mod tests {
             !page.contains("aqueduct_handle_seconds_count{flow=\"flow\",step=\"main_process\"}"),
             "no handle times of a step that handled nothing"
         );
+        assert!(!page.contains("aqueduct_workers{flow=\"flow\",step=\"main_process\""));
         assert!(page.contains("aqueduct_memory_bytes{flow=\"flow\",process=\"main_process\"}"));
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use aqueduct_core::control::{HOLD, RETIRE};
 use aqueduct_core::Control;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -66,6 +67,42 @@ impl PyControl {
         self.inner.clear_claims(slot);
     }
 
+    /// Step `step`'s workers by state (see `STEP_GAUGES`), for metrics.
+    fn set_workers(&self, step: usize, running: u64, starting: u64, retiring: u64) {
+        if let Some(m) = self.inner.metrics(step) {
+            m.set_workers([running, starting, retiring]);
+        }
+    }
+
+    /// Whether the worker of `slot` is working on a batch right now.
+    fn busy(&self, slot: usize) -> bool {
+        self.inner.claim_count(slot) > 0
+    }
+
+    /// The worker started in `slot` from now on waits before taking tasks
+    /// (until `release`); a slot being reused starts with no claims.
+    fn hold(&self, slot: usize) {
+        self.inner.clear_claims(slot);
+        self.inner.set_orders(slot, HOLD);
+    }
+
+    /// The worker of `slot` takes tasks (at once, or once started).
+    fn release(&self, slot: usize) {
+        self.inner.clear_claims(slot);
+        self.inner.set_orders(slot, 0);
+    }
+
+    /// The worker of `slot` takes no more tasks, finishes those it holds
+    /// and exits.
+    fn retire(&self, slot: usize) {
+        self.inner.add_orders(slot, RETIRE);
+    }
+
+    /// Whether the worker of `slot` was told to retire.
+    fn retired(&self, slot: usize) -> bool {
+        self.inner.orders(slot) & RETIRE != 0
+    }
+
     /// Step `step`'s metrics: counters, and histograms as
     /// `(count, sum, buckets)` where bucket `i` counts values below `2**i`.
     fn metrics<'py>(&self, py: Python<'py>, step: usize) -> PyResult<Option<Bound<'py, PyDict>>> {
@@ -77,7 +114,7 @@ impl PyControl {
         for (name, h) in snap.histograms() {
             d.set_item(name, (h.count, h.sum, h.buckets.clone()))?;
         }
-        for (name, value) in snap.counters() {
+        for (name, value) in snap.counters().into_iter().chain(snap.gauges()) {
             d.set_item(name, value)?;
         }
         Ok(Some(d))
