@@ -69,8 +69,11 @@ SECONDARY: list[Metric] = [
 #: The generative workload (``generative.py``): upstream cannot stream.
 GENERATIVE = ["gen_static32", "gen_continuous32", "gen_continuous64"]
 
+#: The bursty workload (``burst.py``): upstream has no elastic steps.
+BURSTY = ["burst_fixed", "burst_elastic"]
+
 #: Workloads that tell something of this package only (upstream is not run).
-OURS_ONLY = {"web_metrics", *GENERATIVE}
+OURS_ONLY = {"web_metrics", *GENERATIVE, *BURSTY}
 
 #: Goals that are not ratios to upstream.
 BATCH_FILL_GOAL = 0.95
@@ -82,12 +85,16 @@ CONTINUOUS_GAIN_GOAL = 2.0
 #: Time to first token, beyond one decoding iteration of the full set.
 TTFT_SLACK_MS = 1.0
 STREAM_CALLER_GOAL_US = 5.0
+#: An elastic step's p99 during a burst, against the same step fixed at its max.
+BURST_P99_GOAL = 1.3
 
 
 def command(python: str, workload: str, scale: float) -> list[str]:
     """The command line of one run of ``workload``."""
     if workload.startswith("gen_"):
         return [python, str(HERE / "generative.py"), workload.removeprefix("gen_"), str(scale)]
+    if workload.startswith("burst_"):
+        return [python, str(HERE / "burst.py"), workload.removeprefix("burst_"), str(scale)]
     script = "web_workloads.py" if workload.startswith("web_") else "workloads.py"
     return [python, str(HERE / script), workload, str(scale)]
 
@@ -262,6 +269,37 @@ def generative(ours: dict[str, dict[str, float]], missed: list[str]) -> list[str
     return lines
 
 
+def bursty(ours: dict[str, dict[str, float]], missed: list[str]) -> list[str]:
+    """The elastic step against the same step fixed at its max (``burst.py``)."""
+    from burst import BURST_S, CALLERS, MAX, SHRINK_AFTER, WORK_S
+
+    fixed, elastic = ours.get("burst_fixed"), ours.get("burst_elastic")
+    if not (fixed and elastic) or "failed" in fixed or "failed" in elastic:
+        return []
+    lines = [
+        "",
+        f"bursty (idle, {CALLERS} callers for {BURST_S:.0f} s, idle;"
+        f" {WORK_S * 1e3:.0f} ms a task):",
+        f"{'step':<24} {'tasks/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'most workers':>13}",
+    ]
+    for name, r in ((f"fixed nprocs={MAX}", fixed), (f"elastic (1, {MAX})", elastic)):
+        lines.append(
+            f"{name:<24} {r['tasks_per_s']:>8,.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}"
+            f" {r['most_workers']:>13.0f}"
+        )
+    ratio = elastic["p99_ms"] / fixed["p99_ms"]
+    back = elastic["back_to_min_s"]
+    lines.append(
+        f"elastic p99 {ratio:.2f}x fixed (goal {BURST_P99_GOAL}x); back to 1 worker"
+        f" {back:.1f} s after the burst (idle period {SHRINK_AFTER:.0f} s)"
+    )
+    if ratio > BURST_P99_GOAL:
+        missed.append(f"burst p99 {ratio:.2f}x")
+    if not back <= SHRINK_AFTER + 1.0:
+        missed.append("burst back to min")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream", help="python with aqueduct==1.15.0 installed")
@@ -278,7 +316,7 @@ def main() -> None:
         return list(dict.fromkeys(w for w, *_ in metrics))
 
     workloads = names(HEADLINE) + names(SECONDARY) + ["concurrency_sweep", "batch_sweep"]
-    workloads += GENERATIVE
+    workloads += GENERATIVE + BURSTY
     if args.only:
         workloads = [w for w in workloads if any(w.startswith(p) for p in args.only.split(","))]
     pythons = {"aqueduct": sys.executable}
@@ -294,6 +332,7 @@ def main() -> None:
     lines += ["", "secondary (32 long-lived caller loops; big payloads):"]
     lines += table(SECONDARY, ours, theirs, missed)
     lines += generative(ours, missed)
+    lines += bursty(ours, missed)
     errors = {w: r.get("errors", 0) for w, r in ours.items() if r.get("errors")}
     if errors:
         lines.append(f"errors: {errors}")

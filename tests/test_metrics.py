@@ -109,4 +109,4 @@ def test_a_steps_metrics_are_the_fields_the_core_records():
     from aqueduct.metrics import StepMetrics
 
     recorded = [f.name for f in fields(StepMetrics) if f.name not in ("name", "queue_size")]
-    assert recorded == [*_core.STEP_HISTOGRAMS, *_core.STEP_COUNTERS]
+    assert recorded == [*_core.STEP_HISTOGRAMS, *_core.STEP_COUNTERS, *_core.STEP_GAUGES]

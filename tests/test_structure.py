@@ -29,7 +29,12 @@ LAYERS = [
     ],
     ["aqueduct._runtime*"],  # the parent's runtime
     ["aqueduct._worker*"],  # the worker's runtime
-    ["aqueduct.step", "aqueduct.handler", "aqueduct.task"],  # what users subclass
+    [
+        "aqueduct.step",
+        "aqueduct.handler",
+        "aqueduct.task",
+        "aqueduct.elastic",
+    ],  # what users build with
     ["aqueduct._ipc*"],  # what the processes of a flow share
     ["aqueduct.exceptions", "aqueduct.logger", "aqueduct.metrics*", "aqueduct._core"],
 ]

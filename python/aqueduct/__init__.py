@@ -1,6 +1,7 @@
 """aqueduct: serve CPU/ML-bound work from asyncio through worker processes,
 with dynamic batching, over a Rust shared-memory core."""
 
+from .elastic import Elastic
 from .exceptions import AqueductError, FlowError, NotRunningError
 from .flow import Flow, FlowState, FlowStep
 from .handler import BaseTaskHandler, WorkerInfo, current_worker
@@ -11,6 +12,7 @@ __all__ = [
     "AqueductError",
     "BaseTask",
     "BaseTaskHandler",
+    "Elastic",
     "Flow",
     "FlowError",
     "FlowState",

@@ -158,6 +158,34 @@ class Flow:
 
     # -- stop ----------------------------------------------------------------
 
+    async def replace_handler(
+        self,
+        step: FlowStep | str | int,
+        handler: BaseTaskHandler,
+        start_timeout: float | None = None,
+    ) -> None:
+        """Swaps a step's handler while the flow serves: new workers start
+        beside the old ones and run ``handler.on_start`` (within
+        ``start_timeout`` seconds, default 120) without taking tasks; then, at once, they take
+        the step's queue over and the old workers finish the tasks they hold
+        and exit. No task is lost or failed. If a new worker's ``on_start``
+        raises (``WorkerStartError``) or takes too long
+        (``FlowStartTimeoutError``), the new workers go and the old handler
+        serves on. ``step`` is one of the flow's ``FlowStep``s, its name, or
+        its index."""
+        config = self._runtime.config
+        if isinstance(step, FlowStep):
+            found = [i for i, s in enumerate(config.steps) if s is step]
+        elif isinstance(step, str):
+            found = [i for i, name in enumerate(config.step_names) if name == step]
+        else:
+            found = [int(step)] if 0 <= int(step) < len(config.steps) else []
+        if not found:
+            raise ValueError(f"the flow has no step {step!r} (steps: {list(config.step_names)})")
+        if not callable(getattr(handler, "handle", None)):
+            raise TypeError(f"handler must be a BaseTaskHandler, got {type(handler).__name__}")
+        await self._runtime.replace_handler(found[0], handler, start_timeout)
+
     async def stop(self, graceful: bool = True) -> None:
         """Stops the flow. ``graceful``: let queued tasks finish (each within
         its own timeout) first; otherwise fail them at once with ``FlowError``.

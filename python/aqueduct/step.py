@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping, Sequence
 
+from .elastic import Elastic
 from .handler import BaseTaskHandler, HandleConditionType
 
 #: Environment of a step's workers: the same for each, or a function of the
@@ -46,13 +47,19 @@ class FlowStep:
     module; a respawned worker gets its predecessor's. In the worker,
     ``aqueduct.current_worker()`` says its number and device (also in
     ``AQUEDUCT_WORKER_INDEX`` and ``AQUEDUCT_DEVICE``).
+
+    ``nprocs=(min, max)`` (or an :class:`~aqueduct.Elastic`) makes the step
+    elastic: it starts ``min`` workers and grows up to ``max`` while tasks
+    wait in its queue, then shrinks back when they are not needed (see
+    ``Elastic``). Workers are numbered from 0 up, the lowest free number
+    first, so ``devices`` place them the same way.
     """
 
     def __init__(
         self,
         handler: BaseTaskHandler,
         handle_condition: HandleConditionType = operator.truth,
-        nprocs: int = 1,
+        nprocs: int | tuple[int, int] | Elastic = 1,
         batch_size: int = 1,
         batch_timeout: float = 0,
         on_start_wait: float = 0,
@@ -68,7 +75,11 @@ class FlowStep:
             )
         if not callable(handle_condition):
             raise TypeError("handle_condition must be callable")
-        if int(nprocs) < 1:
+        if isinstance(nprocs, tuple):
+            nprocs = Elastic(*nprocs)
+        self.elastic = nprocs if isinstance(nprocs, Elastic) else None
+        first = nprocs.min if isinstance(nprocs, Elastic) else int(nprocs)
+        if first < 1:
             raise ValueError(f"nprocs must be >= 1, got {nprocs}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -78,7 +89,11 @@ class FlowStep:
             raise ValueError(f"on_start_wait must be >= 0, got {on_start_wait}")
         self.handler = handler
         self.handle_condition = handle_condition
-        self.nprocs = int(nprocs)
+        #: Workers at start (an elastic step's ``min``).
+        self.nprocs = first
+        #: The most workers the step runs at once (beside those a handler
+        #: replacement starts).
+        self.max_nprocs = self.elastic.max if self.elastic is not None else self.nprocs
         self.batch_size = int(batch_size)
         self.batch_timeout = float(batch_timeout)
         self.on_start_wait = float(on_start_wait)
@@ -104,8 +119,9 @@ class FlowStep:
         return device, env
 
     def __repr__(self) -> str:
+        nprocs = f"({self.nprocs}, {self.max_nprocs})" if self.elastic is not None else self.nprocs
         return (
-            f"FlowStep({type(self.handler).__name__}, nprocs={self.nprocs}, "
+            f"FlowStep({type(self.handler).__name__}, nprocs={nprocs}, "
             f"batch_size={self.batch_size}, batch_timeout={self.batch_timeout}"
             + (", continuous=True)" if self.continuous else ")")
         )

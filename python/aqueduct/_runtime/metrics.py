@@ -19,7 +19,7 @@ from ..metrics import (
     MetricsTypes,
     StepMetrics,
 )
-from .supervisor import WorkerProcess
+from .worker_process import WorkerProcess
 
 __all__ = ["export_periodically", "processes", "snapshot"]
 
@@ -68,6 +68,8 @@ def snapshot(
         # the fields are the core's (STEP_HISTOGRAMS, STEP_COUNTERS)
         recorded: dict[str, Any] = {n: Histogram.from_raw(raw[n]) for n in _core.STEP_HISTOGRAMS}
         recorded.update((n, raw[n]) for n in _core.STEP_COUNTERS)
+        if index < len(step_names):  # the result queue has no workers
+            recorded.update((n, raw[n]) for n in _core.STEP_GAUGES)
         steps.append(StepMetrics(name=name, queue_size=queue_size, **recorded))
     memory: dict[str, int] = {}
     if collector.is_collectible(MetricsTypes.MEMORY_USAGE):

@@ -13,7 +13,7 @@ from .._ipc.protocol import encode_error
 from .._ipc.topology import Topology
 from ..exceptions import FlowError, SharedMemoryCorruptError, WorkerDiedError
 from ..logger import log
-from .supervisor import WorkerProcess
+from .worker_process import WorkerProcess
 
 __all__ = ["Recovery"]
 

@@ -18,6 +18,7 @@ from typing import Any
 from .._ipc.shm import forget_arenas, set_parent_arena
 from .._ipc.topology import Topology
 from ..exceptions import FlowError, SharedMemoryCorruptError
+from ..handler import BaseTaskHandler
 from ..logger import log
 from ..metrics import FlowMetrics, MetricsTypes
 from .config import FlowConfig
@@ -25,8 +26,10 @@ from .healing import Healer
 from .metrics import snapshot
 from .recovery import Recovery
 from .rendezvous import Announcement, Rendezvous
+from .replacement import replace_workers
+from .scaling import Scaler
 from .seat import Seat
-from .specs import worker_specs
+from .specs import WorkerSpecs, pickled_handler, slot_ranges
 from .state import FlowState
 from .supervisor import Supervisor
 
@@ -38,6 +41,10 @@ WORKER_EXIT_TIMEOUT = 5.0
 OLD_WORKERS_GRACE = 1.0
 #: Bound on starting the fresh workers of a heal (their ``on_start`` runs again).
 RESTART_TIMEOUT = 120.0
+#: Bound on a handler replacement's new workers starting, by default.
+REPLACE_TIMEOUT = 120.0
+#: How long the old workers of a replacement get to finish their tasks.
+DRAIN_TIMEOUT = 60.0
 
 
 class FlowRuntime:
@@ -52,6 +59,10 @@ class FlowRuntime:
         #: Which set of segments: a heal moves to the next.
         self.generation = 0
         self.supervisor: Supervisor | None = None
+        #: Each step's handler now (``replace_handler`` changes it).
+        self.handlers = [step.handler for step in config.steps]
+        #: What workers on the current segments are started with.
+        self.specs: WorkerSpecs | None = None
         self.recovery: Recovery | None = None
         self.healer = Healer(self)
         #: With several clients: where processes forked from the owner
@@ -134,7 +145,7 @@ class FlowRuntime:
         topology = self.topology = Topology.create(
             steps=len(config.steps),
             clients=config.clients,
-            workers=sum(step.nprocs for step in config.steps),
+            workers=slot_ranges(config.steps)[-1].stop,
             priorities=config.priorities,
             queue_size=config.queue_size,
             shm_size=config.shm_size,
@@ -148,12 +159,46 @@ class FlowRuntime:
         supervisor = self.supervisor = Supervisor(
             config.start_method, topology.control, self.recovery
         )
+        supervisor.steps = len(config.steps)
         deadline = None if timeout is None else time.monotonic() + timeout
-        specs = worker_specs(
-            topology, config.steps, config.step_names, config.spin_us, self.http_routes
+        specs = self.specs = WorkerSpecs(
+            topology,
+            config.steps,
+            config.step_names,
+            self.handlers,
+            config.spin_us,
+            self.http_routes,
         )
-        supervisor.start_all(specs, [step.on_start_wait for step in config.steps], deadline)
+        supervisor.start_all(
+            specs.initial(), [step.on_start_wait for step in config.steps], deadline
+        )
+        if any(step.elastic is not None for step in config.steps):
+            supervisor.on_scale = Scaler(
+                supervisor, specs, topology.queues, topology.control, config.steps
+            )
         return supervisor
+
+    # -- changing a step while it serves ----------------------------------------------
+
+    async def replace_handler(
+        self, index: int, handler: BaseTaskHandler, start_timeout: float | None
+    ) -> None:
+        """Step ``index`` runs ``handler`` from now on (see ``replacement``)."""
+        if self.state != FlowState.RUNNING:
+            raise FlowError(f"cannot replace a handler of a flow in state {self.state.value}")
+        if os.getpid() != self.owner_pid:
+            raise FlowError("only the process that started the flow can replace its handlers")
+        await self.healer.wait()
+        supervisor, specs = self.supervisor, self.specs
+        if supervisor is None or specs is None:
+            raise FlowError("the flow has no workers: it is not running")
+        blob = pickled_handler(handler, self.config.step_names[index])
+        now = time.monotonic()
+        start_by = now + (REPLACE_TIMEOUT if start_timeout is None else start_timeout)
+        await asyncio.to_thread(
+            replace_workers, supervisor, specs, index, blob, start_by, start_by + DRAIN_TIMEOUT
+        )
+        self.handlers[index] = handler
 
     # -- when things go wrong ---------------------------------------------------------
 

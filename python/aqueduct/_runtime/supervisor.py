@@ -1,107 +1,38 @@
 """Worker processes as the parent sees them: starting them, waiting for their
 ``on_start``, forwarding their log records, noticing when one dies, and
-respawning it — with a backoff, and giving up on a worker that keeps dying."""
+respawning it — with a backoff, and giving up on a worker that keeps dying.
+While the flow serves, workers also come (``add``: a handler replacement, an
+elastic step growing) and go (``retire``): every change of ``workers`` is
+made under ``lock``, and ``changed`` tells whoever waits for one."""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import collections
-import logging
 import os
-import signal
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Protocol
 
 from .. import _core
 from .._ipc.protocol import EXIT_CORRUPT_SEGMENT, WorkerSpec
-from ..exceptions import FlowStartTimeoutError, WorkerStartError
 from ..logger import log
-from .launch import WorkerHandle, definition, launch
+from .launch import WorkerHandle, launch
+from .worker_process import (
+    RESPAWN_BACKOFF_MAX,
+    RESPAWN_WINDOW,
+    WorkerProcess,
+    states,
+    wait_ready,
+)
 
-#: A worker that dies this many times within RESPAWN_WINDOW seconds is not
-#: respawned again.
-RESPAWN_LIMIT = 5
-RESPAWN_WINDOW = 30.0
-#: Delay before the n-th respawn within the window: BASE * 2**(n-1), capped.
-RESPAWN_BACKOFF_BASE = 0.1
-RESPAWN_BACKOFF_MAX = 5.0
 #: How often the monitor looks around when nothing happens.
 MONITOR_TICK = 0.5
-
-
-class WorkerProcess:
-    """One worker slot: its current process, control pipe and history."""
-
-    def __init__(
-        self, spec: WorkerSpec, number: int, process: WorkerHandle, conn: Connection
-    ) -> None:
-        self.spec = spec
-        self.number = number
-        self.process = process
-        self.conn: Connection | None = conn
-        self.ready = False
-        self.failure: str | None = None
-        self.dead = False
-        self.given_up = False
-        self.respawn_at: float | None = None
-        self.deaths: collections.deque[float] = collections.deque()
-
-    @property
-    def step_name(self) -> str:
-        return self.spec.step_name
-
-    @property
-    def step_index(self) -> int:
-        return self.spec.step_index
-
-    def handle_control(self) -> None:
-        """Reads one control message: a log record, readiness, a start
-        failure, or a request for a definition of ``__main__``."""
-        assert self.conn is not None
-        try:
-            message = self.conn.recv()
-        except (EOFError, OSError):
-            self.conn.close()
-            self.conn = None
-            return
-        match message:
-            case ("log", fields):
-                record = logging.makeLogRecord(fields)
-                if log.isEnabledFor(record.levelno):
-                    log.handle(record)
-            case ("ready", _pid):
-                self.ready = True
-            case ("failed", text):
-                self.failure = text
-            case ("need", name):
-                answer = definition(name)
-                if isinstance(answer, bytes):
-                    log.debug("Sent __main__.%s to a worker of %s", name, self.step_name)
-                try:
-                    self.conn.send(("definition", name, answer))
-                except OSError:
-                    pass  # the worker died meanwhile; its sentinel tells
-
-    def drain_control(self) -> None:
-        """Handles whatever the process sent before it died."""
-        while self.conn is not None and self.conn.poll():
-            self.handle_control()
-
-    def exit_description(self) -> str:
-        code = self.process.exitcode
-        if code is None:
-            return "unknown exit"
-        if code < 0:
-            try:
-                return f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit code {code}"
+#: How often it does with an elastic step to size.
+SCALE_TICK = 0.02
 
 
 class Answers(Protocol):
@@ -139,10 +70,21 @@ class Supervisor:
         self._on_step_down: Callable[..., None] = answers.step_down
         self._on_corrupt: Callable[..., None] = answers.segments_corrupt
         self._on_tick: Callable[[], None] = answers.unwedge_queues
+        #: Sizes elastic steps, on every look around (see ``elastic``).
+        self.on_scale: Callable[[], None] | None = None
         self.workers: list[WorkerProcess] = []
+        self.lock = threading.RLock()
+        #: Notified when a worker became ready, failed to start or exited.
+        self.changed = threading.Condition(self.lock)
+        #: One change of a step's workers at a time (replacing, resizing).
+        self.step_locks: dict[int, threading.Lock] = {}
+        #: Steps whose workers' states the metrics show.
+        self.steps = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()  # ends the monitor's wait at once
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._respawning = True
         _LIVE.add(self)
 
@@ -153,51 +95,89 @@ class Supervisor:
     ) -> None:
         """Starts a worker per spec (``on_start_waits[i]`` seconds pass after
         the last one of step ``i``) and waits until all are ready."""
-        numbers: dict[int, int] = {}  # workers of each step so far
-        for spec in specs:
-            number = numbers[spec.step_index] = numbers.get(spec.step_index, -1) + 1
-            self.spawn(spec, number)
-            if on_start_waits[spec.step_index] and number == spec.nprocs - 1:
+        for at, spec in enumerate(specs):
+            self.spawn(spec, spec.worker_index)
+            last_of_step = at + 1 == len(specs) or specs[at + 1].step_index != spec.step_index
+            if on_start_waits[spec.step_index] and last_of_step:
                 time.sleep(on_start_waits[spec.step_index])
         timeout = None if deadline is None else round(deadline - time.monotonic(), 3)
         log.info("Waiting for all workers to start up (timeout: %s s)", timeout)
-        self.wait_ready(deadline)
+        wait_ready(self.workers, deadline)
+        self.publish()
 
     def spawn(self, spec: WorkerSpec, number: int) -> WorkerProcess:
         process, conn = launch(self._start_method, spec, _process_name(spec, number))
         worker = WorkerProcess(spec, number, process, conn)
-        self.workers.append(worker)
+        with self.lock:
+            self.workers.append(worker)
         return worker
 
-    def _launch(self, worker: WorkerProcess) -> None:
-        worker.process, worker.conn = launch(
-            self._start_method, worker.spec, _process_name(worker.spec, worker.number)
-        )
-        worker.ready, worker.failure, worker.dead = False, None, False
+    # -- changing the workers while the flow serves ---------------------------------
 
-    def wait_ready(self, deadline: float | None) -> None:
-        """Until every worker finished ``on_start``; raises if one failed,
-        died, or ``deadline`` passed."""
-        while not all(w.ready for w in self.workers):
-            for w in self.workers:
-                if w.failure is not None:
-                    raise WorkerStartError(
-                        f"a worker of {w.step_name} failed to start:\n{w.failure}"
-                    )
-                if not w.ready and w.conn is None:
-                    w.process.join(1.0)
-                    raise WorkerStartError(
-                        f"a worker of {w.step_name} exited while starting ({w.exit_description()})"
-                    )
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                waiting = sorted({w.step_name for w in self.workers if not w.ready})
-                raise FlowStartTimeoutError(
-                    f"start timeout expired before on_start finished in {', '.join(waiting)}"
-                )
-            conns = {w.conn: w for w in self.workers if w.conn is not None}
-            for conn in wait(list(conns), timeout=remaining):
-                conns[conn].handle_control()  # type: ignore[index]
+    def add(self, spec: WorkerSpec, number: int, *, hold: bool) -> WorkerProcess:
+        """Any thread: starts a worker in ``spec.slot`` (free) beside the
+        others; with ``hold`` it takes no task until ``release``. The
+        monitor sees it become ready (``changed``), or fail to."""
+        if hold:
+            self._control.hold(spec.slot)
+        else:
+            self._control.release(spec.slot)
+        worker = self.spawn(spec, number)
+        worker.trial = True
+        self._wake()
+        return worker
+
+    def release(self, worker: WorkerProcess) -> None:
+        """A worker ``add``ed with ``hold`` takes tasks from now on."""
+        self._control.release(worker.spec.slot)
+
+    def retire(self, worker: WorkerProcess) -> None:
+        """Any thread: the worker takes no more tasks, finishes those it
+        holds and exits; its slot is free once it did."""
+        with self.lock:
+            worker.retiring = True
+            worker.respawn_at = None
+            self._control.retire(worker.spec.slot)
+            if worker.dead:  # waiting for a respawn: nothing to wait for
+                self._forget(worker)
+        self._wake()
+
+    def of_step(self, step_index: int) -> list[WorkerProcess]:
+        """The step's workers now (any state)."""
+        with self.lock:
+            return [w for w in self.workers if w.step_index == step_index]
+
+    def free_slot(self, slots: range) -> int | None:
+        """A slot of ``slots`` no worker holds."""
+        with self.lock:
+            taken = {w.spec.slot for w in self.workers}
+        return next((slot for slot in slots if slot not in taken), None)
+
+    def publish(self) -> None:
+        """Puts each step's worker counts where the metrics read them."""
+        for step in range(self.steps):
+            self._control.set_workers(step, *states(self.of_step(step)))
+
+    def step_lock(self, step_index: int) -> threading.Lock:
+        with self.lock:
+            return self.step_locks.setdefault(step_index, threading.Lock())
+
+    def _forget(self, worker: WorkerProcess) -> None:
+        with self.lock:
+            if worker in self.workers:
+                self.workers.remove(worker)
+            self.changed.notify_all()
+        if worker.conn is not None:
+            worker.conn.close()
+            worker.conn = None
+        _close(worker.process)
+
+    def _wake(self) -> None:
+        """Ends the monitor's wait, so it watches the workers as they are."""
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # stopped
 
     # -- watching ----------------------------------------------------------------
 
@@ -213,20 +193,37 @@ class Supervisor:
             if now - last_tick >= MONITOR_TICK:
                 last_tick = now
                 self._on_tick()
-            for w in self.workers:
+            if self.on_scale is not None:
+                self.on_scale()
+            self.publish()
+            with self.lock:
+                workers = list(self.workers)
+            for w in workers:
                 if w.respawn_at is not None and now >= w.respawn_at:
                     self._respawn(w)
-            by_conn = {w.conn: w for w in self.workers if w.conn is not None}
-            by_sentinel = {w.process.sentinel: w for w in self.workers if not w.dead}
-            pending = [w.respawn_at for w in self.workers if w.respawn_at is not None]
-            tick = min([MONITOR_TICK, *(max(0.0, t - now) for t in pending)])
-            if not by_conn and not by_sentinel and not pending:
+            by_conn = {w.conn: w for w in workers if w.conn is not None}
+            by_sentinel = {w.process.sentinel: w for w in workers if not w.dead}
+            pending = [w.respawn_at for w in workers if w.respawn_at is not None]
+            period = MONITOR_TICK if self.on_scale is None else SCALE_TICK
+            tick = min([period, *(max(0.0, t - now) for t in pending)])
+            if not by_conn and not by_sentinel and not pending and self.on_scale is None:
                 return
             for ready in wait([*by_conn, *by_sentinel, self._wake_r], timeout=tick):
                 if self._stop.is_set():
                     return
-                if ready in by_conn:
-                    by_conn[ready].handle_control()
+                if ready == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 512)
+                    except OSError:
+                        pass
+                elif ready in by_conn:
+                    w = by_conn[ready]
+                    was_ready = w.ready
+                    w.handle_control()
+                    if (w.ready and not was_ready) or w.failure is not None:
+                        w.trial = w.trial and not w.ready  # from now on, respawned if it dies
+                        with self.changed:
+                            self.changed.notify_all()
                 elif ready in by_sentinel:
                     self._died(by_sentinel[ready])
 
@@ -236,6 +233,15 @@ class Supervisor:
         w.drain_control()
         if not self._respawning:
             return  # the flow is stopping: workers exit on purpose
+        if w.retiring or (w.trial and not w.ready):
+            # it was told to go, or it failed to start: its slot is free
+            # again; a task it still held (it was killed) fails
+            keys = self._control.claims(w.spec.slot)
+            self._control.clear_claims(w.spec.slot)
+            if keys:
+                self._on_death(w, w.exit_description(), keys)
+            self._forget(w)
+            return
         if w.process.exitcode == EXIT_CORRUPT_SEGMENT:
             # it found the segments corrupt: so would every respawn, and the
             # queues its tasks' errors would go through cannot be trusted —
@@ -247,11 +253,8 @@ class Supervisor:
         self._control.clear_claims(w.spec.slot)
         self._on_death(w, w.exit_description(), keys)
         now = time.monotonic()
-        w.deaths.append(now)
-        while w.deaths and now - w.deaths[0] > RESPAWN_WINDOW:
-            w.deaths.popleft()
-        if len(w.deaths) >= RESPAWN_LIMIT:
-            w.given_up = True
+        delay = w.note_death(now)
+        if delay is None:
             log.error(
                 "A worker of %s died %d times in %.0f s; not respawning it again",
                 w.step_name,
@@ -261,7 +264,6 @@ class Supervisor:
             if all(x.given_up for x in self.workers if x.step_index == w.step_index):
                 self._on_step_down(w.step_name, "its workers keep dying")
             return
-        delay = min(RESPAWN_BACKOFF_BASE * 2 ** (len(w.deaths) - 1), RESPAWN_BACKOFF_MAX)
         w.respawn_at = now + delay
 
     def _respawn(self, w: WorkerProcess) -> None:
@@ -270,7 +272,8 @@ class Supervisor:
             w.conn.close()
         _close(w.process)
         try:
-            self._launch(w)
+            w.process, w.conn = launch(self._start_method, w.spec, _process_name(w.spec, w.number))
+            w.ready, w.failure, w.dead = False, None, False
         except Exception:
             log.exception("Could not respawn a worker of %s", w.step_name)
             w.dead, w.respawn_at = True, time.monotonic() + RESPAWN_BACKOFF_MAX
@@ -307,7 +310,7 @@ class Supervisor:
     def stop_monitor(self) -> None:
         self._respawning = False
         self._stop.set()
-        os.write(self._wake_w, b"x")
+        self._wake()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5.0)
         self._thread = None
@@ -315,10 +318,12 @@ class Supervisor:
     def kill_all(self) -> None:
         """Stops the monitor, terminates what is left and reaps it (bounded)."""
         self.stop_monitor()
-        for w in self.workers:
+        with self.lock:
+            workers, self.workers = self.workers, []
+        for w in workers:
             if w.process is not None and w.process.is_alive():
                 w.process.terminate()
-        for w in self.workers:
+        for w in workers:
             if w.process is None:
                 continue
             w.process.join(2.0)
@@ -326,11 +331,10 @@ class Supervisor:
                 w.process.kill()
                 w.process.join(2.0)
             _close(w.process)
-        for w in self.workers:
+        for w in workers:
             if w.conn is not None:
                 w.conn.close()
                 w.conn = None
-        self.workers = []
         # done: it lets go of the flow's recovery (and through it of the
         # flow's segments) now, not when the thread that ran this drops it
         self._on_death = self._on_step_down = self._on_corrupt = _ignore

@@ -52,6 +52,9 @@ class Histogram:
         return float(2 ** (len(self.buckets) - 1))
 
 
+_GAUGES = ("name", "queue_size", "workers_running", "workers_starting", "workers_retiring")
+
+
 @dataclass
 class StepMetrics:
     """What one step recorded (cumulative since the flow started)."""
@@ -65,15 +68,22 @@ class StepMetrics:
     expired: int
     cancelled: int
     queue_size: int
+    #: Its worker processes now: serving, starting, and finishing their
+    #: tasks before they exit (replaced, or an elastic step shrinking).
+    workers_running: int = 0
+    workers_starting: int = 0
+    workers_retiring: int = 0
 
     def __sub__(self, other: StepMetrics) -> StepMetrics:
-        """What was recorded since ``other``; the queue size is this one's."""
+        """What was recorded since ``other``; sizes and worker counts are
+        this one's."""
         recorded = {
             f.name: getattr(self, f.name) - getattr(other, f.name)
             for f in fields(self)
-            if f.name not in ("name", "queue_size")
+            if f.name not in _GAUGES
         }
-        return StepMetrics(name=self.name, queue_size=self.queue_size, **recorded)
+        gauges = {name: getattr(self, name) for name in _GAUGES}
+        return StepMetrics(**gauges, **recorded)
 
     def zero(self) -> StepMetrics:
         """The same step with nothing recorded."""

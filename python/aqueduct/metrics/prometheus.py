@@ -79,6 +79,14 @@ class FlowCollector(Collector):
         yield dropped
         yield handled
         yield qsize
+        workers = GaugeMetricFamily(
+            f"{ns}_workers", "worker processes of a step", labels=[*labels, "state"]
+        )
+        for step in snapshot.steps[:-1]:  # the last is the result queue
+            for state in ("running", "starting", "retiring"):
+                count = getattr(step, f"workers_{state}")
+                workers.add_metric([self.flow_name, step.name, state], count)
+        yield workers
         tasks = CounterMetricFamily(
             f"{ns}_tasks", "how tasks given to process() ended", labels=["flow", "outcome"]
         )
