@@ -294,6 +294,7 @@ async def test_metrics_are_the_python_exporters_served_by_rust():
     assert 'aqueduct_tasks_total{flow="flow",outcome="done"} 5.0' in text
     assert 'aqueduct_tasks_handled_total{flow="flow",step="step1_Double"} 5.0' in text
     assert 'aqueduct_memory_bytes{flow="flow",process="step2_Double"}' in text
+    assert 'aqueduct_workers{flow="flow",step="step1_Double",state="running"} ' in text
     # the same series as the Python exporter of the same flow
     flow = Flow(FlowStep(Double("a")), FlowStep(Double("b")))
     flow.start(timeout=WAIT)

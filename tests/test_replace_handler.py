@@ -11,7 +11,7 @@ import time
 
 import pytest
 from aqueduct import FlowStep
-from aqueduct.exceptions import FlowStartTimeoutError, WorkerStartError
+from aqueduct.exceptions import FlowError, FlowStartTimeoutError, WorkerStartError
 from generators import Counter, Prompt
 from support import eventually_async
 from versioned import Asked, Versioned
@@ -86,6 +86,16 @@ async def test_a_new_handler_too_slow_to_start_times_out_and_the_old_one_serves(
         await flow.replace_handler(step.handler.get_step_name(1), slow, start_timeout=1.0)
     assert time.monotonic() - started < 10, "the slow workers are not waited for"
     assert await _versions(flow) == {"old"}
+
+
+async def test_stopping_the_flow_ends_a_replacement_under_way(make_flow):
+    step = FlowStep(Versioned("old"))
+    flow = make_flow(step)
+    swap = asyncio.create_task(flow.replace_handler(step, Versioned("new", start_delay=20)))
+    await asyncio.sleep(0.5)  # its workers are starting
+    await asyncio.wait_for(flow.stop(), timeout=15)
+    with pytest.raises(FlowError, match="stopped"):
+        await asyncio.wait_for(swap, timeout=5)
 
 
 async def test_a_respawned_worker_runs_the_handler_it_was_replaced_with(make_flow):

@@ -116,7 +116,9 @@ impl StepConsumer {
         // the batch before is done: a worker that exits now holds nothing
         self.control.clear_claims(self.config.slot);
         if !self.released_from_hold(idle_deadline_ns, interrupt) {
-            return Ok(self.closed_if_retired(Batch::default()));
+            let mut batch = self.closed_if_retired(Batch::default());
+            batch.closed |= self.input().is_closed(); // the flow stops before its release
+            return Ok(batch);
         }
         let (control, slot) = (&self.control, self.config.slot);
         let mut stop = || interrupt() || control.orders(slot) & RETIRE != 0;
@@ -143,8 +145,8 @@ impl StepConsumer {
         batch
     }
 
-    /// Waits while the worker is held; false when it was retired, the idle
-    /// deadline passed or `interrupt` asked to stop first.
+    /// Waits while the worker is held; false when it was retired, its queue
+    /// closed, the idle deadline passed or `interrupt` asked to stop first.
     fn released_from_hold(
         &self,
         idle_deadline_ns: Option<u64>,
@@ -158,6 +160,9 @@ impl StepConsumer {
             }
             if orders & HOLD == 0 {
                 return true;
+            }
+            if self.input().is_closed() {
+                return false;
             }
             let now = monotonic_ns();
             let slice = match idle_deadline_ns {
@@ -519,6 +524,19 @@ mod tests {
         assert!(
             started.elapsed() < WAIT_SLICE,
             "woken by the release, not by the next look around"
+        );
+    }
+
+    #[test]
+    fn a_held_worker_exits_when_its_queue_closes() {
+        let mut c = consumer(1);
+        c.queues[0].push(&task(1), b"t").expect("room");
+        c.control.set_orders(0, HOLD);
+        c.queues[0].close();
+        let exit = c.wait(None, &mut || false).expect("intact");
+        assert!(
+            exit.closed && exit.messages.is_empty(),
+            "a held worker takes nothing"
         );
     }
 

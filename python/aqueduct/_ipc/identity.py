@@ -16,9 +16,10 @@ class WorkerInfo:
     step_name: str
     #: This worker's number among its step's, ``0 .. nprocs - 1``; a
     #: respawned worker keeps the number (and the device) of the one it
-    #: replaces.
+    #: replaces, and so does a worker of a new handler
+    #: (``Flow.replace_handler``).
     index: int
-    #: How many workers the step has.
+    #: How many workers the step runs at most (an elastic step's ``max``).
     nprocs: int
     #: The device of ``FlowStep(devices=...)`` this worker got (what its
     #: ``CUDA_VISIBLE_DEVICES`` says), or None.

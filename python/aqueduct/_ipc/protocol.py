@@ -95,7 +95,7 @@ class WorkerSpec:
     conditions_blob: bytes  # cloudpickle of every step's handle_condition
     batch_size: int
     batch_timeout: float
-    nprocs: int  # processes of this step
+    nprocs: int  # the most processes this step runs (an elastic step's max)
     queue_fds: list[int]  # input queue of every step, then a result queue per client
     doorbell_fds: list[int]  # one per client
     clients: int  # processes submitting tasks; arenas 0..clients-1 are theirs

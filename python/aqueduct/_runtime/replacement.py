@@ -71,6 +71,8 @@ def _wait_ready(
 ) -> None:
     with supervisor.changed:
         while not all(w.ready for w in new):
+            if supervisor.stopping:
+                raise FlowError(f"the flow stopped while the new handler of {name} started")
             for w in new:
                 if w.failure is not None:
                     raise WorkerStartError(
@@ -98,7 +100,11 @@ def _discard(supervisor: Supervisor, new: list[WorkerProcess]) -> None:
         w.process.terminate()
     deadline = time.monotonic() + DISCARD_GRACE
     with supervisor.changed:
-        while any(w in supervisor.workers for w in new) and time.monotonic() < deadline:
+        while (
+            any(w in supervisor.workers for w in new)
+            and time.monotonic() < deadline
+            and not supervisor.stopping
+        ):
             supervisor.changed.wait(deadline - time.monotonic())
     for w in new:
         if w.process.is_alive():
@@ -111,7 +117,7 @@ def _wait_gone(
     """Until the retired workers exited; past ``deadline`` they are
     terminated (the tasks they still hold fail)."""
     with supervisor.changed:
-        while any(w in supervisor.workers for w in old):
+        while any(w in supervisor.workers for w in old) and not supervisor.stopping:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

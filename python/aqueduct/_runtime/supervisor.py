@@ -301,11 +301,18 @@ class Supervisor:
             wait(alive, deadline - time.monotonic())
         self.kill_all()
 
+    @property
+    def stopping(self) -> bool:
+        """The flow is stopping or healing: these workers are going."""
+        return not self._respawning
+
     def stop_respawning(self) -> None:
         """From now on exits are expected: no failing of tasks, no respawn."""
         self._respawning = False
-        for w in self.workers:
-            w.respawn_at = None
+        with self.changed:
+            for w in self.workers:
+                w.respawn_at = None
+            self.changed.notify_all()  # nobody waits for a worker of these any more
 
     def stop_monitor(self) -> None:
         self._respawning = False
