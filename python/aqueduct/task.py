@@ -76,19 +76,25 @@ class BaseTask:
         return handling.engine().is_cancelled(self)
 
     def share_value(self, field_name: str) -> None:
-        """Moves a numpy array field into shared memory now.
+        """Moves a numpy array (or torch CPU tensor) field into shared memory now.
 
-        The field becomes an array of the same shape and dtype backed by the
-        flow's shared-memory arena, so ``Flow.process`` passes it to workers
-        without copying it again; a handler that changes it in place changes
-        the caller's array too (as upstream). ``bytes``/``bytearray`` fields
-        are accepted and left as they are: every big buffer goes through
-        shared memory on its own. Other types raise ``ValueError``.
+        The field becomes an array (a tensor) of the same shape and dtype
+        backed by the flow's shared-memory arena, so ``Flow.process`` passes
+        it to workers without copying it again; a handler that changes it in
+        place changes the caller's array too (as upstream). ``bytes``/
+        ``bytearray`` fields are accepted and left as they are: every big
+        buffer goes through shared memory on its own. Other types raise
+        ``ValueError``.
         """
         if field_name not in self.__dict__:
             raise ValueError("Unknown field name")
         value = self.__dict__[field_name]
         if isinstance(value, bytes | bytearray):
+            return
+        from ._ipc import tensors as _tensors
+
+        if _tensors.is_tensor(value):
+            self.__dict__[field_name] = _shared_tensor(value)
             return
         if type(value).__module__ != "numpy" or type(value).__name__ != "ndarray":
             raise ValueError(f"Type {type(value)} cannot be shared")
@@ -152,3 +158,20 @@ class BaseTask:
 #: What ``update`` never copies: the flow's bookkeeping (defined once, in
 #: the core, for this and the Rust path that settles results).
 _BOOKKEEPING_FIELDS = frozenset(_core.BOOKKEEPING_FIELDS)
+
+
+def _shared_tensor(tensor: Any) -> Any:
+    """``tensor``'s values in a block of the flow's arena, as a tensor."""
+    from ._ipc import shm as _shm
+    from ._ipc import tensors as _tensors
+
+    if not tensor.is_cpu:
+        raise ValueError(f"only CPU tensors can be shared, not one on {tensor.device}")
+    arena = _shm.parent_arena()
+    raw = _tensors.raw_bytes(tensor)
+    if arena.locate(raw) is not None:
+        return tensor  # already in shared memory
+    block = arena.place(raw, 0)
+    view = arena.view(block, block, raw.nbytes)
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    return _tensors.over_buffer(memoryview(view), dtype, tuple(tensor.shape))

@@ -88,8 +88,11 @@ pub(crate) fn loads<'py>(
 }
 
 /// True when one of `fields` (a task's `__dict__`) is a bytes-like object
-/// big enough to go through shared memory.
+/// or a torch CPU tensor big enough to go through shared memory (the
+/// Python path places those; see `_ipc/tensors.py`).
 pub(crate) fn has_big_bytes(fields: &Bound<'_, PyDict>) -> bool {
+    let py = fields.py();
+    let mut tensor = None;
     fields.iter().any(|(_, value)| {
         let len = if let Ok(b) = value.cast_exact::<PyBytes>() {
             b.as_bytes().len()
@@ -98,8 +101,38 @@ pub(crate) fn has_big_bytes(fields: &Bound<'_, PyDict>) -> bool {
         } else if value.is_exact_instance_of::<PyMemoryView>() {
             PyUntypedBuffer::get(&value).map_or(0, |b| b.len_bytes())
         } else {
-            return false;
+            let tensor = tensor.get_or_insert_with(|| tensor_type(py));
+            return tensor
+                .as_ref()
+                .is_some_and(|t| is_big_cpu_tensor(&value, t));
         };
         len >= BUFFER_THRESHOLD
     })
+}
+
+/// `torch.Tensor`, once something in this process imported torch.
+fn tensor_type(py: Python<'_>) -> Option<Bound<'_, PyAny>> {
+    static TENSOR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static MODULES: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+    if let Some(t) = TENSOR.get(py) {
+        return Some(t.bind(py).clone());
+    }
+    let modules = MODULES
+        .get_or_try_init(py, || {
+            let modules = py.import("sys")?.getattr("modules")?;
+            PyResult::Ok(modules.cast_into::<PyDict>()?.unbind())
+        })
+        .ok()?;
+    let torch = modules.bind(py).get_item("torch").ok()??;
+    let tensor = torch.getattr("Tensor").ok()?;
+    Some(TENSOR.get_or_init(py, || tensor.unbind()).bind(py).clone())
+}
+
+fn is_big_cpu_tensor(value: &Bound<'_, PyAny>, tensor: &Bound<'_, PyAny>) -> bool {
+    let attr = |name: &str| value.getattr(name).ok();
+    value.is_instance(tensor).unwrap_or(false)
+        && attr("is_cpu").is_some_and(|cpu| cpu.is_truthy().unwrap_or(false))
+        && attr("nbytes")
+            .and_then(|n| n.extract::<usize>().ok())
+            .is_some_and(|n| n >= BUFFER_THRESHOLD)
 }

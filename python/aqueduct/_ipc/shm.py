@@ -2,7 +2,8 @@
 
 Tasks are pickled with protocol 5. Every out-of-band buffer of at least
 ``THRESHOLD`` bytes — numpy arrays (C- or F-contiguous, not object dtype), and
-``bytes``/``bytearray``/``memoryview`` fields of the task — goes into a memfd
+``bytes``/``bytearray``/``memoryview`` fields of the task, and its torch CPU
+tensor fields (see ``tensors``) — goes into a memfd
 arena instead of the message; the message carries ``(arena, block, offset,
 length)`` references and the receiver rebuilds the objects over views of the
 arena, without copying. A buffer that already lives in an arena (an array a
@@ -22,6 +23,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import sys
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -40,6 +42,7 @@ from .protocol import (
     PICKLE_PROTOCOL,
     decode_state,
 )
+from .tensors import TensorOutOfBand, is_big_tensor, is_tensor
 
 #: Buffers at least this large travel through shared memory.
 THRESHOLD = BUFFER_THRESHOLD
@@ -118,21 +121,22 @@ def _with_big_fields_out_of_band(task: Any) -> Any:
     fields = getattr(task, "__dict__", None)
     if not fields:
         return task
+    tensors = "torch" in sys.modules
     for value in fields.values():
-        if type(value) in _BYTES_EXACT:
+        if type(value) in _BYTES_EXACT or (tensors and is_tensor(value)):
             break
     else:
-        return task  # the common case: no bytes-like field at all
-    big = [
-        name
-        for name, value in fields.items()
-        if isinstance(value, _BYTES_TYPES) and _nbytes(value) >= THRESHOLD
-    ]
+        return task  # the common case: no bytes-like or tensor field at all
+    big: dict[str, Any] = {}
+    for name, value in fields.items():
+        if isinstance(value, _BYTES_TYPES) and _nbytes(value) >= THRESHOLD:
+            big[name] = _OutOfBand(value)
+        elif tensors and is_big_tensor(value):
+            big[name] = TensorOutOfBand(value)
     if not big:
         return task
     clone = copy.copy(task)
-    for name in big:
-        clone.__dict__[name] = _OutOfBand(fields[name])
+    clone.__dict__.update(big)
     return clone
 
 
