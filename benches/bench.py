@@ -69,8 +69,9 @@ SECONDARY: list[Metric] = [
 #: The generative workload (``generative.py``): upstream cannot stream.
 GENERATIVE = ["gen_static32", "gen_continuous32", "gen_continuous64"]
 
-#: The bursty workload (``burst.py``): upstream has no elastic steps.
-BURSTY = ["burst_fixed", "burst_elastic"]
+#: The bursty workload (``burst.py``): upstream has no elastic steps; and a
+#: handler replaced under load (``swap.py``), which upstream cannot do.
+BURSTY = ["burst_fixed", "burst_elastic", "swap"]
 
 #: Workloads that tell something of this package only (upstream is not run).
 OURS_ONLY = {"web_metrics", *GENERATIVE, *BURSTY}
@@ -95,6 +96,8 @@ def command(python: str, workload: str, scale: float) -> list[str]:
         return [python, str(HERE / "generative.py"), workload.removeprefix("gen_"), str(scale)]
     if workload.startswith("burst_"):
         return [python, str(HERE / "burst.py"), workload.removeprefix("burst_"), str(scale)]
+    if workload == "swap":
+        return [python, str(HERE / "swap.py"), str(scale)]
     script = "web_workloads.py" if workload.startswith("web_") else "workloads.py"
     return [python, str(HERE / script), workload, str(scale)]
 
@@ -125,7 +128,11 @@ def run(python: str, workload: str, scale: float, timeout: float) -> dict[str, f
 def medians(runs: list[dict[str, float]]) -> dict[str, float]:
     if any("failed" in r for r in runs):
         return {"failed": 1.0}  # a collapse does not get better by repeating it
-    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    # counts of what must never happen: the worst run counts, not the median
+    worst = ("failed_calls", "old_after_swap")
+    return {
+        key: (max if key in worst else statistics.median)(r[key] for r in runs) for key in runs[0]
+    }
 
 
 def measure(
@@ -300,6 +307,25 @@ def bursty(ours: dict[str, dict[str, float]], missed: list[str]) -> list[str]:
     return lines
 
 
+def swapped(ours: dict[str, dict[str, float]], missed: list[str]) -> list[str]:
+    """A handler replaced under load (``swap.py``)."""
+    from swap import CALLERS, LOAD_S
+
+    r = ours.get("swap")
+    if not r or "failed" in r:
+        return []
+    if r["failed_calls"] or r["old_after_swap"]:
+        missed.append(f"swap: {r['failed_calls']:.0f} failed, {r['old_after_swap']:.0f} old after")
+    return [
+        "",
+        f"handler replaced under {CALLERS} callers (new on_start {LOAD_S} s):"
+        f" swap {r['swap_s']:.2f} s, {r['failed_calls']:.0f} calls failed (goal 0),"
+        f" {r['during']:.0f} answered during it, {r['old_after_swap']:.0f} old answers after;"
+        f" longest time without an answer {r['longest_gap_ms']:.1f} ms;"
+        f" p99 {r['p99_before_ms']:.1f} ms before, {r['p99_during_ms']:.1f} ms during",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream", help="python with aqueduct==1.15.0 installed")
@@ -333,6 +359,7 @@ def main() -> None:
     lines += table(SECONDARY, ours, theirs, missed)
     lines += generative(ours, missed)
     lines += bursty(ours, missed)
+    lines += swapped(ours, missed)
     errors = {w: r.get("errors", 0) for w, r in ours.items() if r.get("errors")}
     if errors:
         lines.append(f"errors: {errors}")
