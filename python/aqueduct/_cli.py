@@ -39,10 +39,6 @@ class Option:
         return ENV_PREFIX + self.name.upper()
 
 
-def _keys(text: str) -> list[str]:
-    return [key.strip() for key in text.split(",") if key.strip()]
-
-
 def _boolean(text: str) -> bool:
     words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
     try:
@@ -89,7 +85,7 @@ OPTIONS = [
     ),
     Option(
         "api_keys",
-        _keys,
+        http.split_api_keys,
         None,
         "comma-separated API keys a request must carry one of (Authorization: Bearer, or "
         "X-API-Key); prefer the variable: a command line is visible to every user",

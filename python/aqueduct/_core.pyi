@@ -38,6 +38,7 @@ __all__ = [
     "MAX_PRIORITIES",
     "MAX_STEPS",
     "PICKLE_PROTOCOL",
+    "RESERVED_PATHS",
     "STEP_COUNTERS",
     "STEP_GAUGES",
     "STEP_HISTOGRAMS",
@@ -99,6 +100,7 @@ CLASS_TIMEOUT: int
 STEP_HISTOGRAMS: list[str]
 STEP_COUNTERS: list[str]
 STEP_GAUGES: list[str]
+RESERVED_PATHS: list[str]
 
 _Ref = tuple[int, int, int, int]
 """``(arena, block, offset, length)`` of a buffer in shared memory."""

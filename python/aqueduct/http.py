@@ -98,7 +98,7 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 #: Default time writing an answer may wait for its client to read.
 DEFAULT_WRITE_TIMEOUT = 30.0
 #: Paths the server answers itself.
-RESERVED_PATHS = ("/health", "/metrics", "/openapi.json")
+RESERVED_PATHS = tuple(_core.RESERVED_PATHS)
 #: Where ``serve`` and ``Server`` find API keys when not given any
 #: (comma-separated).
 API_KEYS_ENV = "AQUEDUCT_API_KEYS"
@@ -409,10 +409,15 @@ def _routes(
     return out
 
 
+def split_api_keys(text: str) -> list[str]:
+    """The keys of a comma-separated list (``AQUEDUCT_API_KEYS``, ``--api-keys``)."""
+    return [key.strip() for key in text.split(",") if key.strip()]
+
+
 def _api_keys(given: Sequence[str] | None) -> list[str]:
     """The keys requests need: those given, else ``AQUEDUCT_API_KEYS``'s."""
     if given is None:
-        given = os.environ.get(API_KEYS_ENV, "").split(",")
+        given = split_api_keys(os.environ.get(API_KEYS_ENV, ""))
     elif isinstance(given, str):
         raise TypeError("api_keys is a list of keys, not one string")
     keys = [key.strip() for key in given if key.strip()]

@@ -2,6 +2,7 @@
 //! there (`aqueduct._core.<NAME>`): defined in the core's modules, listed
 //! here once so the binding exports them all with one loop.
 
+use crate::http_wire::RESERVED_PATHS;
 use crate::metrics::{STEP_COUNTERS, STEP_GAUGES, STEP_HISTOGRAMS};
 use crate::queue::{DEFAULT_RING_SLOTS, DEFAULT_SLOT_BYTES};
 use crate::spin::DEFAULT_SPIN_US;
@@ -43,11 +44,12 @@ pub const NUMBERS: [(&str, u64); 31] = [
 ];
 
 /// The lists of names.
-pub const NAMES: [(&str, &[&str]); 4] = [
+pub const NAMES: [(&str, &[&str]); 5] = [
     ("BOOKKEEPING_FIELDS", &BOOKKEEPING_FIELDS),
     ("STEP_HISTOGRAMS", &STEP_HISTOGRAMS),
     ("STEP_COUNTERS", &STEP_COUNTERS),
     ("STEP_GAUGES", &STEP_GAUGES),
+    ("RESERVED_PATHS", &RESERVED_PATHS),
 ];
 
 #[cfg(test)]

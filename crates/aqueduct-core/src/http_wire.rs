@@ -14,6 +14,13 @@
 //! `u32` length of a JSON object `{"error", "type"}`, that object, then what
 //! the Python half reads (a pickle).
 
+/// The paths the HTTP server answers itself: health, metrics, the API's
+/// description. No route may take them.
+pub const HEALTH_PATH: &str = "/health";
+pub const METRICS_PATH: &str = "/metrics";
+pub const OPENAPI_PATH: &str = "/openapi.json";
+pub const RESERVED_PATHS: [&str; 3] = [HEALTH_PATH, METRICS_PATH, OPENAPI_PATH];
+
 /// A request's parts, borrowed from a payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use aqueduct_core::http_wire::{encode_request_head, BodyRef};
+use aqueduct_core::http_wire::{
+    encode_request_head, BodyRef, HEALTH_PATH, METRICS_PATH, OPENAPI_PATH,
+};
 use aqueduct_core::wire::{
     http_route_bits, is_part, FLAG_HTTP, FLAG_STREAM, INLINE_LIMIT, KIND_HTTP_REQUEST,
     MAX_PRIORITIES,
@@ -351,7 +353,7 @@ impl Drop for Server {
 
 pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Reply> {
     let path = request.uri().path().to_owned();
-    if path == "/health" {
+    if path == HEALTH_PATH {
         return match shared.failure() {
             None => ok_json(br#"{"status": "ok"}"#),
             Some(reason) => answer::error(StatusCode::SERVICE_UNAVAILABLE, &reason, "FlowError"),
@@ -359,14 +361,14 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
         .map(Either::Left);
     }
     let config = &shared.config;
-    let open = path == "/metrics" && config.open_metrics;
+    let open = path == METRICS_PATH && config.open_metrics;
     if !open && !config.api_keys.admits(request.headers()) {
         return unauthorized().map(Either::Left);
     }
-    if path == "/metrics" {
+    if path == METRICS_PATH {
         return metrics_page(shared).map(Either::Left);
     }
-    if let (true, Some(doc)) = (path == "/openapi.json", &config.openapi) {
+    if let (true, Some(doc)) = (path == OPENAPI_PATH, &config.openapi) {
         let mut response = Response::new(Full::new(doc.clone()));
         response.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
