@@ -110,3 +110,18 @@ def test_elastic_bounds_are_checked():
     step = FlowStep(Versioned("v"), nprocs=(1, 4))
     assert (step.nprocs, step.max_nprocs) == (1, 4)
     assert "nprocs=(1, 4)" in repr(step)
+
+
+async def test_a_grown_step_keeps_its_size_through_a_handler_replacement(make_flow):
+    elastic = Elastic(1, 3, grow_after=0.02, shrink_after=30)
+    flow = make_flow(FlowStep(Versioned("old", work=0.02), nprocs=elastic))
+    load = _Load(flow, 24)
+    await eventually_async(lambda: _workers(flow)[0] == 3, what=lambda: _workers(flow))
+    await asyncio.wait_for(flow.replace_handler(0, Versioned("new", work=0.02)), timeout=30)
+    mark = len(load.answers)
+    await eventually_async(lambda: len(load.answers) > mark + 60, what="answers after")
+    await load.stop()
+    assert load.errors == []
+    assert {t.version for t in load.answers[mark:]} == {"new"}
+    assert {t.worker for t in load.answers[-30:]} == {0, 1, 2}
+    assert _workers(flow)[0] == 3

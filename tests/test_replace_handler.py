@@ -11,7 +11,12 @@ import time
 
 import pytest
 from aqueduct import FlowStep
-from aqueduct.exceptions import FlowError, FlowStartTimeoutError, WorkerStartError
+from aqueduct.exceptions import (
+    FlowError,
+    FlowStartTimeoutError,
+    NotRunningError,
+    WorkerStartError,
+)
 from generators import Counter, Prompt
 from support import eventually_async
 from versioned import Asked, Versioned
@@ -131,6 +136,13 @@ async def test_a_stream_under_way_finishes_on_the_old_handler(make_flow):
     assert parts == [f"old-s:{i}" for i in range(20)]
     after = [part async for part in flow.stream(Prompt("t", 2), timeout_sec=10)]
     assert after == ["new-t:0", "new-t:1"]
+
+
+async def test_a_flow_not_running_has_no_handler_to_replace(make_flow):
+    step = FlowStep(Versioned("old"))
+    flow = make_flow(step, start=False)
+    with pytest.raises(NotRunningError):
+        await flow.replace_handler(step, Versioned("new"))
 
 
 async def test_a_step_is_named_by_its_object_name_or_index(make_flow):

@@ -14,8 +14,8 @@ class Elastic:
 
     The step starts ``min`` workers. When every worker is busy and tasks
     have waited in the step's queue for ``grow_after`` seconds, it starts as
-    many more as the queue needs (up to ``max``) — but no worker is added
-    while the flow's workers already keep every core of this machine busy,
+    many more as the queue needs (up to ``max``) — but no more than the idle
+    cores of the machine can run, given the share of a core its workers use,
     unless ``oversubscribe=True`` (a handler that waits on an accelerator or
     the network keeps no core busy, so such a step grows freely). When, for
     ``shrink_after`` seconds, fewer workers were needed than run, the idle

@@ -10,20 +10,20 @@ as it runs belongs to its ``FlowRuntime`` (``aqueduct._runtime``).
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from . import _core
 from ._ipc.shm import DEFAULT_SHM_SIZE
-from ._runtime.config import FlowConfig
-from ._runtime.runtime import FlowRuntime
 from ._runtime.state import FlowState
-from ._runtime.stream import TaskStream
-from ._runtime.submission import cancelled, submit
 from .handler import BaseTaskHandler
 from .logger import log
 from .metrics import Collector, Exporter, FlowMetrics
 from .step import FlowStep
 from .task import BaseTask
+
+if TYPE_CHECKING:
+    from ._runtime.runtime import FlowRuntime
+    from ._runtime.stream import TaskStream
 
 __all__ = ["Flow", "FlowState", "FlowStep", "runtime_of"]
 
@@ -61,6 +61,16 @@ class Flow:
         queue_full: Literal["wait", "reject"] = "wait",
         clients: int = 1,
     ) -> None:
+        # the runtime is imported by the first Flow made, not with this
+        # module: a worker importing the user's module (which imports Flow)
+        # starts without it
+        from ._runtime import submission
+        from ._runtime.config import FlowConfig
+        from ._runtime.runtime import FlowRuntime
+        from ._runtime.stream import TaskStream
+
+        self._submit, self._cancelled = submission.submit, submission.cancelled
+        self._stream = TaskStream
         config = FlowConfig.build(
             steps,
             metrics_enabled=metrics_enabled,
@@ -137,13 +147,13 @@ class Flow:
         when ``timeout_sec`` passes, ``HandlerError`` when a handler raised,
         ``NotRunningError`` when the flow is not running."""
         runtime = self._runtime
-        client, future = await submit(runtime, task, timeout_sec)
+        client, future = await self._submit(runtime, task, timeout_sec)
         if future is None:
             return True  # no step's condition holds: nothing to do
         try:
             await future
         except asyncio.CancelledError:
-            cancelled(runtime, client, future)  # workers skip it instead of handling it
+            self._cancelled(runtime, client, future)  # workers skip it instead of handling it
             raise
         return True
 
@@ -154,7 +164,7 @@ class Flow:
         a task's error is raised after the parts sent before it (the same
         exceptions as ``process``). Leaving the loop early cancels the task:
         its handler's ``emit`` returns False from then on."""
-        return TaskStream(self._runtime, task, timeout_sec)
+        return self._stream(self._runtime, task, timeout_sec)
 
     # -- stop ----------------------------------------------------------------
 

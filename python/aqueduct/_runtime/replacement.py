@@ -46,9 +46,11 @@ def replace_workers(
         new: list[WorkerProcess] = []
         try:
             for number in numbers:
-                slot = supervisor.free_slot(specs.slots[index])
+                slot = _free_slot(supervisor, specs.slots[index], start_deadline)
                 if slot is None:
-                    raise FlowError(f"{name} has no free worker slot for a replacement")
+                    raise FlowStartTimeoutError(
+                        f"workers of {name} that are retiring held its slots until the deadline"
+                    )
                 spec = specs.make(index, number, slot, handler_blob)
                 new.append(supervisor.add(spec, number, hold=True))
             _wait_ready(supervisor, new, name, start_deadline)
@@ -64,6 +66,18 @@ def replace_workers(
         _wait_gone(supervisor, old, name, drain_deadline)
     finally:
         lock.release()
+
+
+def _free_slot(supervisor: Supervisor, slots: range, deadline: float) -> int | None:
+    """A free slot of ``slots``; waits (until ``deadline``) while workers
+    that retire (an elastic step shrinking) still hold them all."""
+    with supervisor.changed:
+        while (slot := supervisor.free_slot(slots)) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or supervisor.stopping:
+                return None
+            supervisor.changed.wait(remaining)
+    return slot
 
 
 def _wait_ready(

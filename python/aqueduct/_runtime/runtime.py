@@ -17,7 +17,7 @@ from typing import Any
 
 from .._ipc.shm import forget_arenas, set_parent_arena
 from .._ipc.topology import Topology
-from ..exceptions import FlowError, SharedMemoryCorruptError
+from ..exceptions import FlowError, NotRunningError, SharedMemoryCorruptError
 from ..handler import BaseTaskHandler
 from ..logger import log
 from ..metrics import FlowMetrics, MetricsTypes
@@ -145,7 +145,7 @@ class FlowRuntime:
         topology = self.topology = Topology.create(
             steps=len(config.steps),
             clients=config.clients,
-            workers=slot_ranges(config.steps)[-1].stop,
+            workers=sum(len(slots) for slots in slot_ranges(config.steps)),
             priorities=config.priorities,
             queue_size=config.queue_size,
             shm_size=config.shm_size,
@@ -185,7 +185,7 @@ class FlowRuntime:
     ) -> None:
         """Step ``index`` runs ``handler`` from now on (see ``replacement``)."""
         if self.state != FlowState.RUNNING:
-            raise FlowError(f"cannot replace a handler of a flow in state {self.state.value}")
+            raise NotRunningError(f"cannot replace a handler of a flow in state {self.state.value}")
         if os.getpid() != self.owner_pid:
             raise FlowError("only the process that started the flow can replace its handlers")
         await self.healer.wait()

@@ -5,11 +5,14 @@ What it reads is in shared memory already: a step's queue length, and
 whether each of its workers holds a batch (its claim slot is not empty). The
 *demand* of a step is its busy workers plus the batches waiting in its
 queue. It grows when every worker is busy and tasks have waited for
-``grow_after``: to the demand, at most ``max``, and — unless the step
-``oversubscribe``s — by no more workers than the cores the flow's workers
-leave unused can keep busy: from ``/proc``, the cores the flow's workers
-use and the share of a core one worker of the step uses (a worker waiting
-on an accelerator uses little; one computing, a whole core). It shrinks to the highest
+``grow_after``: to the demand, at most ``max``, all at once (interpreters
+started together are all ready sooner than one after the other, even on two
+cores), and — unless the step ``oversubscribe``s — by no more workers than
+the idle cores can keep busy: from ``/proc``, the cores the machine left
+idle (and the flow's workers left unused) over the last look, and the share
+of a core the step's workers use (a worker waiting on an accelerator uses
+little; one computing, a whole core). After growing it waits for a look at
+the new workers working before it grows again. It shrinks to the highest
 demand of the last ``shrink_after`` seconds (at least ``min``) once that
 long passed since it last grew, retiring idle workers first, the highest
 numbers first: after a burst, the step is back to ``min`` ``shrink_after``
@@ -135,11 +138,18 @@ class Scaler:
         self, index: int, state: _StepState, workers: list[WorkerProcess], wanted: int
     ) -> None:
         if not state.elastic.oversubscribe:
-            used, pids = self._cpu.total, [w.process.pid for w in workers]
-            if used is None or not self._cpu.knows(self._supervisor):
-                return  # no CPU times of the workers as they are now yet
-            each = max(LEAST_SHARE, self._cpu.mean_of(pids))
-            wanted = min(wanted, math.floor((self._cores - used) / each))
+            # what a worker of the step takes, from those that served the
+            # whole last period (a starting interpreter's CPU says nothing)
+            if any(w.ready_at >= self._cpu.since for w in workers if w.ready):
+                return  # it grew lately: the last look did not see the new workers work
+            share = self._cpu.mean_of([w.process.pid for w in workers if w.ready])
+            used, idle = self._cpu.total, self._cpu.idle
+            if used is None or idle is None or share is None:
+                return  # no CPU times to judge by yet
+            each = max(LEAST_SHARE, share)
+            # cores neither the flow's workers nor anything else (the callers) use
+            room = min(self._cores - used, idle)
+            wanted = min(wanted, math.floor(room / each))
         taken = {w.number for w in workers}
         numbers = (n for n in range(state.elastic.max) if n not in taken)
         added = 0
@@ -183,28 +193,28 @@ class Scaler:
 
 
 class _CpuShares:
-    """The share of a core each of the flow's workers used lately."""
+    """The share of a core each of the flow's workers used lately, and the
+    cores the machine left idle."""
 
     def __init__(self) -> None:
         self.shares: dict[int, float] = {}  # pid: cores used over the last period
+        #: When the last period began.
+        self.since = 0.0
         self._last = 0.0
         self._ticks: dict[int, int] = {}  # pid: CPU clock ticks at the last look
         self._hz = os.sysconf("SC_CLK_TCK")
+        #: Cores idle over the last period (None before two looks).
+        self.idle: float | None = None
+        self._machine: tuple[int, int] | None = None  # (idle, all) ticks at the last look
 
     @property
     def total(self) -> float | None:
         """Cores the flow's workers used (None before two looks)."""
         return sum(self.shares.values()) if self.shares else None
 
-    def knows(self, supervisor: Supervisor) -> bool:
-        """Whether the last look saw every worker of the flow running."""
-        with supervisor.lock:
-            pids = [w.process.pid for w in supervisor.workers if w.ready and not w.dead]
-        return all(pid in self.shares for pid in pids)
-
-    def mean_of(self, pids: list[int | None]) -> float:
+    def mean_of(self, pids: list[int | None]) -> float | None:
         known = [self.shares[pid] for pid in pids if pid in self.shares]
-        return sum(known) / len(known) if known else 1.0
+        return sum(known) / len(known) if known else None
 
     def refresh(self, supervisor: Supervisor, now: float) -> None:
         elapsed = now - self._last
@@ -218,7 +228,23 @@ class _CpuShares:
             for pid, t in ticks.items()
             if pid in self._ticks
         }
-        self._ticks, self._last = ticks, now
+        self._ticks, self.since, self._last = ticks, self._last, now
+        machine = _machine_ticks()
+        if machine is not None and self._machine is not None:
+            idle, total = (now_ - then for now_, then in zip(machine, self._machine, strict=True))
+            cpus = os.cpu_count() or 1
+            self.idle = cpus * idle / total if total > 0 else None
+        self._machine = machine
+
+
+def _machine_ticks() -> tuple[int, int] | None:
+    """Idle (with I/O wait) and all CPU time of the machine, in clock ticks."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields[:8])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _cpu_ticks(pid: int) -> int | None:

@@ -222,6 +222,7 @@ class Supervisor:
                     w.handle_control()
                     if (w.ready and not was_ready) or w.failure is not None:
                         w.trial = w.trial and not w.ready  # from now on, respawned if it dies
+                        w.ready_at = time.monotonic()
                         with self.changed:
                             self.changed.notify_all()
                 elif ready in by_sentinel:

@@ -47,6 +47,8 @@ class WorkerProcess:
         self.trial = False
         #: Told to take no more tasks and exit: its exit is expected.
         self.retiring = False
+        #: When the monitor saw it ready (0: at the flow's start).
+        self.ready_at = 0.0
 
     @property
     def step_name(self) -> str:
