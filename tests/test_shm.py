@@ -141,6 +141,17 @@ async def test_share_value_puts_the_array_in_shared_memory_like_upstream(make_fl
         task.share_value("text")
 
 
+async def test_share_value_works_while_no_flow_runs(make_flow):
+    stopped = make_flow(FlowStep(IncrementInPlace()))
+    await asyncio.wait_for(stopped.stop(), WAIT)  # its arena is no longer the one to share in
+    task = ArrayTask(np.zeros(MB, dtype=np.int32))
+    task.share_value("array")  # an arena of this process's own
+    assert shm_backed(task.array)
+    flow = make_flow(FlowStep(IncrementInPlace()))
+    await asyncio.wait_for(flow.process(task), WAIT)
+    assert (task.array == 1).all()
+
+
 async def test_share_value_with_data_streams_into_shared_memory(make_flow):
     class Body:
         def __init__(self, chunks: list[bytes]) -> None:

@@ -18,7 +18,7 @@ from ._runtime.state import FlowState
 from .handler import BaseTaskHandler
 from .logger import log
 from .metrics import Collector, Exporter, FlowMetrics
-from .step import FlowStep
+from .step import FlowStep, check_handler
 from .task import BaseTask
 
 if TYPE_CHECKING:
@@ -192,8 +192,7 @@ class Flow:
             found = [int(step)] if 0 <= int(step) < len(config.steps) else []
         if not found:
             raise ValueError(f"the flow has no step {step!r} (steps: {list(config.step_names)})")
-        if not callable(getattr(handler, "handle", None)):
-            raise TypeError(f"handler must be a BaseTaskHandler, got {type(handler).__name__}")
+        check_handler(handler)
         await self._runtime.replace_handler(found[0], handler, start_timeout)
 
     async def stop(self, graceful: bool = True) -> None:

@@ -12,7 +12,7 @@ from .handler import BaseTaskHandler, HandleConditionType
 #: worker's number among its step's.
 WorkerEnv = Mapping[str, str] | Callable[[int], Mapping[str, str]]
 
-__all__ = ["FlowStep"]
+__all__ = ["FlowStep", "check_handler"]
 
 
 class FlowStep:
@@ -68,11 +68,7 @@ class FlowStep:
         devices: Sequence[int | str] | None = None,
         env: WorkerEnv | None = None,
     ) -> None:
-        if not callable(getattr(handler, "handle", None)):
-            raise TypeError(
-                f"handler must be a BaseTaskHandler (or have a handle method), "
-                f"got {type(handler).__name__}"
-            )
+        check_handler(handler)
         if not callable(handle_condition):
             raise TypeError("handle_condition must be callable")
         if isinstance(nprocs, tuple):
@@ -124,6 +120,15 @@ class FlowStep:
             f"FlowStep({type(self.handler).__name__}, nprocs={nprocs}, "
             f"batch_size={self.batch_size}, batch_timeout={self.batch_timeout}"
             + (", continuous=True)" if self.continuous else ")")
+        )
+
+
+def check_handler(handler: object) -> None:
+    """Raises TypeError unless ``handler`` can handle tasks."""
+    if not callable(getattr(handler, "handle", None)):
+        raise TypeError(
+            f"handler must be a BaseTaskHandler (or have a handle method), "
+            f"got {type(handler).__name__}"
         )
 
 

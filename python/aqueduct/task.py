@@ -91,17 +91,16 @@ class BaseTask:
         value = self.__dict__[field_name]
         if isinstance(value, bytes | bytearray):
             return
+        from ._ipc import shm as _shm
         from ._ipc import tensors as _tensors
 
         if _tensors.is_tensor(value):
-            self.__dict__[field_name] = _shared_tensor(value)
+            self.__dict__[field_name] = _tensors.shared(value, _shm.parent_arena())
             return
         if type(value).__module__ != "numpy" or type(value).__name__ != "ndarray":
             raise ValueError(f"Type {type(value)} cannot be shared")
         if value.dtype.hasobject:
             raise ValueError("arrays of Python objects cannot be shared")
-        from ._ipc import shm as _shm
-
         arena = _shm.parent_arena()
         if value.flags.c_contiguous and arena.locate(value) is not None:
             return  # already in shared memory
@@ -158,20 +157,3 @@ class BaseTask:
 #: What ``update`` never copies: the flow's bookkeeping (defined once, in
 #: the core, for this and the Rust path that settles results).
 _BOOKKEEPING_FIELDS = frozenset(_core.BOOKKEEPING_FIELDS)
-
-
-def _shared_tensor(tensor: Any) -> Any:
-    """``tensor``'s values in a block of the flow's arena, as a tensor."""
-    from ._ipc import shm as _shm
-    from ._ipc import tensors as _tensors
-
-    if not tensor.is_cpu:
-        raise ValueError(f"only CPU tensors can be shared, not one on {tensor.device}")
-    arena = _shm.parent_arena()
-    raw = _tensors.raw_bytes(tensor)
-    if arena.locate(raw) is not None:
-        return tensor  # already in shared memory
-    block = arena.place(raw, 0)
-    view = arena.view(block, block, raw.nbytes)
-    dtype = str(tensor.dtype).removeprefix("torch.")
-    return _tensors.over_buffer(memoryview(view), dtype, tuple(tensor.shape))

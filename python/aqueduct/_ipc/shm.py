@@ -63,11 +63,11 @@ def parent_arena(size: int | None = None) -> _core.SharedArena:
     flow whose client this process is (or that it started), so its tasks
     pass them on without a copy. With no flow running, an arena of the
     process's own, which no worker maps (a flow copies from it once)."""
-    global _parent_arena
+    global _parent_arena, _parent_pid
     with _parent_lock:
         if _parent_arena is None or _parent_pid != os.getpid():
-            set_parent_arena(_core.SharedArena.create(size or _default_size(), True))
-        assert _parent_arena is not None
+            _parent_arena = _core.SharedArena.create(size or _default_size(), True)
+            _parent_pid = os.getpid()
         return _parent_arena
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._core import BUFFER_THRESHOLD
 
-__all__ = ["TensorOutOfBand", "is_big_tensor", "is_tensor", "over_buffer", "raw_bytes"]
+__all__ = ["TensorOutOfBand", "is_big_tensor", "is_tensor", "over_buffer", "raw_bytes", "shared"]
 
 
 def is_tensor(value: Any) -> bool:
@@ -38,6 +38,23 @@ def raw_bytes(tensor: Any) -> Any:
 
     flat = tensor.detach().contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy()
+
+
+def _dtype_name(tensor: Any) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def shared(tensor: Any, arena: Any) -> Any:
+    """``tensor``'s values in a block of ``arena`` (a ``SharedArena``), as
+    a tensor; the tensor itself when it lives in the arena already."""
+    if not tensor.is_cpu:
+        raise ValueError(f"only CPU tensors can be shared, not one on {tensor.device}")
+    raw = raw_bytes(tensor)
+    if arena.locate(raw) is not None:
+        return tensor
+    block = arena.place(raw, 0)
+    view = arena.view(block, block, raw.nbytes)
+    return over_buffer(memoryview(view), _dtype_name(tensor), tuple(tensor.shape))
 
 
 def over_buffer(buffer: Any, dtype: str, shape: tuple[int, ...]) -> Any:
@@ -61,6 +78,5 @@ class TensorOutOfBand:
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         tensor = self.value
-        dtype = str(tensor.dtype).removeprefix("torch.")
         buffer = pickle.PickleBuffer(raw_bytes(tensor))
-        return (over_buffer, (buffer, dtype, tuple(tensor.shape)))
+        return (over_buffer, (buffer, _dtype_name(tensor), tuple(tensor.shape)))

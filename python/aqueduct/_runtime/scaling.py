@@ -116,9 +116,10 @@ class Scaler:
             if state.waiting_since is None:
                 state.waiting_since = now
             if now - state.waiting_since >= elastic.grow_after and now >= state.paused_until:
-                self._grow(index, state, workers, min(demand, elastic.max) - len(workers))
+                wanted = min(demand, elastic.max) - len(workers)
+                if self._grow(index, state, workers, wanted):
+                    state.grown_at = now
                 state.waiting_since = None
-                state.grown_at = now
         else:
             state.waiting_since = None
         if now - state.grown_at >= elastic.shrink_after:
@@ -136,16 +137,17 @@ class Scaler:
 
     def _grow(
         self, index: int, state: _StepState, workers: list[WorkerProcess], wanted: int
-    ) -> None:
+    ) -> int:
+        """Starts up to ``wanted`` more workers; returns how many it did."""
         if not state.elastic.oversubscribe:
             # what a worker of the step takes, from those that served the
             # whole last period (a starting interpreter's CPU says nothing)
             if any(w.ready_at >= self._cpu.since for w in workers if w.ready):
-                return  # it grew lately: the last look did not see the new workers work
+                return 0  # it grew lately: the last look did not see the new workers work
             share = self._cpu.mean_of([w.process.pid for w in workers if w.ready])
             used, idle = self._cpu.total, self._cpu.idle
             if used is None or idle is None or share is None:
-                return  # no CPU times to judge by yet
+                return 0  # no CPU times to judge by yet
             each = max(LEAST_SHARE, share)
             # cores neither the flow's workers nor anything else (the callers) use
             room = min(self._cores - used, idle)
@@ -167,6 +169,7 @@ class Scaler:
                 added,
                 len(workers) + added,
             )
+        return added
 
     def _note_failures(self, index: int, state: _StepState, now: float) -> None:
         """A worker it started that exited before it was ready: the step
