@@ -50,20 +50,53 @@ def _closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
-def test_smuggling_shapes_get_400_and_the_connection_closes():
+CHUNKED_BODY = b'8\r\n{"x": 1}\r\n0\r\n\r\n'  # valid: hyper would read it
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Content-Length: 8\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 8\r\n",
+        b"Content-Length: 8\r\nTransfer-Encoding: gzip, chunked\r\n",
+        b"Content-Length: 8\r\nTransfer-Encoding:\r\n chunked\r\n",  # obsolete line folding
+        b"Content-Length: 8\nTransfer-Encoding: chunked\n",  # bare LF line endings
+        b"Content-Length: 8\r\nContent-Length: 9\r\n",
+    ],
+    ids=["cl-te", "te-cl", "gzip-chunked", "obs-fold", "bare-lf", "two-lengths"],
+)
+def test_smuggling_shapes_get_400_and_nothing_after_them_is_served(head):
+    smuggled = b"POST /predict HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n" + CHUNKED_BODY
+    after = b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n{"x": 2}'
     with service() as (port, _):
-        for head in (
-            b"Content-Length: 8\r\nTransfer-Encoding: chunked\r\n",
-            b"Content-Length: 8\r\nContent-Length: 9\r\n",
-        ):
-            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
-                sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n" + head + b'\r\n{"x": 1}')
-                received = b""
-                while chunk := sock.recv(65536):  # until the server closes it
-                    received += chunk
-            assert received.startswith(b"HTTP/1.1 400"), received
-            assert json.loads(received.split(b"\r\n\r\n", 1)[1])["type"] == "BadRequest"
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            sock.sendall(smuggled + after)  # a second request behind it, on the same connection
+            received = b""
+            while chunk := sock.recv(65536):  # until the server closes it
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 400"), received
+        assert received.count(b"HTTP/1.1 ") == 1, "nothing after the refused request is served"
+        assert json.loads(received.split(b"\r\n\r\n", 1)[1])["type"] == "BadRequest"
         assert call(port, {"x": 1})[0] == 200
+
+
+def test_pipelined_requests_with_sized_and_chunked_bodies_are_all_served():
+    """The framing that refuses smuggling follows honest bodies to the next head."""
+    sized = b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n{"x": 1}'
+    chunked = b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b'3;ext=1\r\n{"x\r\n5\r\n": 2}\r\n0\r\nX-Trailer: 1\r\n\r\n'
+    last = sized.replace(b"Host: x", b"Host: x\r\nConnection: close").replace(b"1}", b"3}")
+    with service() as (port, _):
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            sent = sized + chunked + last
+            for at in range(0, len(sent), 7):  # in pieces that cut heads and chunks
+                sock.sendall(sent[at : at + 7])
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+        assert received.count(b"HTTP/1.1 200") == 3, received
+        for y in (4, 8, 12):  # two steps, each doubling
+            assert b'"y": %d' % y in received, received
 
 
 def test_half_sent_heads_are_closed_after_the_header_timeout_idle_ones_after_the_idle_timeout():

@@ -1,5 +1,6 @@
 //! Accepting connections and serving each: the connection cap, the clocks
-//! of a connection between requests (`timed_connection`), hyper's own
+//! of a connection between requests (`timed_connection`), where each
+//! request begins and ends (`framing`, which refuses smuggling), hyper's own
 //! errors made JSON (`json_errors`), and the access log.
 
 use std::convert::Infallible;
@@ -10,15 +11,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::access_log::Entry;
+use crate::answer;
+use crate::framing::Framed;
 use crate::json_errors::JsonErrors;
 use crate::server::{handle, Reply, Shared};
 use crate::timed_connection::{Activity, InProgress, Limits, TimedConnection};
@@ -77,9 +81,14 @@ async fn serve(
         service_fn(move |request| {
             let shared = Arc::clone(&shared);
             let in_progress = activity.begin();
+            let smuggled = activity.refused(activity.begun());
             async move {
                 let line = shared.access_log.as_ref().map(|_| Line::of(&request, peer));
-                let response = handle(&shared, request).await;
+                let response = if smuggled {
+                    smuggling().map(Either::Left)
+                } else {
+                    handle(&shared, request).await
+                };
                 if let (Some(log), Some(line)) = (&shared.access_log, line) {
                     log.record(&line.entry(&response));
                 }
@@ -97,7 +106,8 @@ async fn serve(
         write_timeout: config.write_timeout,
     };
     let timed = TimedConnection::new(stream, Arc::clone(&activity), limits);
-    let io = TokioIo::new(JsonErrors::new(timed, activity));
+    let framed = Framed::new(timed, Arc::clone(&activity));
+    let io = TokioIo::new(JsonErrors::new(framed, activity));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(None) // the timed connection's clocks instead
@@ -112,6 +122,20 @@ async fn serve(
             let _ = connection.await;
         }
     }
+}
+
+/// The 400 (and the connection closed) for a request whose length a proxy
+/// in front could read differently from us (RFC 9112 §6.1): both
+/// `Content-Length` and `Transfer-Encoding`, seen by the framing. (hyper
+/// itself refuses `Content-Length`s that disagree, with a 400 too.)
+fn smuggling() -> Response<answer::Body> {
+    use hyper::header::{HeaderValue, CONNECTION};
+    let message = "a request with both Content-Length and Transfer-Encoding";
+    let mut response = answer::error(StatusCode::BAD_REQUEST, message, "BadRequest");
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// What the access log says of a request, taken before it is handled.

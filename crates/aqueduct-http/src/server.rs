@@ -376,9 +376,6 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
         );
         return response.map(Either::Left);
     }
-    if let Some(refused) = smuggling(&request) {
-        return refused.map(Either::Left);
-    }
     let Some(route) = shared.config.paths.iter().position(|p| *p == path) else {
         let message = format!("no route for {path}");
         return answer::error(StatusCode::NOT_FOUND, &message, "NotFound").map(Either::Left);
@@ -532,24 +529,6 @@ fn streamed(
         hyper::header::HeaderValue::from_static("no-cache"),
     );
     response
-}
-
-/// A 400 (and the connection closed) for a request whose length a proxy in
-/// front could read differently from us (RFC 9112 §6.1): both
-/// `Content-Length` and `Transfer-Encoding`. (hyper itself refuses
-/// `Content-Length`s that disagree, with a 400 too.)
-fn smuggling(request: &Request<Incoming>) -> Option<Response<Body>> {
-    use hyper::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-    let headers = request.headers();
-    if !(headers.contains_key(CONTENT_LENGTH) && headers.contains_key(TRANSFER_ENCODING)) {
-        return None;
-    }
-    let message = "a request with both Content-Length and Transfer-Encoding";
-    let mut response = answer::error(StatusCode::BAD_REQUEST, message, "BadRequest");
-    response
-        .headers_mut()
-        .insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
-    Some(response)
 }
 
 /// How a request is sent: to which route, at which priority, until when,

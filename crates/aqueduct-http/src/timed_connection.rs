@@ -28,6 +28,9 @@ const BUSY_RECHECK: Duration = Duration::from_millis(500);
 pub struct Activity {
     begun: AtomicUsize,
     ended: AtomicUsize,
+    /// The ordinal (1-based) of a head refused by the connection's framing,
+    /// or 0.
+    refused: AtomicUsize,
 }
 
 impl Activity {
@@ -40,6 +43,17 @@ impl Activity {
     /// Requests whose heads were read and handed to the service.
     pub fn begun(&self) -> usize {
         self.begun.load(Ordering::Acquire)
+    }
+
+    /// Head number `ordinal` (1-based) is refused: it gets a 400, and the
+    /// connection closes.
+    pub fn refuse(&self, ordinal: usize) {
+        self.refused.store(ordinal, Ordering::Release);
+    }
+
+    /// Whether head number `ordinal` was refused.
+    pub fn refused(&self, ordinal: usize) -> bool {
+        self.refused.load(Ordering::Acquire) == ordinal
     }
 
     /// (begun, ended): a request is in progress while they differ.
