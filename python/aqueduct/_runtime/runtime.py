@@ -307,7 +307,7 @@ class FlowRuntime:
         """This set of segments serves no more (the workers are gone)."""
         if self.topology is not None:
             forget_arenas(self.topology.arenas)
-        self.topology = self.recovery = None
+        self.topology = self.recovery = self.specs = None
 
     # -- metrics --------------------------------------------------------------------
 

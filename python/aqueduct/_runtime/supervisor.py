@@ -293,13 +293,15 @@ class Supervisor:
     async def join(self, grace: float) -> None:
         """Lets the workers exit by themselves (their queues are closed) for
         at most ``grace`` seconds, then terminates the rest."""
-        await asyncio.to_thread(self.join_blocking, grace)
+        deadline = time.monotonic() + grace
+        # the thread is handed the sentinels only: a finished thread's work
+        # item lives on a moment, and must not keep the segments open
+        await asyncio.to_thread(_wait_all, self.sentinels_alive(), deadline)
+        self.kill_all()
 
     def join_blocking(self, grace: float) -> None:
         """``join`` for a thread of its own."""
-        deadline = time.monotonic() + grace
-        while (alive := self.sentinels_alive()) and time.monotonic() < deadline:
-            wait(alive, deadline - time.monotonic())
+        _wait_all(self.sentinels_alive(), time.monotonic() + grace)
         self.kill_all()
 
     @property
@@ -369,3 +371,11 @@ def _close(process: WorkerHandle) -> None:
         process.close()
     except (ValueError, OSError):
         pass  # still running: kept until it is reaped
+
+
+def _wait_all(sentinels: list[int], deadline: float) -> None:
+    """Waits until every process of ``sentinels`` ended, or ``deadline``."""
+    alive = list(sentinels)
+    while alive and (left := deadline - time.monotonic()) > 0:
+        ended = wait(alive, left)
+        alive = [s for s in alive if s not in ended]
