@@ -81,7 +81,10 @@ def response_from_task(task: Job) -> object:
     if isinstance(task.x, str) and task.x == "teapot":
         return Response(b"short and stout", status=418, headers={"X-Pot": "tea"})
     y = int(task.y.sum()) if isinstance(task.y, np.ndarray) else task.y
-    return {"y": y, "steps": task.steps, "batch": task.batch}
+    answer = {"y": y, "steps": task.steps, "batch": task.batch}
+    if "GENERATION" in os.environ:  # which of two versions answered
+        answer["generation"] = os.environ["GENERATION"]
+    return answer
 
 
 def echo_request(request: Request) -> Job:
@@ -113,7 +116,7 @@ def main() -> None:
     serve(
         flow,
         **ends,  # type: ignore[arg-type]
-        port=0,
+        port=int(os.environ.get("PORT", "0")),
         timeout=float(os.environ.get("TIMEOUT", "5")),
         body_limit=int(os.environ.get("BODY_LIMIT", str(16 << 20))),
         header_timeout=float(os.environ.get("HEADER_TIMEOUT", "10")),
@@ -123,6 +126,9 @@ def main() -> None:
         write_timeout=float(os.environ.get("WRITE_TIMEOUT", "30")),
         access_log=os.environ.get("ACCESS_LOG"),
         open_metrics=os.environ.get("OPEN_METRICS") == "1",
+        drain_delay=float(os.environ.get("DRAIN_DELAY", "0")),
+        graceful_timeout=float(os.environ.get("GRACEFUL_TIMEOUT", "25")),
+        reuse_port=os.environ.get("REUSE_PORT") == "1",
         on_ready=lambda port: print("port", port, flush=True),
     )
     print("stopped", flush=True)

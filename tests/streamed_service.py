@@ -39,6 +39,8 @@ def main() -> None:
         port=0,
         timeout=float(os.environ.get("TIMEOUT", "10")),
         header_timeout=float(os.environ.get("HEADER_TIMEOUT", "10")),
+        drain_delay=0,
+        graceful_timeout=float(os.environ.get("GRACEFUL_TIMEOUT", "25")),
         on_ready=lambda port: print("port", port, flush=True),
     )
 

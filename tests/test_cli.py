@@ -36,7 +36,7 @@ def cli(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, **env},
+        env={**os.environ, "AQUEDUCT_DRAIN_DELAY": "0", **env},
     )
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
@@ -75,9 +75,48 @@ def test_help_explains_every_option_and_its_variable():
         ("--max-connections", "AQUEDUCT_MAX_CONNECTIONS"),
         ("--access-log", "AQUEDUCT_ACCESS_LOG"),
         ("--app-dir", "AQUEDUCT_APP_DIR"),
+        ("--drain-delay", "AQUEDUCT_DRAIN_DELAY"),
+        ("--graceful-timeout", "AQUEDUCT_GRACEFUL_TIMEOUT"),
+        ("--reuse-port", "AQUEDUCT_REUSE_PORT"),
     ]:
         assert flag in done.stdout and env in done.stdout, flag
     assert "MODULE:ATTR" in done.stdout and "Service" in done.stdout
+
+
+def test_every_serve_option_is_in_the_readme_table_or_its_option_list():
+    from aqueduct._cli import OPTIONS
+
+    readme = (Path(__file__).parent.parent / "README.rst").read_text()
+    for option in OPTIONS:
+        assert option.flag in readme, option.flag
+
+
+def test_the_deploy_recipes_name_real_variables_paths_and_a_long_enough_grace():
+    import re
+
+    from aqueduct import http
+    from aqueduct._cli import ENV_PREFIX, OPTIONS
+
+    deploy = Path(__file__).parent.parent / "deploy"
+    manifest = (deploy / "kubernetes.yaml").read_text()
+    dockerfile = (deploy / "Dockerfile").read_text()
+    variables = {option.env for option in OPTIONS} | {ENV_PREFIX + "APP_DIR", "AQUEDUCT_API_KEYS"}
+    named = set(re.findall(r"AQUEDUCT_[A-Z_]+", manifest + dockerfile))
+    assert named and named <= variables, named - variables
+    probes = re.findall(
+        r"(startupProbe|livenessProbe|readinessProbe):.*?path: (/\w+)", manifest, re.S
+    )
+    assert dict(probes) == {
+        "startupProbe": "/live",
+        "livenessProbe": "/live",
+        "readinessProbe": "/ready",
+    }
+    assert {"/live", "/ready"} <= set(http.RESERVED_PATHS)
+    grace = int(re.search(r"terminationGracePeriodSeconds: (\d+)", manifest).group(1))
+    drain = float(re.search(r"AQUEDUCT_DRAIN_DELAY, value: \"([\d.]+)\"", manifest).group(1))
+    finish = float(re.search(r"AQUEDUCT_GRACEFUL_TIMEOUT, value: \"([\d.]+)\"", manifest).group(1))
+    assert grace > drain + finish
+    assert "maturin build" in dockerfile and "aqueduct serve" in dockerfile
 
 
 def test_the_example_service_is_served_by_the_console_script(tmp_path):

@@ -53,5 +53,6 @@ if __name__ == "__main__":
             "/raw": (raw_task, total),
         },
         port=0,
+        drain_delay=0,
         on_ready=lambda port: print("port", port, flush=True),
     )

@@ -97,6 +97,25 @@ OPTIONS = [
         None,
         "append a line per answered request to this file ('-': stderr)",
     ),
+    Option(
+        "drain_delay",
+        float,
+        http.DEFAULT_DRAIN_DELAY,
+        "seconds, after SIGTERM, /ready answers 503 while requests are still served "
+        "(0 for local use)",
+    ),
+    Option(
+        "graceful_timeout",
+        float,
+        http.DEFAULT_GRACEFUL_TIMEOUT,
+        "seconds requests in flight get to finish once the server stops accepting",
+    ),
+    Option(
+        "reuse_port",
+        _boolean,
+        False,
+        "listen with SO_REUSEPORT: a new version may listen on the same port (1 or 0)",
+    ),
 ]
 
 TARGET_HELP = """\
@@ -117,8 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="serve MODULE:ATTR over HTTP until SIGINT or SIGTERM",
-        description="Serve MODULE:ATTR over HTTP until SIGINT or SIGTERM; then stop "
-        "accepting, let requests in flight finish and stop the flow.",
+        description="Serve MODULE:ATTR over HTTP until SIGINT or SIGTERM; then drain "
+        "(/ready 503 for --drain-delay), stop accepting, let requests in flight finish "
+        "and stop the flow. A second signal stops at once.",
         epilog=TARGET_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

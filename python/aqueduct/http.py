@@ -61,9 +61,10 @@ import os
 import resource
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core, openapi
 from ._ipc.http_messages import (
@@ -81,12 +82,19 @@ from .flow import Flow, runtime_of
 from .logger import log
 from .metrics import MAIN_PROCESS
 
+if TYPE_CHECKING:
+    from ._runtime.runtime import FlowRuntime
+
 __all__ = ["Request", "Response", "Route", "Server", "Service", "serve"]
 
 #: Default largest request body, in bytes.
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
-#: How long stopping lets requests in flight finish.
-STOP_GRACE = 10.0
+#: Default time, after SIGTERM, the server keeps serving with ``/ready``
+#: answering 503 (a load balancer takes it out meanwhile).
+DEFAULT_DRAIN_DELAY = 5.0
+#: Default time stopping lets requests in flight finish (under
+#: Kubernetes' 30 s grace period, with the drain delay).
+DEFAULT_GRACEFUL_TIMEOUT = 25.0
 #: Default time a client has to send a request's head.
 DEFAULT_HEADER_TIMEOUT = 10.0
 #: Default most connections open at once.
@@ -177,11 +185,19 @@ def serve(
     api_keys: Sequence[str] | None = None,
     open_metrics: bool = False,
     write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+    drain_delay: float = DEFAULT_DRAIN_DELAY,
+    graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
+    reuse_port: bool = False,
 ) -> None:
     """Starts ``flow`` (pass it not yet started: its workers get the two
     functions) and serves it on ``host:port`` (0: a free port) until SIGINT
-    or SIGTERM; then stops accepting, lets requests in flight finish (at most
-    ``STOP_GRACE`` seconds) and stops the flow. ``on_ready`` gets the port
+    or SIGTERM; then drains: ``/ready`` answers 503 at once while requests
+    are still served for ``drain_delay`` seconds (each answer closing its
+    connection), then the server stops accepting, lets requests in flight
+    finish (at most ``graceful_timeout`` seconds), ends open streams with an
+    error event, stops the flow and returns. A second signal stops at once.
+    ``reuse_port``: listen with ``SO_REUSEPORT``, so that a new version can
+    listen on the same port while this one drains. ``on_ready`` gets the port
     once it listens. ``threads`` run the connections. To run the server
     beside other work instead, use ``Server`` and ``stop`` it yourself.
     ``routes`` maps several paths to their own pair of functions (and
@@ -202,8 +218,10 @@ def serve(
     (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``) gets 401, from
     Rust, in time that does not depend on the key it sent; None (the
     default): the comma-separated keys of ``AQUEDUCT_API_KEYS`` if set,
-    else no key is needed. ``/health`` never needs one; ``/metrics`` does
-    unless ``open_metrics``."""
+    else no key is needed. ``/health``, ``/live`` and ``/ready`` never need
+    one; ``/metrics`` does unless ``open_metrics``."""
+    if not drain_delay >= 0:
+        raise ValueError(f"drain_delay must be >= 0, got {drain_delay}")
     server = Server(
         flow,
         task_from_request=task_from_request,
@@ -225,21 +243,51 @@ def serve(
         api_keys=api_keys,
         open_metrics=open_metrics,
         write_timeout=write_timeout,
+        graceful_timeout=graceful_timeout,
+        reuse_port=reuse_port,
     )
-    stopping = threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda *_: stopping.set())
+    signals = _Signals()
     try:
         if on_ready is not None:
             on_ready(server.port)
-        while not stopping.wait(0.2):
+        while not signals.first.wait(HEALTH_EVERY):
             server.check_health()
+        log.info("Draining: /ready answers 503, serving %.3g s more", drain_delay)
+        server.drain()
+        until = time.monotonic() + drain_delay
+        while (left := until - time.monotonic()) > 0 and not signals.second.is_set():
+            signals.second.wait(min(left, HEALTH_EVERY))
+            server.check_health()
+        server.stop(interrupt=signals.second)
     finally:
-        for signum, handler in previous.items():
+        signals.restore()
+        server.stop(0)  # at once, if the loop above did not get to stop it
+
+
+#: How often ``serve`` tells the server how the flow is.
+HEALTH_EVERY = 0.2
+
+
+class _Signals:
+    """SIGINT and SIGTERM, while ``serve`` runs in the main thread: the
+    first starts the drain, the second stops at once."""
+
+    def __init__(self) -> None:
+        self.first, self.second = threading.Event(), threading.Event()
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._got)
+
+    def _got(self, signum: int, _frame: Any) -> None:
+        if self.first.is_set():
+            log.warning("Second %s: stopping at once", signal.Signals(signum).name)
+            self.second.set()
+        self.first.set()
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-        server.stop()
 
 
 class Server:
@@ -270,6 +318,8 @@ class Server:
         api_keys: Sequence[str] | None = None,
         open_metrics: bool = False,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
+        reuse_port: bool = False,
     ) -> None:
         if flow.is_running or flow.are_steps_initialized:
             raise FlowError("serve() starts the flow itself: pass it a flow not yet started")
@@ -281,6 +331,9 @@ class Server:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        if not graceful_timeout >= 0:
+            raise ValueError(f"graceful_timeout must be >= 0, got {graceful_timeout}")
+        self.graceful_timeout = graceful_timeout
         routes = _routes(path, task_from_request, response_from_task, stream, routes)
         keys = _api_keys(api_keys)
         _allow_fds(max_connections)
@@ -321,11 +374,13 @@ class Server:
                 api_keys=keys,
                 open_metrics=open_metrics,
                 openapi=json.dumps(api).encode(),
+                reuse_port=reuse_port,
             )
         except BaseException:
             asyncio.run(flow.stop(graceful=False))
             raise
         self.port: int = self._native.port
+        self._stopped = False
         self.check_health()
         log.info("Serving the flow on http://%s:%d %s", host, self.port, " ".join(routes))
         if keys:
@@ -359,16 +414,55 @@ class Server:
         self._native.set_failure(runtime.failure)
         supervisor = runtime.supervisor
         workers = supervisor.workers if supervisor is not None else []
+        self._native.set_unready(_missing_workers(runtime))
         self._native.set_names(self._flow_name, self._metric_slots, processes(workers))
 
-    def stop(self, grace: float = STOP_GRACE) -> None:
+    @property
+    def phase(self) -> str:
+        """``"serving"``, ``"draining"``, ``"closing"`` or ``"stopped"``."""
+        return self._native.phase
+
+    def drain(self) -> None:
+        """``/ready`` answers 503 from now on, and each answer closes its
+        connection; requests are still accepted and served."""
+        self._native.drain()
+
+    def stop(self, grace: float | None = None, *, interrupt: threading.Event | None = None) -> None:
         """Stops accepting, lets requests in flight finish (at most
-        ``grace`` seconds), then stops the flow (whose workers forget the
-        route functions)."""
-        self._native.stop(grace)
+        ``grace`` seconds, by default ``graceful_timeout``; less if
+        ``interrupt`` is set meanwhile), ends the rest (an open stream with
+        an error event, a waiting request with a 503), then stops the flow
+        (whose workers forget the route functions). Stopping a stopped
+        server does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.graceful_timeout if grace is None else grace
+        native = self._native
+        native.close()
+        until = time.monotonic() + grace
+        while native.connections and (left := until - time.monotonic()) > 0:
+            if interrupt is not None and interrupt.wait(min(left, 0.01)):
+                break
+            if interrupt is None:
+                time.sleep(min(left, 0.01))
+        native.stop(0)
         asyncio.run(self._flow.stop(graceful=False))
         self._runtime.http_routes = None
         log.info("The HTTP server stopped")
+
+
+def _missing_workers(runtime: FlowRuntime) -> str | None:
+    """Why the flow lacks workers now (a step with fewer ready than it
+    starts with: starting, or respawning one that died), or None."""
+    supervisor, specs = runtime.supervisor, runtime.specs
+    if supervisor is None or specs is None:
+        return "the flow has no workers"
+    for index, name in enumerate(runtime.config.step_names):
+        ready = sum(w.ready and not w.retiring for w in supervisor.of_step(index))
+        if ready < (wanted := specs.first(index)):
+            return f"{ready} of {wanted} workers of {name} are ready"
+    return None
 
 
 def _routes(

@@ -19,7 +19,18 @@
 pub const HEALTH_PATH: &str = "/health";
 pub const METRICS_PATH: &str = "/metrics";
 pub const OPENAPI_PATH: &str = "/openapi.json";
-pub const RESERVED_PATHS: [&str; 3] = [HEALTH_PATH, METRICS_PATH, OPENAPI_PATH];
+/// 200 while the process serves at all (a liveness probe).
+pub const LIVE_PATH: &str = "/live";
+/// 200 while the flow has all its workers and the server is not draining
+/// (a readiness probe); 503 otherwise.
+pub const READY_PATH: &str = "/ready";
+pub const RESERVED_PATHS: [&str; 5] = [
+    HEALTH_PATH,
+    METRICS_PATH,
+    OPENAPI_PATH,
+    LIVE_PATH,
+    READY_PATH,
+];
 
 /// A request's parts, borrowed from a payload.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::access_log::Entry;
@@ -27,6 +27,9 @@ use crate::json_errors::JsonErrors;
 use crate::server::{handle, Reply, Shared};
 use crate::timed_connection::{Activity, InProgress, Limits, TimedConnection};
 
+/// How long a connection that has sent no request yet gets to send its
+/// first once the server closes.
+const FIRST_REQUEST_LINGER: Duration = Duration::from_millis(500);
 /// How long the accept loop waits after a failed accept (out of fds).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
@@ -55,18 +58,40 @@ pub(crate) async fn accept(
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         };
-        let _ = stream.set_nodelay(true);
-        shared.connections.fetch_add(1, Ordering::AcqRel);
-        let shared = Arc::clone(&shared);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            serve(stream, peer, &shared, shutdown).await;
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
-            drop(permit);
-        });
+        spawn_serve(stream, peer, &shared, &shutdown, Some(permit));
     }
+    // Closing the listener would reset what the kernel already accepted
+    // for it: those connections are served (their answers close them).
+    let Ok(listener) = listener.into_std() else {
+        return;
+    };
+    while let Ok((stream, peer)) = listener.accept() {
+        let stream = stream.set_nonblocking(true).map(|()| stream);
+        if let Ok(stream) = stream.and_then(tokio::net::TcpStream::from_std) {
+            spawn_serve(stream, peer, &shared, &shutdown, None);
+        }
+    }
+}
+
+/// Serves a connection accepted (counted in `connections` until it ends).
+fn spawn_serve(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    shutdown: &watch::Receiver<bool>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let _ = stream.set_nodelay(true);
+    shared.connections.fetch_add(1, Ordering::AcqRel);
+    let shared = Arc::clone(shared);
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        serve(stream, peer, &shared, shutdown).await;
+        shared.connections.fetch_sub(1, Ordering::AcqRel);
+        drop(permit);
+    });
 }
 
 async fn serve(
@@ -84,11 +109,18 @@ async fn serve(
             let smuggled = activity.refused(activity.begun());
             async move {
                 let line = shared.access_log.as_ref().map(|_| Line::of(&request, peer));
-                let response = if smuggled {
+                let mut response = if smuggled {
                     smuggling().map(Either::Left)
                 } else {
                     handle(&shared, request).await
                 };
+                if shared.readiness.closes_connections() {
+                    // draining: the client's next request goes elsewhere
+                    response.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
                 if let (Some(log), Some(line)) = (&shared.access_log, line) {
                     log.record(&line.entry(&response));
                 }
@@ -107,7 +139,7 @@ async fn serve(
     };
     let timed = TimedConnection::new(stream, Arc::clone(&activity), limits);
     let framed = Framed::new(timed, Arc::clone(&activity));
-    let io = TokioIo::new(JsonErrors::new(framed, activity));
+    let io = TokioIo::new(JsonErrors::new(framed, Arc::clone(&activity)));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(None) // the timed connection's clocks instead
@@ -117,6 +149,16 @@ async fn serve(
     tokio::select! {
         _ = connection.as_mut() => {}
         _ = shutdown.changed() => {
+            // a connection that has sent nothing yet may have its first
+            // request on the way: it is served (its answer closes it)
+            let until = Instant::now() + FIRST_REQUEST_LINGER;
+            while activity.begun() == 0 && Instant::now() < until {
+                let tick = tokio::time::sleep(Duration::from_millis(5));
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    () = tick => {}
+                }
+            }
             // finish the request in flight, then close
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use aqueduct_core::http_wire::{
-    encode_request_head, BodyRef, HEALTH_PATH, METRICS_PATH, OPENAPI_PATH,
+    encode_request_head, BodyRef, HEALTH_PATH, LIVE_PATH, METRICS_PATH, OPENAPI_PATH, READY_PATH,
 };
 use aqueduct_core::wire::{
     http_route_bits, is_part, FLAG_HTTP, FLAG_STREAM, INLINE_LIMIT, KIND_HTTP_REQUEST,
@@ -31,12 +31,15 @@ use crate::answer::{self, Body};
 use crate::auth::ApiKeys;
 use crate::connection;
 use crate::metrics::{self, Names, Outcomes};
+use crate::readiness::{Phase, Readiness};
 use crate::stream::{End, PartBody};
 
 /// Header a request may set to its own timeout, in seconds.
 const TIMEOUT_HEADER: &str = "x-aqueduct-timeout";
 /// Header a request may set to its priority (clamped to the flow's levels).
 const PRIORITY_HEADER: &str = "x-aqueduct-priority";
+/// How long `stop` lets connections write the ends it gave their requests.
+const LAST_WRITES: Duration = Duration::from_millis(500);
 /// How often the reader thread looks at `stopping` while no answer comes.
 const READER_TICK: Duration = Duration::from_millis(100);
 
@@ -80,6 +83,9 @@ pub struct Config {
     /// Per route (as `paths`): the content type of its streamed responses,
     /// or None for a route that answers once (see `stream`).
     pub streams: Vec<Option<String>>,
+    /// Listen with `SO_REUSEPORT`: another server (a new version) may
+    /// listen on the same port while this one drains.
+    pub reuse_port: bool,
 }
 
 /// What a request waits for (dropped: there is no answer): the answer's
@@ -176,6 +182,7 @@ pub(crate) struct Shared {
     /// Why the reader stopped reading the result queue (it is corrupt).
     corrupt: Mutex<Option<String>>,
     stopping: AtomicBool,
+    pub(crate) readiness: Readiness,
     pub(crate) connections: AtomicUsize,
     pub(crate) access_log: Option<AccessLog>,
 }
@@ -225,13 +232,16 @@ pub struct Server {
 /// beyond `max_connections`, wait there instead of retrying their SYN.
 const LISTEN_BACKLOG: u32 = 4096;
 
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -247,7 +257,7 @@ impl Server {
             .build()?;
         let listener = {
             let _entered = runtime.enter();
-            listen(config.addr)?
+            listen(config.addr, config.reuse_port)?
         };
         let local_addr = listener.local_addr()?;
         let access_log = config
@@ -262,6 +272,7 @@ impl Server {
             failure: Mutex::new(None),
             corrupt: Mutex::new(None),
             stopping: AtomicBool::new(false),
+            readiness: Readiness::default(),
             connections: AtomicUsize::new(0),
             access_log,
             config,
@@ -326,14 +337,45 @@ impl Server {
         self.shared.corruption()
     }
 
-    /// Stops accepting, lets requests in flight finish for at most `grace`,
-    /// then ends every connection and the reader thread.
-    pub fn stop(&mut self, grace: Duration) {
+    /// Where the server is in its life (see `readiness`).
+    pub fn phase(&self) -> Phase {
+        self.shared.readiness.phase()
+    }
+
+    /// Why the flow lacks workers now (`None`: it has them all): `/ready`
+    /// answers 503 meanwhile.
+    pub fn set_unready(&self, reason: Option<String>) {
+        self.shared.readiness.set_unready(reason);
+    }
+
+    /// Starts draining: `/ready` answers 503 from now on, and every answer
+    /// closes its connection; requests are still accepted and served.
+    pub fn drain(&self) {
+        self.shared.readiness.advance(Phase::Draining);
+    }
+
+    /// Stops accepting (what waits in the listen backlog is accepted and
+    /// served first) and closes each connection once its request in flight
+    /// is answered; `stop` ends the rest.
+    pub fn close(&self) {
+        self.shared.readiness.advance(Phase::Closing);
         let _ = self.shutdown.send(true);
-        let until = Instant::now() + grace;
-        while self.shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Acquire)
+    }
+
+    /// Closes (see `close`), lets requests in flight finish for at most
+    /// `grace`, then ends the rest — an open stream with an error event, a
+    /// request still waiting with a 503 — and the reader thread.
+    pub fn stop(&mut self, grace: Duration) {
+        self.close();
+        self.wait_connections(Instant::now() + grace);
+        self.shared.settle_all();
+        self.wait_connections(Instant::now() + LAST_WRITES);
+        self.shared.readiness.advance(Phase::Stopped);
         self.shared.stopping.store(true, Ordering::Release);
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_timeout(Duration::from_millis(100));
@@ -342,6 +384,12 @@ impl Server {
             let _ = reader.join();
         }
         self.shared.settle_all();
+    }
+
+    fn wait_connections(&self, until: Instant) {
+        while self.connections() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -353,6 +401,23 @@ impl Drop for Server {
 
 pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Reply> {
     let path = request.uri().path().to_owned();
+    if path == LIVE_PATH {
+        return ok_json(br#"{"status": "live"}"#).map(Either::Left);
+    }
+    if path == READY_PATH {
+        let ready = shared
+            .readiness
+            .ready()
+            .and_then(|()| match shared.failure() {
+                Some(reason) => Err(reason),
+                None => Ok(()),
+            });
+        return match ready {
+            Ok(()) => ok_json(br#"{"status": "ready"}"#),
+            Err(reason) => answer::error(StatusCode::SERVICE_UNAVAILABLE, &reason, "NotReady"),
+        }
+        .map(Either::Left);
+    }
     if path == HEALTH_PATH {
         return match shared.failure() {
             None => ok_json(br#"{"status": "ok"}"#),

@@ -22,7 +22,7 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, write_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false, openapi=None))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, write_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false, openapi=None, reuse_port=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -46,6 +46,7 @@ impl HttpServer {
         api_keys: Vec<String>,
         open_metrics: bool,
         openapi: Option<Vec<u8>>,
+        reuse_port: bool,
     ) -> PyResult<Self> {
         let addr: SocketAddr = (host, port)
             .to_socket_addrs()
@@ -74,6 +75,7 @@ impl HttpServer {
             api_keys: ApiKeys::new(api_keys),
             open_metrics,
             openapi: openapi.map(Into::into),
+            reuse_port,
         };
         let target = target(&steps, results, control, arena, client);
         let server = Server::start(config, target)
@@ -131,8 +133,40 @@ impl HttpServer {
         self.with_server(Server::corruption).flatten()
     }
 
-    /// Stops accepting, lets requests in flight finish for at most `grace`
-    /// seconds (GIL released), then closes every connection.
+    /// Why the flow lacks workers now (None: it has them all): `/ready`
+    /// answers 503 meanwhile.
+    fn set_unready(&self, reason: Option<String>) {
+        self.with_server(|server| server.set_unready(reason));
+    }
+
+    /// `/ready` answers 503 from now on and every answer closes its
+    /// connection; requests are still accepted and served.
+    fn drain(&self) {
+        self.with_server(Server::drain);
+    }
+
+    /// Stops accepting (what the kernel accepted already is served) and
+    /// closes each connection once its request in flight is answered.
+    fn close(&self) {
+        self.with_server(Server::close);
+    }
+
+    /// `"serving"`, `"draining"`, `"closing"` or `"stopped"`.
+    #[getter]
+    fn phase(&self) -> &'static str {
+        self.with_server(|server| server.phase().name())
+            .unwrap_or("stopped")
+    }
+
+    /// Connections open now.
+    #[getter]
+    fn connections(&self) -> usize {
+        self.with_server(Server::connections).unwrap_or(0)
+    }
+
+    /// Closes, lets requests in flight finish for at most `grace` seconds
+    /// (GIL released), then ends the rest: an open stream with an error
+    /// event, a request still waiting with a 503.
     fn stop(&self, py: Python<'_>, grace: f64) {
         let taken = self
             .server
