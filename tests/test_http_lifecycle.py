@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import WAIT, eventually
+from support import WAIT, children_of, eventually
 from test_http import call, service
 
 STREAMED = Path(__file__).parent / "streamed_service.py"
@@ -45,6 +45,24 @@ def test_live_and_ready_need_no_key_and_ready_turns_503_at_sigterm_while_request
         assert time.monotonic() - sent >= 2.0, "served for the drain delay"
         with pytest.raises(OSError):
             call(port, {"x": 3}, headers=keyed)
+
+
+def test_ready_is_503_while_a_killed_worker_is_respawned_then_200_again():
+    with service() as (port, proc):
+        assert call(port, path="/ready", method="GET")[0] == 200
+        os.kill(min(children_of(proc.pid)), signal.SIGKILL)
+        reasons = []
+        until = time.monotonic() + WAIT
+        while time.monotonic() < until:
+            status, _, body = call(port, path="/ready", method="GET")
+            if status == 503:
+                reasons.append(json.loads(body)["error"])
+            elif reasons:
+                break  # ready again
+            time.sleep(0.01)
+        assert reasons and "workers of step" in reasons[0], reasons
+        assert call(port, path="/ready", method="GET")[0] == 200
+        assert call(port, {"x": 1})[0] == 200
 
 
 def test_a_second_signal_stops_at_once():
