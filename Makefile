@@ -66,6 +66,7 @@ bench-http: build ## HTTP benchmark vs mosec under wrk (installs wrk and mosec i
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	test -x $(MOSEC_VENV)/bin/python || ($(PYTHON) -m venv $(MOSEC_VENV) && $(MOSEC_VENV)/bin/pip install -q mosec)
 	$(PY) benches/http/run.py --mosec-python $(MOSEC_VENV)/bin/python
+	$(PY) benches/http/big_answer.py
 
 .PHONY: soak
 soak: build ## A million tasks: RSS and open fds of every process before and after

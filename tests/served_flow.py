@@ -69,6 +69,16 @@ def task_from_request(request: Request) -> Job:
     return Job(data["x"], sleep=float(data.get("sleep", 0)), reached=data.get("reached"))
 
 
+_BIG_ANSWERS: dict[int, bytes] = {}
+
+
+def _big_answer(size: int) -> bytes:
+    # made once: what is measured is the answer's way out
+    if size not in _BIG_ANSWERS:
+        _BIG_ANSWERS[size] = b"x" * size
+    return _BIG_ANSWERS[size]
+
+
 def response_from_task(task: Job) -> object:
     if isinstance(task.x, str) and task.x == "empty":
         return Response(b"", status=404)
@@ -77,7 +87,9 @@ def response_from_task(task: Job) -> object:
     if isinstance(task.x, str) and task.x == "no such status":
         return Response(b"", status=1000)
     if isinstance(task.x, str) and task.x == "big answer":
-        return Response(b"x" * int(os.environ.get("BIG_ANSWER", str(32 << 20))))
+        return Response(_big_answer(int(os.environ.get("BIG_ANSWER", str(32 << 20)))))
+    if isinstance(task.x, str) and task.x == "array answer":
+        return np.arange(int(os.environ.get("BIG_ANSWER", str(1 << 20))), dtype=np.int64)
     if isinstance(task.x, str) and task.x == "teapot":
         return Response(b"short and stout", status=418, headers={"X-Pot": "tea"})
     y = int(task.y.sum()) if isinstance(task.y, np.ndarray) else task.y

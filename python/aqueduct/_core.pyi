@@ -164,9 +164,10 @@ class Queue:
     def close(self) -> None: ...
 
 _HttpRoute = tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], Any] | None]
-_HttpEnds = tuple[list[_HttpRoute], type, type, list[SharedArena]]
-"""``(routes, Request, Response, arenas)``: what a worker of a flow served
-over HTTP makes tasks and responses with."""
+_HttpEnds = tuple[list[_HttpRoute], type, type, list[SharedArena], int]
+"""``(routes, Request, Response, arenas, own arena)``: what a worker of a flow
+served over HTTP makes tasks and responses with (a big answer goes in its
+own arena)."""
 
 @final
 class StepWorker:
@@ -300,6 +301,7 @@ class HttpServer:
         results: Queue,
         control: Control,
         arena: SharedArena,
+        arenas: list[SharedArena],
         client: int,
         timeout: float,
         body_limit: int,
@@ -332,6 +334,7 @@ class HttpServer:
         results: Queue,
         control: Control,
         arena: SharedArena,
+        arenas: list[SharedArena],
         client: int,
     ) -> None: ...
     def set_names(self, flow: str, steps: list[str], processes: list[tuple[str, int]]) -> None: ...

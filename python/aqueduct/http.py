@@ -394,6 +394,7 @@ class Server:
             "results": topology.result_queue(slot),
             "control": topology.control,
             "arena": topology.arenas[slot],
+            "arenas": topology.arenas,  # where workers place big answers
             "client": slot,
         }
 

@@ -10,7 +10,11 @@
 //! payload, 1 when it lies in an arena, followed by the block's `u32` arena
 //! index, `u64` block, `u64` offset and `u64` length. A response
 //! (`KIND_HTTP_RESPONSE`): `u16` status, `u32` header count, the headers as
-//! in a request, the body. An error report (`KIND_ERROR`): `u16` HTTP status,
+//! in a request, the body. With `FLAG_BODY`, a response's body — or a
+//! streamed part's (`KIND_HTTP_PART`) whole payload — is instead a
+//! reference to where the worker placed it in its arena (the block's `u32`
+//! arena index, `u64` block, `u64` offset, `u64` length: [`BODY_REF_BYTES`]);
+//! the server writes it from there and frees the block. An error report (`KIND_ERROR`): `u16` HTTP status,
 //! `u32` length of a JSON object `{"error", "type"}`, that object, then what
 //! the Python half reads (a pickle).
 
@@ -99,13 +103,38 @@ pub fn encode_request_head(
         None => out.push(0),
         Some(r) => {
             out.push(1);
-            out.extend_from_slice(&r.arena.to_le_bytes());
-            for word in [r.block, r.offset, r.len] {
-                out.extend_from_slice(&word.to_le_bytes());
-            }
+            encode_body_ref(out, r);
         }
     }
     Some(())
+}
+
+/// Bytes of an encoded [`BodyRef`].
+pub const BODY_REF_BYTES: usize = 4 + 3 * 8;
+
+/// Appends `r` to `out` ([`BODY_REF_BYTES`] bytes).
+pub fn encode_body_ref(out: &mut Vec<u8>, r: BodyRef) {
+    out.extend_from_slice(&r.arena.to_le_bytes());
+    for word in [r.block, r.offset, r.len] {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+}
+
+/// The reference `bytes` is exactly (None: it is not one).
+pub fn decode_body_ref(bytes: &[u8]) -> Option<BodyRef> {
+    if bytes.len() != BODY_REF_BYTES {
+        return None;
+    }
+    read_body_ref(&mut Reader(bytes))
+}
+
+fn read_body_ref(r: &mut Reader<'_>) -> Option<BodyRef> {
+    Some(BodyRef {
+        arena: u32::from_le_bytes(r.array()?),
+        block: u64::from_le_bytes(r.array()?),
+        offset: u64::from_le_bytes(r.array()?),
+        len: u64::from_le_bytes(r.array()?),
+    })
 }
 
 pub fn decode_request(payload: &[u8]) -> Option<Request<'_>> {
@@ -117,12 +146,7 @@ pub fn decode_request(payload: &[u8]) -> Option<Request<'_>> {
     let headers = r.headers()?;
     let body = match r.array::<1>()? {
         [0] => Body::Inline(r.0),
-        [1] => Body::Arena(BodyRef {
-            arena: u32::from_le_bytes(r.array()?),
-            block: u64::from_le_bytes(r.array()?),
-            offset: u64::from_le_bytes(r.array()?),
-            len: u64::from_le_bytes(r.array()?),
-        }),
+        [1] => Body::Arena(read_body_ref(&mut r)?),
         _ => return None,
     };
     Some(Request {
@@ -557,5 +581,27 @@ mod fuzz {
             let lines: Vec<&[u8]> = event[..event.len() - 2].split(|&b| b == b'\n').collect();
             prop_assert!(lines.iter().all(|line| line.starts_with(b"data: ")));
         }
+    }
+}
+
+#[cfg(test)]
+mod body_ref_tests {
+    use super::{decode_body_ref, encode_body_ref, BodyRef, BODY_REF_BYTES};
+
+    #[test]
+    fn a_body_ref_round_trips_and_no_other_length_is_one() {
+        let r = BodyRef {
+            arena: 3,
+            block: 1 << 16,
+            offset: (1 << 16) + 8,
+            len: 64 << 20,
+        };
+        let mut out = Vec::new();
+        encode_body_ref(&mut out, r);
+        assert_eq!(out.len(), BODY_REF_BYTES);
+        assert_eq!(decode_body_ref(&out), Some(r));
+        assert_eq!(decode_body_ref(&out[1..]), None);
+        out.push(0);
+        assert_eq!(decode_body_ref(&out), None);
     }
 }

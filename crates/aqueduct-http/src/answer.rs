@@ -3,7 +3,8 @@
 
 use aqueduct_core::http_wire::{decode_response, error_json, split_error};
 use aqueduct_core::wire::{base_kind, KIND_DROPPED, KIND_ERROR, KIND_HTTP_RESPONSE};
-use aqueduct_core::Message;
+
+use crate::delivered::Delivered;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
@@ -26,7 +27,8 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 }
 
 /// The response for a message of the result queue.
-pub fn from_message(message: &Message) -> Response<Body> {
+pub fn from_message(delivered: Delivered) -> Response<Body> {
+    let Delivered { message, placed } = delivered;
     let payload = message.payload();
     match base_kind(message.header.kind) {
         KIND_HTTP_RESPONSE => match decode_response(payload) {
@@ -36,7 +38,15 @@ pub fn from_message(message: &Message) -> Response<Body> {
                     let message = format!("the worker's response has status {}", answer.status);
                     return error(StatusCode::INTERNAL_SERVER_ERROR, &message, "FlowError");
                 };
-                let mut response = Response::new(Full::new(Bytes::copy_from_slice(answer.body)));
+                let body = match placed {
+                    None => Bytes::copy_from_slice(answer.body),
+                    Some(Ok(body)) => body, // written from the worker's arena
+                    Some(Err(why)) => {
+                        let message = format!("the worker's response is not well-formed: {why}");
+                        return error(StatusCode::INTERNAL_SERVER_ERROR, &message, "FlowError");
+                    }
+                };
+                let mut response = Response::new(Full::new(body));
                 *response.status_mut() = status;
                 let headers = response.headers_mut();
                 for (name, value) in answer.headers {
@@ -131,7 +141,7 @@ mod fuzz {
             let header = MessageHeader { kind: kind | (flags & FLAGS), ..MessageHeader::default() };
             queue.push(&header, &payload).expect("room");
             let message = queue.try_pop().expect("intact").expect("a message");
-            let response = from_message(&message);
+            let response = from_message(Delivered::new(message, &[]));
             let status = response.status().as_u16();
             prop_assert!((100..=999).contains(&status));
             if base_kind(kind) == KIND_ERROR {

@@ -12,6 +12,7 @@ mod access_log;
 mod answer;
 mod auth;
 mod connection;
+mod delivered;
 mod framing;
 mod json_errors;
 mod metrics;

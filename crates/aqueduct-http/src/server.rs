@@ -16,8 +16,8 @@ use aqueduct_core::wire::{
     MAX_PRIORITIES,
 };
 use aqueduct_core::{
-    monotonic_ns, ClientConfig, ClientCore, ClientQueues, Control, Error, Message, MessageHeader,
-    Outbound, TaskQueue, TrackedArena,
+    monotonic_ns, ClientConfig, ClientCore, ClientQueues, Control, Error, MessageHeader, Outbound,
+    TaskQueue, TrackedArena,
 };
 use bytes::Bytes;
 use http_body_util::Either;
@@ -30,6 +30,7 @@ use crate::access_log::{AccessLog, Destination};
 use crate::answer::{self, Body};
 use crate::auth::ApiKeys;
 use crate::connection;
+use crate::delivered::Delivered;
 use crate::metrics::{self, Names, Outcomes};
 use crate::readiness::{Phase, Readiness};
 use crate::stream::{End, PartBody};
@@ -91,12 +92,12 @@ pub struct Config {
 /// What a request waits for (dropped: there is no answer): the answer's
 /// message, or, for a streaming route, every part and then the answer.
 enum Waiter {
-    Once(oneshot::Sender<Message>),
-    Stream(mpsc::UnboundedSender<Message>),
+    Once(oneshot::Sender<Delivered>),
+    Stream(mpsc::UnboundedSender<Delivered>),
 }
 
 impl Waiter {
-    fn deliver(self, message: Message) {
+    fn deliver(self, message: Delivered) {
         let _ = match self {
             Waiter::Once(tx) => tx.send(message).map_err(drop),
             Waiter::Stream(tx) => tx.send(message).map_err(drop),
@@ -106,8 +107,8 @@ impl Waiter {
 
 /// How a request waits (see [`Waiter`]).
 enum Awaited {
-    Once(oneshot::Receiver<Message>),
-    Stream(mpsc::UnboundedReceiver<Message>),
+    Once(oneshot::Receiver<Delivered>),
+    Stream(mpsc::UnboundedReceiver<Delivered>),
 }
 
 /// A response's body: whole, or streamed.
@@ -142,6 +143,8 @@ pub struct Target {
     pub control: Arc<Control>,
     /// The server slot's arena, for request bodies too big for a queue.
     pub arena: Arc<TrackedArena>,
+    /// Every arena of the flow, by index: where workers place big answers.
+    pub arenas: Vec<Arc<TrackedArena>>,
     /// The server's client slot.
     pub client: u32,
 }
@@ -182,6 +185,8 @@ pub(crate) struct Shared {
     /// Why the reader stopped reading the result queue (it is corrupt).
     corrupt: Mutex<Option<String>>,
     stopping: AtomicBool,
+    /// The flow's arenas (they change when it heals), where big answers are.
+    arenas: Mutex<Vec<Arc<TrackedArena>>>,
     pub(crate) readiness: Readiness,
     pub(crate) connections: AtomicUsize,
     pub(crate) access_log: Option<AccessLog>,
@@ -265,7 +270,9 @@ impl Server {
             .as_ref()
             .map(AccessLog::open)
             .transpose()?;
+        let arenas = Mutex::new(target.arenas.clone());
         let shared = Arc::new(Shared {
+            arenas,
             client: Mutex::new(client_of(target)?),
             names: Mutex::new(Names::default()),
             outcomes: Outcomes::default(),
@@ -320,7 +327,13 @@ impl Server {
     /// The flow moved to fresh segments (it healed): requests go there from
     /// now on; those waiting on the old ones end (503).
     pub fn retarget(&self, target: Target) -> std::io::Result<()> {
+        let arenas = target.arenas.clone();
         let fresh = client_of(target)?;
+        *self
+            .shared
+            .arenas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = arenas;
         let mut old = std::mem::replace(&mut *self.shared.client(), fresh);
         *self
             .shared
@@ -525,7 +538,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
         Awaited::Once(answer) => tokio::time::timeout(timeout, answer).await.map(Result::ok),
         Awaited::Stream(mut messages) => {
             match tokio::time::timeout(timeout, messages.recv()).await {
-                Ok(Some(message)) if is_part(message.header.kind) => {
+                Ok(Some(message)) if is_part(message.message.header.kind) => {
                     guard.key = None; // the body cancels it from now on
                     let content_type = stream.unwrap_or_default();
                     let deadline = Box::pin(tokio::time::sleep_until(started + timeout));
@@ -537,7 +550,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
     };
     guard.key = None;
     let response = match first {
-        Ok(Some(message)) => answer::from_message(&message),
+        Ok(Some(message)) => answer::from_message(message),
         Ok(None) => answer::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the flow stopped or restarted before it answered",
@@ -563,8 +576,8 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
 fn streamed(
     shared: &Arc<Shared>,
     key: u64,
-    first: Message,
-    messages: mpsc::UnboundedReceiver<Message>,
+    first: Delivered,
+    messages: mpsc::UnboundedReceiver<Delivered>,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     content_type: &str,
 ) -> Response<Reply> {
@@ -777,11 +790,18 @@ fn read_answers(shared: &Shared) {
                 drained
             };
             let taken = drained.answers.len();
+            let arenas = shared
+                .arenas
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
             for answer in drained.answers {
+                // a placed body is freed when this is dropped, delivered or not
+                let delivered = Delivered::new(answer.message, &arenas);
                 if let Some(sink) = answer.sink {
-                    let _ = sink.send(answer.message); // a part
+                    let _ = sink.send(delivered); // a part
                 } else if let Some(waiter) = answer.waiter {
-                    waiter.deliver(answer.message);
+                    waiter.deliver(delivered);
                 }
             }
             if taken > 0 {

@@ -16,11 +16,12 @@ use std::task::{Context, Poll};
 
 use aqueduct_core::http_wire::{decode_response, error_event, server_sent_event, split_error};
 use aqueduct_core::wire::{base_kind, KIND_ERROR, KIND_HTTP_PART, KIND_HTTP_RESPONSE};
-use aqueduct_core::Message;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Sleep;
+
+use crate::delivered::Delivered;
 
 /// Parts already there when one is written go out with it, up to this size.
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -37,8 +38,8 @@ pub enum End {
 
 /// The body of a streamed response (see the module docs).
 pub struct PartBody {
-    first: Option<Message>,
-    messages: UnboundedReceiver<Message>,
+    first: Option<Delivered>,
+    messages: UnboundedReceiver<Delivered>,
     deadline: Pin<Box<Sleep>>,
     ended: bool,
     /// Called once, with how the stream ended.
@@ -49,8 +50,8 @@ impl PartBody {
     /// A body that starts with the part `first`, then takes what comes
     /// through `messages` until the final message or `deadline`.
     pub fn new(
-        first: Message,
-        messages: UnboundedReceiver<Message>,
+        first: Delivered,
+        messages: UnboundedReceiver<Delivered>,
         deadline: Pin<Box<Sleep>>,
         on_end: Box<dyn FnOnce(End) + Send + Sync>,
     ) -> Self {
@@ -78,7 +79,7 @@ impl PartBody {
             let Ok(message) = self.messages.try_recv() else {
                 break;
             };
-            if let Some(more) = self.frame_of(&message) {
+            if let Some(more) = self.frame_of(message) {
                 out.get_or_insert_with(|| first.to_vec())
                     .extend_from_slice(&more);
             }
@@ -88,18 +89,28 @@ impl PartBody {
 
     /// The frame a message makes (None: the stream is over with nothing
     /// more to write).
-    fn frame_of(&mut self, message: &Message) -> Option<Bytes> {
+    fn frame_of(&mut self, delivered: Delivered) -> Option<Bytes> {
+        let Delivered { message, placed } = delivered;
         let payload = message.payload();
-        match base_kind(message.header.kind) {
-            KIND_HTTP_PART => Some(Bytes::copy_from_slice(payload)),
-            KIND_HTTP_RESPONSE => {
-                self.end(End::Done);
-                decode_response(payload)
-                    .map(|r| r.body)
-                    .filter(|body| !body.is_empty())
-                    .map(Bytes::copy_from_slice)
+        match (base_kind(message.header.kind), placed) {
+            (_, Some(Err(why))) => {
+                self.end(End::Failed);
+                let what = format!("the worker's part is not well-formed: {why}");
+                Some(Bytes::from(error_event(&what, "FlowError")))
             }
-            KIND_ERROR => {
+            (KIND_HTTP_PART, Some(Ok(placed))) => Some(placed), // from the worker's arena
+            (KIND_HTTP_PART, None) => Some(Bytes::copy_from_slice(payload)),
+            (KIND_HTTP_RESPONSE, placed) => {
+                self.end(End::Done);
+                match placed {
+                    Some(Ok(placed)) => Some(placed),
+                    _ => decode_response(payload)
+                        .map(|r| r.body)
+                        .filter(|body| !body.is_empty())
+                        .map(Bytes::copy_from_slice),
+                }
+            }
+            (KIND_ERROR, None) => {
                 self.end(End::Failed);
                 let event = split_error(payload).map_or_else(
                     || error_event("the task failed in a worker", "FlowError"),
@@ -153,7 +164,7 @@ impl Body for PartBody {
                     }
                 },
             };
-            if let Some(bytes) = this.frame_of(&message) {
+            if let Some(bytes) = this.frame_of(message) {
                 return Poll::Ready(Some(Ok(Frame::data(this.with_ready(bytes)))));
             }
         }
@@ -185,13 +196,13 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    fn message(queue: &TaskQueue, kind: u32, payload: &[u8]) -> Message {
+    fn message(queue: &TaskQueue, kind: u32, payload: &[u8]) -> Delivered {
         let header = MessageHeader {
             kind,
             ..MessageHeader::default()
         };
         queue.push(&header, payload).expect("room");
-        queue.try_pop().expect("intact").expect("a message")
+        Delivered::new(queue.try_pop().expect("intact").expect("a message"), &[])
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, write_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false, openapi=None, reuse_port=false))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, arenas, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, write_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false, openapi=None, reuse_port=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -32,6 +32,7 @@ impl HttpServer {
         results: &Queue,
         control: &PyControl,
         arena: &SharedArena,
+        arenas: Vec<PyRef<'_, SharedArena>>,
         client: u32,
         timeout: f64,
         body_limit: usize,
@@ -77,7 +78,7 @@ impl HttpServer {
             openapi: openapi.map(Into::into),
             reuse_port,
         };
-        let target = target(&steps, results, control, arena, client);
+        let target = target(&steps, results, control, arena, &arenas, client);
         let server = Server::start(config, target)
             .map_err(|e| PyOSError::new_err(format!("cannot serve on {addr}: {e}")))?;
         let port = server.local_addr().port();
@@ -106,9 +107,10 @@ impl HttpServer {
         results: &Queue,
         control: &PyControl,
         arena: &SharedArena,
+        arenas: Vec<PyRef<'_, SharedArena>>,
         client: u32,
     ) -> PyResult<()> {
-        let target = target(&steps, results, control, arena, client);
+        let target = target(&steps, results, control, arena, &arenas, client);
         self.with_server(|server| server.retarget(target))
             .transpose()
             .map_err(|e| PyOSError::new_err(format!("cannot follow the flow: {e}")))?;
@@ -196,6 +198,7 @@ fn target(
     results: &Queue,
     control: &PyControl,
     arena: &SharedArena,
+    arenas: &[PyRef<'_, SharedArena>],
     client: u32,
 ) -> Target {
     Target {
@@ -203,6 +206,7 @@ fn target(
         results: Arc::clone(&results.inner),
         control: Arc::clone(&control.inner),
         arena: Arc::clone(&arena.inner),
+        arenas: arenas.iter().map(|a| Arc::clone(&a.inner)).collect(),
         client,
     }
 }

@@ -139,7 +139,8 @@ class _Worker:
         # tasks from the HTTP server: made from requests, answered with responses
         http = None
         if spec.http_blob:
-            http = (cloudpickle.loads(spec.http_blob), Request, Response, topology.arenas)
+            routes = cloudpickle.loads(spec.http_blob)
+            http = (routes, Request, Response, topology.arenas, spec.own_arena)
         # A step's only process, batching without a timeout, takes up to
         # BURST batches one after the other after one wait, and wakes the
         # next consumers once for all of them. With siblings, each takes one

@@ -5,20 +5,22 @@
 //! `response_from_task` — both here, so an HTTP task costs no Python frame
 //! of aqueduct's in the worker. The message's `kind` carries the route.
 
-use aqueduct_core::http_wire::{self, Body};
-use aqueduct_core::wire::{http_route, FLAG_HTTP, FLAG_STREAM};
+use aqueduct_core::http_wire::{self, Body, BodyRef};
+use aqueduct_core::wire::{http_route, FLAG_BODY, FLAG_HTTP, FLAG_STREAM, INLINE_LIMIT};
 use aqueduct_core::Message;
+use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::{Load, StepWorker};
 use crate::calls::call1;
 use crate::http_wire::latin1;
 use crate::shm::SharedArena;
+use crate::to_py_err;
 
 /// The HTTP server's ends of a flow, as a worker gets them from its
 /// Python half: `(routes, Request, Response, arenas)` — per route its
@@ -28,7 +30,51 @@ use crate::shm::SharedArena;
 /// makes the bytes of a part's chunk (None: bytes as they are, anything
 /// else as a Server-Sent Event).
 #[derive(FromPyObject)]
-pub(crate) struct HttpEnds(Vec<RouteEnds>, Py<PyAny>, Py<PyAny>, Vec<Py<SharedArena>>);
+pub(crate) struct HttpEnds(
+    Vec<RouteEnds>,
+    Py<PyAny>,
+    Py<PyAny>,
+    Vec<Py<SharedArena>>,
+    /// Which of the arenas is this worker's (where big answers go).
+    usize,
+);
+
+/// An answer or part for the server: its payload, and with `FLAG_BODY`, the
+/// block of this worker's arena its body was placed in (the server frees
+/// it once written; the worker does if it is never sent).
+pub(super) struct Outgoing {
+    pub(super) payload: Vec<u8>,
+    pub(super) placed: Option<u64>,
+}
+
+impl Outgoing {
+    /// `head` followed by `body`: inline, or placed in the arena when it is
+    /// too big for the result queue's ring.
+    fn of(ends: &HttpEnds, py: Python<'_>, mut head: Vec<u8>, body: &[u8]) -> PyResult<Self> {
+        if body.len() <= INLINE_LIMIT {
+            head.extend_from_slice(body);
+            return Ok(Outgoing {
+                payload: head,
+                placed: None,
+            });
+        }
+        let r = ends.place(py, body)?;
+        http_wire::encode_body_ref(&mut head, r);
+        Ok(Outgoing {
+            payload: head,
+            placed: Some(r.block),
+        })
+    }
+
+    /// The message kind flag it needs.
+    pub(super) fn flag(&self) -> u32 {
+        if self.placed.is_some() {
+            FLAG_BODY
+        } else {
+            0
+        }
+    }
+}
 
 /// A route's `(task_from_request, response_from_task, part_to_bytes)`.
 type RouteEnds = (Py<PyAny>, Py<PyAny>, Option<Py<PyAny>>);
@@ -97,7 +143,7 @@ impl HttpEnds {
     /// message `kind` names its route). A streamed task's response is its
     /// last chunk: what `response_from_task` made, as a part (None, or an
     /// empty body: nothing more).
-    pub(super) fn respond(&self, task: &Bound<'_, PyAny>, kind: u32) -> PyResult<Vec<u8>> {
+    pub(super) fn respond(&self, task: &Bound<'_, PyAny>, kind: u32) -> PyResult<Outgoing> {
         let py = task.py();
         let made = call1(self.route(kind)?.1.bind(py), task)?;
         if kind & FLAG_STREAM != 0 {
@@ -107,14 +153,14 @@ impl HttpEnds {
                 made
             };
             let body = if last.is_none() {
-                Vec::new()
+                BodyBytes::Made(Vec::new())
             } else {
                 self.part(&last, kind)?
             };
-            let mut out = Vec::with_capacity(body.len() + 16);
-            http_wire::encode_response(&mut out, 200, &[], &body)
+            let mut head = Vec::with_capacity(16 + body.len().min(INLINE_LIMIT));
+            http_wire::encode_response(&mut head, 200, &[], &[])
                 .ok_or_else(|| PyValueError::new_err("a response too large to encode"))?;
-            return Ok(out);
+            return Outgoing::of(self, py, head, &body);
         }
         let (body, status, headers) = if made.is_instance(self.2.bind(py))? {
             let status = made.getattr(intern!(py, "status"))?;
@@ -139,10 +185,51 @@ impl HttpEnds {
         if !pairs.iter().any(|(name, _)| *name == b"content-type") {
             pairs.push((b"content-type", content_type));
         }
-        let mut out = Vec::with_capacity(body.len() + 64);
-        http_wire::encode_response(&mut out, status, &pairs, &body)
+        let mut head = Vec::with_capacity(64 + body.len().min(INLINE_LIMIT));
+        http_wire::encode_response(&mut head, status, &pairs, &[])
             .ok_or_else(|| PyValueError::new_err("a response too large to encode"))?;
-        Ok(out)
+        Outgoing::of(self, py, head, &body)
+    }
+
+    /// A streamed part's message payload (see [`Outgoing`]).
+    pub(super) fn part_payload(&self, part: &Bound<'_, PyAny>, kind: u32) -> PyResult<Outgoing> {
+        let chunk = self.part(part, kind)?;
+        Outgoing::of(self, part.py(), Vec::new(), &chunk)
+    }
+
+    /// Copies `body` into a new block of this worker's arena (GIL released).
+    fn place(&self, py: Python<'_>, body: &[u8]) -> PyResult<BodyRef> {
+        let own = self.4;
+        let arena = self
+            .3
+            .get(own)
+            .ok_or_else(|| PyRuntimeError::new_err(format!("no arena {own} for this worker")))?;
+        let arena = arena.get().inner.arena();
+        // key 0: no task's, so a dead worker's blocks freed by task key never
+        // include an answer the server has yet to write
+        let block = arena.alloc(body.len() as u64, 0).map_err(to_py_err)?;
+        let Some(at) = arena.ptr_at(block.offset, body.len() as u64) else {
+            arena.free(block.offset);
+            return Err(PyRuntimeError::new_err("an arena block outside its arena"));
+        };
+        // SAFETY: `at..at+len` lies inside the arena's mapping (checked by
+        // `ptr_at`) and in a block just allocated to this process: no other
+        // process reads or writes it until its reference is sent.
+        let dst = unsafe { std::slice::from_raw_parts_mut(at, body.len()) };
+        py.detach(|| dst.copy_from_slice(body));
+        Ok(BodyRef {
+            arena: u32::try_from(own).unwrap_or(u32::MAX),
+            block: block.offset,
+            offset: block.offset,
+            len: body.len() as u64,
+        })
+    }
+
+    /// Frees the block of an answer that was never sent.
+    pub(super) fn unplace(&self, outgoing: &Outgoing) {
+        if let (Some(block), Some(arena)) = (outgoing.placed, self.3.get(self.4)) {
+            arena.get().inner.arena().free(block);
+        }
     }
 }
 
@@ -151,7 +238,11 @@ impl HttpEnds {
     /// message `kind` names its route) is written as: the route's part
     /// function's, or bytes as they are and anything else as one
     /// Server-Sent Event (`data: <text or JSON>`, a `data:` line per line).
-    pub(super) fn part(&self, part: &Bound<'_, PyAny>, kind: u32) -> PyResult<Vec<u8>> {
+    pub(super) fn part<'py>(
+        &self,
+        part: &Bound<'py, PyAny>,
+        kind: u32,
+    ) -> PyResult<BodyBytes<'py>> {
         let py = part.py();
         match &self.route(kind)?.2 {
             Some(encode) => chunk(&call1(encode.bind(py), part)?),
@@ -162,12 +253,12 @@ impl HttpEnds {
 
 /// The chunk a streamed part is sent as: bytes as they are, anything else
 /// as one Server-Sent Event of its text (JSON for what is not text).
-pub(crate) fn chunk(part: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+pub(crate) fn chunk<'py>(part: &Bound<'py, PyAny>) -> PyResult<BodyBytes<'py>> {
     let (bytes, content_type) = body_of(part)?;
     if content_type == BYTES {
         return Ok(bytes);
     }
-    Ok(http_wire::server_sent_event(&bytes))
+    Ok(BodyBytes::Made(http_wire::server_sent_event(&bytes)))
 }
 
 /// A response's headers as `(lower-case name, value)` pairs: from a dict,
@@ -202,22 +293,55 @@ const JSON: &[u8] = b"application/json";
 const BYTES: &[u8] = b"application/octet-stream";
 const TEXT: &[u8] = b"text/plain; charset=utf-8";
 
+/// A body's bytes: borrowed from the Python object that holds them (bytes,
+/// or a buffer such as a numpy array's), or made here.
+pub(crate) enum BodyBytes<'py> {
+    Made(Vec<u8>),
+    Bytes(Bound<'py, PyBytes>),
+    Buffer(PyUntypedBuffer),
+}
+
+impl std::ops::Deref for BodyBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            BodyBytes::Made(bytes) => bytes,
+            BodyBytes::Bytes(bytes) => bytes.as_bytes(),
+            // SAFETY: only C-contiguous buffers are kept (checked in
+            // `body_of`), and the `PyUntypedBuffer` keeps its object's
+            // buffer exported, so alive and unmoved, while it lives.
+            BodyBytes::Buffer(buffer) => unsafe {
+                std::slice::from_raw_parts(buffer.buf_ptr().cast::<u8>(), buffer.len_bytes())
+            },
+        }
+    }
+}
+
 /// The bytes of a response body, and the content type they are: bytes as
-/// they are, text as UTF-8, anything else as JSON.
-fn body_of(value: &Bound<'_, PyAny>) -> PyResult<(Vec<u8>, &'static [u8])> {
+/// they are (a numpy array's too), text as UTF-8, anything else as JSON.
+fn body_of<'py>(value: &Bound<'py, PyAny>) -> PyResult<(BodyBytes<'py>, &'static [u8])> {
     let py = value.py();
     if let Ok(bytes) = value.cast::<PyBytes>() {
-        return Ok((bytes.as_bytes().to_vec(), BYTES));
+        return Ok((BodyBytes::Bytes(bytes.clone()), BYTES));
     }
     if let Ok(bytes) = value.cast::<PyByteArray>() {
-        return Ok((bytes.to_vec(), BYTES));
+        return Ok((BodyBytes::Made(bytes.to_vec()), BYTES));
     }
     if value.is_instance_of::<PyMemoryView>() {
         let bytes = PyBytes::new(py, &[]).get_type().call1((value,))?;
-        return Ok((bytes.cast_into::<PyBytes>()?.as_bytes().to_vec(), BYTES));
+        return Ok((BodyBytes::Bytes(bytes.cast_into::<PyBytes>()?), BYTES));
     }
     if let Ok(text) = value.cast::<PyString>() {
-        return Ok((text.to_str()?.as_bytes().to_vec(), TEXT));
+        return Ok((BodyBytes::Made(text.to_str()?.as_bytes().to_vec()), TEXT));
+    }
+    if !value.is_instance_of::<PyDict>() && !value.is_instance_of::<PyList>() {
+        // a numpy array, or anything else with C-contiguous bytes: as they are
+        if let Ok(buffer) = PyUntypedBuffer::get(value) {
+            if buffer.is_c_contiguous() {
+                return Ok((BodyBytes::Buffer(buffer), BYTES));
+            }
+        }
     }
     static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let dumps = DUMPS.get_or_try_init(py, || {
@@ -225,7 +349,7 @@ fn body_of(value: &Bound<'_, PyAny>) -> PyResult<(Vec<u8>, &'static [u8])> {
     })?;
     let text = call1(dumps.bind(py), value)?;
     Ok((
-        text.cast_into::<PyString>()?.to_str()?.as_bytes().to_vec(),
+        BodyBytes::Made(text.cast_into::<PyString>()?.to_str()?.as_bytes().to_vec()),
         JSON,
     ))
 }

@@ -42,13 +42,18 @@ impl StepWorker {
             return Ok(true); // the caller takes the final answer only
         }
         let slow = self.slow.bind(py);
+        let mut placed = None;
         let (kind, payload, refs) = if header.kind & FLAG_HTTP != 0 {
             let Some(ends) = &self.http else {
                 return Err(PyRuntimeError::new_err(
                     "an HTTP task in a flow not served over HTTP",
                 ));
             };
-            (KIND_HTTP_PART, ends.part(part, header.kind)?, None)
+            let mut outgoing = ends.part_payload(part, header.kind)?;
+            let kind = KIND_HTTP_PART | outgoing.flag();
+            let payload = std::mem::take(&mut outgoing.payload);
+            placed = Some((ends, outgoing));
+            (kind, payload, None)
         } else if let Some(pickled) = pickle_inline(part)? {
             (KIND_PART, pickled, None)
         } else {
@@ -70,6 +75,9 @@ impl StepWorker {
         if !self.push(py, to, &out, &[&payload])? {
             if let Some(refs) = refs {
                 slow.call_method1(intern!(py, "discard"), (refs,))?;
+            }
+            if let Some((ends, outgoing)) = placed {
+                ends.unplace(&outgoing);
             }
             return Ok(false); // still full at its deadline, or the flow closed
         }

@@ -7,7 +7,7 @@ use aqueduct_core::wire::{
     KIND_HTTP_RESPONSE, KIND_STATE, KIND_TASK, KIND_TASK_BY_VALUE,
 };
 use aqueduct_core::{Message, MessageHeader};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
@@ -104,16 +104,10 @@ impl StepWorker {
                 ));
             };
             let response = ends.respond(task, h.kind)?;
-            let limit = self.consumer()?.max_payload(to).unwrap_or(0);
-            if response.len() > limit {
-                // it would never fit: the client gets this instead of a timeout
-                return Err(PyValueError::new_err(format!(
-                    "a response of {} bytes is over the {limit} bytes an answer may have \
-                     (stream it in parts instead)",
-                    response.len()
-                )));
+            let kind = KIND_HTTP_RESPONSE | response.flag();
+            if !self.push(py, to, &header(kind), &[&response.payload])? {
+                ends.unplace(&response); // not sent: the flow closed, or the caller gave up
             }
-            self.push(py, to, &header(KIND_HTTP_RESPONSE), &[&response])?;
             return self.retire(py, refs, None);
         }
         if refs.is_none() {
