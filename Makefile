@@ -69,7 +69,7 @@ bench-http: build ## HTTP benchmark vs mosec under wrk (installs wrk and mosec i
 	$(PY) benches/http/big_answer.py
 
 .PHONY: soak
-soak: build ## A million tasks: RSS and open fds of every process before and after
+soak: build ## 10 min of mixed load (SOAK_SECONDS) with a worker SIGKILLed every 30 s: RSS and fds per 100k requests of every process
 	$(PY) benches/soak.py
 
 .PHONY: lint

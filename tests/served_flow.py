@@ -90,6 +90,8 @@ def response_from_task(task: Job) -> object:
         return Response(_big_answer(int(os.environ.get("BIG_ANSWER", str(32 << 20)))))
     if isinstance(task.x, str) and task.x == "array answer":
         return np.arange(int(os.environ.get("BIG_ANSWER", str(1 << 20))), dtype=np.int64)
+    if isinstance(task.x, str) and task.x == "request id":
+        return {"request_id": task.request_id}
     if isinstance(task.x, str) and task.x == "teapot":
         return Response(b"short and stout", status=418, headers={"X-Pot": "tea"})
     y = int(task.y.sum()) if isinstance(task.y, np.ndarray) else task.y
@@ -107,8 +109,39 @@ def echo_response(task: Job) -> object:
     return {"echo": task.y, "route": "echo"}
 
 
+def trace_to(path: str) -> None:
+    """The spans this process ends, as JSON lines in ``path``."""
+    import json
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    class ToFile(SpanExporter):
+        def export(self, spans):  # type: ignore[no-untyped-def]
+            with open(path, "a") as out:
+                for span in spans:
+                    line = {
+                        "name": span.name,
+                        "trace_id": f"{span.context.trace_id:032x}",
+                        "span_id": f"{span.context.span_id:016x}",
+                        "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
+                        "start": span.start_time,
+                        "end": span.end_time,
+                        "attributes": dict(span.attributes or {}),
+                    }
+                    out.write(json.dumps(line) + "\n")
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(ToFile()))
+    trace.set_tracer_provider(provider)
+
+
 def main() -> None:
     batch = int(os.environ.get("BATCH", "1"))
+    if "TRACE_FILE" in os.environ:
+        trace_to(os.environ["TRACE_FILE"])
     flow = Flow(
         FlowStep(Double("a"), batch_size=batch, batch_timeout=0.01 if batch > 1 else 0),
         FlowStep(
@@ -117,6 +150,7 @@ def main() -> None:
         queue_size=int(os.environ["QUEUE_SIZE"]) if "QUEUE_SIZE" in os.environ else None,
         queue_full="reject",
         queue_priorities=int(os.environ.get("PRIORITIES", "1")),
+        tracing="TRACE_FILE" in os.environ,
     )
     ends: dict[str, object] = {
         "task_from_request": task_from_request,

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -384,6 +385,48 @@ def test_pipelined_requests_are_answered_in_order():
             json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in received.split(b"HTTP/1.1 ")[1:]
         ]
         assert [a["y"] for a in answers] == [0, 4, 8]
+
+
+def test_a_request_has_an_id_that_is_answered_logged_and_seen_by_the_handler(tmp_path):
+    log = tmp_path / "access.log"
+    with service(ACCESS_LOG=str(log)) as (port, _):
+        given = {"X-Request-ID": "client-7"}
+        status, headers, body = call(port, {"x": "request id"}, headers=given)
+        assert (status, headers["x-request-id"]) == (200, "client-7")
+        assert json.loads(body) == {"request_id": "client-7"}  # task.request_id
+        made = set()
+        # none, or one that would need escaping in JSON or a log line, or too long
+        for sent in (None, "has space", 'a"b', "back\\slash", "x" * 201, "caf\xe9"):
+            sent_headers = {} if sent is None else {"X-Request-ID": sent}
+            status, headers, body = call(port, {"x": "request id"}, headers=sent_headers)
+            request_id = headers["x-request-id"]
+            assert uuid.UUID(request_id).version == 4, sent
+            assert json.loads(body) == {"request_id": request_id}, "the workers see the one made"
+            made.add(request_id)
+        assert len(made) == 6
+        # error bodies name it: the front's own, a request task_from_request
+        # refused, a handler that raised
+        for n, (path, method, sent_body, expected) in enumerate(
+            [
+                ("/nowhere", "GET", None, 404),
+                ("/predict", "GET", None, 400),
+                ("/predict", "POST", {"x": "boom"}, 500),
+            ]
+        ):
+            request_id = f"error-{n}"
+            status, headers, body = call(
+                port, sent_body, path=path, method=method, headers={"X-Request-ID": request_id}
+            )
+            assert (status, headers["x-request-id"]) == (expected, request_id)
+            error = json.loads(body)
+            assert error["request_id"] == request_id and error["error"], error
+
+        def lines() -> list[str]:
+            return log.read_text().splitlines() if log.exists() else []
+
+        eventually(lambda: len(lines()) == 10, what=lambda: lines())
+    ids = [line.rsplit(" ", 1)[-1] for line in lines()]
+    assert ids == ["client-7", *sorted(made, key=ids.index), "error-0", "error-1", "error-2"]
 
 
 def test_the_access_log_has_a_line_per_answer_written_by_rust(tmp_path):

@@ -34,6 +34,7 @@ LAYERS = [
         "aqueduct.handler",
         "aqueduct.task",
         "aqueduct.elastic",
+        "aqueduct.tracing",
     ],  # what users build with
     ["aqueduct._ipc*"],  # what the processes of a flow share
     ["aqueduct.exceptions", "aqueduct.logger", "aqueduct.metrics*", "aqueduct._core"],

@@ -36,12 +36,16 @@ __all__ = [
     "KIND_TASK_BY_VALUE",
     "MAX_CLIENTS",
     "MAX_PRIORITIES",
+    "MAX_REQUEST_ID",
     "MAX_STEPS",
+    "MAX_STEP_TIMES",
     "PICKLE_PROTOCOL",
+    "REQUEST_ID_HEADER",
     "RESERVED_PATHS",
     "STEP_COUNTERS",
     "STEP_GAUGES",
     "STEP_HISTOGRAMS",
+    "STEP_TIMES_HEADER",
     "Client",
     "Control",
     "Doorbell",
@@ -59,6 +63,7 @@ __all__ = [
     "split_refs",
     "split_state",
     "state_fields",
+    "step_times",
     "uuid4",
 ]
 
@@ -101,6 +106,12 @@ STEP_HISTOGRAMS: list[str]
 STEP_COUNTERS: list[str]
 STEP_GAUGES: list[str]
 RESERVED_PATHS: list[str]
+MAX_REQUEST_ID: int
+MAX_STEP_TIMES: int
+#: ``x-request-id``: a request's id, taken or made by the HTTP front.
+REQUEST_ID_HEADER: str
+#: The header a traced answer carries the step times in (``step_times``).
+STEP_TIMES_HEADER: str
 
 _Ref = tuple[int, int, int, int]
 """``(arena, block, offset, length)`` of a buffer in shared memory."""
@@ -286,6 +297,7 @@ def error_prefix(status: int, message: str, kind: str, detail: str | None = None
 def part_chunk(part: Any) -> bytes: ...
 def error_event(message: str, kind: str) -> bytes: ...
 def error_rest(payload: bytes) -> bytes: ...
+def step_times(times: list[tuple[int, int, int]]) -> str: ...
 
 @final
 class HttpServer:
@@ -317,6 +329,7 @@ class HttpServer:
         open_metrics: bool = False,
         openapi: bytes | None = None,
         reuse_port: bool = False,
+        trace: bool = False,
     ) -> HttpServer: ...
     @property
     def port(self) -> int: ...
@@ -340,6 +353,14 @@ class HttpServer:
     def set_names(self, flow: str, steps: list[str], processes: list[tuple[str, int]]) -> None: ...
     def corruption(self) -> str | None: ...
     def stop(self, grace: float) -> None: ...
+    def take_traces(
+        self, timeout: float
+    ) -> tuple[
+        list[
+            tuple[str, str | None, str | None, str, str, int, int, int, list[tuple[int, int, int]]]
+        ],
+        int,
+    ]: ...
 
 @final
 class ShmView:

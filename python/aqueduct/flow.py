@@ -10,6 +10,7 @@ as it runs belongs to its ``FlowRuntime`` (``aqueduct._runtime``).
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Literal
 
 from . import _core
@@ -20,6 +21,9 @@ from .logger import log
 from .metrics import Collector, Exporter, FlowMetrics
 from .step import FlowStep, check_handler
 from .task import BaseTask
+
+# what process() enters for a flow without tracing
+_UNTRACED = nullcontext()
 
 if TYPE_CHECKING:
     from ._runtime.runtime import FlowRuntime
@@ -46,6 +50,8 @@ class Flow:
     which never run the user's script; ``'fork'`` forks, as upstream did.
     ``clients`` is how many processes may call ``process`` (processes forked
     from this one after ``start``, such as a pre-fork web server's workers).
+    ``tracing=True`` makes OpenTelemetry spans of every task (see
+    :mod:`aqueduct.tracing`; needs ``pip install 'aqueduct[otel]'``).
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class Flow:
         shm_size: int = DEFAULT_SHM_SIZE,
         queue_full: Literal["wait", "reject"] = "wait",
         clients: int = 1,
+        tracing: bool = False,
     ) -> None:
         # the runtime is imported by the first Flow made, not with this
         # module: a worker importing the user's module (which imports Flow)
@@ -82,8 +89,10 @@ class Flow:
             shm_size=shm_size,
             queue_full=queue_full,
             clients=clients,
+            tracing=tracing,
         )
         self._runtime = FlowRuntime(config)
+        self._traced = tracing
 
     # -- state ---------------------------------------------------------------
 
@@ -147,15 +156,21 @@ class Flow:
         when ``timeout_sec`` passes, ``HandlerError`` when a handler raised,
         ``NotRunningError`` when the flow is not running."""
         runtime = self._runtime
-        client, future = await self._submit(runtime, task, timeout_sec)
-        if future is None:
-            return True  # no step's condition holds: nothing to do
-        try:
-            await future
-        except asyncio.CancelledError:
-            self._cancelled(runtime, client, future)  # workers skip it instead of handling it
-            raise
-        return True
+        with self._trace(task) if self._traced else _UNTRACED:
+            client, future = await self._submit(runtime, task, timeout_sec)
+            if future is None:
+                return True  # no step's condition holds: nothing to do
+            try:
+                await future
+            except asyncio.CancelledError:
+                self._cancelled(runtime, client, future)  # workers skip it instead of handling it
+                raise
+            return True
+
+    def _trace(self, task: BaseTask) -> AbstractContextManager[None]:
+        from . import tracing
+
+        return tracing.processing(task, self._runtime.config.step_names)
 
     def stream(self, task: BaseTask, timeout_sec: float = 5.0) -> TaskStream:
         """Runs ``task`` through the steps and yields the parts its handlers

@@ -84,6 +84,7 @@ from .metrics import MAIN_PROCESS
 
 if TYPE_CHECKING:
     from ._runtime.runtime import FlowRuntime
+    from .tracing import RequestExporter
 
 __all__ = ["Request", "Response", "Route", "Server", "Service", "serve"]
 
@@ -375,12 +376,18 @@ class Server:
                 open_metrics=open_metrics,
                 openapi=json.dumps(api).encode(),
                 reuse_port=reuse_port,
+                trace=runtime.config.tracing,
             )
         except BaseException:
             asyncio.run(flow.stop(graceful=False))
             raise
         self.port: int = self._native.port
         self._stopped = False
+        self._traces: RequestExporter | None = None
+        if runtime.config.tracing:
+            from .tracing import RequestExporter
+
+            self._traces = RequestExporter(self._native.take_traces, runtime.config.step_names)
         self.check_health()
         log.info("Serving the flow on http://%s:%d %s", host, self.port, " ".join(routes))
         if keys:
@@ -442,12 +449,13 @@ class Server:
         native = self._native
         native.close()
         until = time.monotonic() + grace
+        interrupted = (interrupt or threading.Event()).wait
         while native.connections and (left := until - time.monotonic()) > 0:
-            if interrupt is not None and interrupt.wait(min(left, 0.01)):
+            if interrupted(min(left, 0.01)):
                 break
-            if interrupt is None:
-                time.sleep(min(left, 0.01))
         native.stop(0)
+        if self._traces is not None:
+            self._traces.stop()
         asyncio.run(self._flow.stop(graceful=False))
         self._runtime.http_routes = None
         log.info("The HTTP server stopped")

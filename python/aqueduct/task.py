@@ -32,6 +32,10 @@ class BaseTask:
     task_id: str = ""
     priority: int = DEFAULT_PRIORITY
     expiration_time: float | None = None
+    #: The ``X-Request-ID`` of the HTTP request this task was made from
+    #: (``aqueduct.http``: the client's, or one the server made); None for
+    #: a task given to ``Flow.process``, unless its caller sets one.
+    request_id: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

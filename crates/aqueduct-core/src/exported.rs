@@ -2,14 +2,16 @@
 //! there (`aqueduct._core.<NAME>`): defined in the core's modules, listed
 //! here once so the binding exports them all with one loop.
 
-use crate::http_wire::RESERVED_PATHS;
+use crate::http_wire::{
+    MAX_REQUEST_ID, MAX_STEP_TIMES, REQUEST_ID_HEADER, RESERVED_PATHS, STEP_TIMES_HEADER,
+};
 use crate::metrics::{STEP_COUNTERS, STEP_GAUGES, STEP_HISTOGRAMS};
 use crate::queue::{DEFAULT_RING_SLOTS, DEFAULT_SLOT_BYTES};
 use crate::spin::DEFAULT_SPIN_US;
 use crate::wire::*;
 
 /// The numbers.
-pub const NUMBERS: [(&str, u64); 31] = [
+pub const NUMBERS: [(&str, u64); 33] = [
     ("KIND_TASK", KIND_TASK as u64),
     ("KIND_ERROR", KIND_ERROR as u64),
     ("KIND_TASK_BY_VALUE", KIND_TASK_BY_VALUE as u64),
@@ -38,6 +40,8 @@ pub const NUMBERS: [(&str, u64); 31] = [
     ("PICKLE_PROTOCOL", PICKLE_PROTOCOL as u64),
     ("BUFFER_THRESHOLD", BUFFER_THRESHOLD as u64),
     ("INLINE_LIMIT", INLINE_LIMIT as u64),
+    ("MAX_REQUEST_ID", MAX_REQUEST_ID as u64),
+    ("MAX_STEP_TIMES", MAX_STEP_TIMES as u64),
     ("DEFAULT_SPIN_US", DEFAULT_SPIN_US),
     ("DEFAULT_RING_SLOTS", DEFAULT_RING_SLOTS),
     ("DEFAULT_SLOT_BYTES", DEFAULT_SLOT_BYTES),
@@ -52,6 +56,12 @@ pub const NAMES: [(&str, &[&str]); 5] = [
     ("RESERVED_PATHS", &RESERVED_PATHS),
 ];
 
+/// The texts.
+pub const TEXTS: [(&str, &str); 2] = [
+    ("REQUEST_ID_HEADER", REQUEST_ID_HEADER),
+    ("STEP_TIMES_HEADER", STEP_TIMES_HEADER),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +70,7 @@ mod tests {
     fn every_name_is_exported_once() {
         let mut names: Vec<&str> = NUMBERS.iter().map(|(n, _)| *n).collect();
         names.extend(NAMES.iter().map(|(n, _)| *n));
+        names.extend(TEXTS.iter().map(|(n, _)| *n));
         let all = names.len();
         names.sort_unstable();
         names.dedup();

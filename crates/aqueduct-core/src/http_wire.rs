@@ -36,6 +36,76 @@ pub const RESERVED_PATHS: [&str; 5] = [
     READY_PATH,
 ];
 
+/// The header a request's id travels in: taken from the client when it
+/// is usable (see [`usable_request_id`]), made by the front otherwise;
+/// forwarded to the workers, echoed in the answer.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Longest request id taken from a client (a longer one is replaced).
+pub const MAX_REQUEST_ID: usize = 200;
+/// The header of a traced answer that carries, from the last worker to the
+/// front, when each step handled the task ([`encode_step_times`]); the
+/// front takes it off the answer.
+pub const STEP_TIMES_HEADER: &str = "x-aqueduct-step-times";
+/// Most steps a step-times header describes (the rest are left out).
+pub const MAX_STEP_TIMES: usize = 64;
+
+/// True for a request id the front passes on as it is: 1 to
+/// [`MAX_REQUEST_ID`] visible ASCII characters, none of which needs
+/// escaping in JSON text or a log line (no `"` or `\\`).
+pub fn usable_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len())
+        && id
+            .iter()
+            .all(|&b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// When a step handled a task (CLOCK_MONOTONIC nanoseconds, the same in
+/// every process of the machine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepTime {
+    pub step: u32,
+    pub started_ns: u64,
+    pub ended_ns: u64,
+}
+
+/// `step:started:ended` per step, joined by `;` (at most
+/// [`MAX_STEP_TIMES`]).
+pub fn encode_step_times(times: &[StepTime]) -> String {
+    let mut out = String::with_capacity(times.len().min(MAX_STEP_TIMES) * 40);
+    for (i, t) in times.iter().take(MAX_STEP_TIMES).enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        out.push_str(&format!("{}:{}:{}", t.step, t.started_ns, t.ended_ns));
+    }
+    out
+}
+
+/// What [`encode_step_times`] made (None: something else).
+pub fn decode_step_times(text: &[u8]) -> Option<Vec<StepTime>> {
+    let text = std::str::from_utf8(text).ok()?;
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    let mut times = Vec::new();
+    for item in text.split(';') {
+        if times.len() == MAX_STEP_TIMES {
+            return None;
+        }
+        let mut fields = item.split(':');
+        let time = StepTime {
+            step: fields.next()?.parse().ok()?,
+            started_ns: fields.next()?.parse().ok()?,
+            ended_ns: fields.next()?.parse().ok()?,
+        };
+        if fields.next().is_some() || time.ended_ns < time.started_ns {
+            return None;
+        }
+        times.push(time);
+    }
+    Some(times)
+}
+
 /// A request's parts, borrowed from a payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {
@@ -342,6 +412,70 @@ mod tests {
     use super::*;
 
     #[test]
+    fn step_times_round_trip_and_refuse_what_is_not_theirs() {
+        let times = [
+            StepTime {
+                step: 0,
+                started_ns: 10,
+                ended_ns: 25,
+            },
+            StepTime {
+                step: 1,
+                started_ns: 30,
+                ended_ns: 30,
+            },
+        ];
+        let text = encode_step_times(&times);
+        assert_eq!(text, "0:10:25;1:30:30");
+        assert_eq!(decode_step_times(text.as_bytes()), Some(times.to_vec()));
+        assert_eq!(decode_step_times(b""), Some(Vec::new()));
+        for bad in [
+            &b"0:10"[..],
+            b"0:10:25:1",
+            b"0:25:10",
+            b"x:1:2",
+            b"0:1:2;",
+            b"\xff",
+        ] {
+            assert_eq!(
+                decode_step_times(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let many = vec![
+            StepTime {
+                step: 0,
+                started_ns: 0,
+                ended_ns: 0
+            };
+            MAX_STEP_TIMES + 1
+        ];
+        assert_eq!(
+            decode_step_times(encode_step_times(&many).as_bytes()).map(|t| t.len()),
+            Some(MAX_STEP_TIMES)
+        );
+    }
+
+    #[test]
+    fn a_request_id_is_taken_only_when_it_needs_no_escaping() {
+        assert!(usable_request_id(b"abc-123_XYZ.~:/"));
+        assert!(usable_request_id(&[b'a'; MAX_REQUEST_ID]));
+        for bad in [
+            &b""[..],
+            b"a b",
+            b"a\"b",
+            b"a\\b",
+            b"\x7f",
+            b"caf\xc3\xa9",
+            &[b'a'; MAX_REQUEST_ID + 1],
+        ] {
+            assert!(!usable_request_id(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
     fn a_request_comes_back_as_it_went() {
         let headers: [(&[u8], &[u8]); 2] = [(b"content-type", b"application/json"), (b"x", b"")];
         let mut payload = Vec::new();
@@ -517,6 +651,16 @@ mod fuzz {
     }
 
     proptest! {
+        /// Header text from anyone: decoding never panics, and what it
+        /// decodes encodes back to the same times.
+        #[test]
+        fn fuzz_step_times(text in vec(any::<u8>(), 0..96)) {
+            if let Some(times) = decode_step_times(&text) {
+                let again = encode_step_times(&times);
+                prop_assert_eq!(decode_step_times(again.as_bytes()), Some(times));
+            }
+        }
+
         #[test]
         fn requests_responses_and_errors_come_back_as_they_went(
             sent in request(),

@@ -45,6 +45,8 @@ pub struct Entry<'a> {
     pub bytes: Option<u64>,
     /// Until the response's head (for a stream: its first part).
     pub took: Duration,
+    /// The request's id (`X-Request-ID`), which needs no escaping.
+    pub request_id: &'a str,
 }
 
 /// The sending half; dropping it ends the writer once it has written all.
@@ -115,13 +117,13 @@ fn write_lines(received: &Receiver<String>, mut out: impl Write, dropped: &Atomi
     }
 }
 
-/// `peer - - [day/Mon/year:HH:MM:SS +0000] "METHOD target VERSION" status bytes seconds`.
+/// `peer - - [day/Mon/year:HH:MM:SS +0000] "METHOD target VERSION" status bytes seconds request-id`.
 pub fn format_line(entry: &Entry<'_>, now: SystemTime) -> String {
     let bytes = entry
         .bytes
         .map_or_else(|| "-".to_owned(), |n| n.to_string());
     format!(
-        "{} - - [{}] \"{} {} {}\" {} {} {:.6}\n",
+        "{} - - [{}] \"{} {} {}\" {} {} {:.6} {}\n",
         entry.peer.ip(),
         clf_time(now),
         entry.method,
@@ -130,6 +132,7 @@ pub fn format_line(entry: &Entry<'_>, now: SystemTime) -> String {
         entry.status,
         bytes,
         entry.took.as_secs_f64(),
+        printable(entry.request_id),
     )
 }
 
@@ -193,13 +196,14 @@ mod tests {
             status: 200,
             bytes: Some(17),
             took: Duration::from_micros(1500),
+            request_id: "r-1",
         };
         // 2026-12-03 11:47:41 UTC
         let now = UNIX_EPOCH + Duration::from_secs(1_796_298_461);
         assert_eq!(
             format_line(&entry, now),
             "127.0.0.1 - - [03/Dec/2026:11:47:41 +0000] \
-             \"POST /predict?q=\\x22a\\x20b\\x22 HTTP/1.1\" 200 17 0.001500\n"
+             \"POST /predict?q=\\x22a\\x20b\\x22 HTTP/1.1\" 200 17 0.001500 r-1\n"
         );
     }
 
@@ -224,6 +228,7 @@ mod tests {
                 status,
                 bytes: None,
                 took: Duration::ZERO,
+                request_id: "-",
             });
         }
         drop(log);

@@ -5,6 +5,7 @@ use aqueduct_core::http_wire::{decode_response, error_json, split_error};
 use aqueduct_core::wire::{base_kind, KIND_DROPPED, KIND_ERROR, KIND_HTTP_RESPONSE};
 
 use crate::delivered::Delivered;
+use crate::request_id;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
@@ -12,12 +13,13 @@ use hyper::{Response, StatusCode};
 
 pub type Body = Full<Bytes>;
 
-/// A JSON error response `{"error", "type"}`.
+/// A JSON error response `{"error", "type"}` (and the request's id).
 pub fn error(status: StatusCode, message: &str, kind: &str) -> Response<Body> {
     json(status, error_json(message, kind))
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let body = request_id::named(body);
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response

@@ -24,8 +24,10 @@ use crate::access_log::Entry;
 use crate::answer;
 use crate::framing::Framed;
 use crate::json_errors::JsonErrors;
+use crate::request_id;
 use crate::server::{handle, Reply, Shared};
 use crate::timed_connection::{Activity, InProgress, Limits, TimedConnection};
+use crate::trace;
 
 /// How long a connection that has sent no request yet gets to send its
 /// first once the server closes.
@@ -103,26 +105,43 @@ async fn serve(
     let activity = Arc::new(Activity::default());
     let service = {
         let (shared, activity) = (Arc::clone(shared), Arc::clone(&activity));
-        service_fn(move |request| {
+        service_fn(move |mut request: Request<Incoming>| {
             let shared = Arc::clone(&shared);
             let in_progress = activity.begin();
             let smuggled = activity.refused(activity.begun());
             async move {
+                let (id, made) = request_id::of(request.headers());
+                if made {
+                    // the workers see it as if the client had sent it
+                    request
+                        .headers_mut()
+                        .insert(request_id::header(), id.clone());
+                }
                 let line = shared.access_log.as_ref().map(|_| Line::of(&request, peer));
+                let begun = shared.traces.as_ref().map(|_| trace::Begun::of(&request));
                 let mut response = if smuggled {
-                    smuggling().map(Either::Left)
+                    request_id::scope(id.clone(), async { smuggling() })
+                        .await
+                        .map(Either::Left)
                 } else {
-                    handle(&shared, request).await
+                    request_id::scope(id.clone(), handle(&shared, request)).await
                 };
+                let id_text = id.to_str().unwrap_or("-").to_owned();
+                if let (Some(traces), Some(begun)) = (&shared.traces, begun) {
+                    let status = response.status().as_u16();
+                    traces.record(begun.finish(&id_text, status, response.headers_mut()));
+                }
+                let headers = response.headers_mut();
+                headers.insert(request_id::header(), id);
                 if shared.readiness.closes_connections() {
                     // draining: the client's next request goes elsewhere
-                    response.headers_mut().insert(
+                    headers.insert(
                         hyper::header::CONNECTION,
                         hyper::header::HeaderValue::from_static("close"),
                     );
                 }
                 if let (Some(log), Some(line)) = (&shared.access_log, line) {
-                    log.record(&line.entry(&response));
+                    log.record(&line.entry(&response, &id_text));
                 }
                 Ok::<_, Infallible>(response.map(|body| UntilSent {
                     body,
@@ -203,8 +222,9 @@ impl Line {
         }
     }
 
-    fn entry(&self, response: &Response<Reply>) -> Entry<'_> {
+    fn entry<'a>(&'a self, response: &Response<Reply>, request_id: &'a str) -> Entry<'a> {
         Entry {
+            request_id,
             peer: self.peer,
             method: self.method.as_str(),
             target: &self.target,

@@ -17,12 +17,15 @@ mod framing;
 mod json_errors;
 mod metrics;
 mod readiness;
+mod request_id;
 mod server;
 mod stream;
 mod timed_connection;
+mod trace;
 
 pub use access_log::Destination;
 pub use auth::ApiKeys;
 pub use metrics::Names;
 pub use readiness::Phase;
 pub use server::{Config, Server, Target};
+pub use trace::{Finished, Traces};

@@ -34,6 +34,7 @@ use crate::delivered::Delivered;
 use crate::metrics::{self, Names, Outcomes};
 use crate::readiness::{Phase, Readiness};
 use crate::stream::{End, PartBody};
+use crate::trace::Traces;
 
 /// Header a request may set to its own timeout, in seconds.
 const TIMEOUT_HEADER: &str = "x-aqueduct-timeout";
@@ -87,6 +88,9 @@ pub struct Config {
     /// Listen with `SO_REUSEPORT`: another server (a new version) may
     /// listen on the same port while this one drains.
     pub reuse_port: bool,
+    /// Keep what each answered request's spans need (see `trace`), for
+    /// [`Server::take_traces`].
+    pub trace: bool,
 }
 
 /// What a request waits for (dropped: there is no answer): the answer's
@@ -186,10 +190,12 @@ pub(crate) struct Shared {
     corrupt: Mutex<Option<String>>,
     stopping: AtomicBool,
     /// The flow's arenas (they change when it heals), where big answers are.
-    arenas: Mutex<Vec<Arc<TrackedArena>>>,
+    arenas: Mutex<Arc<[Arc<TrackedArena>]>>,
     pub(crate) readiness: Readiness,
     pub(crate) connections: AtomicUsize,
     pub(crate) access_log: Option<AccessLog>,
+    /// What traced requests leave for the exporter (None: not traced).
+    pub(crate) traces: Option<Arc<Traces>>,
 }
 
 impl Shared {
@@ -270,7 +276,7 @@ impl Server {
             .as_ref()
             .map(AccessLog::open)
             .transpose()?;
-        let arenas = Mutex::new(target.arenas.clone());
+        let arenas = Mutex::new(Arc::from(target.arenas.as_slice()));
         let shared = Arc::new(Shared {
             arenas,
             client: Mutex::new(client_of(target)?),
@@ -282,6 +288,7 @@ impl Server {
             readiness: Readiness::default(),
             connections: AtomicUsize::new(0),
             access_log,
+            traces: config.trace.then(Arc::default),
             config,
         });
         let (shutdown, watching) = watch::channel(false);
@@ -327,7 +334,7 @@ impl Server {
     /// The flow moved to fresh segments (it healed): requests go there from
     /// now on; those waiting on the old ones end (503).
     pub fn retarget(&self, target: Target) -> std::io::Result<()> {
-        let arenas = target.arenas.clone();
+        let arenas = Arc::from(target.arenas.as_slice());
         let fresh = client_of(target)?;
         *self
             .shared
@@ -373,6 +380,12 @@ impl Server {
     pub fn close(&self) {
         self.shared.readiness.advance(Phase::Closing);
         let _ = self.shutdown.send(true);
+    }
+
+    /// Where answered requests wait for the exporter (None: the server
+    /// does not trace).
+    pub fn traces(&self) -> Option<Arc<Traces>> {
+        self.shared.traces.clone()
     }
 
     /// Connections open now.
@@ -790,11 +803,7 @@ fn read_answers(shared: &Shared) {
                 drained
             };
             let taken = drained.answers.len();
-            let arenas = shared
-                .arenas
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
+            let arenas = Arc::clone(&shared.arenas.lock().unwrap_or_else(PoisonError::into_inner));
             for answer in drained.answers {
                 // a placed body is freed when this is dropped, delivered or not
                 let delivered = Delivered::new(answer.message, &arenas);

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use aqueduct_http::{ApiKeys, Config, Destination, Names, Server, Target};
+use aqueduct_http::{ApiKeys, Config, Destination, Names, Server, Target, Traces};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
@@ -13,16 +13,31 @@ use crate::control::PyControl;
 use crate::queue::Queue;
 use crate::shm::SharedArena;
 
+/// A traced request, as `take_traces` hands it to Python.
+type FinishedTuple = (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    u16,
+    u64,
+    u64,
+    Vec<(u32, u64, u64)>,
+);
+
 #[pyclass(module = "aqueduct._core", frozen)]
 pub struct HttpServer {
     server: Mutex<Option<Server>>,
     port: u16,
+    /// Where answered requests wait for the exporter (kept past `stop`).
+    traces: Option<Arc<Traces>>,
 }
 
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, arenas, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, write_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false, openapi=None, reuse_port=false))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, arenas, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, write_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false, openapi=None, reuse_port=false, trace=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -48,6 +63,7 @@ impl HttpServer {
         open_metrics: bool,
         openapi: Option<Vec<u8>>,
         reuse_port: bool,
+        trace: bool,
     ) -> PyResult<Self> {
         let addr: SocketAddr = (host, port)
             .to_socket_addrs()
@@ -77,12 +93,14 @@ impl HttpServer {
             open_metrics,
             openapi: openapi.map(Into::into),
             reuse_port,
+            trace,
         };
         let target = target(&steps, results, control, arena, &arenas, client);
         let server = Server::start(config, target)
             .map_err(|e| PyOSError::new_err(format!("cannot serve on {addr}: {e}")))?;
         let port = server.local_addr().port();
         Ok(HttpServer {
+            traces: server.traces(),
             server: Mutex::new(Some(server)),
             port,
         })
@@ -158,6 +176,42 @@ impl HttpServer {
     fn phase(&self) -> &'static str {
         self.with_server(|server| server.phase().name())
             .unwrap_or("stopped")
+    }
+
+    /// The requests answered since the last call, waiting at most
+    /// `timeout` seconds for one (GIL released), and how many were dropped
+    /// because they were not taken in time: per request `(request_id,
+    /// traceparent, tracestate, method, path, status, received_ns,
+    /// answered_ns, [(step, started_ns, ended_ns)])`, CLOCK_MONOTONIC
+    /// nanoseconds. Nothing when the server does not trace.
+    fn take_traces(&self, py: Python<'_>, timeout: f64) -> (Vec<FinishedTuple>, u64) {
+        let Some(traces) = self.traces.clone() else {
+            return (Vec::new(), 0);
+        };
+        let timeout = Duration::from_secs_f64(timeout.clamp(0.0, 60.0));
+        let (finished, dropped) = py.detach(move || traces.take(timeout));
+        let tuples = finished
+            .into_iter()
+            .map(|f| {
+                let steps = f
+                    .steps
+                    .iter()
+                    .map(|t| (t.step, t.started_ns, t.ended_ns))
+                    .collect();
+                (
+                    f.request_id,
+                    f.traceparent,
+                    f.tracestate,
+                    f.method,
+                    f.path,
+                    f.status,
+                    f.received_ns,
+                    f.answered_ns,
+                    steps,
+                )
+            })
+            .collect();
+        (tuples, dropped)
     }
 
     /// Connections open now.

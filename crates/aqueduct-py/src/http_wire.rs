@@ -43,3 +43,18 @@ pub fn error_rest<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, P
         .ok_or_else(|| PyValueError::new_err("an error report without its summary"))?;
     Ok(PyBytes::new(py, summary.rest))
 }
+
+/// The step-times header of a traced answer: `(step, started_ns,
+/// ended_ns)` per step the task went through.
+#[pyfunction]
+pub fn step_times(times: Vec<(u32, u64, u64)>) -> String {
+    let times: Vec<http_wire::StepTime> = times
+        .into_iter()
+        .map(|(step, started_ns, ended_ns)| http_wire::StepTime {
+            step,
+            started_ns,
+            ended_ns,
+        })
+        .collect();
+    http_wire::encode_step_times(&times)
+}

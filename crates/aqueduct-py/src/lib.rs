@@ -183,12 +183,16 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_state, m)?)?;
     m.add_function(wrap_pyfunction!(http_wire::error_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(http_wire::error_rest, m)?)?;
+    m.add_function(wrap_pyfunction!(http_wire::step_times, m)?)?;
     // the constants and limits, each defined once in the core
     for (name, value) in aqueduct_core::exported::NUMBERS {
         m.add(name, value)?;
     }
     for (name, names) in aqueduct_core::exported::NAMES {
         m.add(name, names)?;
+    }
+    for (name, text) in aqueduct_core::exported::TEXTS {
+        m.add(name, text)?;
     }
     Ok(())
 }

@@ -11,14 +11,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+from .._core import REQUEST_ID_HEADER
+
 __all__ = ["PartToChunk", "Request", "Response", "ResponseFromTask", "TaskFromRequest"]
 
 
 class Request:
     """An HTTP request, as ``task_from_request`` gets it (in a worker).
-    Header names are lower-case."""
+    Header names are lower-case. ``request_id`` is its ``X-Request-ID``
+    (the client's, or one the server made); the task made of it gets it
+    too, as ``task.request_id``."""
 
-    __slots__ = ("body", "headers", "method", "model", "path", "query")
+    __slots__ = ("body", "headers", "method", "model", "path", "query", "request_id")
 
     def __init__(
         self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
@@ -28,6 +32,7 @@ class Request:
         self.query = query
         self.headers = headers
         self.body = body
+        self.request_id: str = headers.get(REQUEST_ID_HEADER, "")
         #: The body as the route's ``request_model``, validated (None when
         #: the route has none).
         self.model: Any = None

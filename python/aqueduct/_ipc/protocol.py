@@ -112,6 +112,7 @@ class WorkerSpec:
     worker_index: int = 0  # among the step's workers (kept by a respawn)
     device: str | None = None  # FlowStep(devices=...)'s, for this worker
     env: dict[str, str] = field(default_factory=dict)  # set before the handler loads
+    tracing: bool = False  # record when each task was handled (aqueduct.tracing)
 
     def inherited_fds(self) -> list[int]:
         """The parent's fds this worker maps (passed down by number)."""

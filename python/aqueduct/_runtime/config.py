@@ -55,6 +55,7 @@ class FlowConfig:
     collector: Collector
     exporter: Exporter | None
     spin_us: int
+    tracing: bool = False
 
     @classmethod
     def build(
@@ -70,6 +71,7 @@ class FlowConfig:
         shm_size: int,
         queue_full: str,
         clients: int,
+        tracing: bool = False,
     ) -> FlowConfig:
         """Checks the arguments of ``Flow``; raises what is wrong with them."""
         if mp_start_method not in START_METHODS:
@@ -90,6 +92,10 @@ class FlowConfig:
             raise ValueError(f"shm_size must be >= {THRESHOLD} bytes, got {shm_size}")
         if len(steps) > MAX_STEPS:
             raise ValueError(f"a flow has at most {MAX_STEPS} steps, got {len(steps)}")
+        if tracing:
+            from .. import tracing as _tracing
+
+            _tracing.require()  # the extra is installed, or a clear error now
         built = tuple(step if isinstance(step, FlowStep) else FlowStep(step) for step in steps)
         collector = metrics_collector or Collector()
         if not metrics_enabled:
@@ -107,6 +113,7 @@ class FlowConfig:
             collector=collector,
             exporter=metrics_exporter,
             spin_us=spin_us(),
+            tracing=bool(tracing),
         )
 
     @property

@@ -168,6 +168,7 @@ class FlowRuntime:
             self.handlers,
             config.spin_us,
             self.http_routes,
+            tracing=config.tracing,
         )
         supervisor.start_all(
             specs.initial(), [step.on_start_wait for step in config.steps], deadline

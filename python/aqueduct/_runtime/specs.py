@@ -49,6 +49,8 @@ class WorkerSpecs:
         handlers: Sequence[Any],
         spin: int,
         http: list[tuple[Any, Any, Any]] | None = None,
+        *,
+        tracing: bool = False,
     ) -> None:
         try:
             self._conditions = cloudpickle.dumps([s.handle_condition for s in steps])
@@ -62,6 +64,7 @@ class WorkerSpecs:
         self._steps = steps
         self.step_names = step_names
         self._spin = spin
+        self._tracing = tracing
         self.slots = slot_ranges(steps)
         self.handlers = [pickled_handler(h, step_names[i]) for i, h in enumerate(handlers)]
 
@@ -108,4 +111,5 @@ class WorkerSpecs:
             worker_index=number,
             device=device,
             env=env,
+            tracing=self._tracing,
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 import cloudpickle
 
-from .. import _core
+from .. import _core, tracing
 from .._ipc import handling, identity
 from .._ipc.http_messages import Request, Response
 from .._ipc.protocol import (
@@ -140,6 +140,8 @@ class _Worker:
         http = None
         if spec.http_blob:
             routes = cloudpickle.loads(spec.http_blob)
+            if spec.tracing:
+                routes = [tracing.traced_route(ends) for ends in routes]
             http = (routes, Request, Response, topology.arenas, spec.own_arena)
         # A step's only process, batching without a timeout, takes up to
         # BURST batches one after the other after one wait, and wakes the
@@ -162,6 +164,8 @@ class _Worker:
             spec.continuous,
         )
         self.continuous = spec.continuous
+        self.step_index = spec.step_index
+        self.tracing = spec.tracing
         handling.bind(self.engine)
         # the fds were duplicated by `open`; the inherited ones are not needed
         for fd in spec.inherited_fds():
@@ -181,7 +185,8 @@ class _Worker:
     def _batch_loop(self) -> None:
         engine = self.engine
         handle = self.handler.handle
-        clock = time.perf_counter_ns
+        clock = time.monotonic_ns
+        traced, step = self.tracing, self.step_index
         while True:
             ready = engine.next(IDLE_TIMEOUT)
             if ready is None:
@@ -196,7 +201,10 @@ class _Worker:
                     )
                     engine.fail(encode_error(self.step_name, exc))
                     continue
-                engine.forward(clock() - started)
+                ended = clock()
+                if traced:
+                    tracing.record(tasks, step, started, ended)
+                engine.forward(ended - started)
             engine.flush()  # one wake-up per burst for each queue fed
 
     def _continuous_loop(self) -> None:
@@ -205,7 +213,8 @@ class _Worker:
         it at once, and a raise fails the whole set."""
         engine = self.engine
         handle = self.handler.handle
-        clock = time.perf_counter_ns
+        clock = time.monotonic_ns
+        traced, step = self.tracing, self.step_index
         while (tasks := engine.active(IDLE_TIMEOUT)) is not None:
             if not tasks:
                 continue
@@ -216,7 +225,10 @@ class _Worker:
                 log.exception("[%s] handler raised on %d active tasks", self.step_name, len(tasks))
                 engine.fail(encode_error(self.step_name, exc))
             else:
-                engine.forward(clock() - started)
+                ended = clock()
+                if traced:
+                    tracing.record(tasks, step, started, ended)
+                engine.forward(ended - started)
             engine.flush()
 
     # -- the Python half, called by the StepWorker ----------------------------------

@@ -377,7 +377,12 @@ impl StepWorker {
             )),
             Some(ends) => ends.route(header.kind).and_then(|(make, _, _)| {
                 let request = ends.request(py, message.payload())?;
-                call1(make.bind(py), &request)
+                let task = call1(make.bind(py), &request)?;
+                let id = intern!(py, "request_id");
+                // the handler sees which request its task is (a task that
+                // takes no attributes does without)
+                let _ = task.setattr(id, request.getattr(id)?);
+                Ok(task)
             }),
         };
         let task = match made {
