@@ -144,3 +144,23 @@ def test_a_stream_outlives_the_header_timeout() -> None:
     with service(SERVICE, HEADER_TIMEOUT="0.2") as (port, _proc):
         got = events(open_stream(port, "/generate", {"name": "long", "length": 60}))
         assert len(got) == 61  # 60 parts 10 ms apart, then the final event
+
+
+def test_big_parts_stream_from_the_workers_arena_and_its_blocks_are_freed() -> None:
+    import numpy as np
+
+    megabyte = 1 << 20
+    with service(SERVICE, BLOBS="1", SHM_SIZE=str(64 << 20)) as (port, _proc):
+        # 14 MiB per stream, 12 streams: more than a 64 MiB arena holds unless each
+        # part's block is freed once written; the last part of each (2 MiB)
+        # is more than the result ring takes inline
+        for n in range(12):
+            response = open_stream(port, "/blobs", {"name": f"b{n}", "length": 12})
+            assert response.status == 200
+            body = response.read()
+            assert len(body) == 12 * megabyte + (1 << 21), n
+            for i in range(12):
+                part = body[i * megabyte : (i + 1) * megabyte]
+                assert part == bytes([i]) * megabyte, (n, i)
+            last = np.frombuffer(body[12 * megabyte :], dtype=np.int64)
+            assert np.array_equal(last, np.arange(1 << 18, dtype=np.int64)), n
