@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,19 +45,29 @@ def test_digits_demo_serves_a_real_model():
 GENERATE = EXAMPLES / "generate"
 
 
-def test_the_generative_example_streams_over_http():
-    import http.client
-    import json
-
+@contextlib.contextmanager
+def served(script: Path) -> Iterator[str]:
+    """Runs an example server on a free port; yields the line it printed
+    when it listened, then stops it."""
     proc = subprocess.Popen(
-        [sys.executable, str(GENERATE / "serve_http.py")],
+        [sys.executable, str(script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         env={**os.environ, "PORT": "0"},
     )
     try:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
+        yield proc.stdout.readline()  # type: ignore[union-attr]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_the_generative_example_streams_over_http():
+    import http.client
+    import json
+
+    with served(GENERATE / "serve_http.py") as line:
         port = int(line.rsplit(":", 1)[1].split("/")[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         body = {"prompt": "Beautiful is", "max_tokens": 80, "seed": 7}
@@ -69,9 +81,6 @@ def test_the_generative_example_streams_over_http():
         assert len(chars) == 80 and final["tokens"] == 80
         # a character may be a newline, sent as an event of two empty data lines
         assert final["text"] == "Beautiful is" + "".join(c.replace("\ndata: ", "\n") for c in chars)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
 
 def test_the_generative_example_streams_over_fastapi():
@@ -89,3 +98,26 @@ def test_the_generative_example_streams_over_fastapi():
             assert response.status_code == 200
             events = "".join(response.iter_text()).split("\n\n")[:-1]
         assert len(events) == 50
+
+
+def test_the_generative_example_speaks_openai_to_the_official_client():
+    openai = pytest.importorskip("openai")
+
+    with served(GENERATE / "serve_openai.py") as line:
+        base_url = line.split("listening on ")[1].strip()
+        client = openai.OpenAI(base_url=base_url, api_key="unused", timeout=60, max_retries=0)
+        assert [m.id for m in client.models.list()] == ["char-model"]
+        messages = [{"role": "user", "content": "Beautiful is"}]
+        chunks = list(
+            client.chat.completions.create(
+                model="char-model", messages=messages, max_tokens=40, seed=7, stream=True
+            )
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert len(text) == 40
+        assert chunks[-1].choices[0].finish_reason == "length"
+        whole = client.completions.create(
+            model="char-model", prompt="Beautiful is", max_tokens=40, seed=7
+        )
+        assert whole.choices[0].text == text  # the same seed writes the same text
+        assert whole.usage is not None and whole.usage.completion_tokens == 40

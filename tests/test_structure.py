@@ -23,6 +23,7 @@ LAYERS = [
         "aqueduct.flow",
         "aqueduct.http",
         "aqueduct.openapi",
+        "aqueduct.openai",
         "aqueduct.testing",
         "aqueduct.integrations*",
         "aqueduct.metrics.prometheus",

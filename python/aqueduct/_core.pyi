@@ -59,6 +59,8 @@ __all__ = [
     "error_event",
     "error_prefix",
     "error_rest",
+    "openai_summary",
+    "openai_vectors",
     "part_chunk",
     "split_refs",
     "split_state",
@@ -298,6 +300,10 @@ def part_chunk(part: Any) -> bytes: ...
 def error_event(message: str, kind: str) -> bytes: ...
 def error_rest(payload: bytes) -> bytes: ...
 def step_times(times: list[tuple[int, int, int]]) -> str: ...
+def openai_summary(
+    text: str | None, finish_reason: str, prompt_tokens: int, completion_tokens: int
+) -> bytes: ...
+def openai_vectors(values: bytes, rows: int, dimensions: int, prompt_tokens: int) -> bytes: ...
 
 @final
 class HttpServer:
@@ -330,6 +336,9 @@ class HttpServer:
         openapi: bytes | None = None,
         reuse_port: bool = False,
         trace: bool = False,
+        protocols: list[str] = ...,
+        model: str | None = None,
+        ping: float = 15.0,
     ) -> HttpServer: ...
     @property
     def port(self) -> int: ...

@@ -127,7 +127,9 @@ class Route:
     ``task_from_request``, which finds it in ``request.model``; a body that
     does not fit gets 422 with the field errors (``detail``).
     ``response_model``: what a 200 carries, for ``/openapi.json`` only.
-    ``summary``: the route's line in ``/openapi.json``."""
+    ``summary``: the route's line in ``/openapi.json``. ``protocol``,
+    ``model`` and ``ping`` are set by :class:`aqueduct.openai.OpenAI` for
+    the routes of the OpenAI-compatible API (the front frames them)."""
 
     task_from_request: TaskFromRequest
     response_from_task: ResponseFromTask
@@ -135,6 +137,9 @@ class Route:
     request_model: Any = None
     response_model: Any = None
     summary: str | None = None
+    protocol: str = ""
+    model: str | None = None
+    ping: float | None = None
 
     def __post_init__(self) -> None:
         if not (callable(self.task_from_request) and callable(self.response_from_task)):
@@ -342,7 +347,14 @@ class Server:
         self._runtime = runtime = runtime_of(flow)
         # the workers' ends: a streaming route's part function (None: the default)
         runtime.http_routes = [route.ends() for route in routes.values()]
-        streams = [stream_content_type if r.stream else None for r in routes.values()]
+        # an OpenAI-compatible route streams when its request asks
+        streams = [
+            stream_content_type if r.stream and not r.protocol else None for r in routes.values()
+        ]
+        models = {r.model for r in routes.values() if r.protocol}
+        if len(models) > 1:
+            raise ValueError(f"one model per server, not {sorted(models)}")  # type: ignore[type-var]
+        pings = [r.ping for r in routes.values() if r.ping is not None]
         api = openapi.document(routes, flow_name, stream_content_type, needs_key=bool(keys))
         flow.start()
         self._flow_name = flow_name
@@ -377,6 +389,9 @@ class Server:
                 openapi=json.dumps(api).encode(),
                 reuse_port=reuse_port,
                 trace=runtime.config.tracing,
+                protocols=[r.protocol for r in routes.values()],
+                model=next(iter(models), None),
+                ping=min(pings, default=15.0),
             )
         except BaseException:
             asyncio.run(flow.stop(graceful=False))
@@ -422,6 +437,9 @@ class Server:
         self._native.set_failure(runtime.failure)
         supervisor = runtime.supervisor
         workers = supervisor.workers if supervisor is not None else []
+        if supervisor is not None and supervisor.on_change is None:
+            # from now on readiness follows each change of the workers at once
+            supervisor.on_change = lambda: self._native.set_unready(_missing_workers(runtime))
         self._native.set_unready(_missing_workers(runtime))
         self._native.set_names(self._flow_name, self._metric_slots, processes(workers))
 
@@ -453,6 +471,8 @@ class Server:
         while native.connections and (left := until - time.monotonic()) > 0:
             if interrupted(min(left, 0.01)):
                 break
+        if (supervisor := self._runtime.supervisor) is not None:
+            supervisor.on_change = None
         native.stop(0)
         if self._traces is not None:
             self._traces.stop()
@@ -468,7 +488,7 @@ def _missing_workers(runtime: FlowRuntime) -> str | None:
     if supervisor is None or specs is None:
         return "the flow has no workers"
     for index, name in enumerate(runtime.config.step_names):
-        ready = sum(w.ready and not w.retiring for w in supervisor.of_step(index))
+        ready = sum(w.ready and not (w.dead or w.retiring) for w in supervisor.of_step(index))
         if ready < (wanted := specs.first(index)):
             return f"{ready} of {wanted} workers of {name} are ready"
     return None

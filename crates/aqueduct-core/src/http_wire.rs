@@ -326,7 +326,7 @@ pub fn error_json_with(message: &str, kind: &str, detail: Option<&str>) -> Vec<u
     out.into_bytes()
 }
 
-fn push_json_string(out: &mut String, text: &str) {
+pub(crate) fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
         match c {

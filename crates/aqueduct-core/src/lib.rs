@@ -36,6 +36,8 @@ pub mod http_wire;
 pub mod ids;
 pub mod metrics;
 pub mod notify;
+pub mod openai;
+pub mod openai_embeddings;
 pub mod pending;
 pub mod queue;
 pub mod ring;

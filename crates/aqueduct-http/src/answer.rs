@@ -2,6 +2,7 @@
 //! the way) into an HTTP response.
 
 use aqueduct_core::http_wire::{decode_response, error_json, split_error};
+use aqueduct_core::openai;
 use aqueduct_core::wire::{base_kind, KIND_DROPPED, KIND_ERROR, KIND_HTTP_RESPONSE};
 
 use crate::delivered::Delivered;
@@ -13,12 +14,20 @@ use hyper::{Response, StatusCode};
 
 pub type Body = Full<Bytes>;
 
-/// A JSON error response `{"error", "type"}` (and the request's id).
+/// A JSON error response `{"error", "type"}` (and the request's id), or
+/// the OpenAI-compatible API's `{"error": {"message", "type", "param",
+/// "code"}}` on its routes.
 pub fn error(status: StatusCode, message: &str, kind: &str) -> Response<Body> {
     json(status, error_json(message, kind))
 }
 
+/// `body`, aqueduct's JSON error, as the current request's route says.
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let body = if request_id::speaks_openai() {
+        openai::from_report(&body, status.as_u16())
+    } else {
+        body
+    };
     let body = request_id::named(body);
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

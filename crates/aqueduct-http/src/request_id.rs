@@ -2,16 +2,25 @@
 //! sent a usable one (`http_wire::usable_request_id`), a fresh UUID
 //! otherwise. It goes to the workers with the request's headers, comes back
 //! on the answer, in the access log line and in every JSON error body the
-//! front makes while it handles the request (through [`scope`]).
+//! front makes while it handles the request (through [`scope`]); the scope
+//! also says whether its errors take the OpenAI-compatible API's shape.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aqueduct_core::http_wire::{usable_request_id, REQUEST_ID_HEADER};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
+/// The request being handled.
+struct Current {
+    id: HeaderValue,
+    /// Its route speaks the OpenAI-compatible API.
+    openai: Cell<bool>,
+}
+
 tokio::task_local! {
-    static CURRENT: HeaderValue;
+    static CURRENT: Current;
 }
 
 /// The header's name, as hyper keeps it.
@@ -41,16 +50,36 @@ fn made() -> HeaderValue {
 
 /// Runs `handling` with `id` as the request id its errors name.
 pub async fn scope<F: Future>(id: HeaderValue, handling: F) -> F::Output {
-    CURRENT.scope(id, handling).await
+    let current = Current {
+        id,
+        openai: Cell::new(false),
+    };
+    CURRENT.scope(current, handling).await
+}
+
+/// The current request's id (empty outside [`scope`]).
+pub fn current() -> String {
+    CURRENT
+        .try_with(|c| c.id.to_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+/// The current request's errors take the OpenAI-compatible API's shape.
+pub fn speak_openai() {
+    let _ = CURRENT.try_with(|c| c.openai.set(true));
+}
+
+/// Whether they do.
+pub fn speaks_openai() -> bool {
+    CURRENT.try_with(|c| c.openai.get()).unwrap_or(false)
 }
 
 /// `body`, a JSON object, with the current request's id as its first
 /// member `"request_id"` (as it is outside [`scope`], or when the body is
 /// not an object).
 pub fn named(body: Vec<u8>) -> Vec<u8> {
-    let Ok(Some(id)) =
-        CURRENT.try_with(|id| body.first().is_some_and(|&b| b == b'{').then(|| id.clone()))
-    else {
+    let opens = body.first().is_some_and(|&b| b == b'{');
+    let Ok(Some(id)) = CURRENT.try_with(|c| opens.then(|| c.id.clone())) else {
         return body;
     };
     // a usable id, or one made here, needs no escaping (see `of`)

@@ -32,7 +32,9 @@ use crate::auth::ApiKeys;
 use crate::connection;
 use crate::delivered::Delivered;
 use crate::metrics::{self, Names, Outcomes};
+use crate::openai_route::{self, Protocol};
 use crate::readiness::{Phase, Readiness};
+use crate::request_id;
 use crate::stream::{End, PartBody};
 use crate::trace::Traces;
 
@@ -88,9 +90,14 @@ pub struct Config {
     /// Listen with `SO_REUSEPORT`: another server (a new version) may
     /// listen on the same port while this one drains.
     pub reuse_port: bool,
-    /// Keep what each answered request's spans need (see `trace`), for
-    /// [`Server::take_traces`].
+    /// Keep what each answered request's spans need (see `trace`).
     pub trace: bool,
+    /// Per route (as `paths`): the API it speaks (none: all plain).
+    pub protocols: Vec<Protocol>,
+    /// The model the OpenAI-compatible routes serve (`/v1/models` lists it).
+    pub model: Option<String>,
+    /// How often an idle OpenAI-compatible stream gets a `: ping` comment.
+    pub ping: Duration,
 }
 
 /// What a request waits for (dropped: there is no answer): the answer's
@@ -110,7 +117,7 @@ impl Waiter {
 }
 
 /// How a request waits (see [`Waiter`]).
-enum Awaited {
+pub(crate) enum Awaited {
     Once(oneshot::Receiver<Delivered>),
     Stream(mpsc::UnboundedReceiver<Delivered>),
 }
@@ -121,9 +128,9 @@ pub type Reply = Either<Body, PartBody>;
 /// Cancels a request's task when the request is dropped before it ended
 /// (its client closed the connection): workers skip it or stop producing
 /// for it.
-struct CancelOnDrop<'a> {
-    shared: &'a Shared,
-    key: Option<u64>,
+pub(crate) struct CancelOnDrop<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) key: Option<u64>,
 }
 
 impl Drop for CancelOnDrop<'_> {
@@ -453,8 +460,15 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
     }
     let config = &shared.config;
     let open = path == METRICS_PATH && config.open_metrics;
+    let protocol = openai_route::protocol_of(config, &path);
+    if protocol != Protocol::Plain {
+        request_id::speak_openai(); // its errors take the API's shape
+    }
     if !open && !config.api_keys.admits(request.headers()) {
         return unauthorized().map(Either::Left);
+    }
+    if let Some(page) = openai_route::models_page(config, &path) {
+        return page.map(Either::Left);
     }
     if path == METRICS_PATH {
         return metrics_page(shared).map(Either::Left);
@@ -485,85 +499,86 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
     let priority = header_f64(&request, PRIORITY_HEADER)
         .map_or(0, |p| p.clamp(0.0, f64::from(MAX_PRIORITIES - 1)) as u32);
     let (parts, body) = request.into_parts();
-    let reading = Limited::new(body, shared.config.body_limit).collect();
-    let Ok(read) = tokio::time::timeout(shared.config.body_timeout, reading).await else {
-        let message = format!(
-            "the body did not come within {} s",
-            shared.config.body_timeout.as_secs_f64()
-        );
-        let mut response = answer::error(StatusCode::REQUEST_TIMEOUT, &message, "RequestTimeout");
-        response.headers_mut().insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("close"),
-        );
-        return response.map(Either::Left);
+    let body = match read_body(shared, body).await {
+        Ok(body) => body,
+        Err(response) => return response.map(Either::Left),
     };
-    let body = match read {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => {
-            let message = format!("the body is over {} bytes", shared.config.body_limit);
-            return answer::error(StatusCode::PAYLOAD_TOO_LARGE, &message, "PayloadTooLarge")
-                .map(Either::Left);
-        }
-        Err(e) => {
-            return answer::error(StatusCode::BAD_REQUEST, &e.to_string(), "BadRequest")
-                .map(Either::Left)
-        }
+    let sending = Sending {
+        route,
+        priority,
+        timeout,
+        stream: stream.is_some(),
     };
-    let headers: Vec<(&[u8], &[u8])> = parts
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
-        .collect();
+    match protocol {
+        Protocol::OpenAi(endpoint) => {
+            return openai_route::serve(shared, &parts, &body, sending, endpoint).await;
+        }
+        Protocol::Embeddings => {
+            return openai_route::embeddings(shared, &parts, &body, sending).await
+        }
+        Protocol::Plain => {}
+    }
     let started = tokio::time::Instant::now();
-    let (awaited, key) = {
-        let mut client = shared.client();
-        let key = client.next_key();
-        let query = parts.uri.query().unwrap_or("");
-        let head = RequestHead {
-            method: parts.method.as_str().as_bytes(),
-            path: path.as_bytes(),
-            query: query.as_bytes(),
-            headers: &headers,
-        };
-        let sent = Sending {
-            route,
-            priority,
-            timeout,
-            stream: stream.is_some(),
-        };
-        match send(&mut client, key, &head, &body, &sent) {
-            Ok(awaited) => (awaited, key),
-            Err(Refused::Answer(response)) => return response.map(Either::Left),
-            Err(Refused::Flow(e)) => {
-                if let Error::Corrupt(why) = &e {
-                    shared.found_corrupt(why); // the flow heals, the server follows
-                }
-                return refused(e).map(Either::Left);
-            }
-        }
+    let (awaited, key) = match submit(shared, &parts, &body, &sending) {
+        Ok(sent) => sent,
+        Err(response) => return (*response).map(Either::Left),
     };
     let mut guard = CancelOnDrop {
         shared,
         key: Some(key),
     };
-    let first = match awaited {
-        Awaited::Once(answer) => tokio::time::timeout(timeout, answer).await.map(Result::ok),
+    let first = match first_of(awaited, timeout).await {
+        First::Part(message, messages) => {
+            guard.key = None; // the body cancels it from now on
+            let content_type = stream.unwrap_or_default();
+            let deadline = Box::pin(tokio::time::sleep_until(started + timeout));
+            let body = PartBody::new(message, messages, deadline, on_end(shared, key));
+            return streamed(body, &content_type);
+        }
+        First::End(first) => first,
+    };
+    guard.key = None;
+    let response = answered(shared, key, first, timeout, answer::from_message);
+    response.map(Either::Left)
+}
+
+/// What came first for a sent request.
+pub(crate) enum First {
+    /// A streamed part; the rest of the stream follows on the receiver.
+    Part(Delivered, mpsc::UnboundedReceiver<Delivered>),
+    /// Its answer, or nothing (the flow stopped), or its timeout passed.
+    End(Result<Option<Delivered>, tokio::time::error::Elapsed>),
+}
+
+/// Waits at most `timeout` for the first message of a sent request.
+pub(crate) async fn first_of(awaited: Awaited, timeout: Duration) -> First {
+    match awaited {
+        Awaited::Once(answer) => {
+            First::End(tokio::time::timeout(timeout, answer).await.map(Result::ok))
+        }
         Awaited::Stream(mut messages) => {
             match tokio::time::timeout(timeout, messages.recv()).await {
                 Ok(Some(message)) if is_part(message.message.header.kind) => {
-                    guard.key = None; // the body cancels it from now on
-                    let content_type = stream.unwrap_or_default();
-                    let deadline = Box::pin(tokio::time::sleep_until(started + timeout));
-                    return streamed(shared, key, message, messages, deadline, &content_type);
+                    First::Part(message, messages)
                 }
-                waited => waited,
+                waited => First::End(waited),
             }
         }
-    };
-    guard.key = None;
+    }
+}
+
+/// The response to a request whose first message came (`made` makes it),
+/// or did not (the flow stopped; or its timeout passed: it is cancelled);
+/// counted in the outcomes.
+pub(crate) fn answered(
+    shared: &Shared,
+    key: u64,
+    first: Result<Option<Delivered>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+    made: impl FnOnce(Delivered) -> Response<Body>,
+) -> Response<Body> {
     let response = match first {
-        Ok(Some(message)) => answer::from_message(message),
+        Ok(Some(message)) => made(message),
         Ok(None) => answer::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the flow stopped or restarted before it answered",
@@ -581,21 +596,81 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
         _ => &shared.outcomes.failed,
     };
     outcome.fetch_add(1, Ordering::Relaxed);
-    response.map(Either::Left)
+    response
 }
 
-/// The response of a streaming route whose first part came: 200, then the
-/// parts as chunks (see `stream`); a client that leaves cancels the task.
-fn streamed(
-    shared: &Arc<Shared>,
-    key: u64,
-    first: Delivered,
-    messages: mpsc::UnboundedReceiver<Delivered>,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-    content_type: &str,
-) -> Response<Reply> {
+/// A request's body, read within the body timeout and limit (or the
+/// error response).
+async fn read_body(shared: &Shared, body: Incoming) -> Result<Bytes, Response<Body>> {
+    let reading = Limited::new(body, shared.config.body_limit).collect();
+    let Ok(read) = tokio::time::timeout(shared.config.body_timeout, reading).await else {
+        let message = format!(
+            "the body did not come within {} s",
+            shared.config.body_timeout.as_secs_f64()
+        );
+        let mut response = answer::error(StatusCode::REQUEST_TIMEOUT, &message, "RequestTimeout");
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        return Err(response);
+    };
+    match read {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => {
+            let message = format!("the body is over {} bytes", shared.config.body_limit);
+            Err(answer::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &message,
+                "PayloadTooLarge",
+            ))
+        }
+        Err(e) => Err(answer::error(
+            StatusCode::BAD_REQUEST,
+            &e.to_string(),
+            "BadRequest",
+        )),
+    }
+}
+
+/// Sends a request as a task (see [`send`]): what it waits on and its key,
+/// or the response to a request the flow refused.
+pub(crate) fn submit(
+    shared: &Shared,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+    sending: &Sending,
+) -> Result<(Awaited, u64), Box<Response<Body>>> {
+    let headers: Vec<(&[u8], &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+        .collect();
+    let mut client = shared.client();
+    let key = client.next_key();
+    let head = RequestHead {
+        method: parts.method.as_str().as_bytes(),
+        path: parts.uri.path().as_bytes(),
+        query: parts.uri.query().unwrap_or("").as_bytes(),
+        headers: &headers,
+    };
+    match send(&mut client, key, &head, body, sending) {
+        Ok(awaited) => Ok((awaited, key)),
+        Err(Refused::Answer(response)) => Err(response),
+        Err(Refused::Flow(e)) => {
+            if let Error::Corrupt(why) = &e {
+                shared.found_corrupt(why); // the flow heals, the server follows
+            }
+            Err(Box::new(refused(e)))
+        }
+    }
+}
+
+/// What a stream does when it ends: counts how, and cancels the task of a
+/// client that left or a stream past its deadline.
+pub(crate) fn on_end(shared: &Arc<Shared>, key: u64) -> Box<dyn FnOnce(End) + Send + Sync> {
     let shared = Arc::clone(shared);
-    let on_end = Box::new(move |how: End| {
+    Box::new(move |how: End| {
         let outcomes = &shared.outcomes;
         let counter = match how {
             End::Done => &outcomes.done,
@@ -607,10 +682,13 @@ fn streamed(
         if matches!(how, End::Timeout | End::Left) {
             shared.client().cancel(key); // workers stop producing for it
         }
-    });
-    let mut response = Response::new(Either::Right(PartBody::new(
-        first, messages, deadline, on_end,
-    )));
+    })
+}
+
+/// The response of a streaming route whose first part came: 200, then the
+/// parts as chunks (see `stream`); a client that leaves cancels the task.
+pub(crate) fn streamed(body: PartBody, content_type: &str) -> Response<Reply> {
+    let mut response = Response::new(Either::Right(body));
     let headers = response.headers_mut();
     if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
         headers.insert(hyper::header::CONTENT_TYPE, value);
@@ -624,11 +702,12 @@ fn streamed(
 
 /// How a request is sent: to which route, at which priority, until when,
 /// and whether its parts are streamed back.
-struct Sending {
-    route: u16,
-    priority: u32,
-    timeout: Duration,
-    stream: bool,
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sending {
+    pub(crate) route: u16,
+    pub(crate) priority: u32,
+    pub(crate) timeout: Duration,
+    pub(crate) stream: bool,
 }
 
 /// A request's head, as it goes to the workers.
@@ -752,6 +831,15 @@ fn unauthorized() -> Response<Body> {
 
 fn refused(error: Error) -> Response<Body> {
     let (kind, status) = error.kind();
+    if matches!(error, Error::Full) && request_id::speaks_openai() {
+        // the API's clients retry a 429 after Retry-After (a 503 at once)
+        let mut response = answer::error(StatusCode::TOO_MANY_REQUESTS, &error.to_string(), kind);
+        response.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static("1"),
+        );
+        return response;
+    }
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     answer::error(status, &error.to_string(), kind)
 }

@@ -14,14 +14,18 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use aqueduct_core::http_wire::{decode_response, error_event, server_sent_event, split_error};
+use std::time::Duration;
+
+use aqueduct_core::http_wire::{decode_response, split_error};
+use aqueduct_core::openai::PING;
 use aqueduct_core::wire::{base_kind, KIND_ERROR, KIND_HTTP_PART, KIND_HTTP_RESPONSE};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::delivered::Delivered;
+use crate::frames::Frames;
 
 /// Parts already there when one is written go out with it, up to this size.
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -44,6 +48,9 @@ pub struct PartBody {
     ended: bool,
     /// Called once, with how the stream ended.
     on_end: Option<Box<dyn FnOnce(End) + Send + Sync>>,
+    frames: Frames,
+    /// How often an idle stream gets a comment, and when the next is due.
+    ping: Option<(Duration, Pin<Box<Sleep>>)>,
 }
 
 impl PartBody {
@@ -61,7 +68,19 @@ impl PartBody {
             deadline,
             ended: false,
             on_end: Some(on_end),
+            frames: Frames::Raw,
+            ping: None,
         }
+    }
+
+    /// The body framing its chunks with `frames`, and, for frames that
+    /// have them, a comment every `ping` the stream is idle.
+    pub fn framed(mut self, frames: Frames, ping: Option<Duration>) -> Self {
+        self.ping = ping
+            .filter(|_| frames.pings())
+            .map(|every| (every, Box::pin(tokio::time::sleep(every))));
+        self.frames = frames;
+        self
     }
 
     fn end(&mut self, how: End) {
@@ -92,42 +111,66 @@ impl PartBody {
     fn frame_of(&mut self, delivered: Delivered) -> Option<Bytes> {
         let Delivered { message, placed } = delivered;
         let payload = message.payload();
+        let part = |frames: &mut Frames, bytes: Bytes| match frames.part(&bytes) {
+            Some(framed) => Bytes::from(framed),
+            None => bytes,
+        };
         match (base_kind(message.header.kind), placed) {
             (_, Some(Err(why))) => {
                 self.end(End::Failed);
                 let what = format!("the worker's part is not well-formed: {why}");
-                Some(Bytes::from(error_event(&what, "FlowError")))
+                Some(Bytes::from(self.frames.error(&what, "FlowError")))
             }
-            (KIND_HTTP_PART, Some(Ok(placed))) => Some(placed), // from the worker's arena
-            (KIND_HTTP_PART, None) => Some(Bytes::copy_from_slice(payload)),
+            // from the worker's arena
+            (KIND_HTTP_PART, Some(Ok(placed))) => Some(part(&mut self.frames, placed)),
+            (KIND_HTTP_PART, None) => Some(part(&mut self.frames, Bytes::copy_from_slice(payload))),
             (KIND_HTTP_RESPONSE, placed) => {
                 self.end(End::Done);
-                match placed {
-                    Some(Ok(placed)) => Some(placed),
+                let body = match placed {
+                    Some(Ok(placed)) => placed,
                     _ => decode_response(payload)
-                        .map(|r| r.body)
-                        .filter(|body| !body.is_empty())
-                        .map(Bytes::copy_from_slice),
+                        .map_or_else(Bytes::new, |r| Bytes::copy_from_slice(r.body)),
+                };
+                match &mut self.frames {
+                    Frames::Raw => Some(body).filter(|body| !body.is_empty()),
+                    frames => Some(Bytes::from(frames.last(&body))),
                 }
             }
             (KIND_ERROR, None) => {
                 self.end(End::Failed);
                 let event = split_error(payload).map_or_else(
-                    || error_event("the task failed in a worker", "FlowError"),
-                    |s| {
-                        let mut out = b"event: error\n".to_vec();
-                        out.extend_from_slice(&server_sent_event(s.json));
-                        out
+                    || {
+                        self.frames
+                            .error("the task failed in a worker", "FlowError")
                     },
+                    |s| self.frames.failed(s.json, s.status),
                 );
                 Some(Bytes::from(event))
             }
             _ => {
                 self.end(End::Failed);
-                let event = error_event("the flow answered what a stream cannot", "FlowError");
-                Some(Bytes::from(event))
+                let what = "the flow answered what a stream cannot";
+                Some(Bytes::from(self.frames.error(what, "FlowError")))
             }
         }
+    }
+}
+
+impl PartBody {
+    /// Nothing came: a comment when the stream has been idle long enough
+    /// (`Pending` otherwise).
+    fn poll_ping(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let Some((every, next)) = &mut self.ping else {
+            return Poll::Pending;
+        };
+        if next.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        next.as_mut().reset(Instant::now() + *every);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(PING)))))
     }
 }
 
@@ -150,20 +193,23 @@ impl Body for PartBody {
                     Poll::Ready(Some(message)) => message,
                     Poll::Ready(None) => {
                         this.end(End::Failed);
-                        let event =
-                            error_event("the flow stopped before the task ended", "FlowError");
+                        let what = "the flow stopped before the task ended";
+                        let event = this.frames.error(what, "FlowError");
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))));
                     }
                     Poll::Pending => {
                         if this.deadline.as_mut().poll(cx).is_pending() {
-                            return Poll::Pending;
+                            return this.poll_ping(cx);
                         }
                         this.end(End::Timeout);
-                        let event = error_event("not done in time", "TaskTimeoutError");
+                        let event = this.frames.error("not done in time", "TaskTimeoutError");
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))));
                     }
                 },
             };
+            if let Some((every, next)) = &mut this.ping {
+                next.as_mut().reset(Instant::now() + *every); // not idle
+            }
             if let Some(bytes) = this.frame_of(message) {
                 return Poll::Ready(Some(Ok(Frame::data(this.with_ready(bytes)))));
             }

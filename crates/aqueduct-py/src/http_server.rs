@@ -5,7 +5,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use aqueduct_http::{ApiKeys, Config, Destination, Names, Server, Target, Traces};
+use aqueduct_core::openai::Endpoint;
+use aqueduct_http::{ApiKeys, Config, Destination, Names, Protocol, Server, Target, Traces};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
@@ -37,7 +38,7 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, arenas, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, write_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false, openapi=None, reuse_port=false, trace=false))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, arenas, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, write_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false, openapi=None, reuse_port=false, trace=false, protocols=Vec::new(), model=None, ping=15.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -64,6 +65,9 @@ impl HttpServer {
         openapi: Option<Vec<u8>>,
         reuse_port: bool,
         trace: bool,
+        protocols: Vec<String>,
+        model: Option<String>,
+        ping: f64,
     ) -> PyResult<Self> {
         let addr: SocketAddr = (host, port)
             .to_socket_addrs()
@@ -76,6 +80,13 @@ impl HttpServer {
         if !streams.is_empty() && streams.len() != paths.len() {
             return Err(PyValueError::new_err("streams: one per route, or none"));
         }
+        if !protocols.is_empty() && protocols.len() != paths.len() {
+            return Err(PyValueError::new_err("protocols: one per route, or none"));
+        }
+        let protocols = protocols
+            .iter()
+            .map(|name| protocol(name))
+            .collect::<PyResult<Vec<_>>>()?;
         let config = Config {
             addr,
             paths,
@@ -94,6 +105,9 @@ impl HttpServer {
             openapi: openapi.map(Into::into),
             reuse_port,
             trace,
+            protocols,
+            model,
+            ping: seconds("ping", ping)?,
         };
         let target = target(&steps, results, control, arena, &arenas, client);
         let server = Server::start(config, target)
@@ -262,6 +276,17 @@ fn target(
         arena: Arc::clone(&arena.inner),
         arenas: arenas.iter().map(|a| Arc::clone(&a.inner)).collect(),
         client,
+    }
+}
+
+/// A route's protocol by its name in `aqueduct.http.Route`.
+fn protocol(name: &str) -> PyResult<Protocol> {
+    match name {
+        "" => Ok(Protocol::Plain),
+        "openai.chat" => Ok(Protocol::OpenAi(Endpoint::Chat)),
+        "openai.completions" => Ok(Protocol::OpenAi(Endpoint::Completions)),
+        "openai.embeddings" => Ok(Protocol::Embeddings),
+        other => Err(PyValueError::new_err(format!("no protocol {other:?}"))),
     }
 }
 

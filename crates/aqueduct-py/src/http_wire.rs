@@ -58,3 +58,53 @@ pub fn step_times(times: Vec<(u32, u64, u64)>) -> String {
         .collect();
     http_wire::encode_step_times(&times)
 }
+
+/// The summary of a finished generation on an OpenAI-compatible route
+/// (`text` only when the request did not stream).
+#[pyfunction]
+#[pyo3(signature = (text, finish_reason, prompt_tokens, completion_tokens))]
+pub fn openai_summary<'py>(
+    py: Python<'py>,
+    text: Option<String>,
+    finish_reason: String,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+) -> Bound<'py, PyBytes> {
+    let summary = aqueduct_core::openai::Summary {
+        text,
+        finish_reason,
+        prompt_tokens,
+        completion_tokens,
+    };
+    PyBytes::new(py, &summary.encode())
+}
+
+/// The answer of an embeddings route: `rows` vectors of `dimensions`
+/// little-endian `f32`s (`values`, any buffer of those bytes), and the
+/// tokens the inputs counted.
+#[pyfunction]
+#[pyo3(signature = (values, rows, dimensions, prompt_tokens))]
+pub fn openai_vectors<'py>(
+    py: Python<'py>,
+    values: &[u8],
+    rows: u32,
+    dimensions: u32,
+    prompt_tokens: u64,
+) -> PyResult<Bound<'py, PyBytes>> {
+    use aqueduct_core::openai_embeddings::{Vectors, HEAD};
+    let expected = (rows as usize)
+        .checked_mul(dimensions as usize)
+        .and_then(|n| n.checked_mul(4));
+    if expected != Some(values.len()) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{rows} vectors of {dimensions} float32s are not {} bytes",
+            values.len()
+        )));
+    }
+    let head = Vectors::head(rows, dimensions, prompt_tokens);
+    PyBytes::new_with(py, HEAD + values.len(), |out| {
+        out[..HEAD].copy_from_slice(&head);
+        out[HEAD..].copy_from_slice(values);
+        Ok(())
+    })
+}

@@ -184,6 +184,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(http_wire::error_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(http_wire::error_rest, m)?)?;
     m.add_function(wrap_pyfunction!(http_wire::step_times, m)?)?;
+    m.add_function(wrap_pyfunction!(http_wire::openai_summary, m)?)?;
+    m.add_function(wrap_pyfunction!(http_wire::openai_vectors, m)?)?;
     // the constants and limits, each defined once in the core
     for (name, value) in aqueduct_core::exported::NUMBERS {
         m.add(name, value)?;

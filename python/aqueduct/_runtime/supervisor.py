@@ -72,6 +72,9 @@ class Supervisor:
         self._on_tick: Callable[[], None] = answers.unwedge_queues
         #: Sizes elastic steps, on every look around (see ``elastic``).
         self.on_scale: Callable[[], None] | None = None
+        #: Called (from the monitor's thread) when a worker became ready,
+        #: died or was respawned: what serves readiness reads it at once.
+        self.on_change: Callable[[], None] | None = None
         self.workers: list[WorkerProcess] = []
         self.lock = threading.RLock()
         #: Notified when a worker became ready, failed to start or exited.
@@ -201,6 +204,7 @@ class Supervisor:
             for w in workers:
                 if w.respawn_at is not None and now >= w.respawn_at:
                     self._respawn(w)
+                    self._changed()
             by_conn = {w.conn: w for w in workers if w.conn is not None}
             by_sentinel = {w.process.sentinel: w for w in workers if not w.dead}
             pending = [w.respawn_at for w in workers if w.respawn_at is not None]
@@ -225,8 +229,17 @@ class Supervisor:
                         w.ready_at = time.monotonic()
                         with self.changed:
                             self.changed.notify_all()
+                        self._changed()
                 elif ready in by_sentinel:
                     self._died(by_sentinel[ready])
+                    self._changed()
+
+    def _changed(self) -> None:
+        if (hook := self.on_change) is not None:
+            try:
+                hook()
+            except Exception:
+                log.exception("Could not tell of a change of the workers")
 
     def _died(self, w: WorkerProcess) -> None:
         w.dead = True

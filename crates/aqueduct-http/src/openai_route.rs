@@ -1,0 +1,230 @@
+//! The OpenAI-compatible routes: `/v1/chat/completions` and
+//! `/v1/completions` (the request checked by `aqueduct_core::openai`
+//! before a worker sees it; streamed or not as the request asks), and the
+//! models the server answers itself. The workers get the request as any
+//! other route's and answer with text parts and a summary; the objects and
+//! chunks of the API are made here.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aqueduct_core::http_wire::decode_response;
+use aqueduct_core::openai::{self, ApiError, Endpoint, Framer, Summary};
+use aqueduct_core::openai_embeddings::{self, Vectors};
+use aqueduct_core::wire::{base_kind, KIND_HTTP_RESPONSE};
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+
+use crate::answer::{self, Body};
+use crate::delivered::Delivered;
+use crate::frames::Frames;
+use crate::request_id;
+use crate::server::{
+    answered, first_of, on_end, streamed, submit, CancelOnDrop, Config, First, Reply, Sending,
+    Shared,
+};
+use crate::stream::PartBody;
+
+/// What a route speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Whatever its route's functions make of requests and tasks.
+    Plain,
+    OpenAi(Endpoint),
+    /// `/v1/embeddings`.
+    Embeddings,
+}
+
+/// Where the models are listed.
+const MODELS_PATH: &str = "/v1/models";
+const EVENT_STREAM: &str = "text/event-stream";
+
+/// What the route at `path` speaks (`/v1/models` speaks the API too when
+/// a model is served).
+pub fn protocol_of(config: &Config, path: &str) -> Protocol {
+    if config.model.is_some() && path.starts_with(MODELS_PATH) {
+        return Protocol::OpenAi(Endpoint::Chat);
+    }
+    config
+        .paths
+        .iter()
+        .position(|p| p == path)
+        .and_then(|route| config.protocols.get(route).copied())
+        .unwrap_or(Protocol::Plain)
+}
+
+/// `GET /v1/models` and `/v1/models/{id}` when the server has a model.
+pub fn models_page(config: &Config, path: &str) -> Option<Response<Body>> {
+    let model = config.model.as_deref()?;
+    let rest = path.strip_prefix(MODELS_PATH)?;
+    let created = started_at();
+    if rest.is_empty() || rest == "/" {
+        return Some(json(StatusCode::OK, openai::models(model, created)));
+    }
+    let asked = rest.strip_prefix('/')?;
+    if asked == model {
+        let body = openai::model_object(model, created).into_bytes();
+        return Some(json(StatusCode::OK, body));
+    }
+    let error = ApiError {
+        status: 404,
+        message: format!("The model `{asked}` does not exist"),
+        kind: "invalid_request_error",
+        param: Some("model"),
+        code: Some("model_not_found"),
+    };
+    Some(api_error(&error))
+}
+
+/// Serves a generation request whose body was read.
+pub async fn serve(
+    shared: &Arc<Shared>,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+    sending: Sending,
+    endpoint: Endpoint,
+) -> Response<Reply> {
+    let model = shared.config.model.clone().unwrap_or_default();
+    let params = match openai::parse_request(endpoint, body, &model) {
+        Ok(params) => params,
+        Err(error) => return api_error(&error).map(Either::Left),
+    };
+    let sending = Sending {
+        stream: params.stream,
+        ..sending
+    };
+    let started = tokio::time::Instant::now();
+    let (awaited, key) = match submit(shared, parts, body, &sending) {
+        Ok(sent) => sent,
+        Err(response) => return (*response).map(Either::Left),
+    };
+    let mut guard = CancelOnDrop {
+        shared,
+        key: Some(key),
+    };
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut framer = Framer::new(endpoint, &request_id::current(), created, &model);
+    let timeout = sending.timeout;
+    let first = match first_of(awaited, timeout).await {
+        First::Part(message, messages) => {
+            guard.key = None; // the body cancels it from now on
+            let deadline = Box::pin(tokio::time::sleep_until(started + timeout));
+            let frames = Frames::OpenAi {
+                framer: Box::new(framer),
+                include_usage: params.include_usage,
+            };
+            let body = PartBody::new(message, messages, deadline, on_end(shared, key))
+                .framed(frames, Some(shared.config.ping));
+            return streamed(body, EVENT_STREAM);
+        }
+        First::End(first) => first,
+    };
+    guard.key = None;
+    let make = |delivered: Delivered| match summary_of(&delivered) {
+        Some(summary) if params.stream => {
+            // a stream with no part: its role, its end
+            let mut response = json(StatusCode::OK, framer.end(&summary, params.include_usage));
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(EVENT_STREAM));
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+        }
+        Some(summary) => json(StatusCode::OK, framer.completion(&summary)),
+        None => answer::from_message(delivered), // an error, in the API's shape
+    };
+    answered(shared, key, first, timeout, make).map(Either::Left)
+}
+
+/// Serves an embeddings request whose body was read: the worker answers
+/// with the vectors ([`Vectors`]), made the API's list object here.
+pub async fn embeddings(
+    shared: &Arc<Shared>,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+    sending: Sending,
+) -> Response<Reply> {
+    let model = shared.config.model.clone().unwrap_or_default();
+    let asked = match openai_embeddings::parse_request(body, &model) {
+        Ok(asked) => asked,
+        Err(error) => return api_error(&error).map(Either::Left),
+    };
+    let sending = Sending {
+        stream: false,
+        ..sending
+    };
+    let (awaited, key) = match submit(shared, parts, body, &sending) {
+        Ok(sent) => sent,
+        Err(response) => return (*response).map(Either::Left),
+    };
+    let mut guard = CancelOnDrop {
+        shared,
+        key: Some(key),
+    };
+    let first = match first_of(awaited, sending.timeout).await {
+        First::End(first) => first,
+        First::Part(..) => Ok(None), // not asked for: answered as lost
+    };
+    guard.key = None;
+    let make = |delivered: Delivered| {
+        let vectors = answer_body(&delivered, |bytes| {
+            Vectors::decode(bytes).map(|v| v.object(&model, asked.base64))
+        });
+        match vectors {
+            Some(object) => json(StatusCode::OK, object),
+            None => answer::from_message(delivered), // an error, in the API's shape
+        }
+    };
+    answered(shared, key, first, sending.timeout, make).map(Either::Left)
+}
+
+/// What `read` makes of the body of a worker's answer (None: an error, or
+/// not what `read` reads).
+fn answer_body<T>(delivered: &Delivered, read: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
+    let message = &delivered.message;
+    if base_kind(message.header.kind) != KIND_HTTP_RESPONSE {
+        return None;
+    }
+    match &delivered.placed {
+        Some(Ok(placed)) => read(placed),
+        Some(Err(_)) => None,
+        None => read(decode_response(message.payload())?.body),
+    }
+}
+
+/// The summary a worker answered with (None: an error, or not a summary).
+fn summary_of(delivered: &Delivered) -> Option<Summary> {
+    answer_body(delivered, Summary::decode)
+}
+
+/// The API's error, with its status.
+fn api_error(error: &ApiError) -> Response<Body> {
+    let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST);
+    json(status, request_id::named(error.json()))
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// When this process first listed its model, in seconds since the epoch
+/// (the model's `created`: the same in every listing).
+fn started_at() -> u64 {
+    static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
+}
+
+/// How often idle streams are pinged unless the server says otherwise.
+pub const DEFAULT_PING: Duration = Duration::from_secs(15);
