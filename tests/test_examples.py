@@ -121,3 +121,28 @@ def test_the_generative_example_speaks_openai_to_the_official_client():
         )
         assert whole.choices[0].text == text  # the same seed writes the same text
         assert whole.usage is not None and whole.usage.completion_tokens == 40
+
+
+def test_the_digits_example_speaks_the_open_inference_protocol_to_tritonclient():
+    triton = pytest.importorskip("tritonclient.http")
+    import numpy as np
+
+    sys.path.insert(0, str(EXAMPLES / "digits"))
+    try:
+        from service import split_digits
+    finally:
+        sys.path.remove(str(EXAMPLES / "digits"))
+    _, (images, labels) = split_digits()
+    with served(EXAMPLES / "digits" / "serve_kserve.py") as line:
+        url = line.split("listening on ")[1].strip()
+        client = triton.InferenceServerClient(url, concurrency=8, network_timeout=60)
+        assert client.is_model_ready("digits")
+        assert client.get_model_metadata("digits")["inputs"][0]["shape"] == [1, 64]
+        calls = []
+        for image in images[:200]:
+            tensor = triton.InferInput("image", [1, 64], "FP32")
+            tensor.set_data_from_numpy(image.reshape(1, 64).astype(np.float32))
+            calls.append(client.async_infer("digits", [tensor]))
+        digits = [int(c.get_result(timeout=60).as_numpy("digit")[0]) for c in calls]
+        accuracy = np.mean(np.array(digits) == labels[:200])
+        assert accuracy > 0.9, accuracy

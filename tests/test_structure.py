@@ -24,6 +24,7 @@ LAYERS = [
         "aqueduct.http",
         "aqueduct.openapi",
         "aqueduct.openai",
+        "aqueduct.kserve",
         "aqueduct.testing",
         "aqueduct.integrations*",
         "aqueduct.metrics.prometheus",

@@ -46,6 +46,7 @@ __all__ = [
     "STEP_GAUGES",
     "STEP_HISTOGRAMS",
     "STEP_TIMES_HEADER",
+    "TENSOR_DATATYPES",
     "Client",
     "Control",
     "Doorbell",
@@ -62,11 +63,13 @@ __all__ = [
     "openai_summary",
     "openai_vectors",
     "part_chunk",
+    "read_tensor_table",
     "split_refs",
     "split_state",
     "state_fields",
     "step_times",
     "uuid4",
+    "write_tensor_table",
 ]
 
 # The wire constants, limits and defaults, each defined once in the core
@@ -108,6 +111,8 @@ STEP_HISTOGRAMS: list[str]
 STEP_COUNTERS: list[str]
 STEP_GAUGES: list[str]
 RESERVED_PATHS: list[str]
+#: The Open Inference Protocol's datatypes, in code order.
+TENSOR_DATATYPES: list[str]
 MAX_REQUEST_ID: int
 MAX_STEP_TIMES: int
 #: ``x-request-id``: a request's id, taken or made by the HTTP front.
@@ -304,6 +309,10 @@ def openai_summary(
     text: str | None, finish_reason: str, prompt_tokens: int, completion_tokens: int
 ) -> bytes: ...
 def openai_vectors(values: bytes, rows: int, dimensions: int, prompt_tokens: int) -> bytes: ...
+def read_tensor_table(
+    table: Any,
+) -> tuple[bytes, list[tuple[str, str, list[int], int, int]]]: ...
+def write_tensor_table(meta: bytes, tensors: list[tuple[str, str, list[int], Any]]) -> bytes: ...
 
 @final
 class HttpServer:
@@ -339,6 +348,7 @@ class HttpServer:
         protocols: list[str] = ...,
         model: str | None = None,
         ping: float = 15.0,
+        kserve: bytes | None = None,
     ) -> HttpServer: ...
     @property
     def port(self) -> int: ...
@@ -347,7 +357,7 @@ class HttpServer:
     @property
     def connections(self) -> int: ...
     def set_failure(self, reason: str | None) -> None: ...
-    def set_unready(self, reason: str | None) -> None: ...
+    def set_unready(self, reasons: list[str | None]) -> None: ...
     def drain(self) -> None: ...
     def close(self) -> None: ...
     def retarget(

@@ -83,6 +83,7 @@ from .logger import log
 from .metrics import MAIN_PROCESS
 
 if TYPE_CHECKING:
+    from ._runtime.config import FlowConfig
     from ._runtime.runtime import FlowRuntime
     from .tracing import RequestExporter
 
@@ -129,7 +130,9 @@ class Route:
     ``response_model``: what a 200 carries, for ``/openapi.json`` only.
     ``summary``: the route's line in ``/openapi.json``. ``protocol``,
     ``model`` and ``ping`` are set by :class:`aqueduct.openai.OpenAI` for
-    the routes of the OpenAI-compatible API (the front frames them)."""
+    the routes of the OpenAI-compatible API (the front frames them);
+    ``protocol`` and ``tensors`` (its :class:`aqueduct.kserve.Model`) by
+    :class:`aqueduct.kserve.KServe` for the Open Inference Protocol."""
 
     task_from_request: TaskFromRequest
     response_from_task: ResponseFromTask
@@ -140,6 +143,7 @@ class Route:
     protocol: str = ""
     model: str | None = None
     ping: float | None = None
+    tensors: Any = None
 
     def __post_init__(self) -> None:
         if not (callable(self.task_from_request) and callable(self.response_from_task)):
@@ -150,13 +154,16 @@ class Route:
             if model is not None:
                 check_model(model)
 
-    def ends(self) -> tuple[TaskFromRequest, ResponseFromTask, PartToChunk | None]:
+    def ends(self) -> tuple[TaskFromRequest, ResponseFromTask, PartToChunk | None, bool]:
         """What the workers get: the two functions (the first behind the
-        request model's validation) and the part function, if any."""
+        request model's validation), the part function, if any, and whether
+        a big body reaches ``task_from_request`` as a view of shared memory
+        (the Open Inference Protocol's tensors) rather than bytes."""
         make = self.task_from_request
         if self.request_model is not None:
             make = Validated(make, self.request_model)
-        return make, self.response_from_task, self.stream if callable(self.stream) else None
+        part = self.stream if callable(self.stream) else None
+        return make, self.response_from_task, part, self.protocol == "kserve"
 
 
 #: What a ``routes`` entry may be: a Route, or its two functions and
@@ -351,11 +358,12 @@ class Server:
         streams = [
             stream_content_type if r.stream and not r.protocol else None for r in routes.values()
         ]
-        models = {r.model for r in routes.values() if r.protocol}
+        models = {r.model for r in routes.values() if r.protocol.startswith("openai")}
         if len(models) > 1:
             raise ValueError(f"one model per server, not {sorted(models)}")  # type: ignore[type-var]
         pings = [r.ping for r in routes.values() if r.ping is not None]
         api = openapi.document(routes, flow_name, stream_content_type, needs_key=bool(keys))
+        tensor_models = _tensor_models(list(routes.values()), runtime.config)
         flow.start()
         self._flow_name = flow_name
         # the control block's metrics slots: the steps, then the result queue's
@@ -392,6 +400,7 @@ class Server:
                 protocols=[r.protocol for r in routes.values()],
                 model=next(iter(models), None),
                 ping=min(pings, default=15.0),
+                kserve=tensor_models,
             )
         except BaseException:
             asyncio.run(flow.stop(graceful=False))
@@ -481,17 +490,47 @@ class Server:
         log.info("The HTTP server stopped")
 
 
-def _missing_workers(runtime: FlowRuntime) -> str | None:
-    """Why the flow lacks workers now (a step with fewer ready than it
-    starts with: starting, or respawning one that died), or None."""
+def _tensor_models(routes: Sequence[Route], config: FlowConfig) -> bytes | None:
+    """What the front is told of the models of the Open Inference Protocol
+    among ``routes`` (``aqueduct.kserve``): this package's version, and what
+    each model says of itself; None when there are none."""
+    models = [
+        route.tensors.served(index, config.step_names, config.priorities)
+        for index, route in enumerate(routes)
+        if route.protocol == "kserve"
+    ]
+    if not models:
+        return None
+    names = [m["name"] for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two models with one name among {names}")
+    return json.dumps({"version": _version(), "models": models}).encode()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aqueduct")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _missing_workers(runtime: FlowRuntime) -> list[str | None]:
+    """Per step, why it lacks workers now (fewer ready than it starts with:
+    starting, or respawning one that died), or None."""
     supervisor, specs = runtime.supervisor, runtime.specs
+    names = runtime.config.step_names
     if supervisor is None or specs is None:
-        return "the flow has no workers"
-    for index, name in enumerate(runtime.config.step_names):
+        return ["the flow has no workers"] * len(names)
+    reasons: list[str | None] = []
+    for index, name in enumerate(names):
         ready = sum(w.ready and not (w.dead or w.retiring) for w in supervisor.of_step(index))
-        if ready < (wanted := specs.first(index)):
-            return f"{ready} of {wanted} workers of {name} are ready"
-    return None
+        wanted = specs.first(index)
+        reasons.append(
+            f"{ready} of {wanted} workers of {name} are ready" if ready < wanted else None
+        )
+    return reasons
 
 
 def _routes(

@@ -79,10 +79,10 @@ def record(tasks: Sequence[Any], step: int, started_ns: int, ended_ns: int) -> N
             times.append((step, started_ns, ended_ns))
 
 
-def traced_route(ends: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+def traced_route(ends: tuple[Any, Any, Any, bool]) -> tuple[Any, Any, Any, bool]:
     """A route's functions with its ``response_from_task`` putting the
     task's step times on the answer, for the front."""
-    make, respond, chunk = ends
+    make, respond, chunk, borrow = ends
 
     def respond_traced(task: Any) -> Any:
         made = respond(task)
@@ -96,7 +96,7 @@ def traced_route(ends: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
             return replace(made, headers=[*pairs, header])
         return Response(body=made, headers=[header])
 
-    return make, respond_traced, chunk
+    return make, respond_traced, chunk, borrow
 
 
 # -- where the spans are made ---------------------------------------------------------

@@ -48,7 +48,8 @@ pub const NUMBERS: [(&str, u64); 33] = [
 ];
 
 /// The lists of names.
-pub const NAMES: [(&str, &[&str]); 5] = [
+pub const NAMES: [(&str, &[&str]); 6] = [
+    ("TENSOR_DATATYPES", &crate::tensor_table::DATATYPE_NAMES),
     ("BOOKKEEPING_FIELDS", &BOOKKEEPING_FIELDS),
     ("STEP_HISTOGRAMS", &STEP_HISTOGRAMS),
     ("STEP_COUNTERS", &STEP_COUNTERS),

@@ -34,6 +34,7 @@ pub mod exported;
 mod fuzzing;
 pub mod http_wire;
 pub mod ids;
+pub mod kserve;
 pub mod metrics;
 pub mod notify;
 pub mod openai;
@@ -44,6 +45,7 @@ pub mod ring;
 pub mod segment;
 pub mod spin;
 pub mod state;
+pub mod tensor_table;
 pub mod tracked_arena;
 pub mod wire;
 

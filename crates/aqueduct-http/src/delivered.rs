@@ -26,6 +26,19 @@ impl Delivered {
         let placed = (kind & FLAG_BODY != 0).then(|| placed_body(&message, arenas));
         Delivered { message, placed }
     }
+
+    /// What `read` makes of the body of a worker's answer (None: an error,
+    /// or not what `read` reads).
+    pub fn read_body<T>(&self, read: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
+        if base_kind(self.message.header.kind) != KIND_HTTP_RESPONSE {
+            return None;
+        }
+        match &self.placed {
+            Some(Ok(placed)) => read(placed),
+            Some(Err(_)) => None,
+            None => read(decode_response(self.message.payload())?.body),
+        }
+    }
 }
 
 fn placed_body(message: &Message, arenas: &[Arc<TrackedArena>]) -> Result<Bytes, String> {

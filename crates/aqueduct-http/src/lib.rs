@@ -16,6 +16,7 @@ mod delivered;
 mod frames;
 mod framing;
 mod json_errors;
+mod kserve_route;
 mod metrics;
 mod openai_route;
 mod readiness;

@@ -8,10 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aqueduct_core::http_wire::decode_response;
 use aqueduct_core::openai::{self, ApiError, Endpoint, Framer, Summary};
 use aqueduct_core::openai_embeddings::{self, Vectors};
-use aqueduct_core::wire::{base_kind, KIND_HTTP_RESPONSE};
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
@@ -22,8 +20,7 @@ use crate::delivered::Delivered;
 use crate::frames::Frames;
 use crate::request_id;
 use crate::server::{
-    answered, first_of, on_end, streamed, submit, CancelOnDrop, Config, First, Reply, Sending,
-    Shared,
+    answered, on_end, streamed, submit_and_wait, Config, First, Reply, Sending, Shared,
 };
 use crate::stream::PartBody;
 
@@ -96,22 +93,17 @@ pub async fn serve(
         ..sending
     };
     let started = tokio::time::Instant::now();
-    let (awaited, key) = match submit(shared, parts, body, &sending) {
+    let (key, first) = match submit_and_wait(shared, parts, body, &sending).await {
         Ok(sent) => sent,
         Err(response) => return (*response).map(Either::Left),
-    };
-    let mut guard = CancelOnDrop {
-        shared,
-        key: Some(key),
     };
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut framer = Framer::new(endpoint, &request_id::current(), created, &model);
     let timeout = sending.timeout;
-    let first = match first_of(awaited, timeout).await {
+    let first = match first {
         First::Part(message, messages) => {
-            guard.key = None; // the body cancels it from now on
             let deadline = Box::pin(tokio::time::sleep_until(started + timeout));
             let frames = Frames::OpenAi {
                 framer: Box::new(framer),
@@ -123,7 +115,6 @@ pub async fn serve(
         }
         First::End(first) => first,
     };
-    guard.key = None;
     let make = |delivered: Delivered| match summary_of(&delivered) {
         Some(summary) if params.stream => {
             // a stream with no part: its role, its end
@@ -156,23 +147,14 @@ pub async fn embeddings(
         stream: false,
         ..sending
     };
-    let (awaited, key) = match submit(shared, parts, body, &sending) {
+    let (key, first) = match submit_and_wait(shared, parts, body, &sending).await {
         Ok(sent) => sent,
         Err(response) => return (*response).map(Either::Left),
     };
-    let mut guard = CancelOnDrop {
-        shared,
-        key: Some(key),
-    };
-    let first = match first_of(awaited, sending.timeout).await {
-        First::End(first) => first,
-        First::Part(..) => Ok(None), // not asked for: answered as lost
-    };
-    guard.key = None;
+    let first = first.once();
     let make = |delivered: Delivered| {
-        let vectors = answer_body(&delivered, |bytes| {
-            Vectors::decode(bytes).map(|v| v.object(&model, asked.base64))
-        });
+        let vectors = delivered
+            .read_body(|bytes| Vectors::decode(bytes).map(|v| v.object(&model, asked.base64)));
         match vectors {
             Some(object) => json(StatusCode::OK, object),
             None => answer::from_message(delivered), // an error, in the API's shape
@@ -181,23 +163,9 @@ pub async fn embeddings(
     answered(shared, key, first, sending.timeout, make).map(Either::Left)
 }
 
-/// What `read` makes of the body of a worker's answer (None: an error, or
-/// not what `read` reads).
-fn answer_body<T>(delivered: &Delivered, read: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
-    let message = &delivered.message;
-    if base_kind(message.header.kind) != KIND_HTTP_RESPONSE {
-        return None;
-    }
-    match &delivered.placed {
-        Some(Ok(placed)) => read(placed),
-        Some(Err(_)) => None,
-        None => read(decode_response(message.payload())?.body),
-    }
-}
-
 /// The summary a worker answered with (None: an error, or not a summary).
 fn summary_of(delivered: &Delivered) -> Option<Summary> {
-    answer_body(delivered, Summary::decode)
+    delivered.read_body(Summary::decode)
 }
 
 /// The API's error, with its status.

@@ -41,8 +41,8 @@ impl Phase {
 #[derive(Debug, Default)]
 pub struct Readiness {
     phase: AtomicU8,
-    /// Why the flow lacks workers now (starting, respawning), if it does.
-    unready: Mutex<Option<String>>,
+    /// Per step, why it lacks workers now (starting, respawning), if it does.
+    unready: Mutex<Vec<Option<String>>>,
 }
 
 impl Readiness {
@@ -60,17 +60,29 @@ impl Readiness {
         self.phase() >= Phase::Draining
     }
 
-    pub fn set_unready(&self, reason: Option<String>) {
-        *self.unready.lock().unwrap_or_else(PoisonError::into_inner) = reason;
+    /// Why each step is not ready (None: it has its workers).
+    pub fn set_unready(&self, reasons: Vec<Option<String>>) {
+        *self.unready.lock().unwrap_or_else(PoisonError::into_inner) = reasons;
     }
 
     /// `Ok` if the server should get traffic; else why not.
     pub fn ready(&self) -> Result<(), String> {
+        self.steps_ready(None)
+    }
+
+    /// `Ok` if the server serves and `steps` (None: every step) have
+    /// their workers; else why not.
+    pub fn steps_ready(&self, steps: Option<&[usize]>) -> Result<(), String> {
         match self.phase() {
-            Phase::Serving => match &*self.unready.lock().unwrap_or_else(PoisonError::into_inner) {
-                Some(reason) => Err(reason.clone()),
-                None => Ok(()),
-            },
+            Phase::Serving => {
+                let unready = self.unready.lock().unwrap_or_else(PoisonError::into_inner);
+                let reason = unready
+                    .iter()
+                    .enumerate()
+                    .filter(|(step, _)| steps.map_or(true, |s| s.contains(step)))
+                    .find_map(|(_, reason)| reason.clone());
+                reason.map_or(Ok(()), Err)
+            }
             phase => Err(format!("the server is {}", phase.name())),
         }
     }
@@ -84,9 +96,11 @@ mod tests {
     fn the_phase_only_moves_forward_and_only_serving_with_all_workers_is_ready() {
         let readiness = Readiness::default();
         assert_eq!(readiness.ready(), Ok(()));
-        readiness.set_unready(Some("1 of 2 workers of step1 run".into()));
+        readiness.set_unready(vec![None, Some("1 of 2 workers of step1 run".into())]);
         assert_eq!(readiness.ready(), Err("1 of 2 workers of step1 run".into()));
-        readiness.set_unready(None);
+        assert_eq!(readiness.steps_ready(Some(&[0])), Ok(()));
+        assert!(readiness.steps_ready(Some(&[0, 1])).is_err());
+        readiness.set_unready(vec![None, None]);
         readiness.advance(Phase::Closing);
         readiness.advance(Phase::Draining);
         assert_eq!(readiness.phase(), Phase::Closing);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use aqueduct_core::http_wire::{
     encode_request_head, BodyRef, HEALTH_PATH, LIVE_PATH, METRICS_PATH, OPENAPI_PATH, READY_PATH,
 };
+use aqueduct_core::kserve::{self, Repository};
 use aqueduct_core::wire::{
     http_route_bits, is_part, FLAG_HTTP, FLAG_STREAM, INLINE_LIMIT, KIND_HTTP_REQUEST,
     MAX_PRIORITIES,
@@ -31,6 +32,7 @@ use crate::answer::{self, Body};
 use crate::auth::ApiKeys;
 use crate::connection;
 use crate::delivered::Delivered;
+use crate::kserve_route;
 use crate::metrics::{self, Names, Outcomes};
 use crate::openai_route::{self, Protocol};
 use crate::readiness::{Phase, Readiness};
@@ -98,6 +100,8 @@ pub struct Config {
     pub model: Option<String>,
     /// How often an idle OpenAI-compatible stream gets a `: ping` comment.
     pub ping: Duration,
+    /// The models served over the Open Inference Protocol (`/v2/...`).
+    pub kserve: Repository,
 }
 
 /// What a request waits for (dropped: there is no answer): the answer's
@@ -128,9 +132,9 @@ pub type Reply = Either<Body, PartBody>;
 /// Cancels a request's task when the request is dropped before it ended
 /// (its client closed the connection): workers skip it or stop producing
 /// for it.
-pub(crate) struct CancelOnDrop<'a> {
-    pub(crate) shared: &'a Shared,
-    pub(crate) key: Option<u64>,
+struct CancelOnDrop<'a> {
+    shared: &'a Shared,
+    key: Option<u64>,
 }
 
 impl Drop for CancelOnDrop<'_> {
@@ -216,7 +220,7 @@ impl Shared {
     }
 
     /// Why requests get 503 now, if they do.
-    fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<String> {
         let failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
         failure.clone().or_else(|| self.corruption())
     }
@@ -369,10 +373,11 @@ impl Server {
         self.shared.readiness.phase()
     }
 
-    /// Why the flow lacks workers now (`None`: it has them all): `/ready`
-    /// answers 503 meanwhile.
-    pub fn set_unready(&self, reason: Option<String>) {
-        self.shared.readiness.set_unready(reason);
+    /// Per step, why it lacks workers now (`None`: it has them all):
+    /// `/ready` answers 503 while one does (a model of the Open Inference
+    /// Protocol is not ready while one of its steps does).
+    pub fn set_unready(&self, reasons: Vec<Option<String>>) {
+        self.shared.readiness.set_unready(reasons);
     }
 
     /// Starts draining: `/ready` answers 503 from now on, and every answer
@@ -459,6 +464,11 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
         .map(Either::Left);
     }
     let config = &shared.config;
+    if !config.kserve.models.is_empty() {
+        if let Some(page) = kserve::page_of(&path) {
+            return kserve_route::serve(shared, request, page).await;
+        }
+    }
     let open = path == METRICS_PATH && config.open_metrics;
     let protocol = openai_route::protocol_of(config, &path);
     if protocol != Protocol::Plain {
@@ -491,23 +501,12 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
         return answer::error(StatusCode::SERVICE_UNAVAILABLE, &reason, "FlowError")
             .map(Either::Left);
     }
-    let timeout = header_f64(&request, TIMEOUT_HEADER)
-        .filter(|t| t.is_finite() && *t > 0.0)
-        .map_or(shared.config.timeout, |t| {
-            Duration::from_secs_f64(t.min(1e6))
-        });
-    let priority = header_f64(&request, PRIORITY_HEADER)
-        .map_or(0, |p| p.clamp(0.0, f64::from(MAX_PRIORITIES - 1)) as u32);
+    let sending = Sending::asked(shared, &request, route, stream.is_some());
+    let timeout = sending.timeout;
     let (parts, body) = request.into_parts();
     let body = match read_body(shared, body).await {
         Ok(body) => body,
         Err(response) => return response.map(Either::Left),
-    };
-    let sending = Sending {
-        route,
-        priority,
-        timeout,
-        stream: stream.is_some(),
     };
     match protocol {
         Protocol::OpenAi(endpoint) => {
@@ -519,17 +518,12 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
         Protocol::Plain => {}
     }
     let started = tokio::time::Instant::now();
-    let (awaited, key) = match submit(shared, &parts, &body, &sending) {
+    let (key, first) = match submit_and_wait(shared, &parts, &body, &sending).await {
         Ok(sent) => sent,
         Err(response) => return (*response).map(Either::Left),
     };
-    let mut guard = CancelOnDrop {
-        shared,
-        key: Some(key),
-    };
-    let first = match first_of(awaited, timeout).await {
+    let first = match first {
         First::Part(message, messages) => {
-            guard.key = None; // the body cancels it from now on
             let content_type = stream.unwrap_or_default();
             let deadline = Box::pin(tokio::time::sleep_until(started + timeout));
             let body = PartBody::new(message, messages, deadline, on_end(shared, key));
@@ -537,7 +531,6 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
         }
         First::End(first) => first,
     };
-    guard.key = None;
     let response = answered(shared, key, first, timeout, answer::from_message);
     response.map(Either::Left)
 }
@@ -550,8 +543,40 @@ pub(crate) enum First {
     End(Result<Option<Delivered>, tokio::time::error::Elapsed>),
 }
 
+impl First {
+    /// What came first for a request whose route does not stream (a part
+    /// was not asked for: answered as lost).
+    pub(crate) fn once(self) -> Result<Option<Delivered>, tokio::time::error::Elapsed> {
+        match self {
+            First::End(first) => first,
+            First::Part(..) => Ok(None),
+        }
+    }
+}
+
+/// Sends a request as a task (see [`submit`]) and waits at most its
+/// timeout for its first message: its key and what came, or the response
+/// to a request the flow refused. A request dropped while it waits (its
+/// client left) cancels its task; once this returns, a streamed body or
+/// [`answered`] does.
+pub(crate) async fn submit_and_wait(
+    shared: &Shared,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+    sending: &Sending,
+) -> Result<(u64, First), Box<Response<Body>>> {
+    let (awaited, key) = submit(shared, parts, body, sending)?;
+    let mut guard = CancelOnDrop {
+        shared,
+        key: Some(key),
+    };
+    let first = first_of(awaited, sending.timeout).await;
+    guard.key = None;
+    Ok((key, first))
+}
+
 /// Waits at most `timeout` for the first message of a sent request.
-pub(crate) async fn first_of(awaited: Awaited, timeout: Duration) -> First {
+async fn first_of(awaited: Awaited, timeout: Duration) -> First {
     match awaited {
         Awaited::Once(answer) => {
             First::End(tokio::time::timeout(timeout, answer).await.map(Result::ok))
@@ -601,7 +626,7 @@ pub(crate) fn answered(
 
 /// A request's body, read within the body timeout and limit (or the
 /// error response).
-async fn read_body(shared: &Shared, body: Incoming) -> Result<Bytes, Response<Body>> {
+pub(crate) async fn read_body(shared: &Shared, body: Incoming) -> Result<Bytes, Response<Body>> {
     let reading = Limited::new(body, shared.config.body_limit).collect();
     let Ok(read) = tokio::time::timeout(shared.config.body_timeout, reading).await else {
         let message = format!(
@@ -635,7 +660,7 @@ async fn read_body(shared: &Shared, body: Incoming) -> Result<Bytes, Response<Bo
 
 /// Sends a request as a task (see [`send`]): what it waits on and its key,
 /// or the response to a request the flow refused.
-pub(crate) fn submit(
+fn submit(
     shared: &Shared,
     parts: &hyper::http::request::Parts,
     body: &[u8],
@@ -708,6 +733,31 @@ pub(crate) struct Sending {
     pub(crate) priority: u32,
     pub(crate) timeout: Duration,
     pub(crate) stream: bool,
+}
+
+impl Sending {
+    /// How a request to `route` is sent: at the priority and with the
+    /// timeout its headers ask for, or the server's.
+    pub(crate) fn asked(
+        shared: &Shared,
+        request: &Request<Incoming>,
+        route: u16,
+        stream: bool,
+    ) -> Sending {
+        let timeout = header_f64(request, TIMEOUT_HEADER)
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .map_or(shared.config.timeout, |t| {
+                Duration::from_secs_f64(t.min(1e6))
+            });
+        let priority = header_f64(request, PRIORITY_HEADER)
+            .map_or(0, |p| p.clamp(0.0, f64::from(MAX_PRIORITIES - 1)) as u32);
+        Sending {
+            route,
+            priority,
+            timeout,
+            stream,
+        }
+    }
 }
 
 /// A request's head, as it goes to the workers.
@@ -819,7 +869,7 @@ fn metrics_page(shared: &Shared) -> Response<Body> {
 
 /// The response to a request the first queue did not take.
 /// 401: the request carries none of the server's API keys.
-fn unauthorized() -> Response<Body> {
+pub(crate) fn unauthorized() -> Response<Body> {
     let message = "a valid API key is needed (Authorization: Bearer <key>, or X-API-Key)";
     let mut response = answer::error(StatusCode::UNAUTHORIZED, message, "Unauthorized");
     response.headers_mut().insert(
@@ -844,7 +894,7 @@ fn refused(error: Error) -> Response<Body> {
     answer::error(status, &error.to_string(), kind)
 }
 
-fn ok_json(body: &'static [u8]) -> Response<Body> {
+pub(crate) fn ok_json(body: &'static [u8]) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from_static(body)));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

@@ -5,6 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use aqueduct_core::kserve::Repository;
 use aqueduct_core::openai::Endpoint;
 use aqueduct_http::{ApiKeys, Config, Destination, Names, Protocol, Server, Target, Traces};
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -38,7 +39,7 @@ pub struct HttpServer {
 #[pymethods]
 impl HttpServer {
     #[new]
-    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, arenas, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, write_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false, openapi=None, reuse_port=false, trace=false, protocols=Vec::new(), model=None, ping=15.0))]
+    #[pyo3(signature = (*, host, port, paths, steps, results, control, arena, arenas, client, timeout, body_limit, threads, streams=Vec::new(), header_timeout=10.0, max_connections=10_000, body_timeout=30.0, idle_timeout=30.0, write_timeout=30.0, access_log=None, api_keys=Vec::new(), open_metrics=false, openapi=None, reuse_port=false, trace=false, protocols=Vec::new(), model=None, ping=15.0, kserve=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -68,6 +69,7 @@ impl HttpServer {
         protocols: Vec<String>,
         model: Option<String>,
         ping: f64,
+        kserve: Option<Vec<u8>>,
     ) -> PyResult<Self> {
         let addr: SocketAddr = (host, port)
             .to_socket_addrs()
@@ -108,6 +110,11 @@ impl HttpServer {
             protocols,
             model,
             ping: seconds("ping", ping)?,
+            kserve: match kserve {
+                None => Repository::default(),
+                Some(text) => Repository::from_json(&text)
+                    .map_err(|e| PyValueError::new_err(format!("kserve models: {e}")))?,
+            },
         };
         let target = target(&steps, results, control, arena, &arenas, client);
         let server = Server::start(config, target)
@@ -167,10 +174,10 @@ impl HttpServer {
         self.with_server(Server::corruption).flatten()
     }
 
-    /// Why the flow lacks workers now (None: it has them all): `/ready`
-    /// answers 503 meanwhile.
-    fn set_unready(&self, reason: Option<String>) {
-        self.with_server(|server| server.set_unready(reason));
+    /// Per step, why it lacks workers now (None: it has them all):
+    /// `/ready` answers 503 while one does.
+    fn set_unready(&self, reasons: Vec<Option<String>>) {
+        self.with_server(|server| server.set_unready(reasons));
     }
 
     /// `/ready` answers 503 from now on and every answer closes its
@@ -282,7 +289,9 @@ fn target(
 /// A route's protocol by its name in `aqueduct.http.Route`.
 fn protocol(name: &str) -> PyResult<Protocol> {
     match name {
-        "" => Ok(Protocol::Plain),
+        // an infer route of the Open Inference Protocol is found by its
+        // model (`Config::kserve`), not by its path
+        "" | "kserve" => Ok(Protocol::Plain),
         "openai.chat" => Ok(Protocol::OpenAi(Endpoint::Chat)),
         "openai.completions" => Ok(Protocol::OpenAi(Endpoint::Completions)),
         "openai.embeddings" => Ok(Protocol::Embeddings),

@@ -22,6 +22,7 @@ mod pickle;
 mod queue;
 mod shm;
 mod state;
+mod tensors;
 mod worker;
 
 /// Raises the public exception for a core error (the core's one map).
@@ -186,6 +187,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(http_wire::step_times, m)?)?;
     m.add_function(wrap_pyfunction!(http_wire::openai_summary, m)?)?;
     m.add_function(wrap_pyfunction!(http_wire::openai_vectors, m)?)?;
+    m.add_function(wrap_pyfunction!(tensors::read_tensor_table, m)?)?;
+    m.add_function(wrap_pyfunction!(tensors::write_tensor_table, m)?)?;
     // the constants and limits, each defined once in the core
     for (name, value) in aqueduct_core::exported::NUMBERS {
         m.add(name, value)?;

@@ -124,7 +124,7 @@ impl SharedArena {
         }
     }
 
-    fn make_view(&self, block: u64, offset: u64, len: u64) -> PyResult<ShmView> {
+    pub(crate) fn make_view(&self, block: u64, offset: u64, len: u64) -> PyResult<ShmView> {
         let ptr = self.inner.arena().ptr_at(offset, len).ok_or_else(|| {
             PyValueError::new_err(format!("range {offset}+{len} is outside the arena"))
         })?;

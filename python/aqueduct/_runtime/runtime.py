@@ -72,7 +72,7 @@ class FlowRuntime:
         #: This process's client and view of the owner.
         self.seat = Seat(self, forked=False)
         #: The HTTP server's (task_from_request, response_from_task) per route.
-        self.http_routes: list[tuple[Any, Any, Any]] | None = None
+        self.http_routes: list[tuple[Any, Any, Any, bool]] | None = None
         self._counts = dict.fromkeys(("done", "failed", "timeout", "cancelled"), 0)
         _RUNTIMES.add(self)
 

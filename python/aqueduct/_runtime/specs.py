@@ -48,7 +48,7 @@ class WorkerSpecs:
         step_names: Sequence[str],
         handlers: Sequence[Any],
         spin: int,
-        http: list[tuple[Any, Any, Any]] | None = None,
+        http: list[tuple[Any, Any, Any, bool]] | None = None,
         *,
         tracing: bool = False,
     ) -> None:

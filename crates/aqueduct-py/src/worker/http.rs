@@ -76,8 +76,11 @@ impl Outgoing {
     }
 }
 
-/// A route's `(task_from_request, response_from_task, part_to_bytes)`.
-type RouteEnds = (Py<PyAny>, Py<PyAny>, Option<Py<PyAny>>);
+/// A route's `(task_from_request, response_from_task, part_to_bytes,
+/// borrow)`; `borrow`: a body in the server's arena reaches
+/// `task_from_request` as a view of it, not as a copy (the server holds
+/// its block until the request is answered).
+type RouteEnds = (Py<PyAny>, Py<PyAny>, Option<Py<PyAny>>, bool);
 
 /// The lowest and highest status a response may have.
 const STATUSES: std::ops::RangeInclusive<i64> = 100..=599;
@@ -91,7 +94,7 @@ impl HttpEnds {
     }
 
     pub(super) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for (request, response, part) in &self.0 {
+        for (request, response, part, _) in &self.0 {
             visit.call(request)?;
             visit.call(response)?;
             if let Some(part) = part {
@@ -102,8 +105,14 @@ impl HttpEnds {
         visit.call(&self.2)
     }
 
-    /// The `Request` a request message describes.
-    fn request<'py>(&self, py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    /// The `Request` a request message describes (its body a view of the
+    /// arena when it lies in one and the route borrows).
+    fn request<'py>(
+        &self,
+        py: Python<'py>,
+        payload: &[u8],
+        borrow: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let request = http_wire::decode_request(payload).ok_or_else(|| {
             PyValueError::new_err("an HTTP request message that is not well-formed")
         })?;
@@ -112,21 +121,26 @@ impl HttpEnds {
             headers.set_item(latin1(py, name), latin1(py, value))?;
         }
         let body = match request.body {
-            Body::Inline(bytes) => PyBytes::new(py, bytes),
+            Body::Inline(bytes) => PyBytes::new(py, bytes).into_any(),
             Body::Arena(r) => {
                 let arena = self.3.get(r.arena as usize).ok_or_else(|| {
                     PyValueError::new_err(format!("a request body in arena {}", r.arena))
                 })?;
-                let arena = arena.get().inner.arena();
-                let at = arena
-                    .ptr_at(r.offset, r.len)
-                    .ok_or_else(|| PyValueError::new_err("a request body outside its arena"))?;
-                // SAFETY: `at..at+len` lies inside the arena's mapping
-                // (checked by `ptr_at`); the server holds the block until an
-                // answer about this request comes back, so nothing reuses it
-                // while it is copied here.
-                let bytes = unsafe { std::slice::from_raw_parts(at, r.len as usize) };
-                PyBytes::new(py, bytes)
+                if borrow {
+                    let view = arena.get().make_view(r.block, r.offset, r.len)?;
+                    Bound::new(py, view)?.into_any()
+                } else {
+                    let arena = arena.get().inner.arena();
+                    let at = arena
+                        .ptr_at(r.offset, r.len)
+                        .ok_or_else(|| PyValueError::new_err("a request body outside its arena"))?;
+                    // SAFETY: `at..at+len` lies inside the arena's mapping
+                    // (checked by `ptr_at`); the server holds the block until an
+                    // answer about this request comes back, so nothing reuses it
+                    // while it is copied here.
+                    let bytes = unsafe { std::slice::from_raw_parts(at, r.len as usize) };
+                    PyBytes::new(py, bytes).into_any()
+                }
             }
         };
         let args = (
@@ -375,8 +389,8 @@ impl StepWorker {
             None => Err(PyRuntimeError::new_err(
                 "the flow was not started by aqueduct.http.serve",
             )),
-            Some(ends) => ends.route(header.kind).and_then(|(make, _, _)| {
-                let request = ends.request(py, message.payload())?;
+            Some(ends) => ends.route(header.kind).and_then(|(make, _, _, borrow)| {
+                let request = ends.request(py, message.payload(), *borrow)?;
                 let task = call1(make.bind(py), &request)?;
                 let id = intern!(py, "request_id");
                 // the handler sees which request its task is (a task that
