@@ -59,14 +59,23 @@ bench: build ## Web-shaped benchmarks vs upstream (when .venv-upstream or UPSTRE
 	$(PY) benches/bench.py $(if $(UPSTREAM_PYTHON),--upstream $(UPSTREAM_PYTHON),)
 	$(PY) benches/ray_bench.py --json bench-report/ray.json
 
+# PyTriton's Python backend stub needs an interpreter with its libpython
+# (pyenv's 3.12 has one); LitServe goes in one of the same version
+PEER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python) python3.12)
+PYTRITON_VENV ?= .venv-pytriton
+LITSERVE_VENV ?= .venv-litserve
 MOSEC_VENV ?= .venv-mosec
 
 .PHONY: bench-http
-bench-http: build ## HTTP benchmark vs mosec under wrk (installs wrk and mosec if missing)
+bench-http: build ## HTTP benchmark vs mosec, Triton (PyTriton) and LitServe under wrk (installs what is missing)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	test -x $(MOSEC_VENV)/bin/python || ($(PYTHON) -m venv $(MOSEC_VENV) && $(MOSEC_VENV)/bin/pip install -q mosec)
+	test -x $(PYTRITON_VENV)/bin/python || ($(PEER_PYTHON) -m venv $(PYTRITON_VENV) && $(PYTRITON_VENV)/bin/pip install -q nvidia-pytriton)
+	test -x $(LITSERVE_VENV)/bin/python || ($(PEER_PYTHON) -m venv $(LITSERVE_VENV) && $(LITSERVE_VENV)/bin/pip install -q litserve)
 	$(PY) benches/http/run.py --mosec-python $(MOSEC_VENV)/bin/python
 	$(PY) benches/http/big_answer.py
+	$(PY) benches/http/protocols.py --pytriton-python $(PYTRITON_VENV)/bin/python \
+		--litserve-python $(LITSERVE_VENV)/bin/python
 
 .PHONY: soak
 soak: build ## 10 min of mixed load (SOAK_SECONDS) with a worker SIGKILLed every 30 s: RSS and fds per 100k requests of every process

@@ -41,7 +41,11 @@ def to_ms(value: str) -> float:
     return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-def wrk(connections: int, seconds: int) -> dict[str, float]:
+def wrk(
+    connections: int, seconds: int, script: Path = HERE / "post.lua", path: str = "/inference"
+) -> dict[str, float]:
+    """wrk's rate, p50/p99 (ms) and errors at ``connections`` for ``seconds``,
+    each request as ``script`` makes it, to ``path``."""
     out = subprocess.run(
         [
             "wrk",
@@ -53,8 +57,8 @@ def wrk(connections: int, seconds: int) -> dict[str, float]:
             f"{seconds}s",
             "--latency",
             "-s",
-            str(HERE / "post.lua"),
-            f"http://127.0.0.1:{PORT}/inference",
+            str(script),
+            f"http://127.0.0.1:{PORT}{path}",
         ],
         capture_output=True,
         text=True,
@@ -83,6 +87,8 @@ def serve(command: list[str]) -> subprocess.Popen[bytes]:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return  # it exited already
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=15)

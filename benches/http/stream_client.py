@@ -10,14 +10,42 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
 
 MAX_TOKENS = 128
 
 
+def plain_body(length: int) -> bytes:
+    """The plain route's request: ``{"length": L}``."""
+    return json.dumps({"length": length}).encode()
+
+
+def plain_token(event: bytes) -> bool:
+    """Every event of the plain route is a token."""
+    return event.startswith(b"data:")
+
+
+def chat_body(length: int) -> bytes:
+    """An OpenAI chat completion streaming ``length`` tokens."""
+    messages = [{"role": "user", "content": "go"}]
+    fields = {"model": "emulator", "messages": messages, "max_tokens": length, "stream": True}
+    return json.dumps(fields).encode()
+
+
+def chat_token(event: bytes) -> bool:
+    """A chat chunk with text (not the role's, the finish's or [DONE])."""
+    return b'"content":"' in event.replace(b'": "', b'":"') and b'"content":""' not in event
+
+
 async def _one_stream(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, length: int
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    path: str,
+    length: int,
+    make_body: Callable[[int], bytes] = plain_body,
+    is_token: Callable[[bytes], bool] = plain_token,
 ) -> tuple[float, int]:
-    body = json.dumps({"length": length}).encode()
+    body = make_body(length)
     started = time.perf_counter()
     writer.write(
         b"POST %s HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
@@ -37,16 +65,23 @@ async def _one_stream(
         pending += data[:-2]
         while b"\n\n" in pending:
             event, pending = pending.split(b"\n\n", 1)
-            if event.startswith(b"event: error"):
+            if event.startswith(b"event: error") or event.startswith(b'data: {"error"'):
                 raise RuntimeError(event.decode())
-            if event.startswith(b"data:"):
+            if is_token(event):
                 if events == 0:
                     first = time.perf_counter() - started
                 events += 1
     return first, events
 
 
-async def load(port: int, path: str, connections: int, seconds: float) -> dict[str, float]:
+async def load(
+    port: int,
+    path: str,
+    connections: int,
+    seconds: float,
+    make_body: Callable[[int], bytes] = plain_body,
+    is_token: Callable[[bytes], bool] = plain_token,
+) -> dict[str, float]:
     deadline = time.perf_counter() + seconds
     firsts: list[float] = []
     tokens = 0
@@ -60,7 +95,9 @@ async def load(port: int, path: str, connections: int, seconds: float) -> dict[s
             while time.perf_counter() < deadline:
                 length = rng.randint(1, MAX_TOKENS)
                 try:
-                    first, events = await _one_stream(reader, writer, path, length)
+                    first, events = await _one_stream(
+                        reader, writer, path, length, make_body, is_token
+                    )
                 except (RuntimeError, asyncio.IncompleteReadError, ConnectionError):
                     errors += 1
                     writer.close()

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import _core
@@ -92,29 +92,53 @@ class Tensor:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-@dataclass
 class InferRequest:
     """An ``infer`` request, as ``task_from_request`` gets it in a worker
     (the front has checked it against the model): ``inputs``, name -> numpy
-    array, in the model's order; the request's ``parameters`` and ``id``."""
+    array, in the model's order; the request's ``parameters`` and ``id``
+    (read from the request when first asked for)."""
 
-    model: str
-    inputs: dict[str, Any]
-    parameters: dict[str, Any] = field(default_factory=dict)
-    id: str | None = None
-    request_id: str = ""
+    __slots__ = ("_fields", "_meta", "inputs", "model", "request_id")
+
+    def __init__(
+        self, model: str, inputs: dict[str, Any], meta: bytes = b"{}", request_id: str = ""
+    ) -> None:
+        self.model, self.inputs, self.request_id = model, inputs, request_id
+        self._meta = meta
+        self._fields: dict[str, Any] | None = None
+
+    def _read(self) -> dict[str, Any]:
+        if self._fields is None:
+            self._fields = json.loads(self._meta)
+        return self._fields
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The request's ``parameters`` (Triton's among them)."""
+        parameters: dict[str, Any] = self._read().get("parameters") or {}
+        return parameters
+
+    @property
+    def id(self) -> str | None:
+        """The request's ``id``, which its answer repeats."""
+        given: str | None = self._read().get("id")
+        return given
+
+    def __repr__(self) -> str:
+        return f"<InferRequest {self.model} {sorted(self.inputs)}>"
 
 
 class Inference(BaseTask):
-    """The default task of a model: its request's ``inputs`` and
-    ``parameters``, and the ``outputs`` the handler sets (name -> array,
-    or a list for ``BYTES``)."""
+    """The default task of a model: its request's ``inputs`` (and the
+    request, for its ``parameters``), and the ``outputs`` the handler sets
+    (name -> array, or a list for ``BYTES``)."""
 
     def __init__(self, request: InferRequest) -> None:
         super().__init__()
         self.model = request.model
         self.inputs = request.inputs
-        self.parameters = request.parameters
+        #: The request itself (its ``parameters``, its ``id``).
+        self.request = request
         self.outputs: dict[str, Any] = {}
 
 
@@ -265,11 +289,7 @@ class Model:
         inputs = {
             name: _input(body, datatype, shape, at, n) for name, datatype, shape, at, n in entries
         }
-        fields = json.loads(meta)
-        asked = InferRequest(
-            self.name, inputs, fields.get("parameters") or {}, fields.get("id"), request.request_id
-        )
-        return self._make(asked)
+        return self._make(InferRequest(self.name, inputs, meta, request.request_id))
 
     def response_from_task(self, task: Any) -> bytes:
         given = task.outputs if self._outputs is None else self._outputs(task)

@@ -302,12 +302,15 @@ pub fn model_metadata(model: &ModelSpec) -> String {
     out
 }
 
-/// An `infer` request, checked: the table for the workers, and what the
-/// answer must hold.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Infer {
-    /// The inputs, in the model's order, and as meta `{"id", "parameters"}`.
-    pub table: Vec<u8>,
+/// An `infer` request, checked: its inputs (binary ones borrowed from the
+/// body) for the table the workers get, and what the answer must hold.
+#[derive(Debug, Clone)]
+pub struct Infer<'a> {
+    model: &'a ModelSpec,
+    /// Per input of the model, in its order.
+    inputs: Vec<Given<'a>>,
+    /// The table's meta: `{"id", "parameters"}`.
+    meta: String,
     /// The outputs to answer with (indices into the model's outputs), and
     /// whether each goes as binary data.
     pub outputs: Vec<(usize, bool)>,
@@ -316,6 +319,38 @@ pub struct Infer {
     pub priority: Option<u64>,
     /// Triton's `timeout`, in microseconds, if given.
     pub timeout_us: Option<u64>,
+}
+
+impl Infer<'_> {
+    fn tensors(&self) -> Vec<Tensor<'_>> {
+        self.model
+            .inputs
+            .iter()
+            .zip(&self.inputs)
+            .map(|(spec, given)| Tensor {
+                name: &spec.name,
+                datatype: spec.datatype,
+                shape: &given.shape,
+                data: &given.data,
+            })
+            .collect()
+    }
+
+    /// Bytes of the inputs' table.
+    pub fn table_len(&self) -> usize {
+        tensor_table::table_len(self.meta.as_bytes(), &self.tensors())
+    }
+
+    /// Writes the inputs' table into `out` ([`Infer::table_len`] bytes):
+    /// where the workers read it, so that the bytes are copied once.
+    pub fn write_table(&self, out: &mut [u8]) -> Result<(), String> {
+        tensor_table::write_into(out, self.meta.as_bytes(), &self.tensors())
+    }
+
+    /// The inputs' table, as a new buffer.
+    pub fn table(&self) -> Result<Vec<u8>, String> {
+        tensor_table::write(self.meta.as_bytes(), &self.tensors())
+    }
 }
 
 /// `priority` (Triton's: 1 the highest of `levels`, 0 the default) as
@@ -331,11 +366,11 @@ pub fn aqueduct_priority(priority: u64, levels: u32) -> u32 {
 /// Checks an `infer` request for `model`: `body` is JSON, or with
 /// `head_len` (its `Inference-Header-Content-Length`) a JSON head followed
 /// by the binary inputs.
-pub fn parse_infer(
-    model: &ModelSpec,
-    body: &[u8],
+pub fn parse_infer<'a>(
+    model: &'a ModelSpec,
+    body: &'a [u8],
     head_len: Option<usize>,
-) -> Result<Infer, Refusal> {
+) -> Result<Infer<'a>, Refusal> {
     let head_len = head_len.unwrap_or(body.len());
     let (head, mut binary) = match (body.get(..head_len), body.get(head_len..)) {
         (Some(head), Some(rest)) => (head, rest),
@@ -382,27 +417,22 @@ pub fn parse_infer(
         let message = format!("{} bytes of binary data no input claims", binary.len());
         return Err(Refusal::bad(message));
     }
-    let mut tensors = Vec::with_capacity(inputs.len());
-    for (spec, input) in model.inputs.iter().zip(&inputs) {
+    let mut all = Vec::with_capacity(inputs.len());
+    for (spec, input) in model.inputs.iter().zip(inputs) {
         let Some(given) = input else {
             return Err(Refusal::bad(format!("input {} is missing", spec.name)));
         };
-        tensors.push(Tensor {
-            name: &spec.name,
-            datatype: spec.datatype,
-            shape: &given.shape,
-            data: &given.data,
-        });
+        all.push(given);
     }
     let mut meta = Map::new();
     if let Some(id) = &id {
         meta.insert("id".into(), Value::String(id.clone()));
     }
     meta.insert("parameters".into(), Value::Object(parameters));
-    let meta = Value::Object(meta).to_string();
-    let table = tensor_table::write(meta.as_bytes(), &tensors).map_err(Refusal::bad)?;
     Ok(Infer {
-        table,
+        model,
+        inputs: all,
+        meta: Value::Object(meta).to_string(),
         outputs,
         id,
         priority,
@@ -681,7 +711,7 @@ pub struct Answer {
 /// The answer to `infer` from the table of outputs a worker sent: each
 /// output asked for, checked against the model's declaration (a misfit is
 /// the model's fault: 500), as JSON data or binary.
-pub fn answer(model: &ModelSpec, infer: &Infer, outputs: &[u8]) -> Result<Answer, Refusal> {
+pub fn answer(model: &ModelSpec, infer: &Infer<'_>, outputs: &[u8]) -> Result<Answer, Refusal> {
     let table = Table::read(outputs)
         .map_err(|e| Refusal::broken(format!("the model's outputs are not a tensor table: {e}")))?;
     let mut head = String::with_capacity(256);

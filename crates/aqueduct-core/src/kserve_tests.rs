@@ -62,18 +62,22 @@ fn a_json_request_becomes_a_table_of_the_models_inputs_in_its_order() {
                     "data": [[1, 2, 3], [4.5, 5, 6]]}],
         "outputs": [{"name": "ok", "parameters": {"binary_data": true}}, {"name": "labels"}]}"#;
     let infer = parse_infer(&model, body, None).unwrap();
+    let written = infer.table().unwrap();
+    let mut into = vec![7; infer.table_len()];
+    infer.write_table(&mut into).unwrap();
+    assert_eq!(into, written, "written in place, the same table");
     assert_eq!(infer.id.as_deref(), Some("r1"));
     assert_eq!((infer.priority, infer.timeout_us), (Some(1), Some(2500)));
     assert_eq!(infer.outputs, vec![(1, true), (0, false)]);
-    let table = Table::read(&infer.table).unwrap();
+    let table = Table::read(&written).unwrap();
     assert_eq!(table.tensors[0].name, "images");
     assert_eq!(table.tensors[0].shape, [2, 3]);
-    let floats: Vec<f32> = infer.table[table.tensors[0].offset..][..24]
+    let floats: Vec<f32> = written[table.tensors[0].offset..][..24]
         .chunks(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
     assert_eq!(floats, [1.0, 2.0, 3.0, 4.5, 5.0, 6.0]);
-    let tags = &infer.table[table.tensors[1].offset..][..table.tensors[1].len];
+    let tags = &written[table.tensors[1].offset..][..table.tensors[1].len];
     assert_eq!(tags, bytes_of(&["a", "bc"]));
     let meta: Value = serde_json::from_slice(table.meta).unwrap();
     assert_eq!(meta["id"], "r1");
@@ -96,10 +100,11 @@ fn binary_inputs_follow_the_json_head_in_their_order() {
     body.extend_from_slice(&bytes_of(&["abc"]));
     let infer = parse_infer(&model, &body, Some(head.len())).unwrap();
     assert_eq!(infer.outputs, vec![(0, true), (1, true)]);
-    let table = Table::read(&infer.table).unwrap();
+    let written = infer.table().unwrap();
+    let table = Table::read(&written).unwrap();
     let images = &table.tensors[0];
     assert_eq!(
-        &infer.table[images.offset..images.offset + 12],
+        &written[images.offset..images.offset + 12],
         &body[head.len()..head.len() + 12]
     );
     let mut longer = body.clone();
@@ -196,18 +201,14 @@ fn an_answer_has_each_output_asked_for_as_json_or_binary() {
     let model = model();
     let infer = parse_infer(
         &model,
-        br#"{"id": "7", "inputs": [], "outputs": [{"name": "ok"}, {"name": "labels", "parameters": {"binary_data": true}}]}"#,
+        br#"{"id": "7", "inputs": [
+              {"name": "images", "datatype": "FP32", "shape": [0, 3], "data": []},
+              {"name": "tags", "datatype": "BYTES", "shape": [0], "data": []}],
+            "outputs": [{"name": "ok"}, {"name": "labels", "parameters": {"binary_data": true}}]}"#,
         None,
-    );
-    // inputs are missing: the answer is made from an Infer of another request
-    assert!(infer.is_err());
-    let infer = Infer {
-        table: Vec::new(),
-        outputs: vec![(1, false), (0, true)],
-        id: Some("7".into()),
-        priority: None,
-        timeout_us: None,
-    };
+    )
+    .unwrap();
+    assert_eq!(infer.outputs, vec![(1, false), (0, true)]);
     let labels: Vec<u8> = [3i64, -1].iter().flat_map(|n| n.to_le_bytes()).collect();
     let outputs = crate::tensor_table::write(
         b"",

@@ -56,6 +56,33 @@ impl TrackedArena {
         Ok(block)
     }
 
+    /// A new block of `len` bytes for task `key`, filled by `write` (which
+    /// gets the whole block); freed again when `write` fails.
+    pub fn place_with(
+        &self,
+        len: usize,
+        key: u64,
+        write: impl FnOnce(&mut [u8]) -> std::result::Result<(), String>,
+    ) -> Result<Block> {
+        let block = self.arena.alloc(len as u64, key)?;
+        let Some(dst) = self.arena.ptr_at(block.offset, len as u64) else {
+            self.arena.free(block.offset);
+            return Err(Error::InvalidArgument(format!(
+                "a block of {len} bytes outside the arena"
+            )));
+        };
+        // SAFETY: `dst..dst+len` lies inside the arena's mapping (checked by
+        // `ptr_at`) in a block allocated just now for this call alone: no
+        // other process or thread has its offset yet, so nothing else reads
+        // or writes it while `write` has it.
+        let out = unsafe { std::slice::from_raw_parts_mut(dst, len) };
+        if let Err(why) = write(out) {
+            self.arena.free(block.offset);
+            return Err(Error::InvalidArgument(why));
+        }
+        Ok(block)
+    }
+
     /// A view of `block` was made in this process.
     pub fn view_opened(&self, block: u64) {
         self.adjust(block, |h| {

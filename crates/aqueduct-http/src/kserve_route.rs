@@ -18,7 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::answer::{self, Body};
 use crate::delivered::Delivered;
 use crate::server::{
-    answered, ok_json, read_body, submit_and_wait, unauthorized, Reply, Sending, Shared,
+    answered, ok_json, read_body, submit_and_wait, unauthorized, Outgoing, Reply, Sending, Shared,
 };
 
 /// Answers a request for a page of the protocol.
@@ -125,14 +125,13 @@ async fn infer(
         Ok(asked) => asked,
         Err(refusal) => return refused(&refusal).map(Either::Left),
     };
-    drop(body); // the table holds what the workers need
     if let Some(priority) = asked.priority {
         sending.priority = kserve::aqueduct_priority(priority, model.priority_levels);
     }
     if let Some(us) = asked.timeout_us.filter(|us| *us > 0) {
         sending.timeout = Duration::from_micros(us.min(1 << 40));
     }
-    let (key, first) = match submit_and_wait(shared, &parts, &asked.table, &sending).await {
+    let (key, first) = match submit_and_wait(shared, &parts, &Table(&asked), &sending).await {
         Ok(sent) => sent,
         Err(response) => return (*response).map(Either::Left),
     };
@@ -144,6 +143,19 @@ async fn infer(
         }
     };
     answered(shared, key, first.once(), sending.timeout, make).map(Either::Left)
+}
+
+/// The inputs' table, written where the workers read it (see [`Outgoing`]).
+struct Table<'a>(&'a kserve::Infer<'a>);
+
+impl Outgoing for Table<'_> {
+    fn len(&self) -> usize {
+        self.0.table_len()
+    }
+
+    fn write(&self, out: &mut [u8]) -> Result<(), String> {
+        self.0.write_table(out)
+    }
 }
 
 /// The protocol's answer: JSON, or a JSON head and binary outputs.

@@ -93,7 +93,7 @@ pub async fn serve(
         ..sending
     };
     let started = tokio::time::Instant::now();
-    let (key, first) = match submit_and_wait(shared, parts, body, &sending).await {
+    let (key, first) = match submit_and_wait(shared, parts, &body, &sending).await {
         Ok(sent) => sent,
         Err(response) => return (*response).map(Either::Left),
     };
@@ -147,7 +147,7 @@ pub async fn embeddings(
         stream: false,
         ..sending
     };
-    let (key, first) = match submit_and_wait(shared, parts, body, &sending).await {
+    let (key, first) = match submit_and_wait(shared, parts, &body, &sending).await {
         Ok(sent) => sent,
         Err(response) => return (*response).map(Either::Left),
     };

@@ -518,7 +518,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> 
         Protocol::Plain => {}
     }
     let started = tokio::time::Instant::now();
-    let (key, first) = match submit_and_wait(shared, &parts, &body, &sending).await {
+    let (key, first) = match submit_and_wait(shared, &parts, &&body[..], &sending).await {
         Ok(sent) => sent,
         Err(response) => return (*response).map(Either::Left),
     };
@@ -562,7 +562,7 @@ impl First {
 pub(crate) async fn submit_and_wait(
     shared: &Shared,
     parts: &hyper::http::request::Parts,
-    body: &[u8],
+    body: &(dyn Outgoing + Sync),
     sending: &Sending,
 ) -> Result<(u64, First), Box<Response<Body>>> {
     let (awaited, key) = submit(shared, parts, body, sending)?;
@@ -663,7 +663,7 @@ pub(crate) async fn read_body(shared: &Shared, body: Incoming) -> Result<Bytes, 
 fn submit(
     shared: &Shared,
     parts: &hyper::http::request::Parts,
-    body: &[u8],
+    body: &(dyn Outgoing + Sync),
     sending: &Sending,
 ) -> Result<(Awaited, u64), Box<Response<Body>>> {
     let headers: Vec<(&[u8], &[u8])> = parts
@@ -760,6 +760,34 @@ impl Sending {
     }
 }
 
+/// A request's body as it goes to the workers: bytes as they came, or made
+/// by `write` where they go (a big one straight into the server's arena,
+/// so that its bytes are copied once).
+pub(crate) trait Outgoing {
+    fn len(&self) -> usize;
+    /// Writes the body into `out`, of [`Outgoing::len`] bytes.
+    fn write(&self, out: &mut [u8]) -> Result<(), String>;
+    /// The body, if it is bytes already.
+    fn bytes(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+impl Outgoing for &[u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn write(&self, out: &mut [u8]) -> Result<(), String> {
+        out.copy_from_slice(self);
+        Ok(())
+    }
+
+    fn bytes(&self) -> Option<&[u8]> {
+        Some(self)
+    }
+}
+
 /// A request's head, as it goes to the workers.
 struct RequestHead<'a> {
     method: &'a [u8],
@@ -783,20 +811,27 @@ fn send(
     client: &mut Client,
     key: u64,
     head: &RequestHead<'_>,
-    body: &[u8],
+    body: &(dyn Outgoing + Sync),
     sending: &Sending,
 ) -> Result<Awaited, Refused> {
     let arena = client.queues().arena.clone();
+    let len = body.len();
     let in_arena = match &arena {
-        Some(arena) if body.len() > INLINE_LIMIT => match arena.place(body, key) {
-            Ok(block) => Some(BodyRef {
-                arena: client.slot(),
-                block: block.offset,
-                offset: block.offset,
-                len: body.len() as u64,
-            }),
-            Err(e) => return Err(Refused::Flow(e)),
-        },
+        Some(arena) if len > INLINE_LIMIT => {
+            let placed = match body.bytes() {
+                Some(bytes) => arena.place(bytes, key),
+                None => arena.place_with(len, key, |out| body.write(out)),
+            };
+            match placed {
+                Ok(block) => Some(BodyRef {
+                    arena: client.slot(),
+                    block: block.offset,
+                    offset: block.offset,
+                    len: len as u64,
+                }),
+                Err(e) => return Err(Refused::Flow(e)),
+            }
+        }
         _ => None,
     };
     let discard = |placed: Option<BodyRef>| {
@@ -814,7 +849,23 @@ fn send(
             "BadRequest",
         ))));
     }
-    let inline: &[u8] = if in_arena.is_some() { &[] } else { body };
+    let made;
+    let inline: &[u8] = match (in_arena, body.bytes()) {
+        (Some(_), _) => &[],
+        (None, Some(bytes)) => bytes,
+        (None, None) => {
+            let mut out = vec![0; len];
+            if let Err(why) = body.write(&mut out) {
+                return Err(Refused::Answer(Box::new(answer::error(
+                    StatusCode::BAD_REQUEST,
+                    &why,
+                    "BadRequest",
+                ))));
+            }
+            made = out;
+            &made
+        }
+    };
     let deadline_ns = monotonic_ns().saturating_add(sending.timeout.as_nanos() as u64);
     let streamed = if sending.stream { FLAG_STREAM } else { 0 };
     let header = MessageHeader {
