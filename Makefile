@@ -82,10 +82,11 @@ soak: build ## 10 min of mixed load (SOAK_SECONDS) with a worker SIGKILLed every
 	$(PY) benches/soak.py
 
 .PHONY: lint
-lint: build ## cargo fmt --check, clippy -D warnings, ruff check + format --check, mypy --strict, stubtest (_core.pyi vs the module)
+lint: build ## cargo fmt --check, clippy -D warnings, cargo doc -D warnings, ruff check + format --check, mypy --strict, stubtest (_core.pyi vs the module)
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --all-features -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p aqueduct-core -p aqueduct-http -p aqueduct-py
 	$(VENV)/bin/ruff check python tests examples benches
 	$(VENV)/bin/ruff format --check python tests examples benches
 	$(VENV)/bin/mypy --strict python/aqueduct

@@ -368,6 +368,7 @@ fn notice(key: u64, kind: u32, priority: u32) -> MessageHeader {
         kind,
         priority,
         enqueued_ns: 0,
+        entered_ns: 0,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The Open Inference Protocol (KServe v2 REST, what Triton, KServe,
 //! MLServer and `tritonclient` speak), defined once: the paths, the models
 //! a server declares, an `infer` request checked against its model's inputs
-//! and made a [`tensor_table`](crate::tensor_table) for the workers (JSON
+//! and made a [`crate::tensor_table`] for the workers (JSON
 //! `data`, or the binary tensor extension: a JSON head of
 //! `Inference-Header-Content-Length` bytes, then each binary input's
 //! bytes), and the answer made of the table a worker sends back, with each

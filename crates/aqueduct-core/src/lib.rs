@@ -21,6 +21,10 @@
 //! * [`spin`] — when a waiter spins before sleeping;
 //! * [`state`] — a task's fields as a message body;
 //! * [`wire`] — message kinds, flags and key layout;
+//! * [`http_wire`] — HTTP requests, answers and streamed parts as messages;
+//! * [`openai`], [`openai_embeddings`] — the OpenAI-compatible API's codecs;
+//! * [`kserve`] — the Open Inference Protocol's codec, over [`tensor_table`]
+//!   (named tensors as one message body);
 //! * [`exported`] — every constant the Python package uses, by name.
 
 pub mod arena;

@@ -39,9 +39,13 @@ pub struct MessageHeader {
     /// `CLOCK_MONOTONIC` nanoseconds when the message was queued (set by
     /// `push`), for the time it waited in the queue.
     pub enqueued_ns: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds when the task entered its flow (set by
+    /// the first `push`, kept from step to step): what a latency objective
+    /// counts from.
+    pub entered_ns: u64,
 }
 
-const HEADER_BYTES: usize = 40;
+const HEADER_BYTES: usize = 48;
 /// Kind of the filler that replaces a message a dead producer never finished.
 pub const SKIPPED: u32 = u32::MAX;
 
@@ -53,7 +57,8 @@ impl MessageHeader {
         out[16..20].copy_from_slice(&self.kind.to_le_bytes());
         out[20..24].copy_from_slice(&self.priority.to_le_bytes());
         out[24..32].copy_from_slice(&self.enqueued_ns.to_le_bytes());
-        out[32..40].copy_from_slice(&self.check().to_le_bytes());
+        out[32..40].copy_from_slice(&self.entered_ns.to_le_bytes());
+        out[40..48].copy_from_slice(&self.check().to_le_bytes());
         out
     }
 
@@ -75,8 +80,9 @@ impl MessageHeader {
             kind: u32::from_le_bytes([kinds[0], kinds[1], kinds[2], kinds[3]]),
             priority: u32::from_le_bytes([kinds[4], kinds[5], kinds[6], kinds[7]]),
             enqueued_ns: u64::from_le_bytes(field(24)?),
+            entered_ns: u64::from_le_bytes(field(32)?),
         };
-        if u64::from_le_bytes(field(32)?) != header.check() {
+        if u64::from_le_bytes(field(40)?) != header.check() {
             return Err(Error::Corrupt(format!(
                 "the header of message {:#x} fails its check",
                 header.key
@@ -95,6 +101,7 @@ impl MessageHeader {
             self.deadline_ns,
             u64::from(self.kind) | (u64::from(self.priority) << 32),
             self.enqueued_ns,
+            self.entered_ns,
         ];
         let mixed = words.iter().fold(0x6171_7565_6475_6374_u64, |h, &w| {
             (h ^ w).wrapping_mul(K).rotate_left(29)
@@ -361,6 +368,9 @@ impl TaskQueue {
         let mut header = *header;
         header.priority = level as u32;
         header.enqueued_ns = monotonic_ns();
+        if header.entered_ns == 0 {
+            header.entered_ns = header.enqueued_ns; // its first queue
+        }
         let encoded = header.encode();
         let mut all: [&[u8]; 4] = [&encoded, &[], &[], &[]];
         let Some(slots) = all.get_mut(1..=parts.len()) else {
@@ -690,10 +700,11 @@ mod tests {
             kind: 4,
             priority: 1,
             enqueued_ns: 11,
+            entered_ns: 0,
         };
         let bytes = header.encode();
         assert_eq!(MessageHeader::decode(&bytes).ok(), Some(header));
-        for at in [0, 8, 16, 20, 24, 32, 39] {
+        for at in [0, 8, 16, 20, 24, 32, 40, 47] {
             let mut scribbled = bytes;
             scribbled[at] ^= 0x10;
             assert!(
@@ -703,6 +714,28 @@ mod tests {
         }
         assert!(MessageHeader::decode(&[0; HEADER_BYTES]).is_err(), "zeroed");
         assert!(MessageHeader::decode(&bytes[..20]).is_err(), "short");
+    }
+
+    #[test]
+    fn a_task_keeps_the_time_it_entered_its_flow_from_queue_to_queue() {
+        let first = TaskQueue::create(QueueConfig::default()).unwrap();
+        let second = TaskQueue::create(QueueConfig::default()).unwrap();
+        let before = monotonic_ns();
+        first.push(&MessageHeader::default(), b"t").unwrap();
+        let taken = first.try_pop().unwrap().unwrap().header;
+        assert!(taken.entered_ns >= before && taken.entered_ns == taken.enqueued_ns);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let on = MessageHeader {
+            enqueued_ns: 0,
+            ..taken
+        };
+        second.push(&on, b"t").unwrap();
+        let again = second.try_pop().unwrap().unwrap().header;
+        assert_eq!(again.entered_ns, taken.entered_ns, "kept by the next step");
+        assert!(
+            again.enqueued_ns > taken.enqueued_ns,
+            "its own queue's time"
+        );
     }
 }
 
@@ -721,14 +754,16 @@ mod fuzz {
             any::<u32>(),
             any::<u32>(),
             any::<u64>(),
+            any::<u64>(),
         )
             .prop_map(
-                |(key, deadline_ns, kind, priority, enqueued_ns)| MessageHeader {
+                |(key, deadline_ns, kind, priority, enqueued_ns, entered_ns)| MessageHeader {
                     key,
                     deadline_ns,
                     kind,
                     priority,
                     enqueued_ns,
+                    entered_ns,
                 },
             )
     }

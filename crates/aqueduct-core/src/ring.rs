@@ -20,7 +20,7 @@
 //!
 //! The protocol runs on [`Slots`]: the words and bytes of a ring. In a flow
 //! they live in shared memory ([`ShmSlots`]); built with `--cfg loom`, the
-//! same code runs on loom's atomics ([`model::ModelSlots`]) so its tests
+//! same code runs on loom's atomics (`model::ModelSlots`, built with `--cfg loom`) so its tests
 //! check every interleaving of producers, consumers and a producer that
 //! dies mid-push (tests/loom_ring.rs).
 

@@ -165,7 +165,7 @@ fn entry_len(tensor_name: &str, dims: usize) -> usize {
     pad(ENTRY + 8 * dims + tensor_name.len(), 8)
 }
 
-/// Bytes of the table [`write`] makes of `tensors` and `meta`.
+/// Bytes of the table [`write()`] makes of `tensors` and `meta`.
 pub fn table_len(meta: &[u8], tensors: &[Tensor<'_>]) -> usize {
     let entries: usize = tensors
         .iter()

@@ -140,7 +140,7 @@ impl TrackedArena {
     }
 }
 
-/// Copies `src` to `dst`, split across up to [`COPY_THREADS`] threads when
+/// Copies `src` to `dst`, split across up to `COPY_THREADS` threads when
 /// it is big.
 ///
 /// # Safety

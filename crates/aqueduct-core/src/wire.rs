@@ -11,7 +11,7 @@ pub const KIND_TASK_BY_VALUE: u32 = 2;
 /// A worker dropped the task (expired or cancelled): no process uses its
 /// shared-memory blocks any more.
 pub const KIND_DROPPED: u32 = 3;
-/// A task of a plain class (see [`encode_state`]): its class by name, its
+/// A task of a plain class (see [`crate::state`]): its class by name, its
 /// `__dict__` pickled. No class is pickled per task, and the caller's task
 /// is updated from the dict without building an object.
 pub const KIND_STATE: u32 = 4;

@@ -104,6 +104,27 @@ pub fn from_message(delivered: Delivered) -> Response<Body> {
     }
 }
 
+/// 401: the request carries none of the server's API keys.
+pub(crate) fn unauthorized() -> Response<Body> {
+    let message = "a valid API key is needed (Authorization: Bearer <key>, or X-API-Key)";
+    let mut response = error(StatusCode::UNAUTHORIZED, message, "Unauthorized");
+    response.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// 200 with a JSON body the server has by heart.
+pub(crate) fn ok_json(body: &'static [u8]) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body)));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 #[cfg(test)]
 mod fuzz {
     use aqueduct_core::http_wire::{encode_response, error_prefix};

@@ -22,10 +22,12 @@ use tokio::time::Instant;
 
 use crate::access_log::Entry;
 use crate::answer;
+use crate::awaiting::Reply;
 use crate::framing::Framed;
 use crate::json_errors::JsonErrors;
 use crate::request_id;
-use crate::server::{handle, Reply, Shared};
+use crate::service::handle;
+use crate::shared::Shared;
 use crate::timed_connection::{Activity, InProgress, Limits, TimedConnection};
 use crate::trace;
 

@@ -16,10 +16,11 @@ use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::answer::{self, Body};
+use crate::answer::{ok_json, unauthorized};
+use crate::awaiting::{answered, submit_and_wait, Reply};
 use crate::delivered::Delivered;
-use crate::server::{
-    answered, ok_json, read_body, submit_and_wait, unauthorized, Outgoing, Reply, Sending, Shared,
-};
+use crate::dispatch::{read_body, Outgoing, Sending};
+use crate::shared::Shared;
 
 /// Answers a request for a page of the protocol.
 pub async fn serve(

@@ -16,23 +16,14 @@ use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 
 use crate::answer::{self, Body};
+use crate::awaiting::{answered, on_end, streamed, submit_and_wait, First, Reply};
+use crate::config::{Config, Protocol};
 use crate::delivered::Delivered;
+use crate::dispatch::Sending;
 use crate::frames::Frames;
 use crate::request_id;
-use crate::server::{
-    answered, on_end, streamed, submit_and_wait, Config, First, Reply, Sending, Shared,
-};
+use crate::shared::Shared;
 use crate::stream::PartBody;
-
-/// What a route speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// Whatever its route's functions make of requests and tasks.
-    Plain,
-    OpenAi(Endpoint),
-    /// `/v1/embeddings`.
-    Embeddings,
-}
 
 /// Where the models are listed.
 const MODELS_PATH: &str = "/v1/models";

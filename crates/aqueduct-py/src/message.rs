@@ -42,6 +42,7 @@ impl PyMessage {
             kind: self.kind,
             priority: self.priority,
             enqueued_ns: 0,
+            entered_ns: 0,
         }
     }
 

@@ -111,6 +111,7 @@ impl Client {
             kind,
             priority,
             enqueued_ns: 0,
+            entered_ns: 0,
         };
         let out = Outbound {
             step,
