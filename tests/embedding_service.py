@@ -11,8 +11,8 @@ import sys
 
 import numpy as np
 from aqueduct import BaseTaskHandler, Flow, FlowStep
-from aqueduct.http import serve
 from aqueduct.openai import Embedding, Embeddings
+from support import serve_printing_port
 
 DIMENSIONS = int(os.environ.get("DIMENSIONS", "8"))
 
@@ -30,14 +30,7 @@ class Counting(BaseTaskHandler):
 
 def main() -> None:
     flow = Flow(FlowStep(Counting(), batch_size=16, batch_timeout=0.05))
-    serve(
-        flow,
-        routes=Embeddings("embedder").routes(),
-        port=0,
-        timeout=20,
-        drain_delay=0,
-        on_ready=lambda port: print("port", port, flush=True),
-    )
+    serve_printing_port(flow, routes=Embeddings("embedder").routes())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aqueduct import BaseTask, BaseTaskHandler
 from aqueduct.logger import log
@@ -481,3 +481,13 @@ class Scribbler(BaseTaskHandler):
                 task.result = scribble(seed=int(task.sleep), names=(target,), skip=skip)
                 continue
             task.result = task.value * task.value
+
+
+def serve_printing_port(flow: Any, **options: Any) -> None:
+    """What a test service script does: serves ``flow`` on a free port,
+    prints ``port <n>`` once it listens (the tests read it), and stops at
+    once on SIGTERM."""
+    from aqueduct.http import serve
+
+    defaults = {"port": 0, "timeout": 20, "drain_delay": 0}
+    serve(flow, on_ready=lambda port: print("port", port, flush=True), **(defaults | options))

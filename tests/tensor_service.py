@@ -15,8 +15,8 @@ import sys
 
 import numpy as np
 from aqueduct import BaseTaskHandler, Flow, FlowStep
-from aqueduct.http import serve
 from aqueduct.kserve import DATATYPES, Inference, KServe, Model, Tensor
+from support import serve_printing_port
 
 ECHOED = [Tensor(d.lower(), d, (-1, -1)) for d in DATATYPES]
 
@@ -74,14 +74,7 @@ def main() -> None:
         FlowStep(Summer(), handle_condition=is_sum),
         queue_priorities=4,
     )
-    serve(
-        flow,
-        routes=KServe(ECHO, SUM).routes(),
-        port=0,
-        timeout=20,
-        drain_delay=0,
-        on_ready=lambda port: print("port", port, flush=True),
-    )
+    serve_printing_port(flow, routes=KServe(ECHO, SUM).routes())
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ __all__ = [
     "HandlerError",
     "MPStartMethodValueError",
     "NotRunningError",
+    "OverloadedError",
     "QueueFullError",
     "RequestValidationError",
     "SharedMemoryCorruptError",
@@ -53,6 +54,13 @@ class TaskTimeoutError(FlowError, TimeoutError):
 
 class QueueFullError(FlowError):
     """A step's queue is full and the flow is set to reject rather than wait."""
+
+
+class OverloadedError(FlowError):
+    """The task could no longer make its step's latency objective (the
+    time it waited and what its batch is expected to cost are more than it
+    had left): it was refused before any work, at once, so that the flow
+    keeps serving what it can in time. Over HTTP: 429 with ``Retry-After``."""
 
 
 class TaskTooLargeError(FlowError):

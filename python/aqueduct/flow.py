@@ -52,6 +52,8 @@ class Flow:
     from this one after ``start``, such as a pre-fork web server's workers).
     ``tracing=True`` makes OpenTelemetry spans of every task (see
     :mod:`aqueduct.tracing`; needs ``pip install 'aqueduct[otel]'``).
+    ``latency_objective`` (seconds): every step's that sets none of its own
+    (see ``FlowStep``), counted from when a task enters the flow.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class Flow:
         queue_full: Literal["wait", "reject"] = "wait",
         clients: int = 1,
         tracing: bool = False,
+        latency_objective: float | None = None,
     ) -> None:
         # the runtime is imported by the first Flow made, not with this
         # module: a worker importing the user's module (which imports Flow)
@@ -90,6 +93,7 @@ class Flow:
             queue_full=queue_full,
             clients=clients,
             tracing=tracing,
+            latency_objective=latency_objective,
         )
         self._runtime = FlowRuntime(config)
         self._traced = tracing

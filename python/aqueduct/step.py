@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 
@@ -12,7 +13,7 @@ from .handler import BaseTaskHandler, HandleConditionType
 #: worker's number among its step's.
 WorkerEnv = Mapping[str, str] | Callable[[int], Mapping[str, str]]
 
-__all__ = ["FlowStep", "check_handler"]
+__all__ = ["FlowStep", "check_handler", "check_objective"]
 
 
 class FlowStep:
@@ -48,6 +49,16 @@ class FlowStep:
     ``aqueduct.current_worker()`` says its number and device (also in
     ``AQUEDUCT_WORKER_INDEX`` and ``AQUEDUCT_DEVICE``).
 
+    ``latency_objective`` (seconds, or the flow's ``latency_objective``)
+    makes the step batch for a latency objective instead of a fixed wait:
+    its workers learn what a batch of n costs from their handle times, and
+    wait for a batch to fill only as long as the oldest task in it can still
+    be done within the objective of entering the flow (never longer than
+    ``batch_timeout`` when that is set too); a task that cannot make it even
+    alone is refused before any work with
+    :class:`~aqueduct.exceptions.OverloadedError` (HTTP: 429). A task's
+    ``timeout_sec`` stays its hard deadline.
+
     ``nprocs=(min, max)`` (or an :class:`~aqueduct.Elastic`) makes the step
     elastic: it starts ``min`` workers and grows up to ``max`` while tasks
     wait in its queue, then shrinks back when they are not needed (see
@@ -67,6 +78,7 @@ class FlowStep:
         continuous: bool = False,
         devices: Sequence[int | str] | None = None,
         env: WorkerEnv | None = None,
+        latency_objective: float | None = None,
     ) -> None:
         check_handler(handler)
         if not callable(handle_condition):
@@ -94,6 +106,11 @@ class FlowStep:
         self.batch_timeout = float(batch_timeout)
         self.on_start_wait = float(on_start_wait)
         self.continuous = bool(continuous)
+        #: Seconds from a task entering the flow to its leaving this step
+        #: (None: the flow's, if it has one).
+        self.latency_objective = check_objective(latency_objective)
+        if self.latency_objective is not None and self.continuous:
+            raise ValueError("latency_objective is not supported with continuous=True yet")
         self.devices = _devices(devices)
         if env is not None and not (callable(env) or isinstance(env, Mapping)):
             raise TypeError("env must be a mapping or a function of the worker's number")
@@ -147,3 +164,15 @@ def _devices(devices: Sequence[int | str] | int | str | None) -> list[str] | Non
     if not out:
         raise ValueError("devices must name at least one device (None: no pinning)")
     return out
+
+
+def check_objective(value: float | None) -> float | None:
+    """A latency objective as given (seconds), checked: None, or a finite
+    number above 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"latency_objective must be a number of seconds, not {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"latency_objective must be a finite number of seconds > 0, not {value}")
+    return float(value)

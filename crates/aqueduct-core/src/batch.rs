@@ -5,12 +5,22 @@
 //! 2. take whatever else is already queued, up to `batch_size`;
 //! 3. only when `batch_timeout > 0`, wait for more until `first + batch_timeout`.
 //!
+//! With a latency objective (a time from when a task entered its flow to
+//! when it should leave this step) and once the step's cost is learned
+//! ([`crate::cost`]), step 3 waits instead for as long as the oldest task
+//! of the batch can still make its objective with one more task in the
+//! batch (and no longer than `batch_timeout` when that is set), and a task
+//! that cannot make its objective even alone is not handled: it goes back
+//! to its caller as late (the caller is told it was rejected).
+//!
 //! Tasks whose deadline has passed are dropped here, before the handler sees
 //! them, and counted so the caller can report them.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::control::Control;
+use crate::cost::{Cost, CostModel};
 use crate::error::Result;
 use crate::notify::monotonic_ns;
 use crate::queue::{Message, TaskQueue, Wait};
@@ -22,6 +32,9 @@ pub struct BatchPolicy {
     pub size: usize,
     /// How long to keep collecting after the first task; zero = never wait.
     pub timeout: Duration,
+    /// How long after entering its flow a task should be done with this
+    /// step (None: no objective, upstream's rules).
+    pub objective: Option<Duration>,
 }
 
 /// What one call to [`BatchAssembler::next_batch`] produced.
@@ -32,6 +45,9 @@ pub struct Batch {
     /// Tasks taken from the queue but dropped: their deadline passed or
     /// their caller cancelled them.
     pub expired: Vec<Message>,
+    /// Tasks taken from the queue that cannot make their latency objective
+    /// any more: to be rejected, not handled.
+    pub late: Vec<Message>,
     /// The queue is closed and drained: the worker should exit.
     pub closed: bool,
 }
@@ -49,6 +65,34 @@ pub struct Claims<'a> {
 #[derive(Debug)]
 pub struct BatchAssembler {
     policy: BatchPolicy,
+    /// What this worker's batches cost, learned from their handle times.
+    cost: Mutex<CostModel>,
+    /// How far apart the tasks it takes were queued, on average.
+    arrivals: Mutex<Arrivals>,
+}
+
+/// The gap between the tasks a worker takes, as they were queued: a moving
+/// average (each gap weighs [`Arrivals::WEIGHT`]).
+#[derive(Debug, Default)]
+struct Arrivals {
+    last_ns: u64,
+    gap_ns: f64,
+}
+
+impl Arrivals {
+    const WEIGHT: f64 = 0.2;
+
+    fn queued(&mut self, at_ns: u64) {
+        if self.last_ns != 0 && at_ns > self.last_ns {
+            let gap = (at_ns - self.last_ns) as f64;
+            self.gap_ns = if self.gap_ns == 0.0 {
+                gap
+            } else {
+                self.gap_ns + Self::WEIGHT * (gap - self.gap_ns)
+            };
+        }
+        self.last_ns = self.last_ns.max(at_ns);
+    }
 }
 
 impl BatchAssembler {
@@ -57,8 +101,31 @@ impl BatchAssembler {
             policy: BatchPolicy {
                 size: policy.size.max(1),
                 timeout: policy.timeout,
+                objective: policy.objective,
             },
+            cost: Mutex::default(),
+            arrivals: Mutex::default(),
         }
+    }
+
+    /// A batch of `tasks` took `took_ns` to handle.
+    pub fn observe(&self, tasks: usize, took_ns: u64) {
+        let mut cost = self.cost.lock().unwrap_or_else(PoisonError::into_inner);
+        cost.observe(tasks, took_ns);
+    }
+
+    /// What a batch costs, as learned so far (None before it is).
+    pub fn cost(&self) -> Option<Cost> {
+        self.cost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cost()
+    }
+
+    /// The objective and the learned cost, when the step has both.
+    fn scheduled(&self) -> Option<(u64, Cost)> {
+        let objective = self.policy.objective?;
+        Some((objective.as_nanos() as u64, self.cost()?))
     }
 
     /// Takes the next batch from `queue`. Waits for the first task until
@@ -104,9 +171,19 @@ impl BatchAssembler {
             if !batch.messages.is_empty() {
                 break;
             }
+            if !batch.late.is_empty() {
+                return Ok(batch); // rejected at once, not when more comes
+            }
         }
         let first_ns = monotonic_ns();
         // 2. was taken by take_ready; 3. wait for the rest while allowed
+        if let Some((objective, cost)) = self.scheduled() {
+            self.fill_for_objective(
+                queue, &mut batch, first_ns, objective, cost, interrupt, claims,
+            )?;
+            Self::record_batch(first_ns, claims);
+            return Ok(batch);
+        }
         if self.policy.timeout.is_zero() {
             Self::record_batch(first_ns, claims);
             return Ok(batch);
@@ -120,6 +197,66 @@ impl BatchAssembler {
         }
         Self::record_batch(first_ns, claims);
         Ok(batch)
+    }
+
+    /// Step 3 under a latency objective: when tasks come faster than one is
+    /// handled alone, waits for more while the oldest task of the batch can
+    /// still make its objective with one more task in the batch and one
+    /// more is likely to come by then (for at most [`PATIENCE`] of the
+    /// tasks' usual gaps since the last came), never past `batch_timeout`
+    /// when that is set.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_for_objective(
+        &self,
+        queue: &TaskQueue,
+        batch: &mut Batch,
+        first_ns: u64,
+        objective: u64,
+        cost: Cost,
+        interrupt: &mut dyn FnMut() -> bool,
+        claims: Option<Claims<'_>>,
+    ) -> Result<()> {
+        let cap = (!self.policy.timeout.is_zero())
+            .then(|| first_ns + self.policy.timeout.as_nanos() as u64);
+        // when the last task came, and how many the batch had by then: a
+        // wake-up that brings none keeps the patience it had
+        let (mut came_ns, mut had) = (first_ns, 0);
+        while !batch.messages.is_empty() && batch.messages.len() < self.policy.size {
+            let gap = self
+                .arrivals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .gap_ns as u64;
+            if batch.messages.len() > had {
+                (came_ns, had) = (monotonic_ns(), batch.messages.len());
+            }
+            let oldest = batch
+                .messages
+                .iter()
+                .map(|m| entered(&m.header))
+                .min()
+                .unwrap_or(first_ns);
+            let due = oldest.saturating_add(objective);
+            let mut until = due.saturating_sub(cost.of(batch.messages.len() + 1));
+            if let Some(cap) = cap {
+                until = until.min(cap);
+            }
+            // tasks coming slower than one is handled alone: the worker keeps
+            // up without waiting (and a caller waiting for its answer before
+            // it sends the next is not kept waiting for itself)
+            if gap >= cost.of(1) || came_ns.saturating_add(gap) >= until {
+                break; // waiting would be in vain, or make the oldest late
+            }
+            until = until.min(came_ns.saturating_add(gap.saturating_mul(PATIENCE)));
+            if monotonic_ns() >= until {
+                break;
+            }
+            match queue.wait_ready(Some(until), interrupt) {
+                Wait::Ready => self.take_ready(queue, batch, claims)?,
+                Wait::Closed | Wait::Timeout | Wait::Interrupted => break,
+            }
+        }
+        Ok(())
     }
 
     /// The next batch of what is queued now, without waiting (empty when
@@ -195,6 +332,10 @@ impl BatchAssembler {
     ) -> Result<()> {
         let now = monotonic_ns();
         let metrics = claims.and_then(|c| c.control.metrics(c.step));
+        // a task that cannot be done by its objective even alone is late
+        let late_before = self
+            .scheduled()
+            .map(|(objective, cost)| (now + cost.of(1)).saturating_sub(objective));
         while batch.messages.len() < limit {
             let Some(m) = queue.try_pop()? else { break };
             let cancelled = claims.is_some_and(|c| c.control.is_cancelled(m.header.key));
@@ -210,6 +351,15 @@ impl BatchAssembler {
                 batch.expired.push(m);
                 continue;
             }
+            if late_before.is_some_and(|before| entered(&m.header) < before) {
+                if let Some(metrics) = metrics {
+                    metrics
+                        .rejected
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                batch.late.push(m);
+                continue;
+            }
             if let Some(c) = claims {
                 c.control.claim(c.slot, m.header.key);
             }
@@ -218,8 +368,25 @@ impl BatchAssembler {
                     .transfer_us
                     .record(now.saturating_sub(m.header.enqueued_ns) / 1000);
             }
+            self.arrivals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .queued(m.header.enqueued_ns);
             batch.messages.push(m);
         }
         Ok(())
+    }
+}
+
+/// How many of the usual gaps between tasks a batch waits for the next one.
+pub const PATIENCE: u64 = 4;
+
+/// When a message's task entered its flow (its queue's time for one sent
+/// before that was recorded).
+fn entered(header: &crate::queue::MessageHeader) -> u64 {
+    if header.entered_ns == 0 {
+        header.enqueued_ns
+    } else {
+        header.entered_ns
     }
 }

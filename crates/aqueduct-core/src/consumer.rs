@@ -139,7 +139,7 @@ impl StepConsumer {
 
     /// An empty batch of a retired worker says "exit", like a closed queue.
     fn closed_if_retired(&self, mut batch: Batch) -> Batch {
-        if batch.messages.is_empty() && self.retired() {
+        if batch.messages.is_empty() && batch.late.is_empty() && self.retired() {
             batch.closed = true;
         }
         batch
@@ -248,6 +248,7 @@ impl StepConsumer {
 
     /// The handler took `took_ns` for a batch of `tasks` tasks.
     pub fn record_handled(&self, took_ns: u64, tasks: usize) {
+        self.assembler.observe(tasks, took_ns);
         if let Some(m) = self.control.metrics(self.config.step) {
             m.handle_us.record(took_ns / 1000);
             m.batch_size.record(tasks as u64);
@@ -389,6 +390,7 @@ mod tests {
                 batch: BatchPolicy {
                     size: 2,
                     timeout: Duration::ZERO,
+                    objective: None,
                 },
                 burst,
             },
@@ -491,6 +493,7 @@ mod tests {
                 batch: BatchPolicy {
                     size: 1,
                     timeout: Duration::ZERO,
+                    objective: None,
                 },
                 burst: 1,
             },

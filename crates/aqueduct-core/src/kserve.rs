@@ -461,6 +461,25 @@ fn number(parameters: &Map<String, Value>, key: &str) -> Result<Option<u64>, Ref
     }
 }
 
+/// The `name` of a request's input or output (`what`), and its index among
+/// those the model declares (`specs`).
+fn declared<'a>(
+    model: &ModelSpec,
+    specs: &[TensorSpec],
+    given: &'a Value,
+    what: &str,
+) -> Result<(usize, &'a str), Refusal> {
+    let name = given
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Refusal::bad(format!("an {what} needs a name")))?;
+    let index = specs
+        .iter()
+        .position(|spec| spec.name == name)
+        .ok_or_else(|| Refusal::bad(format!("model {} has no {what} {name}", model.name)))?;
+    Ok((index, name))
+}
+
 /// An input as a request gives it: its shape, and its bytes (borrowed from
 /// the body when binary, made of its JSON data otherwise).
 #[derive(Debug, Clone)]
@@ -476,15 +495,7 @@ fn read_input<'a>(
     input: &Value,
     binary: &mut &'a [u8],
 ) -> Result<(usize, Given<'a>), Refusal> {
-    let name = input
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Refusal::bad("an input needs a name"))?;
-    let index = model
-        .inputs
-        .iter()
-        .position(|spec| spec.name == name)
-        .ok_or_else(|| Refusal::bad(format!("model {} has no input {name}", model.name)))?;
+    let (index, name) = declared(model, &model.inputs, input, "input")?;
     let spec = &model.inputs[index];
     let datatype = input.get("datatype").and_then(Value::as_str).unwrap_or("");
     if datatype != spec.datatype.name() {
@@ -665,15 +676,7 @@ fn asked_outputs(
         .ok_or_else(|| Refusal::bad("outputs must be a list"))?;
     let mut asked = Vec::with_capacity(outputs.len());
     for output in outputs {
-        let name = output
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Refusal::bad("an output needs a name"))?;
-        let index = model
-            .outputs
-            .iter()
-            .position(|spec| spec.name == name)
-            .ok_or_else(|| Refusal::bad(format!("model {} has no output {name}", model.name)))?;
+        let (index, name) = declared(model, &model.outputs, output, "output")?;
         let empty = Map::new();
         let parameters = match output.get("parameters") {
             None | Some(Value::Null) => &empty,

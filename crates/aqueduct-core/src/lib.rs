@@ -8,7 +8,8 @@
 //!   freed by anyone;
 //! * [`tracked_arena`] — an arena as one process uses it: placing buffers,
 //!   and the holds (views, tasks in flight) that keep a block alive;
-//! * [`batch`] — batch assembly with `batch_size` / `batch_timeout`;
+//! * [`batch`] — batch assembly with `batch_size` / `batch_timeout`, or for
+//!   a latency objective over [`cost`] (what a batch costs, learned online);
 //! * [`client`] — one process's way in and out of a flow: keys, pushing,
 //!   answers, deadlines, cancelling (the binding's and the HTTP server's);
 //! * [`consumer`] — a worker's side of its step: bursts of batches, pushes
@@ -32,6 +33,7 @@ pub mod batch;
 pub mod client;
 pub mod consumer;
 pub mod control;
+pub mod cost;
 pub mod error;
 pub mod exported;
 #[cfg(test)]

@@ -56,7 +56,7 @@ impl Histogram {
 /// [`StepSnapshot::histograms`] and [`StepSnapshot::counters`] give them
 /// (the binding and the Python metrics use these names).
 pub const STEP_HISTOGRAMS: [&str; 4] = ["handle_us", "batch_us", "batch_size", "transfer_us"];
-pub const STEP_COUNTERS: [&str; 3] = ["handled", "expired", "cancelled"];
+pub const STEP_COUNTERS: [&str; 4] = ["handled", "expired", "cancelled", "rejected"];
 /// A step's worker processes by state, as the parent last counted them
 /// (gauges, in the order [`StepSnapshot::gauges`] gives them).
 pub const STEP_GAUGES: [&str; 3] = ["workers_running", "workers_starting", "workers_retiring"];
@@ -79,6 +79,8 @@ pub struct StepMetrics {
     pub expired: AtomicU64,
     /// Tasks dropped because their caller cancelled them.
     pub cancelled: AtomicU64,
+    /// Tasks refused because they could no longer make their latency objective.
+    pub rejected: AtomicU64,
     /// Worker processes serving, starting and retiring (see [`STEP_GAUGES`]).
     pub workers: [AtomicU64; 3],
 }
@@ -93,6 +95,7 @@ pub struct StepSnapshot {
     pub handled: u64,
     pub expired: u64,
     pub cancelled: u64,
+    pub rejected: u64,
     pub workers: [u64; 3],
 }
 
@@ -109,12 +112,13 @@ impl StepSnapshot {
     }
 
     /// Each counter with its name (see [`STEP_COUNTERS`]).
-    pub fn counters(&self) -> [(&'static str, u64); 3] {
-        let [handled, expired, cancelled] = STEP_COUNTERS;
+    pub fn counters(&self) -> [(&'static str, u64); 4] {
+        let [handled, expired, cancelled, rejected] = STEP_COUNTERS;
         [
             (handled, self.handled),
             (expired, self.expired),
             (cancelled, self.cancelled),
+            (rejected, self.rejected),
         ]
     }
 
@@ -139,6 +143,7 @@ impl StepMetrics {
             handled: self.handled.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
             cancelled: self.cancelled.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
             workers: self.workers.each_ref().map(|w| w.load(Ordering::Relaxed)),
         }
     }

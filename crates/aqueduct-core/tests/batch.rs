@@ -29,6 +29,7 @@ fn takes_what_is_queued_up_to_batch_size_without_waiting() {
     let a = BatchAssembler::new(BatchPolicy {
         size: 3,
         timeout: Duration::ZERO,
+        objective: None,
     });
     assert_eq!(
         keys(&a.next_batch(&q, None, &mut || false).expect("a batch")),
@@ -51,6 +52,7 @@ fn batch_timeout_waits_for_late_tasks_until_its_deadline() {
     let a = BatchAssembler::new(BatchPolicy {
         size: 4,
         timeout: Duration::from_millis(300),
+        objective: None,
     });
     push(&q, 0, 0);
     let late = {
@@ -82,6 +84,7 @@ fn a_full_batch_returns_before_the_timeout() {
     let a = BatchAssembler::new(BatchPolicy {
         size: 2,
         timeout: Duration::from_secs(5),
+        objective: None,
     });
     let started = Instant::now();
     assert_eq!(
@@ -103,6 +106,7 @@ fn expired_tasks_are_dropped_and_reported() {
     let a = BatchAssembler::new(BatchPolicy {
         size: 8,
         timeout: Duration::ZERO,
+        objective: None,
     });
     let batch = a.next_batch(&q, None, &mut || false).expect("a batch");
     assert_eq!(keys(&batch), vec![1, 3]);
@@ -116,6 +120,7 @@ fn an_idle_deadline_returns_an_empty_batch() {
     let a = BatchAssembler::new(BatchPolicy {
         size: 1,
         timeout: Duration::ZERO,
+        objective: None,
     });
     let started = Instant::now();
     let batch = a
@@ -142,6 +147,7 @@ fn closing_wakes_a_sleeping_consumer() {
     let a = BatchAssembler::new(BatchPolicy {
         size: 1,
         timeout: Duration::ZERO,
+        objective: None,
     });
     let batch = a
         .next_batch(&q, Some(monotonic_ns() + 5_000_000_000), &mut || false)
@@ -156,6 +162,7 @@ fn the_interrupt_callback_ends_a_wait() {
     let a = BatchAssembler::new(BatchPolicy {
         size: 1,
         timeout: Duration::ZERO,
+        objective: None,
     });
     let mut calls = 0;
     let started = Instant::now();
@@ -184,6 +191,7 @@ fn a_worker_claims_what_it_takes_and_skips_cancelled_tasks() {
     let a = BatchAssembler::new(BatchPolicy {
         size: 8,
         timeout: Duration::ZERO,
+        objective: None,
     });
     let claims = Some(Claims {
         control: &control,
@@ -221,4 +229,77 @@ fn a_worker_claims_what_it_takes_and_skips_cancelled_tasks() {
     );
     assert_eq!(m.batch_us.count, 2, "one assembly time per batch");
     assert!(control.metrics(1).is_none());
+}
+
+fn with_objective(size: usize, objective_ms: u64) -> BatchAssembler {
+    let a = BatchAssembler::new(BatchPolicy {
+        size,
+        timeout: Duration::ZERO,
+        objective: Some(Duration::from_millis(objective_ms)),
+    });
+    for n in [1, 4, 8, 2, 6, 3] {
+        a.observe(n, 1_000_000 + 100_000 * n as u64); // 1 ms + 0.1 ms per task
+    }
+    a
+}
+
+#[test]
+fn a_task_that_cannot_make_its_objective_is_late_not_handled() {
+    let q = TaskQueue::create(QueueConfig::default()).expect("queue");
+    let stale = MessageHeader {
+        key: 1,
+        entered_ns: monotonic_ns().saturating_sub(49_500_000), // 49.5 ms ago
+        ..Default::default()
+    };
+    q.push(&stale, b"t").expect("push");
+    push(&q, 2, 0);
+    let a = with_objective(8, 50);
+    let batch = a.next_batch(&q, None, &mut || false).expect("batch");
+    assert_eq!(
+        batch.late.iter().map(|m| m.header.key).collect::<Vec<_>>(),
+        [1]
+    );
+    assert_eq!(keys(&batch), [2]);
+}
+
+#[test]
+fn without_a_learned_cost_the_objective_keeps_upstreams_rules() {
+    let q = TaskQueue::create(QueueConfig::default()).expect("queue");
+    push(&q, 1, 0);
+    let a = BatchAssembler::new(BatchPolicy {
+        size: 8,
+        timeout: Duration::ZERO,
+        objective: Some(Duration::from_millis(50)),
+    });
+    let started = Instant::now();
+    let batch = a.next_batch(&q, None, &mut || false).expect("batch");
+    assert_eq!(keys(&batch), [1]);
+    assert!(
+        started.elapsed() < Duration::from_millis(20),
+        "it did not wait"
+    );
+}
+
+#[test]
+fn with_tasks_coming_faster_than_one_is_handled_it_waits_for_a_fuller_batch() {
+    let q = std::sync::Arc::new(TaskQueue::create(QueueConfig::default()).expect("queue"));
+    let a = with_objective(8, 50);
+    let feeder = {
+        let q = std::sync::Arc::clone(&q);
+        std::thread::spawn(move || {
+            for k in 0..24 {
+                push(&q, k, 0);
+                std::thread::sleep(Duration::from_micros(300)); // faster than 1.1 ms each
+            }
+        })
+    };
+    let mut sizes = Vec::new();
+    while sizes.iter().sum::<usize>() < 24 {
+        let batch = a.next_batch(&q, None, &mut || false).expect("batch");
+        assert!(batch.late.is_empty());
+        sizes.push(batch.messages.len());
+    }
+    feeder.join().expect("feeder");
+    // one at a time without waiting; batches once the gaps are learned
+    assert!(sizes.iter().max() >= Some(&4), "{sizes:?}");
 }

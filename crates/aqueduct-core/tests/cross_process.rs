@@ -33,6 +33,7 @@ fn child_echo() {
     let assembler = BatchAssembler::new(BatchPolicy {
         size: 16,
         timeout: Duration::ZERO,
+        objective: None,
     });
     loop {
         let batch = assembler
@@ -127,6 +128,7 @@ fn child_sleeper() {
     let a = BatchAssembler::new(BatchPolicy {
         size: 1,
         timeout: Duration::ZERO,
+        objective: None,
     });
     let batch = a
         .next_batch(&q, Some(monotonic_ns() + 30_000_000_000), &mut || false)

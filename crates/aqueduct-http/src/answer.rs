@@ -83,7 +83,14 @@ pub fn from_message(delivered: Delivered) -> Response<Body> {
                     .ok()
                     .filter(|s| s.is_client_error() || s.is_server_error())
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                json(status, summary.json.to_vec())
+                let mut response = json(status, summary.json.to_vec());
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    // refused for its latency objective: come back in a while
+                    response
+                        .headers_mut()
+                        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                response
             }
             None => error(
                 StatusCode::INTERNAL_SERVER_ERROR,

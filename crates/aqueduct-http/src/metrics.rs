@@ -73,7 +73,12 @@ pub fn render(
         "counter",
     );
     for (step, s) in &steps {
-        for (reason, value) in [("expired", s.expired), ("cancelled", s.cancelled)] {
+        let reasons = [
+            ("expired", s.expired),
+            ("cancelled", s.cancelled),
+            ("rejected", s.rejected),
+        ];
+        for (reason, value) in reasons {
             let step = escape(step);
             line(
                 &mut out,

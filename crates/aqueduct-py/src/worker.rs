@@ -168,6 +168,26 @@ impl StepWorker {
         }
         Ok(())
     }
+
+    /// Refuses tasks that can no longer make their latency objective: their
+    /// blocks let go as a dropped task's, their callers told at once with an
+    /// `OverloadedError` (429 over HTTP).
+    fn reject_late(&self, py: Python<'_>, messages: &[Message]) -> PyResult<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.drop_messages(py, messages)?;
+        let class = py
+            .import(intern!(py, "aqueduct.exceptions"))?
+            .getattr(intern!(py, "OverloadedError"))?;
+        let why = "the task can no longer make its latency objective: refused before any work";
+        for message in messages {
+            let error = PyErr::from_value(class.call1((why,))?);
+            let to = self.fail_task(py, message, error, 429)?;
+            self.consumer()?.notify(to);
+        }
+        Ok(())
+    }
 }
 
 /// Runs `f` — a push that may wait for room — with the GIL released, running
@@ -230,7 +250,7 @@ impl StepWorker {
     /// `conditions`: every step's `handle_condition`, in order; `http`:
     /// the HTTP server's ends (see `HttpEnds`), when it serves the flow.
     #[new]
-    #[pyo3(signature = (step, slot, queues, doorbells, control, conditions, slow, batch_size=1, batch_timeout=0.0, burst=1, http=None, continuous=false))]
+    #[pyo3(signature = (step, slot, queues, doorbells, control, conditions, slow, batch_size=1, batch_timeout=0.0, burst=1, http=None, continuous=false, objective=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -246,12 +266,18 @@ impl StepWorker {
         burst: usize,
         http: Option<HttpEnds>,
         continuous: bool,
+        objective: Option<f64>,
     ) -> PyResult<Self> {
         if batch_size == 0 || burst == 0 {
             return Err(PyValueError::new_err("batch_size and burst must be >= 1"));
         }
         if batch_timeout.is_nan() || batch_timeout < 0.0 {
             return Err(PyValueError::new_err("batch_timeout must be >= 0"));
+        }
+        if objective.is_some_and(|o| !(o.is_finite() && o > 0.0)) {
+            return Err(PyValueError::new_err(
+                "objective must be a number of seconds > 0",
+            ));
         }
         if conditions.len() + doorbells.len() != queues.len() || step >= conditions.len() {
             return Err(PyValueError::new_err(
@@ -264,6 +290,7 @@ impl StepWorker {
             batch: BatchPolicy {
                 size: batch_size,
                 timeout: Duration::from_secs_f64(batch_timeout.min(1e6)),
+                objective: objective.map(|o| Duration::from_secs_f64(o.min(1e6))),
             },
             burst,
         };
@@ -311,6 +338,7 @@ impl StepWorker {
                 return Ok(PyList::empty(py)); // the burst took its most batches
             };
             self.drop_messages(py, &batch.expired)?;
+            self.reject_late(py, &batch.late)?;
             self.burst()?.fresh = batch.messages;
         }
         let held = self.load_fresh(py)?;
@@ -451,6 +479,7 @@ impl StepWorker {
         let batch = batch.map_err(to_py_err)?;
         // dropped tasks are let go before anything else can fail
         self.drop_messages(py, &batch.expired)?;
+        self.reject_late(py, &batch.late)?;
         if let Some(e) = pending {
             if batch.messages.is_empty() {
                 return Err(e);

@@ -29,6 +29,7 @@ from .._core import (
 from ..exceptions import (
     FlowError,
     HandlerError,
+    OverloadedError,
     RequestValidationError,
     SharedMemoryFullError,
     TaskSerializationError,
@@ -95,6 +96,7 @@ class WorkerSpec:
     conditions_blob: bytes  # cloudpickle of every step's handle_condition
     batch_size: int
     batch_timeout: float
+    latency_objective: float | None  # seconds from entering the flow (None: no objective)
     nprocs: int  # the most processes this step runs (an elastic step's max)
     queue_fds: list[int]  # input queue of every step, then a result queue per client
     doorbell_fds: list[int]  # one per client
@@ -162,7 +164,8 @@ def encode_error(
 
 
 _ERROR_KINDS: dict[str, type[FlowError]] = {
-    cls.__name__: cls for cls in (TaskSerializationError, TaskTooLargeError, SharedMemoryFullError)
+    cls.__name__: cls
+    for cls in (TaskSerializationError, TaskTooLargeError, SharedMemoryFullError, OverloadedError)
 }
 
 

@@ -15,7 +15,7 @@ from ..exceptions import MPStartMethodValueError
 from ..handler import BaseTaskHandler
 from ..logger import log
 from ..metrics import Collector, Exporter, MetricsTypes
-from ..step import FlowStep
+from ..step import FlowStep, check_objective
 
 __all__ = ["START_METHODS", "FlowConfig", "spin_us"]
 
@@ -56,6 +56,8 @@ class FlowConfig:
     exporter: Exporter | None
     spin_us: int
     tracing: bool = False
+    #: Per step, its latency objective in seconds (its own, or the flow's).
+    objectives: tuple[float | None, ...] = ()
 
     @classmethod
     def build(
@@ -72,6 +74,7 @@ class FlowConfig:
         queue_full: str,
         clients: int,
         tracing: bool = False,
+        latency_objective: float | None = None,
     ) -> FlowConfig:
         """Checks the arguments of ``Flow``; raises what is wrong with them."""
         if mp_start_method not in START_METHODS:
@@ -97,6 +100,12 @@ class FlowConfig:
 
             _tracing.require()  # the extra is installed, or a clear error now
         built = tuple(step if isinstance(step, FlowStep) else FlowStep(step) for step in steps)
+        default = check_objective(latency_objective)
+        if default is not None and any(s.continuous and s.latency_objective is None for s in built):
+            raise ValueError("latency_objective is not supported with continuous=True yet")
+        objectives = tuple(
+            s.latency_objective if s.latency_objective is not None else default for s in built
+        )
         collector = metrics_collector or Collector()
         if not metrics_enabled:
             log.warning("Metrics collecting is disabled")
@@ -112,6 +121,7 @@ class FlowConfig:
             clients=int(clients),
             collector=collector,
             exporter=metrics_exporter,
+            objectives=objectives,
             spin_us=spin_us(),
             tracing=bool(tracing),
         )

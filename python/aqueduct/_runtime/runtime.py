@@ -169,6 +169,7 @@ class FlowRuntime:
             config.spin_us,
             self.http_routes,
             tracing=config.tracing,
+            objectives=config.objectives,
         )
         supervisor.start_all(
             specs.initial(), [step.on_start_wait for step in config.steps], deadline

@@ -51,6 +51,7 @@ class WorkerSpecs:
         http: list[tuple[Any, Any, Any, bool]] | None = None,
         *,
         tracing: bool = False,
+        objectives: Sequence[float | None] | None = None,
     ) -> None:
         try:
             self._conditions = cloudpickle.dumps([s.handle_condition for s in steps])
@@ -62,6 +63,7 @@ class WorkerSpecs:
             raise FlowError(f"cannot pickle the HTTP server's functions: {exc}") from exc
         self._topology = topology
         self._steps = steps
+        self._objectives = list(objectives or [None] * len(steps))
         self.step_names = step_names
         self._spin = spin
         self._tracing = tracing
@@ -94,6 +96,7 @@ class WorkerSpecs:
             conditions_blob=self._conditions,
             batch_size=step.batch_size,
             batch_timeout=step.batch_timeout,
+            latency_objective=self._objectives[index],
             continuous=step.continuous,
             nprocs=step.max_nprocs,
             queue_fds=[q.fd for q in topology.queues],

@@ -29,6 +29,7 @@ from .._ipc.shm import Ref, SharedMemory, split
 from .._ipc.topology import Topology
 from ..exceptions import (
     FlowError,
+    OverloadedError,
     SharedMemoryError,
     SharedMemoryFullError,
     TaskSerializationError,
@@ -122,7 +123,12 @@ class _Worker:
     shared memory or tasks pickled by value, and error reports."""
 
     #: Errors that reach the caller as themselves (not as a HandlerError).
-    PASSED_ON = (TaskTooLargeError, TaskSerializationError, SharedMemoryFullError)
+    PASSED_ON = (
+        TaskTooLargeError,
+        TaskSerializationError,
+        SharedMemoryFullError,
+        OverloadedError,
+    )
 
     def __init__(self, spec: WorkerSpec, handler: Any, conditions: list[Any]) -> None:
         self.step_name = spec.step_name
@@ -148,7 +154,8 @@ class _Worker:
         # next consumers once for all of them. With siblings, each takes one
         # batch per wait, so none is left idle while another works through a
         # backlog.
-        burst = BURST if spec.nprocs == 1 and spec.batch_timeout == 0 else 1
+        waits = spec.batch_timeout > 0 or spec.latency_objective is not None
+        burst = BURST if spec.nprocs == 1 and not waits else 1
         self.engine = _core.StepWorker(
             spec.step_index,
             spec.slot,
@@ -162,6 +169,7 @@ class _Worker:
             burst,
             http,
             spec.continuous,
+            spec.latency_objective,
         )
         self.continuous = spec.continuous
         self.step_index = spec.step_index

@@ -67,6 +67,8 @@ class StepMetrics:
     handled: int
     expired: int
     cancelled: int
+    #: Tasks refused because they could no longer make their latency objective.
+    rejected: int
     queue_size: int
     #: Its worker processes now: serving, starting, and finishing their
     #: tasks before they exit (replaced, or an elastic step shrinking).

@@ -56,7 +56,8 @@ class ToStatsDMetricsExporter(Exporter):
                 if histogram.count:
                     target.timing(f"{p}.{prefix}.{step.name}", histogram.mean * scale)
             target.timing(f"{p}.{QSIZE_PREFIX}.{step.name}", step.queue_size)
-            for outcome, value in (("expired", step.expired), ("cancelled", step.cancelled)):
+            dropped = (("expired", step.expired), ("cancelled", step.cancelled))
+            for outcome, value in (*dropped, ("rejected", step.rejected)):
                 if value > 0:
                     target.count(f"{p}.{TASKS_PREFIX}.{step.name}.{outcome}", value)
         for outcome, value in metrics.tasks.items():

@@ -74,6 +74,7 @@ class FlowCollector(Collector):
         for step in snapshot.steps:
             dropped.add_metric([self.flow_name, step.name, "expired"], step.expired)
             dropped.add_metric([self.flow_name, step.name, "cancelled"], step.cancelled)
+            dropped.add_metric([self.flow_name, step.name, "rejected"], step.rejected)
             handled.add_metric([self.flow_name, step.name], step.handled)
             qsize.add_metric([self.flow_name, step.name], step.queue_size)
         yield dropped
