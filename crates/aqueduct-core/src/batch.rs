@@ -108,8 +108,12 @@ impl BatchAssembler {
         }
     }
 
-    /// A batch of `tasks` took `took_ns` to handle.
+    /// A batch of `tasks` took `took_ns` to handle (learned only by a step
+    /// with an objective: no other uses it).
     pub fn observe(&self, tasks: usize, took_ns: u64) {
+        if self.policy.objective.is_none() {
+            return;
+        }
         let mut cost = self.cost.lock().unwrap_or_else(PoisonError::into_inner);
         cost.observe(tasks, took_ns);
     }
@@ -233,7 +237,7 @@ impl BatchAssembler {
             let oldest = batch
                 .messages
                 .iter()
-                .map(|m| entered(&m.header))
+                .map(|m| m.header.entered_ns)
                 .min()
                 .unwrap_or(first_ns);
             let due = oldest.saturating_add(objective);
@@ -351,7 +355,7 @@ impl BatchAssembler {
                 batch.expired.push(m);
                 continue;
             }
-            if late_before.is_some_and(|before| entered(&m.header) < before) {
+            if late_before.is_some_and(|before| m.header.entered_ns < before) {
                 if let Some(metrics) = metrics {
                     metrics
                         .rejected
@@ -368,10 +372,12 @@ impl BatchAssembler {
                     .transfer_us
                     .record(now.saturating_sub(m.header.enqueued_ns) / 1000);
             }
-            self.arrivals
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .queued(m.header.enqueued_ns);
+            if self.policy.objective.is_some() {
+                self.arrivals
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .queued(m.header.enqueued_ns);
+            }
             batch.messages.push(m);
         }
         Ok(())
@@ -380,13 +386,3 @@ impl BatchAssembler {
 
 /// How many of the usual gaps between tasks a batch waits for the next one.
 pub const PATIENCE: u64 = 4;
-
-/// When a message's task entered its flow (its queue's time for one sent
-/// before that was recorded).
-fn entered(header: &crate::queue::MessageHeader) -> u64 {
-    if header.entered_ns == 0 {
-        header.enqueued_ns
-    } else {
-        header.entered_ns
-    }
-}
