@@ -142,6 +142,17 @@ async def test_an_objective_with_little_load_answers_everything_at_once(make_flo
         assert what == "answered" and took <= OBJECTIVE
 
 
+async def test_what_cannot_make_it_is_refused_at_once_not_after_waiting_in_the_queue(make_flow):
+    flow = make_flow(FlowStep(Emulator(), batch_size=32, latency_objective=OBJECTIVE))
+    await warm(flow)
+    outcomes = await burst(flow, 2000)
+    rejected = [t for what, t, _ in outcomes if what == "rejected"]
+    assert len(rejected) > 1000, len(rejected)
+    # refused when pushed: a worker would refuse it only once it had
+    # waited about the objective in the queue
+    assert p(rejected, 0.5) <= OBJECTIVE / 5, sorted(rejected)[:: len(rejected) // 10]
+
+
 class Then(BaseTaskHandler):
     """A second step: 5 ms a batch."""
 

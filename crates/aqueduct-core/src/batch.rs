@@ -109,13 +109,17 @@ impl BatchAssembler {
     }
 
     /// A batch of `tasks` took `took_ns` to handle (learned only by a step
-    /// with an objective: no other uses it).
-    pub fn observe(&self, tasks: usize, took_ns: u64) {
-        if self.policy.objective.is_none() {
-            return;
-        }
+    /// with an objective: no other uses it); the cost learned so far, as
+    /// admission reads it ([`CostModel::admission`]).
+    pub fn observe(&self, tasks: usize, took_ns: u64) -> Option<Cost> {
+        self.policy.objective?;
         let mut cost = self.cost.lock().unwrap_or_else(PoisonError::into_inner);
         cost.observe(tasks, took_ns);
+        cost.admission()
+    }
+
+    pub fn policy(&self) -> &BatchPolicy {
+        &self.policy
     }
 
     /// What a batch costs, as learned so far (None before it is).

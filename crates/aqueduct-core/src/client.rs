@@ -19,6 +19,7 @@
 //! that pays ([`ClientCore::spin_budget`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -206,6 +207,7 @@ impl<W> ClientCore<W> {
         let Some(queue) = self.queues.steps.get(step).map(Arc::clone) else {
             return Err(Error::InvalidArgument(format!("no step {step}")));
         };
+        self.admit(step, &queue, &out.header)?;
         let key = out.header.key;
         let lone = self.pending.is_empty();
         let mut backlogged = !self.backlogs[step].is_empty();
@@ -254,6 +256,33 @@ impl<W> ClientCore<W> {
             spin: now && defer,
             backlogged,
         })
+    }
+
+    /// Refuses a task its step cannot leave within its latency objective
+    /// (see [`crate::admission`]); counted as rejected in the step's metrics.
+    fn admit(&self, step: usize, queue: &TaskQueue, header: &MessageHeader) -> Result<()> {
+        let control = &self.queues.control;
+        let Some(known) = control.schedule(step).and_then(|s| s.known()) else {
+            return Ok(());
+        };
+        let metrics = control.metrics(step);
+        let workers = metrics.map_or(1, |m| m.workers[0].load(Ordering::Relaxed));
+        let queued = queue.len() + self.backlogs[step].len() as u64;
+        let now = monotonic_ns();
+        let waited = match header.entered_ns {
+            0 => 0,
+            entered => now.saturating_sub(entered),
+        };
+        if known.admits(now, waited, queued, workers) {
+            return Ok(());
+        }
+        if let Some(m) = metrics {
+            m.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(Error::Overloaded(format!(
+            "the task cannot make its latency objective of {} ms behind the {queued} queued: refused before any work",
+            known.objective_ns / 1_000_000
+        )))
     }
 
     fn hold(&mut self, key: u64, blocks: Vec<u64>) {
@@ -510,6 +539,7 @@ impl<W> ClientCore<W> {
 mod tests {
     use super::*;
     use crate::arena::Arena;
+    use crate::cost::Cost;
     use crate::queue::QueueConfig;
     use crate::wire::{client_of, KIND_TASK};
 
@@ -638,6 +668,36 @@ mod tests {
         assert!(waiting.push_backlogs().is_empty());
         assert!(!waiting.has_backlog(), "b sent, c dropped");
         assert_eq!(answer(&waiting), b);
+    }
+
+    #[test]
+    fn a_task_that_cannot_make_the_objective_is_refused_at_push() {
+        let mut client = client(0, false);
+        let control = Arc::new(Control::create(1, 1).expect("control"));
+        client.queues.control = Arc::clone(&control);
+        let schedule = control.schedule(0).expect("step 0");
+        schedule.declare(10_000_000, 4); // 10 ms, batches of 4
+        for _ in 0..8 {
+            send(&mut client, "before").expect("nothing learned: admitted");
+        }
+        // 1 ms a task: 8 queued on one worker = two rounds of 4 ms, its
+        // own batch 4 ms, 2 ms left of a batch taken now: 14 ms > 10 ms
+        schedule.publish(Cost {
+            fixed_ns: 0.0,
+            per_task_ns: 1e6,
+        });
+        schedule.started(monotonic_ns(), 2);
+        let refused = send(&mut client, "late");
+        assert!(matches!(refused, Err(Error::Overloaded(_))), "{refused:?}");
+        assert_eq!(
+            Error::Overloaded(String::new()).kind(),
+            ("OverloadedError", 429)
+        );
+        assert_eq!(client.len(), 8, "nothing kept for it");
+        let metrics = control.metrics(0).expect("step 0");
+        assert_eq!(metrics.rejected.load(Ordering::Relaxed), 1);
+        metrics.workers[0].store(2, Ordering::Relaxed);
+        send(&mut client, "two workers").expect("one round of 4 ms, its own 4, 2 in hand: 10 ms");
     }
 
     #[test]

@@ -72,8 +72,17 @@ impl StepConsumer {
                 queues.len()
             )));
         }
+        let assembler = BatchAssembler::new(config.batch);
+        let policy = assembler.policy();
+        if let (Some(objective), Some(schedule)) = (policy.objective, control.schedule(config.step))
+        {
+            let objective_ns = u64::try_from(objective.as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            schedule.declare(objective_ns, policy.size);
+        }
         Ok(StepConsumer {
-            assembler: BatchAssembler::new(config.batch),
+            assembler,
             config,
             queues,
             doorbells,
@@ -129,6 +138,7 @@ impl StepConsumer {
             Some(self.claims()),
         )?;
         self.released(&batch);
+        self.started(&batch);
         Ok(self.closed_if_retired(batch))
     }
 
@@ -188,6 +198,7 @@ impl StepConsumer {
             .assembler
             .next_ready(self.input(), Some(self.claims()))?;
         self.released(&batch);
+        self.started(&batch);
         Ok(Some(batch))
     }
 
@@ -246,9 +257,24 @@ impl StepConsumer {
         }
     }
 
+    /// Tells the step's clients when the batch taken now should be done
+    /// (a step with a latency objective: see [`crate::admission`]).
+    fn started(&self, batch: &Batch) {
+        if batch.messages.is_empty() || self.assembler.policy().objective.is_none() {
+            return;
+        }
+        if let Some(schedule) = self.control.schedule(self.config.step) {
+            schedule.started(monotonic_ns(), batch.messages.len());
+        }
+    }
+
     /// The handler took `took_ns` for a batch of `tasks` tasks.
     pub fn record_handled(&self, took_ns: u64, tasks: usize) {
-        self.assembler.observe(tasks, took_ns);
+        if let Some(cost) = self.assembler.observe(tasks, took_ns) {
+            if let Some(schedule) = self.control.schedule(self.config.step) {
+                schedule.publish(cost);
+            }
+        }
         if let Some(m) = self.control.metrics(self.config.step) {
             m.handle_us.record(took_ns / 1000);
             m.batch_size.record(tasks as u64);

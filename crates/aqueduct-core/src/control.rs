@@ -12,10 +12,13 @@
 //!   worker to wait before taking tasks ([`HOLD`]: a replacement whose
 //!   siblings are still starting) or to take no more and exit once what it
 //!   holds is done ([`RETIRE`]: replaced, or an elastic step shrinking).
+//! * per step: its metrics ([`StepMetrics`]) and its schedule
+//!   ([`Schedule`]: latency objective and learned cost).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use crate::admission::Schedule;
 use crate::error::{Error, Result};
 use crate::metrics::StepMetrics;
 use crate::notify::{futex_wait, futex_wake};
@@ -61,13 +64,28 @@ pub struct Control {
     steps: usize,
 }
 
-/// Offsets of the cancel set, the claim slots, the step metrics and the end.
-fn offsets(slots: usize, steps: usize) -> (usize, usize, usize, usize) {
+/// Where each area of the block starts, and where the block ends.
+struct Offsets {
+    cancel: usize,
+    claims: usize,
+    metrics: usize,
+    schedules: usize,
+    end: usize,
+}
+
+fn offsets(slots: usize, steps: usize) -> Offsets {
     let cancel = std::mem::size_of::<Header>().div_ceil(8) * 8;
     let claims = cancel + (CANCEL_BITS / 8) as usize;
     let metrics = claims + slots * std::mem::size_of::<ClaimSlot>();
-    let end = metrics + steps * std::mem::size_of::<StepMetrics>();
-    (cancel, claims, metrics, end)
+    let schedules = metrics + steps * std::mem::size_of::<StepMetrics>();
+    let end = schedules + steps * std::mem::size_of::<Schedule>();
+    Offsets {
+        cancel,
+        claims,
+        metrics,
+        schedules,
+        end,
+    }
 }
 
 impl Control {
@@ -75,7 +93,7 @@ impl Control {
     /// metrics for `steps` steps (the flow's steps plus one for results).
     pub fn create(slots: usize, steps: usize) -> Result<Self> {
         let slots = slots.max(1);
-        let (_, _, _, size) = offsets(slots, steps);
+        let size = offsets(slots, steps).end;
         let segment = Segment::create("aqueduct-control", size, false)?;
         // SAFETY: fresh zero-filled segment, page aligned, not shared yet.
         unsafe {
@@ -110,7 +128,7 @@ impl Control {
         // Bounded before the layout is computed from them, so no
         // arithmetic on scribbled values can overflow.
         let sane = slots <= MAX_SLOTS && steps <= MAX_SLOTS;
-        if magic != MAGIC || !sane || segment.len() < offsets(slots, steps).3 {
+        if magic != MAGIC || !sane || segment.len() < offsets(slots, steps).end {
             return Err(Error::InvalidSegment(
                 "not an aqueduct control block".into(),
             ));
@@ -126,7 +144,7 @@ impl Control {
         // Keys of different clients differ in their top bits: hash them so
         // that they spread over the whole set.
         let bit = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CANCEL_BITS.trailing_zeros());
-        let (cancel, _, _, _) = offsets(self.slots, self.steps);
+        let cancel = offsets(self.slots, self.steps).cancel;
         // SAFETY: `bit / 64 < CANCEL_BITS / 64`, inside the cancel set, which
         // starts 8-byte aligned right after the header (`offsets`); the
         // segment is page aligned and as long as `offsets` says (checked
@@ -164,7 +182,7 @@ impl Control {
         if slot >= self.slots {
             return None;
         }
-        let (_, claims, _, _) = offsets(self.slots, self.steps);
+        let claims = offsets(self.slots, self.steps).claims;
         // SAFETY: `slot < slots`, so the slot lies inside the segment; slots
         // are 8-byte aligned (the claims area starts at a multiple of 8).
         Some(unsafe {
@@ -275,7 +293,7 @@ impl Control {
         if step >= self.steps {
             return None;
         }
-        let (_, _, metrics, _) = offsets(self.slots, self.steps);
+        let metrics = offsets(self.slots, self.steps).metrics;
         // SAFETY: `step < steps`, inside the segment (checked on open); the
         // area is 8-byte aligned and holds only atomics, zero-initialised.
         Some(unsafe {
@@ -284,6 +302,25 @@ impl Control {
                 .as_ptr()
                 .add(metrics + step * std::mem::size_of::<StepMetrics>())
                 .cast::<StepMetrics>()
+        })
+    }
+
+    /// The latency objective and learned cost of step `step` (see
+    /// [`crate::admission`]), if there is such a step.
+    pub fn schedule(&self, step: usize) -> Option<&Schedule> {
+        if step >= self.steps {
+            return None;
+        }
+        let schedules = offsets(self.slots, self.steps).schedules;
+        // SAFETY: `step < steps`, inside the segment (checked on open); the
+        // area follows the metrics, whose size is a multiple of 8, so it is
+        // 8-byte aligned; it holds only atomics, zero-initialised.
+        Some(unsafe {
+            &*self
+                .segment
+                .as_ptr()
+                .add(schedules + step * std::mem::size_of::<Schedule>())
+                .cast::<Schedule>()
         })
     }
 

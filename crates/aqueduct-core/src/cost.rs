@@ -66,6 +66,27 @@ impl CostModel {
 
     /// The cost fitted so far (None before [`WARM_UP`] batches).
     pub fn cost(&self) -> Option<Cost> {
+        self.fit(|mean_n, mean_t| Cost {
+            fixed_ns: 0.0,
+            per_task_ns: mean_t / mean_n.max(1.0),
+        })
+    }
+
+    /// The cost as admission at push reads it (see [`crate::admission`]):
+    /// the fitted one, but while the slope cannot be told, every batch
+    /// costs what the batches seen cost — a step whose batches were small
+    /// so far is not thought to be unable to take a bigger one, so it is
+    /// not refused for it (a worker still rejects what turns out late).
+    pub fn admission(&self) -> Option<Cost> {
+        self.fit(|_, mean_t| Cost {
+            fixed_ns: mean_t,
+            per_task_ns: 0.0,
+        })
+    }
+
+    /// The least-squares line, or `flat(mean_n, mean_t)` while the batch
+    /// sizes hardly varied.
+    fn fit(&self, flat: impl FnOnce(f64, f64) -> Cost) -> Option<Cost> {
         if self.seen < WARM_UP || self.weight <= 0.0 {
             return None;
         }
@@ -73,10 +94,7 @@ impl CostModel {
         let mean_t = self.sum_t / self.weight;
         let var_n = self.sum_nn / self.weight - mean_n * mean_n;
         if var_n < FLAT {
-            return Some(Cost {
-                fixed_ns: 0.0,
-                per_task_ns: mean_t / mean_n.max(1.0),
-            });
+            return Some(flat(mean_n, mean_t));
         }
         let cov = self.sum_nt / self.weight - mean_n * mean_t;
         let per_task_ns = (cov / var_n).max(0.0);
@@ -142,5 +160,7 @@ mod tests {
         assert_eq!(cost.fixed_ns, 0.0);
         assert_eq!(cost.of(1), emulator(1));
         assert!(cost.of(8) >= emulator(8), "it overestimates bigger batches");
+        let admission = model.admission().unwrap();
+        assert_eq!(admission.of(8), emulator(1), "admission does not");
     }
 }

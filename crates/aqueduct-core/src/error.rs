@@ -15,6 +15,10 @@ pub enum Error {
     /// The queue holds as many messages as it may (`queue_size`) or its ring has no room.
     #[error("queue is full")]
     Full,
+    /// The step cannot leave the task within its latency objective: it is
+    /// refused at push, before it waits (see [`crate::admission`]).
+    #[error("{0}")]
+    Overloaded(String),
     /// The queue was closed by the flow; nothing more is accepted or delivered.
     #[error("queue is closed")]
     Closed,
@@ -44,6 +48,7 @@ impl Error {
     pub fn kind(&self) -> (&'static str, u16) {
         match self {
             Error::Full => ("QueueFullError", 503),
+            Error::Overloaded(_) => ("OverloadedError", 429),
             Error::Closed => ("NotRunningError", 503),
             Error::TooLarge { .. } => ("TaskTooLargeError", 413),
             Error::ArenaFull { .. } => ("SharedMemoryFullError", 503),

@@ -10,11 +10,14 @@
 //!   and the holds (views, tasks in flight) that keep a block alive;
 //! * [`batch`] — batch assembly with `batch_size` / `batch_timeout`, or for
 //!   a latency objective over [`cost`] (what a batch costs, learned online);
+//! * [`admission`] — whether a new task can still make its step's objective
+//!   (refused at push when it cannot);
 //! * [`client`] — one process's way in and out of a flow: keys, pushing,
 //!   answers, deadlines, cancelling (the binding's and the HTTP server's);
 //! * [`consumer`] — a worker's side of its step: bursts of batches, pushes
 //!   on (waiting for room), one wake-up per fed queue per burst;
-//! * [`control`] — per-worker claims and the cancel set of a flow;
+//! * [`control`] — per-worker claims, the cancel set, the steps' metrics
+//!   and schedules of a flow;
 //! * [`ids`] — random task ids without a system call per id;
 //! * [`metrics`] — per-step histograms and counters in shared memory;
 //! * [`notify`] — futex, eventfd and the monotonic clock;
@@ -28,6 +31,7 @@
 //!   (named tensors as one message body);
 //! * [`exported`] — every constant the Python package uses, by name.
 
+pub mod admission;
 pub mod arena;
 pub mod batch;
 pub mod client;

@@ -264,8 +264,10 @@ fn send(
 /// The response to a request the first queue did not take.
 fn refused(error: Error) -> Response<Body> {
     let (kind, status) = error.kind();
-    if matches!(error, Error::Full) && request_id::speaks_openai() {
-        // the API's clients retry a 429 after Retry-After (a 503 at once)
+    let overloaded = matches!(error, Error::Overloaded(_));
+    if overloaded || matches!(error, Error::Full) && request_id::speaks_openai() {
+        // clients retry a 429 after Retry-After (the OpenAI API's a 503 at
+        // once); a task refused for its objective is one
         let mut response = answer::error(StatusCode::TOO_MANY_REQUESTS, &error.to_string(), kind);
         response.headers_mut().insert(
             hyper::header::RETRY_AFTER,
