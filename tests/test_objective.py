@@ -142,8 +142,14 @@ async def test_an_objective_with_little_load_answers_everything_at_once(make_flo
         assert what == "answered" and took <= OBJECTIVE
 
 
-async def test_what_cannot_make_it_is_refused_at_once_not_after_waiting_in_the_queue(make_flow):
-    flow = make_flow(FlowStep(Emulator(), batch_size=32, latency_objective=OBJECTIVE))
+@pytest.mark.parametrize("metrics", [True, False])
+async def test_what_cannot_make_it_is_refused_at_once_not_after_waiting_in_the_queue(
+    make_flow, metrics
+):
+    # (without metrics too: the schedule a step's workers share is not one)
+    flow = make_flow(
+        FlowStep(Emulator(), batch_size=32, latency_objective=OBJECTIVE), metrics_enabled=metrics
+    )
     await warm(flow)
     outcomes = await burst(flow, 2000)
     rejected = [t for what, t, _ in outcomes if what == "rejected"]

@@ -8,7 +8,7 @@
 //! should be done. A client (the binding's or the HTTP front's) reads it at
 //! push: with `queued` tasks ahead and `workers` workers taking batches of
 //! `batch`, the new task leaves the step after [`predicted_ns`]; more than
-//! what its objective leaves it, and the task is refused at
+//! what its objective leaves it (less a tenth, [`HEADROOM`]), and the task is refused at
 //! once ([`crate::Error::Overloaded`]) instead of being rejected by a worker
 //! a whole objective later. A worker still checks at pop (the prediction
 //! leaves out what it cannot know), so the two together bound every
@@ -17,6 +17,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::cost::Cost;
+
+/// The part of the objective (1 / this) a task is admitted without: what
+/// its time outside the step costs (the caller's or the front's way in and
+/// the answer's way back, the network) and what the prediction misses.
+pub const HEADROOM: u64 = 10;
 
 /// A step's objective and learned cost, shared by its workers (writers) and
 /// its clients (readers). All zero: no objective, nothing learned.
@@ -32,6 +37,8 @@ pub struct Schedule {
     learned: AtomicU64,
     /// When the batch a worker took last should be done (monotonic ns).
     busy_until: AtomicU64,
+    /// The step's workers taking tasks, as the flow's parent counts them.
+    workers: AtomicU64,
 }
 
 /// What a client reads to decide: the objective, the batch size, the cost.
@@ -41,6 +48,8 @@ pub struct Known {
     pub batch: usize,
     pub cost: Cost,
     pub busy_until_ns: u64,
+    /// Workers taking tasks (at least 1).
+    pub workers: u64,
 }
 
 impl Schedule {
@@ -57,6 +66,11 @@ impl Schedule {
         self.per_task
             .store(cost.per_task_ns.to_bits(), Ordering::Relaxed);
         self.learned.store(1, Ordering::Release);
+    }
+
+    /// The flow's parent counted `running` workers taking the step's tasks.
+    pub fn set_workers(&self, running: u64) {
+        self.workers.store(running, Ordering::Relaxed);
     }
 
     /// A worker took a batch of `tasks` at `now_ns`: it should be done
@@ -87,6 +101,7 @@ impl Schedule {
             batch: self.batch.load(Ordering::Relaxed).max(1) as usize,
             cost,
             busy_until_ns: self.busy_until.load(Ordering::Relaxed),
+            workers: self.workers.load(Ordering::Relaxed).max(1),
         })
     }
 }
@@ -110,8 +125,10 @@ impl Known {
     /// True when a task pushed at `now_ns`, `waited_ns` after it entered
     /// its flow, behind `queued` others, can leave the step within the
     /// objective.
-    pub fn admits(&self, now_ns: u64, waited_ns: u64, queued: u64, workers: u64) -> bool {
-        let left = self.objective_ns.saturating_sub(waited_ns);
+    pub fn admits(&self, now_ns: u64, waited_ns: u64, queued: u64) -> bool {
+        let workers = self.workers;
+        let headroom = self.objective_ns / HEADROOM;
+        let left = self.objective_ns.saturating_sub(waited_ns + headroom);
         let busy = self.busy_until_ns.saturating_sub(now_ns);
         predicted_ns(self.cost, self.batch, queued, workers, busy) <= left
     }
@@ -138,7 +155,13 @@ mod tests {
         let known = s.known().expect("declared and learned");
         assert_eq!((known.objective_ns, known.batch), (50_000_000, 32));
         assert_eq!(known.cost, EMULATOR);
-        assert_eq!(known.busy_until_ns, 0, "no batch taken yet");
+        assert_eq!(
+            (known.busy_until_ns, known.workers),
+            (0, 1),
+            "no batch taken yet"
+        );
+        s.set_workers(3);
+        assert_eq!(s.known().map(|k| k.workers), Some(3));
         s.started(1_000, 32);
         assert_eq!(s.known().map(|k| k.busy_until_ns), Some(8_401_000));
     }
@@ -179,25 +202,27 @@ mod tests {
             batch: 32,
             cost: EMULATOR,
             busy_until_ns: 10_000_000,
+            workers: 1,
         };
-        assert!(known.admits(0, 0, 0, 1));
+        assert!(known.admits(0, 0, 0));
         assert!(
-            known.admits(0, 0, 100, 1),
+            known.admits(0, 0, 100),
             "10 ms in hand + 3 rounds + own: 43.6 ms"
         );
-        assert!(!known.admits(0, 0, 200, 1), "6 rounds ahead: 70.4 ms");
-        assert!(known.admits(0, 0, 200, 2), "two workers halve the rounds");
+        assert!(!known.admits(0, 0, 200), "6 rounds ahead: 70.4 ms");
+        let two = Known {
+            workers: 2,
+            ..known
+        };
+        assert!(two.admits(0, 0, 200), "two workers halve the rounds");
         assert!(
-            !known.admits(0, 0, 130, 1),
+            !known.admits(0, 0, 130),
             "10 ms in hand + 4 rounds + own: 52 ms"
         );
         assert!(
-            known.admits(9_000_000, 0, 130, 1),
+            known.admits(9_000_000, 0, 130),
             "the same with 1 ms in hand: 43 ms"
         );
-        assert!(
-            !known.admits(0, 49_000_000, 0, 1),
-            "1 ms left, 2.2 ms of work"
-        );
+        assert!(!known.admits(0, 49_000_000, 0), "1 ms left, 2.2 ms of work");
     }
 }

@@ -265,18 +265,16 @@ impl<W> ClientCore<W> {
         let Some(known) = control.schedule(step).and_then(|s| s.known()) else {
             return Ok(());
         };
-        let metrics = control.metrics(step);
-        let workers = metrics.map_or(1, |m| m.workers[0].load(Ordering::Relaxed));
         let queued = queue.len() + self.backlogs[step].len() as u64;
         let now = monotonic_ns();
         let waited = match header.entered_ns {
             0 => 0,
             entered => now.saturating_sub(entered),
         };
-        if known.admits(now, waited, queued, workers) {
+        if known.admits(now, waited, queued) {
             return Ok(());
         }
-        if let Some(m) = metrics {
+        if let Some(m) = control.metrics(step) {
             m.rejected.fetch_add(1, Ordering::Relaxed);
         }
         Err(Error::Overloaded(format!(
@@ -676,7 +674,7 @@ mod tests {
         let control = Arc::new(Control::create(1, 1).expect("control"));
         client.queues.control = Arc::clone(&control);
         let schedule = control.schedule(0).expect("step 0");
-        schedule.declare(10_000_000, 4); // 10 ms, batches of 4
+        schedule.declare(11_200_000, 4); // 11.2 ms (10 ms less the headroom), batches of 4
         for _ in 0..8 {
             send(&mut client, "before").expect("nothing learned: admitted");
         }
@@ -696,7 +694,7 @@ mod tests {
         assert_eq!(client.len(), 8, "nothing kept for it");
         let metrics = control.metrics(0).expect("step 0");
         assert_eq!(metrics.rejected.load(Ordering::Relaxed), 1);
-        metrics.workers[0].store(2, Ordering::Relaxed);
+        schedule.set_workers(2);
         send(&mut client, "two workers").expect("one round of 4 ms, its own 4, 2 in hand: 10 ms");
     }
 

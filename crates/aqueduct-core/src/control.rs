@@ -44,6 +44,8 @@ struct Header {
     magic: u64,
     slots: u64,
     steps: u64,
+    /// Non-zero: the steps' metrics are recorded (their area exists).
+    metered: u64,
     /// Client slots handed out (processes submitting tasks).
     clients: AtomicU64,
 }
@@ -62,6 +64,7 @@ pub struct Control {
     segment: Segment,
     slots: usize,
     steps: usize,
+    metered: bool,
 }
 
 /// Where each area of the block starts, and where the block ends.
@@ -73,11 +76,12 @@ struct Offsets {
     end: usize,
 }
 
-fn offsets(slots: usize, steps: usize) -> Offsets {
+fn offsets(slots: usize, steps: usize, metered: bool) -> Offsets {
     let cancel = std::mem::size_of::<Header>().div_ceil(8) * 8;
     let claims = cancel + (CANCEL_BITS / 8) as usize;
     let metrics = claims + slots * std::mem::size_of::<ClaimSlot>();
-    let schedules = metrics + steps * std::mem::size_of::<StepMetrics>();
+    let metered_steps = if metered { steps } else { 0 };
+    let schedules = metrics + metered_steps * std::mem::size_of::<StepMetrics>();
     let end = schedules + steps * std::mem::size_of::<Schedule>();
     Offsets {
         cancel,
@@ -90,16 +94,24 @@ fn offsets(slots: usize, steps: usize) -> Offsets {
 
 impl Control {
     /// A control block with `slots` claim slots (one per worker process) and
-    /// metrics for `steps` steps (the flow's steps plus one for results).
+    /// metrics and schedules for `steps` steps (the flow's steps plus one
+    /// for results).
     pub fn create(slots: usize, steps: usize) -> Result<Self> {
+        Self::create_metered(slots, steps, true)
+    }
+
+    /// As [`Control::create`]; `metered` false: no metrics are recorded
+    /// ([`Control::metrics`] is None), the schedules are there all the same.
+    pub fn create_metered(slots: usize, steps: usize, metered: bool) -> Result<Self> {
         let slots = slots.max(1);
-        let size = offsets(slots, steps).end;
+        let size = offsets(slots, steps, metered).end;
         let segment = Segment::create("aqueduct-control", size, false)?;
         // SAFETY: fresh zero-filled segment, page aligned, not shared yet.
         unsafe {
             let h = segment.as_ptr().cast::<Header>();
             (*h).slots = slots as u64;
             (*h).steps = steps as u64;
+            (*h).metered = u64::from(metered);
             std::sync::atomic::fence(Ordering::Release);
             (*h).magic = MAGIC;
         }
@@ -107,6 +119,7 @@ impl Control {
             segment,
             slots,
             steps,
+            metered,
         })
     }
 
@@ -119,16 +132,16 @@ impl Control {
             ));
         }
         // SAFETY: at least a header long; written before `magic`.
-        let (magic, slots, steps) = unsafe {
+        let (magic, slots, steps, metered) = unsafe {
             let h = &*segment.as_ptr().cast::<Header>();
             let magic = std::ptr::read_volatile(&h.magic);
             std::sync::atomic::fence(Ordering::Acquire);
-            (magic, h.slots as usize, h.steps as usize)
+            (magic, h.slots as usize, h.steps as usize, h.metered != 0)
         };
         // Bounded before the layout is computed from them, so no
         // arithmetic on scribbled values can overflow.
         let sane = slots <= MAX_SLOTS && steps <= MAX_SLOTS;
-        if magic != MAGIC || !sane || segment.len() < offsets(slots, steps).end {
+        if magic != MAGIC || !sane || segment.len() < offsets(slots, steps, metered).end {
             return Err(Error::InvalidSegment(
                 "not an aqueduct control block".into(),
             ));
@@ -137,6 +150,7 @@ impl Control {
             segment,
             slots,
             steps,
+            metered,
         })
     }
 
@@ -144,7 +158,7 @@ impl Control {
         // Keys of different clients differ in their top bits: hash them so
         // that they spread over the whole set.
         let bit = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CANCEL_BITS.trailing_zeros());
-        let cancel = offsets(self.slots, self.steps).cancel;
+        let cancel = offsets(self.slots, self.steps, self.metered).cancel;
         // SAFETY: `bit / 64 < CANCEL_BITS / 64`, inside the cancel set, which
         // starts 8-byte aligned right after the header (`offsets`); the
         // segment is page aligned and as long as `offsets` says (checked
@@ -182,7 +196,7 @@ impl Control {
         if slot >= self.slots {
             return None;
         }
-        let claims = offsets(self.slots, self.steps).claims;
+        let claims = offsets(self.slots, self.steps, self.metered).claims;
         // SAFETY: `slot < slots`, so the slot lies inside the segment; slots
         // are 8-byte aligned (the claims area starts at a multiple of 8).
         Some(unsafe {
@@ -290,10 +304,10 @@ impl Control {
 
     /// The metrics of step `step`, if there is such a step.
     pub fn metrics(&self, step: usize) -> Option<&StepMetrics> {
-        if step >= self.steps {
+        if step >= self.steps || !self.metered {
             return None;
         }
-        let metrics = offsets(self.slots, self.steps).metrics;
+        let metrics = offsets(self.slots, self.steps, self.metered).metrics;
         // SAFETY: `step < steps`, inside the segment (checked on open); the
         // area is 8-byte aligned and holds only atomics, zero-initialised.
         Some(unsafe {
@@ -311,7 +325,7 @@ impl Control {
         if step >= self.steps {
             return None;
         }
-        let schedules = offsets(self.slots, self.steps).schedules;
+        let schedules = offsets(self.slots, self.steps, self.metered).schedules;
         // SAFETY: `step < steps`, inside the segment (checked on open); the
         // area follows the metrics, whose size is a multiple of 8, so it is
         // 8-byte aligned; it holds only atomics, zero-initialised.

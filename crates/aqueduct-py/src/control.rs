@@ -17,12 +17,14 @@ pub(crate) struct PyControl {
 
 #[pymethods]
 impl PyControl {
-    /// `slots` worker claim slots; metrics for `steps` steps.
+    /// `slots` worker claim slots; schedules for `steps` steps, and their
+    /// metrics when `metered`.
     #[staticmethod]
-    #[pyo3(signature = (slots, steps=1))]
-    fn create(slots: usize, steps: usize) -> PyResult<Self> {
+    #[pyo3(signature = (slots, steps=1, metered=true))]
+    fn create(slots: usize, steps: usize, metered: bool) -> PyResult<Self> {
+        let control = Control::create_metered(slots, steps, metered).map_err(to_py_err)?;
         Ok(PyControl {
-            inner: Arc::new(Control::create(slots, steps).map_err(to_py_err)?),
+            inner: Arc::new(control),
         })
     }
 
@@ -67,8 +69,12 @@ impl PyControl {
         self.inner.clear_claims(slot);
     }
 
-    /// Step `step`'s workers by state (see `STEP_GAUGES`), for metrics.
+    /// Step `step`'s workers by state (see `STEP_GAUGES`), for metrics and
+    /// for admission at push (the running ones).
     fn set_workers(&self, step: usize, running: u64, starting: u64, retiring: u64) {
+        if let Some(schedule) = self.inner.schedule(step) {
+            schedule.set_workers(running);
+        }
         if let Some(m) = self.inner.metrics(step) {
             m.set_workers([running, starting, retiring]);
         }

@@ -40,7 +40,7 @@ class Topology:
         priorities: int,
         queue_size: int | None,
         shm_size: int,
-        metric_steps: int,
+        steps_metered: bool,
         spin: int,
     ) -> Topology:
         """New segments, all of them, for a flow being started in this
@@ -60,7 +60,7 @@ class Topology:
             clients=clients,
             queues=queues,
             doorbells=[_core.Doorbell() for _ in range(clients)],
-            control=_core.Control.create(workers, metric_steps),
+            control=_core.Control.create(workers, steps + 1, steps_metered),
             arenas=[_core.SharedArena.create(shm_size, True) for _ in range(clients + workers)],
         )
 

@@ -149,8 +149,9 @@ class FlowRuntime:
             priorities=config.priorities,
             queue_size=config.queue_size,
             shm_size=config.shm_size,
-            # metrics for each step and the result queue, or none at all
-            metric_steps=len(config.steps) + 1 if config.collects_metrics else 0,
+            # metrics for each step and the result queue, or none at all (the
+            # steps' schedules are there either way)
+            steps_metered=config.collects_metrics,
             spin=config.spin_us,
         )
         self.owner_pid = os.getpid()
