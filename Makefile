@@ -77,6 +77,21 @@ bench-http: build ## HTTP benchmark vs mosec, Triton (PyTriton) and LitServe und
 	$(PY) benches/http/protocols.py --pytriton-python $(PYTRITON_VENV)/bin/python \
 		--litserve-python $(LITSERVE_VENV)/bin/python
 
+BENTOML_VENV ?= .venv-bentoml
+
+.PHONY: bench-slo
+bench-slo: build ## Open-loop goodput at a 50 ms objective vs upstream, mosec, Triton (PyTriton), BentoML: table + bench-report/slo.png (installs what is missing)
+	cargo build --release -p openloop
+	$(PY) -c "import matplotlib" 2>/dev/null || $(VENV)/bin/pip install -q matplotlib
+	test -x $(UPSTREAM_VENV)/bin/python || $(MAKE) upstream-venv
+	$(UPSTREAM_VENV)/bin/python -c "import aiohttp" 2>/dev/null || $(UPSTREAM_VENV)/bin/pip install -q aiohttp
+	test -x $(MOSEC_VENV)/bin/python || ($(PYTHON) -m venv $(MOSEC_VENV) && $(MOSEC_VENV)/bin/pip install -q mosec)
+	test -x $(PYTRITON_VENV)/bin/python || ($(PEER_PYTHON) -m venv $(PYTRITON_VENV) && $(PYTRITON_VENV)/bin/pip install -q nvidia-pytriton)
+	test -x $(BENTOML_VENV)/bin/bentoml || ($(PYTHON) -m venv $(BENTOML_VENV) && $(BENTOML_VENV)/bin/pip install -q bentoml)
+	$(PY) benches/slo/sweep.py --upstream-python $(UPSTREAM_VENV)/bin/python \
+		--mosec-python $(MOSEC_VENV)/bin/python --pytriton-python $(PYTRITON_VENV)/bin/python \
+		--bentoml-python $(BENTOML_VENV)/bin/python
+
 .PHONY: soak
 soak: build ## 10 min of mixed load (SOAK_SECONDS) with a worker SIGKILLed every 30 s: RSS and fds per 100k requests of every process
 	$(PY) benches/soak.py

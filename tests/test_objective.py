@@ -182,9 +182,10 @@ async def test_the_objective_is_end_to_end_across_steps(make_flow):
 def test_over_http_a_refused_request_is_a_429_with_retry_after_and_counted():
     service = Path(__file__).parent / "objective_service.py"
     with serve_script(service) as (port, _):
-        for size in (1, 3, 8, 2, 6):  # it learns its cost
+        warming = []
+        for size in (1, 3, 8, 2, 6):  # it learns its cost (and may refuse some)
             with concurrent.futures.ThreadPoolExecutor(size) as pool:
-                list(pool.map(lambda _: call(port, {}), range(size)))
+                warming += [a[0] for a in pool.map(lambda _: call(port, {}), range(size))]
         with concurrent.futures.ThreadPoolExecutor(120) as pool:
             answers = list(pool.map(lambda _: call(port, {}), range(120)))
         statuses = [status for status, _, _ in answers]
@@ -195,4 +196,4 @@ def test_over_http_a_refused_request_is_a_429_with_retry_after_and_counted():
         assert json.loads(refused[2])["type"] == "OverloadedError"
         page = call(port, path="/metrics", method="GET")[2].decode()
         line = next(x for x in page.splitlines() if 'reason="rejected"' in x)
-        assert float(line.rsplit(" ", 1)[1]) == statuses.count(429)
+        assert float(line.rsplit(" ", 1)[1]) == statuses.count(429) + warming.count(429)

@@ -207,8 +207,9 @@ impl BatchAssembler {
         Ok(batch)
     }
 
-    /// Step 3 under a latency objective: when tasks come faster than one is
-    /// handled alone, waits for more while the oldest task of the batch can
+    /// Step 3 under a latency objective: when tasks come faster than the
+    /// batch in hand would handle them ([`KEEP_UP`]; a lone task: faster
+    /// than it is handled alone), waits for more while the oldest task of the batch can
     /// still make its objective with one more task in the batch and one
     /// more is likely to come by then (for at most [`PATIENCE`] of the
     /// tasks' usual gaps since the last came), never past `batch_timeout`
@@ -254,6 +255,14 @@ impl BatchAssembler {
             // it sends the next is not kept waiting for itself)
             if gap >= cost.of(1) || came_ns.saturating_add(gap) >= until {
                 break; // waiting would be in vain, or make the oldest late
+            }
+            // a batch that handles tasks faster than they come, with room to
+            // spare, goes at once: waiting for a fuller one would only add
+            // latency (the queue fills while it runs, so batches grow with
+            // the load)
+            let n = batch.messages.len() as u128;
+            if u128::from(cost.of(n as usize)) * KEEP_UP.0 <= n * u128::from(gap) * KEEP_UP.1 {
+                break;
             }
             until = until.min(came_ns.saturating_add(gap.saturating_mul(PATIENCE)));
             if monotonic_ns() >= until {
@@ -387,6 +396,11 @@ impl BatchAssembler {
         Ok(())
     }
 }
+
+/// A batch of n goes without waiting once it handles tasks this many
+/// times (numerator, denominator) as fast as they come: n / t(n) >= 5/4 of
+/// the arrival rate.
+pub const KEEP_UP: (u128, u128) = (5, 4);
 
 /// How many of the usual gaps between tasks a batch waits for the next one.
 pub const PATIENCE: u64 = 4;
