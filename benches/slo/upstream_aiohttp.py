@@ -37,7 +37,6 @@ def main() -> None:
     async def start(_app: web.Application) -> None:
         flow.start()  # its background tasks go on the app's loop
 
-
     async def handle(request: web.Request) -> web.Response:
         task = Item(await request.json())
         if not await flow.process(task, timeout_sec=10):
