@@ -26,12 +26,16 @@ venv: $(PY) ## Create the local virtualenv (.venv) with maturin
 .PHONY: build
 build: $(PY) ## Build the extension in release mode into .venv (with test/dev deps)
 	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH \
-		$(MATURIN) develop --release --quiet --extras test,dev --features fault-injection
+		$(MATURIN) develop --release --quiet --extras test,dev,docs --features fault-injection
 
 .PHONY: test
 test: build ## Build, then run cargo test (core) and pytest
 	cargo test --workspace --all-features
 	$(PY) -m pytest tests -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+.PHONY: docs
+docs: build ## The documentation site (Sphinx; API reference from the sources and _core.pyi) into docs/_build/html, warnings as errors
+	$(VENV)/bin/sphinx-build -q -E -W --keep-going -b html docs docs/_build/html
 
 .PHONY: loom
 loom: ## Model-check the ring protocol with loom (every interleaving of its tests)
@@ -46,7 +50,7 @@ demo: build ## Serve a real model (digits, scikit-learn) and load it: accuracy, 
 	$(PY) examples/digits/demo.py
 
 .PHONY: demo-sum
-demo-sum: build ## The README's Getting Started service under a short load
+demo-sum: build ## The tutorial's first service (docs/tutorial.rst) under a short load
 	$(PY) examples/demo.py
 
 .PHONY: upstream-venv
@@ -102,8 +106,8 @@ lint: build ## cargo fmt --check, clippy -D warnings, cargo doc -D warnings, ruf
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --all-features -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p aqueduct-core -p aqueduct-http -p aqueduct-py
-	$(VENV)/bin/ruff check python tests examples benches
-	$(VENV)/bin/ruff format --check python tests examples benches
+	$(VENV)/bin/ruff check python tests examples benches docs
+	$(VENV)/bin/ruff format --check python tests examples benches docs
 	$(VENV)/bin/mypy --strict python/aqueduct
 	$(VENV)/bin/mypy --explicit-package-bases examples
 	$(PY) -m mypy.stubtest aqueduct._core --allowlist crates/aqueduct-py/stubtest-allowlist.txt
@@ -111,11 +115,13 @@ lint: build ## cargo fmt --check, clippy -D warnings, cargo doc -D warnings, ruf
 .PHONY: fmt
 fmt: $(PY) ## Format Rust and Python sources
 	cargo fmt --all
-	$(VENV)/bin/ruff format python tests examples benches
+	$(VENV)/bin/ruff format python tests examples benches docs
 
 .PHONY: wheel
-wheel: $(PY) ## Build a release abi3 wheel into dist/
+wheel: $(PY) ## Build a release abi3 wheel into dist/ (and check that PyPI renders its README)
 	$(MATURIN) build --release --out dist
+	$(PY) -m twine --version >/dev/null 2>&1 || $(PY) -m pip install -q 'twine>=5'
+	$(PY) -m twine check --strict "$$(ls -t dist/aqueduct-*-abi3-*.whl | head -1)"
 
 .PHONY: wheel-test
 # Every CPython from 3.11 the machine has (on PATH, or installed by pyenv); override

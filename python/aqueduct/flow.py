@@ -200,7 +200,7 @@ class Flow:
         and exit. No task is lost or failed. If a new worker's ``on_start``
         raises (``WorkerStartError``) or takes too long
         (``FlowStartTimeoutError``), the new workers go and the old handler
-        serves on. ``step`` is one of the flow's ``FlowStep``s, its name, or
+        serves on. ``step`` is one of the flow's ``FlowStep`` objects, its name, or
         its index."""
         config = self._runtime.config
         if isinstance(step, FlowStep):

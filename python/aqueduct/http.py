@@ -28,7 +28,7 @@ server's, or the request's ``X-Aqueduct-Timeout`` header in seconds).
 that has not sent a request's head within ``header_timeout`` seconds (10)
 of its first byte, or of connecting, is disconnected, and so is a
 keep-alive connection idle for ``idle_timeout`` seconds (30); a request carrying both
-``Content-Length`` and ``Transfer-Encoding``, or ``Content-Length``s that
+``Content-Length`` and ``Transfer-Encoding``, or ``Content-Length`` values that
 disagree, gets a 400 and its connection is closed (RFC 9112: a proxy in
 front could read its length differently). A client that closes its
 connection before its answer cancels its task (workers skip it).

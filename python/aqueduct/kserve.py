@@ -1,5 +1,5 @@
 """The Open Inference Protocol (KServe v2 REST) from the Rust HTTP front:
-what ``tritonclient``, KServe, MLServer and Triton's tools talk to.
+what ``tritonclient``, KServe, MLServer and Triton's tools talk to::
 
     from aqueduct.kserve import KServe, Model, Tensor
 

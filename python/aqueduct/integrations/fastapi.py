@@ -1,4 +1,4 @@
-"""FastAPI integration.
+"""FastAPI integration::
 
     app = FastAPI()
     AppIntegrator(app, map_errors=True).add_flow(build_flow())

@@ -10,6 +10,8 @@ MAIN_PROCESS = "main_process"
 
 
 class MetricsTypes(Enum):
+    """The kinds of metrics a snapshot holds (upstream's names)."""
+
     TASK_TIMERS = "task_timers"
     QUEUE_SIZE = "queue_size"
     TASKS = "tasks"
