@@ -11,21 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from aqueduct import BaseTask, BaseTaskHandler, Flow, FlowStep
+from aqueduct import Flow
 from aqueduct.http import Request, serve
 from aqueduct.logger import log
-from emulator import MAX_BATCH, OBJECTIVE_S, run_batch
-
-
-class Item(BaseTask):
-    def __init__(self, payload: object) -> None:
-        super().__init__()
-        self.payload = payload
-
-
-class Model(BaseTaskHandler):
-    def handle(self, *tasks: Item) -> None:  # type: ignore[override]
-        run_batch(len(tasks))
+from model import Item, Model, step
 
 
 def item(request: Request) -> Item:
@@ -42,12 +31,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     log.setLevel(logging.WARNING)
-    if args.mode == "objective":
-        step = FlowStep(Model(), batch_size=MAX_BATCH, latency_objective=OBJECTIVE_S)
-    else:
-        step = FlowStep(Model(), batch_size=MAX_BATCH, batch_timeout=0.005)
     serve(
-        Flow(step),
+        Flow(step(args.mode, Model())),
         task_from_request=item,
         response_from_task=answer,
         port=args.port,

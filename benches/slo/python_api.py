@@ -22,9 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from aqueduct import BaseTask, BaseTaskHandler, Flow, FlowStep
+from aqueduct import BaseTask, BaseTaskHandler, Flow
 from aqueduct.logger import log
-from emulator import MAX_BATCH, OBJECTIVE_S, run_batch
+from emulator import OBJECTIVE_S, run_batch
+from model import step
 
 try:
     from aqueduct.exceptions import OverloadedError
@@ -116,11 +117,7 @@ async def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     args = parser.parse_args()
     log.setLevel(logging.WARNING)
-    if args.mode == "objective":
-        step = FlowStep(Model(), batch_size=MAX_BATCH, latency_objective=OBJECTIVE_S)
-    else:
-        step = FlowStep(Model(), batch_size=MAX_BATCH, batch_timeout=0.005)
-    flow = Flow(step, metrics_enabled=False)
+    flow = Flow(step(args.mode, Model()), metrics_enabled=False)
     started = flow.start()
     if asyncio.iscoroutine(started):
         await started

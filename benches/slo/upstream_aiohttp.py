@@ -11,20 +11,9 @@ import argparse
 import logging
 
 from aiohttp import web
-from aqueduct import BaseTask, BaseTaskHandler, Flow, FlowStep
+from aqueduct import Flow
 from aqueduct.logger import log
-from emulator import MAX_BATCH, run_batch
-
-
-class Item(BaseTask):
-    def __init__(self, payload: object) -> None:
-        super().__init__()
-        self.payload = payload
-
-
-class Model(BaseTaskHandler):
-    def handle(self, *tasks: Item) -> None:  # type: ignore[override]
-        run_batch(len(tasks))
+from model import Item, Model, step
 
 
 def main() -> None:
@@ -32,7 +21,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     log.setLevel(logging.WARNING)
-    flow = Flow(FlowStep(Model(), batch_size=MAX_BATCH, batch_timeout=0.005), metrics_enabled=False)
+    flow = Flow(step("fixed", Model()), metrics_enabled=False)
 
     async def start(_app: web.Application) -> None:
         flow.start()  # its background tasks go on the app's loop
