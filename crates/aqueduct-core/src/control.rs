@@ -58,6 +58,21 @@ struct ClaimSlot {
     keys: [AtomicU64; MAX_CLAIMS],
 }
 
+/// What a per-step area of the block holds.
+///
+/// # Safety
+///
+/// Only atomics (valid when zero-filled, shared between processes), and a
+/// size that is a multiple of 8.
+unsafe trait StepArea {}
+
+// SAFETY: histograms and counters of atomics (`metrics.rs`), 8-byte words.
+unsafe impl StepArea for StepMetrics {}
+// SAFETY: atomics only (`admission.rs`), 8-byte words.
+unsafe impl StepArea for Schedule {}
+const _: () = assert!(std::mem::size_of::<StepMetrics>() % 8 == 0);
+const _: () = assert!(std::mem::size_of::<Schedule>() % 8 == 0);
+
 /// The control block of one flow.
 #[derive(Debug)]
 pub struct Control {
@@ -304,37 +319,37 @@ impl Control {
 
     /// The metrics of step `step`, if there is such a step.
     pub fn metrics(&self, step: usize) -> Option<&StepMetrics> {
-        if step >= self.steps || !self.metered {
+        if !self.metered {
             return None;
         }
-        let metrics = offsets(self.slots, self.steps, self.metered).metrics;
-        // SAFETY: `step < steps`, inside the segment (checked on open); the
-        // area is 8-byte aligned and holds only atomics, zero-initialised.
-        Some(unsafe {
-            &*self
-                .segment
-                .as_ptr()
-                .add(metrics + step * std::mem::size_of::<StepMetrics>())
-                .cast::<StepMetrics>()
-        })
+        self.per_step(offsets(self.slots, self.steps, self.metered).metrics, step)
     }
 
     /// The latency objective and learned cost of step `step` (see
     /// [`crate::admission`]), if there is such a step.
     pub fn schedule(&self, step: usize) -> Option<&Schedule> {
+        self.per_step(
+            offsets(self.slots, self.steps, self.metered).schedules,
+            step,
+        )
+    }
+
+    /// Step `step`'s `T` in the per-step area that starts at `base`.
+    fn per_step<T: StepArea>(&self, base: usize, step: usize) -> Option<&T> {
         if step >= self.steps {
             return None;
         }
-        let schedules = offsets(self.slots, self.steps, self.metered).schedules;
-        // SAFETY: `step < steps`, inside the segment (checked on open); the
-        // area follows the metrics, whose size is a multiple of 8, so it is
-        // 8-byte aligned; it holds only atomics, zero-initialised.
+        // SAFETY: `base` is the start of an area of `steps` `T`s (`offsets`)
+        // inside the segment (its length checked on open), 8-byte aligned
+        // (every area before it is a multiple of 8 long), and `step <
+        // steps`; a `StepArea` is atomics only, valid zero-initialised, so
+        // other processes writing it concurrently is sound.
         Some(unsafe {
             &*self
                 .segment
                 .as_ptr()
-                .add(schedules + step * std::mem::size_of::<Schedule>())
-                .cast::<Schedule>()
+                .add(base + step * std::mem::size_of::<T>())
+                .cast::<T>()
         })
     }
 
