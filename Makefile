@@ -61,7 +61,7 @@ upstream-venv: ## A venv with upstream aqueduct==1.15.0 (.venv-upstream) for mak
 .PHONY: bench
 bench: build ## Web-shaped benchmarks vs upstream (when .venv-upstream or UPSTREAM_PYTHON is there), then 1 vs 2 Ray Serve replicas
 	$(PY) benches/bench.py $(if $(UPSTREAM_PYTHON),--upstream $(UPSTREAM_PYTHON),)
-	$(PY) benches/ray_bench.py --json bench-report/ray.json
+	$(PY) benches/ray_bench.py
 
 # PyTriton's Python backend stub needs an interpreter with its libpython
 # (pyenv's 3.12 has one); LitServe goes in one of the same version
@@ -80,6 +80,10 @@ bench-http: build ## HTTP benchmark vs mosec, Triton (PyTriton) and LitServe und
 	$(PY) benches/http/big_answer.py
 	$(PY) benches/http/protocols.py --pytriton-python $(PYTRITON_VENV)/bin/python \
 		--litserve-python $(LITSERVE_VENV)/bin/python
+
+.PHONY: bench-publish
+bench-publish: ## Copy bench-report/'s reports and plots into docs/ and rewrite the README's headline figures from them
+	$(PY) benches/publish.py
 
 BENTOML_VENV ?= .venv-bentoml
 

@@ -2,15 +2,15 @@
 --upstream PYTHON) upstream aqueduct 1.15, in one run; prints ratios.
 
 The headline is web-shaped (``web_workloads.py``): every call a new asyncio
-task, 20,000 of them behind a semaphore, task and handler classes in the
-script's ``__main__``; it reports CPU per task in the caller's process
+task, made by 32 connection loops (1,024 for the overload), task and handler
+classes in the script's ``__main__``; it reports CPU per task in the caller's process
 (beyond the bare harness) and in the workers beside the rates. The
 long-lived caller loops of ``workloads.py`` follow as secondary figures.
 
 Each workload runs in a fresh interpreter so flows, caches and processes
 never leak from one measurement into the next; every figure is the median
 of ``--repeat`` runs, ours and upstream's alternating so both see the same
-machine.
+machine. Writes ``bench-report/bench.json`` (``report.py``) and the plots.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from report import Report
 
 HERE = Path(__file__).parent
 
@@ -242,7 +244,6 @@ def generative(ours: dict[str, dict[str, float]], missed: list[str]) -> list[str
     if not rows:
         return []
     lines = [
-        "",
         f"generative (decode emulator, {CALLERS} streaming callers, a new task per request):",
         f"{'mode':<18} {'tokens/s':>9} {'ttft p50 ms':>12} {'ttft p99 ms':>12}"
         f" {'caller µs/part':>15} {'beyond harness':>15}",
@@ -284,7 +285,6 @@ def bursty(ours: dict[str, dict[str, float]], missed: list[str]) -> list[str]:
     if not (fixed and elastic) or "failed" in fixed or "failed" in elastic:
         return []
     lines = [
-        "",
         f"bursty (idle, {CALLERS} callers for {BURST_S:.0f} s, idle;"
         f" {WORK_S * 1e3:.0f} ms a task):",
         f"{'step':<24} {'tasks/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'most workers':>13}",
@@ -317,7 +317,6 @@ def swapped(ours: dict[str, dict[str, float]], missed: list[str]) -> list[str]:
     if r["failed_calls"] or r["old_after_swap"]:
         missed.append(f"swap: {r['failed_calls']:.0f} failed, {r['old_after_swap']:.0f} old after")
     return [
-        "",
         f"handler replaced under {CALLERS} callers (new on_start {LOAD_S} s):"
         f" swap {r['swap_s']:.2f} s, {r['failed_calls']:.0f} calls failed (goal 0),"
         f" {r['during']:.0f} answered during it, {r['old_after_swap']:.0f} old answers after;"
@@ -352,22 +351,31 @@ def main() -> None:
     ours, theirs = results["aqueduct"], results.get("upstream")
 
     missed: list[str] = []
-    lines = ["web-shaped (a new asyncio task per call, classes in __main__):"]
-    lines += table(HEADLINE, ours, theirs, missed)
-    lines += goals(ours, missed)
-    lines += ["", "secondary (32 long-lived caller loops; big payloads):"]
-    lines += table(SECONDARY, ours, theirs, missed)
-    lines += generative(ours, missed)
-    lines += bursty(ours, missed)
-    lines += swapped(ours, missed)
+    report = Report("bench", "make bench")
+    report.data = {"aqueduct": ours, "upstream": theirs or {}}
+    web = table(HEADLINE, ours, theirs, missed) + goals(ours, missed)
+    report.section("web", ["web-shaped (a new asyncio task per call, classes in __main__):", *web])
+    secondary = table(SECONDARY, ours, theirs, missed)
+    title = "secondary (32 long-lived caller loops; big payloads):"
+    report.section("secondary", [title, *secondary])
+    for key, lines in (
+        ("generative", generative(ours, missed)),
+        ("bursty", bursty(ours, missed)),
+        ("swap", swapped(ours, missed)),
+    ):
+        if lines:
+            report.section(key, lines)
+    summary = []
     errors = {w: r.get("errors", 0) for w, r in ours.items() if r.get("errors")}
     if errors:
-        lines.append(f"errors: {errors}")
+        summary.append(f"errors: {errors}")
     if theirs is not None:
-        lines.append("ratio = how many times better than upstream (speed-up, latency or CPU cut)")
-    lines.append("goals missed: " + ("; ".join(missed) if missed else "none"))
-    print("\n".join(lines))
-    write_report(Path(args.report), lines, ours, theirs or {})
+        summary.append("ratio = how many times better than upstream (speed-up, latency or CPU cut)")
+    summary.append("goals missed: " + ("; ".join(missed) if missed else "none"))
+    report.section("summary", summary)
+    folder = Path(args.report)
+    report.write(folder)
+    plot(folder, ours, theirs or {})
 
 
 def _series(result: dict[str, float], prefix: str) -> tuple[list[int], list[float]]:
@@ -377,55 +385,40 @@ def _series(result: dict[str, float], prefix: str) -> tuple[list[int], list[floa
     return [x for x, _ in points], [y for _, y in points]
 
 
-def write_report(
+def plot(
     folder: Path,
-    lines: list[str],
     ours: dict[str, dict[str, float]],
     theirs: dict[str, dict[str, float]],
 ) -> None:
-    """report.md with the tables, and PNG plots when matplotlib is there."""
-    folder.mkdir(parents=True, exist_ok=True)
-    text = ["# aqueduct benchmark", "", "```", *lines, "```", ""]
+    """The sweeps' PNG plots, when matplotlib is there."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        text.append("(install matplotlib for the plots)")
-    else:
-        plots = [
-            (
-                "concurrency_sweep",
-                "p50_us@",
-                "callers",
-                "p50 latency (µs)",
-                "latency_vs_concurrency",
-            ),
-            ("batch_sweep", "tasks_per_s@", "batch size", "tasks/s", "throughput_vs_batch_size"),
-        ]
-        for workload, prefix, xlabel, ylabel, name in plots:
-            figure, axes = plt.subplots(figsize=(6, 4))
-            for label, results in (("aqueduct", ours), ("upstream 1.15", theirs)):
-                xs, ys = _series(results.get(workload, {}), prefix)
-                if xs:
-                    axes.plot(xs, ys, marker="o", label=label)
-            axes.set_xscale("log", base=2)
-            axes.set_yscale("log")
-            axes.set_xlabel(xlabel)
-            axes.set_ylabel(ylabel)
-            axes.set_title(name.replace("_", " "))
-            axes.grid(True, which="both", alpha=0.3)
-            axes.legend()
-            figure.tight_layout()
-            figure.savefig(folder / f"{name}.png", dpi=110)
-            plt.close(figure)
-            text.append(f"![{name}]({name}.png)")
-    (folder / "report.md").write_text("\n".join(text) + "\n")
-    (folder / "results.json").write_text(
-        json.dumps({"aqueduct": ours, "upstream": theirs}, indent=2)
-    )
-    print(f"report: {folder / 'report.md'}", file=sys.stderr)
+        print("(install matplotlib for the plots)", file=sys.stderr)
+        return
+    plots = [
+        ("concurrency_sweep", "p50_us@", "callers", "p50 latency (µs)", "latency_vs_callers"),
+        ("batch_sweep", "tasks_per_s@", "batch size", "tasks/s", "throughput_vs_batch_size"),
+    ]
+    for workload, prefix, xlabel, ylabel, name in plots:
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for label, results in (("aqueduct", ours), ("upstream 1.15", theirs)):
+            xs, ys = _series(results.get(workload, {}), prefix)
+            if xs:
+                axes.plot(xs, ys, marker="o", label=label)
+        axes.set_xscale("log", base=2)
+        axes.set_yscale("log")
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.set_title(name.replace("_", " "))
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(folder / f"{name}.png", dpi=110)
+        plt.close(figure)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,13 @@ drive the deployment through ``FlowHandle`` from this process (closed loop:
 each caller sends its next task when the last one is back).
 
 Prints tasks/s and p50/p99 latency per setup and the two-replica speed-up;
-``--json`` writes the figures too. Skips (exit 0) when ray is not installed.
+It writes ``bench-report/ray.json``. Skips (exit 0) when ray is not installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from aqueduct import BaseTaskHandler, Flow, FlowStep
+from report import FOLDER, Report
 from workloads import NoopTask
 
 #: CPU time of one batch: fixed part and per task (seconds)
@@ -171,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--callers", default="64,256", help="comma-separated caller counts")
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
-    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--report", default=str(FOLDER), help="folder for the report (ray.json)")
     args = parser.parse_args()
     callers = [int(n) for n in args.callers.split(",")]
     try:
@@ -211,33 +211,34 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()
 
-    print(
-        f"\nRay Serve, batched model emulator ({BATCH_COST * 1e3:g} ms + "
+    lines = [
+        f"Ray Serve, batched model emulator ({BATCH_COST * 1e3:g} ms + "
         f"{TASK_COST * 1e3:g} ms per task, batch {BATCH_SIZE}, one worker per "
-        f"replica), closed-loop callers through FlowHandle, {os.cpu_count()} CPUs"
-    )
-    print(f"{'setup':30} {'callers':>7} {'tasks/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+        f"replica), closed-loop callers through FlowHandle, {os.cpu_count()} CPUs",
+        f"{'setup':30} {'callers':>7} {'tasks/s':>10} {'p50 ms':>8} {'p99 ms':>8}",
+    ]
     for name, by_callers in results.items():
         for n, figures in by_callers.items():
-            print(
+            lines.append(
                 f"{name:30} {n:>7} {figures['tasks_per_s']:>10,.0f} "
                 f"{figures['p50_ms']:>8.1f} {figures['p99_ms']:>8.1f}"
             )
     for name, figures in http_rows.items():
-        print(
+        lines.append(
             f"{name:30} {HTTP_CONNECTIONS:>7} {figures['tasks_per_s']:>10,.0f} "
             f"{figures['p50_ms']:>8.1f} {figures['p99_ms']:>8.1f}"
             + (f"  ({figures['errors']:.0f} errors)" if figures["errors"] else "")
         )
     if not http_rows:
-        print("(wrk is not installed: no HTTP figures)")
+        lines.append("(wrk is not installed: no HTTP figures)")
     for n in callers:
         one = results["Ray Serve, 1 replica(s)"][n]["tasks_per_s"]
         two = results["Ray Serve, 2 replica(s)"][n]["tasks_per_s"]
-        print(f"two replicas vs one, {n} callers: {two / one:.2f}x")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"handle": results, "http": http_rows}, indent=2))
+        lines.append(f"two replicas vs one, {n} callers: {two / one:.2f}x")
+    report = Report("ray", "make bench")
+    report.section("ray", lines)
+    report.data = {"handle": results, "http": http_rows}
+    report.write(Path(args.report))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 SERVICE = Path(__file__).resolve().parents[2] / "tests" / "served_flow.py"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from report import FOLDER, Report  # noqa: E402
 
 
 def _cpu(pid: int) -> float:
@@ -57,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=64 << 20)
     parser.add_argument("--answers", type=int, default=20)
+    parser.add_argument("--report", default=str(FOLDER), help="folder for the report")
     args = parser.parse_args()
     env = {**os.environ, "BIG_ANSWER": str(args.size)}
     proc = subprocess.Popen(
@@ -88,11 +92,24 @@ def main() -> None:
         proc.wait(timeout=60)
     mib = args.size / (1 << 20)
     median = statistics.median(took)
-    print(
-        f"big answers ({mib:.0f} MiB, {args.answers}, one client): median {median * 1e3:.1f} ms "
-        f"= {args.size / median / 1e9:.2f} GB/s, best {args.size / min(took) / 1e9:.2f} GB/s; "
-        f"server CPU {cpu / args.answers * 1e3:.1f} ms per answer"
+    report = Report("big_answer", "make bench-http")
+    report.data = {
+        "size": args.size,
+        "answers": args.answers,
+        "median_gb_s": args.size / median / 1e9,
+        "best_gb_s": args.size / min(took) / 1e9,
+        "server_cpu_ms": cpu / args.answers * 1e3,
+    }
+    report.section(
+        "big_answer",
+        [
+            f"big answers ({mib:.0f} MiB, {args.answers}, one client): median"
+            f" {median * 1e3:.1f} ms = {report.data['median_gb_s']:.2f} GB/s,"
+            f" best {report.data['best_gb_s']:.2f} GB/s;"
+            f" server CPU {report.data['server_cpu_ms']:.1f} ms per answer"
+        ],
     )
+    report.write(Path(args.report))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from report import FOLDER, Report
 from run import HERE, PORT, server_cpu_s, stop, wrk
 from stream_client import chat_body, chat_token, load
 
@@ -262,13 +265,13 @@ def stream_stage(litserve: str | None, seconds: int) -> dict[str, Any]:
     return results
 
 
-def print_oip(results: dict[str, Any]) -> None:
+def oip_lines(results: dict[str, Any]) -> list[str]:
     columns = ("service", "server", "conns", "req/s", "p50 ms", "p99 ms", "errors")
-    print("{:<7} {:<15} {:>5} {:>10} {:>8} {:>8} {:>7}".format(*columns))
+    lines = ["{:<7} {:<15} {:>5} {:>10} {:>8} {:>8} {:>7}".format(*columns)]
     for service in ("noop", "model"):
         for name, by_conn in results.get(service, {}).items():
             for connections, r in by_conn.items():
-                print(
+                lines.append(
                     f"{service:<7} {name:<15} {connections:>5} {r['rps']:>10,.0f} "
                     f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7.0f}"
                 )
@@ -285,23 +288,23 @@ def print_oip(results: dict[str, Any]) -> None:
                 if connections == "256":
                     p99 = (ours[connections]["p99_ms"], triton[connections]["p99_ms"])
                     line += f", p99 {p99[0]:.2f} vs {p99[1]:.2f} ms (goal <=)"
-            print(line)
+            lines.append(line)
     for name, big in results.get("4 MiB", {}).items():
-        print(
+        lines.append(
             f"4 MiB FP32 round trips, {name}: {big['wrk_mb_s']:,.0f} MB/s of tensor by wrk "
             f"(p50 {big['wrk_p50_ms']:.2f} ms; goal >= 1000 for ours), "
             f"{big['tritonclient_mb_s']:,.0f} MB/s through tritonclient's own client"
         )
+    return lines
 
 
-def print_stream(results: dict[str, Any]) -> None:
-    print()
+def stream_lines(results: dict[str, Any]) -> list[str]:
     columns = ("stream", "tokens/s", "ttft p50", "ttft p99", "front µs", "errors")
-    print("{:<16} {:>10} {:>9} {:>9} {:>9} {:>7}".format(*columns))
+    lines = ["{:<16} {:>10} {:>9} {:>9} {:>9} {:>7}".format(*columns)]
     for name, r in results.items():
         # LitServe's work is in processes of its own: only aqueduct's front is measured
         front = r["front_us_per_token"] if name.startswith("aqueduct") else float("nan")
-        print(
+        lines.append(
             f"{name:<16} {r['tokens_per_s']:>10,.0f} {r['ttft_p50_ms']:>9.2f} "
             f"{r['ttft_p99_ms']:>9.2f} {front:>9.2f} {r['errors']:>7.0f}"
         )
@@ -309,16 +312,17 @@ def print_stream(results: dict[str, Any]) -> None:
     if ours and plain:
         share = ours["tokens_per_s"] / plain["tokens_per_s"]
         ttft = ours["ttft_p50_ms"] - plain["ttft_p50_ms"]
-        print(
+        lines.append(
             f"openai: {share:.2f} of the plain SSE route's tokens/s (goal 0.95), time to first "
             f"token p50 {ttft:+.2f} ms from it (goal within 1 ms)"
         )
     lit = results.get("litserve openai")
     if ours and lit:
-        print(
+        lines.append(
             f"openai: {ours['tokens_per_s'] / lit['tokens_per_s']:.1f}x LitServe OpenAISpec's "
             "tokens/s (goal 3x)"
         )
+    return lines
 
 
 def main() -> None:
@@ -326,19 +330,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--pytriton-python", default=os.environ.get("PYTRITON_PYTHON"))
     parser.add_argument("--litserve-python", default=os.environ.get("LITSERVE_PYTHON"))
-    parser.add_argument("--out", default="bench-report/protocols.json")
+    parser.add_argument("--report", default=str(FOLDER), help="folder for the report")
     parser.add_argument("--only", choices=["oip", "stream"])
     args = parser.parse_args()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {}
+    folder = Path(args.report)
+    folder.mkdir(parents=True, exist_ok=True)
+    report = Report("protocols", "make bench-http")
     if args.only in (None, "oip"):
-        report["oip"] = oip_stage(args.pytriton_python, args.seconds, out.parent)
-        print_oip(report["oip"])
+        report.data["oip"] = oip_stage(args.pytriton_python, args.seconds, folder)
+        report.section("oip", oip_lines(report.data["oip"]))
     if args.only in (None, "stream"):
-        report["stream"] = stream_stage(args.litserve_python, args.seconds)
-        print_stream(report["stream"])
-    out.write_text(json.dumps(report, indent=2))
+        report.data["stream"] = stream_stage(args.litserve_python, args.seconds)
+        report.section("stream", stream_lines(report.data["stream"]))
+    if args.only is None:
+        report.write(folder)
 
 
 if __name__ == "__main__":

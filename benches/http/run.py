@@ -4,7 +4,7 @@ Rust HTTP front; one aiohttp process, and several sharing one Flow) and on mosec
 emulator (``decode_emulator.py``) on aqueduct's front and on mosec's SSE,
 loaded by ``stream_client.py`` at 32 and 256 connections; between them,
 aqueduct's front at 256 and 10,000 keep-alive connections. Prints tables;
-writes JSON.
+writes ``bench-report/http.json`` (a partial run, ``--only`` and the like, writes none).
 
 Needs wrk (Debian package) and mosec in MOSEC_PYTHON's environment.
 """
@@ -12,7 +12,6 @@ Needs wrk (Debian package) and mosec in MOSEC_PYTHON's environment.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -23,6 +22,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from report import FOLDER, Report  # noqa: E402
+
 PORT = 18080
 
 
@@ -68,12 +71,17 @@ def wrk(
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
     for q in ("50", "99"):
         result[f"p{q}_ms"] = to_ms(re.search(rf"\s{q}%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    errors = 0
+    # errors: answers other than 2xx/3xx, and wrk's socket errors by kind
+    # (a request unanswered within wrk's 2 s is a timeout)
+    kinds = {"non_2xx": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0}
     if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        errors += int(m.group(1))
+        kinds["non_2xx"] = int(m.group(1))
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
-        errors += sum(int(g) for g in m.groups())
-    result["errors"] = errors
+        kinds.update(
+            zip(("connect", "read", "write", "timeout"), map(int, m.groups()), strict=True)
+        )
+    result["errors"] = sum(kinds.values())
+    result.update({f"errors_{kind}": float(n) for kind, n in kinds.items()})
     return result
 
 
@@ -131,14 +139,13 @@ def streaming(mosec_python: str | None, seconds: int) -> dict[str, dict[str, dic
     return out
 
 
-def print_streaming(results: dict[str, dict[str, dict[str, float]]]) -> None:
-    print()
+def streaming_lines(results: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     columns = ("stream", "conns", "tokens/s", "ttft p50", "ttft p99", "front µs", "errors")
-    print("{:<14} {:>5} {:>10} {:>9} {:>9} {:>9} {:>7}".format(*columns))
+    lines = ["{:<14} {:>5} {:>10} {:>9} {:>9} {:>9} {:>7}".format(*columns)]
     for name, by_conn in results.items():
         for connections, r in by_conn.items():
             front = r["front_us_per_part"] if name.startswith("aqueduct") else float("nan")
-            print(
+            lines.append(
                 f"{name:<14} {connections:>5} {r['tokens_per_s']:>10,.0f} "
                 f"{r['ttft_p50_ms']:>9.1f} {r['ttft_p99_ms']:>9.1f} {front:>9.2f} "
                 f"{r['errors']:>7.0f}"
@@ -148,11 +155,14 @@ def print_streaming(results: dict[str, dict[str, dict[str, float]]]) -> None:
         if connections in theirs:
             gain = ours[connections]["tokens_per_s"] / theirs[connections]["tokens_per_s"]
             p99 = (ours[connections]["ttft_p99_ms"], theirs[connections]["ttft_p99_ms"])
-            print(
+            lines.append(
                 f"{connections} connections: {gain:.2f}x mosec's tokens/s (goal 1.5x);"
                 f" p99 time to first token {p99[0]:.1f} vs {p99[1]:.1f} ms"
             )
-    print("front µs: CPU of aqueduct's web process (Rust front) per streamed part (goal <= 3)")
+    lines.append(
+        "front µs: CPU of aqueduct's web process (Rust front) per streamed part (goal <= 3)"
+    )
+    return lines
 
 
 #: The many-connections stage: aqueduct's front at the usual 256 and at
@@ -176,15 +186,45 @@ def many_connections(seconds: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def print_many(results: dict[str, dict[str, float]]) -> None:
+def many_lines(results: dict[str, dict[str, float]]) -> list[str]:
     base, many = results["256"], results[str(MANY_CONNECTIONS)]
     share = many["rps"] / base["rps"]
-    print(
+    kinds = ", ".join(
+        f"{key.removeprefix('errors_')} {n:.0f}"
+        for key, n in many.items()
+        if key.startswith("errors_") and n
+    )
+    errors = f"{many['errors']:.0f} errors" + (f" ({kinds})" if kinds else "")
+    return [
         f"{MANY_CONNECTIONS:,} keep-alive connections: {many['rps']:,.0f} req/s, p50 "
-        f"{many['p50_ms']:.1f} ms, p99 {many['p99_ms']:.1f} ms, {many['errors']:.0f} errors — "
+        f"{many['p50_ms']:.1f} ms, p99 {many['p99_ms']:.1f} ms, {errors} — "
         f"{share:.2f} of the 256-connection rate ({base['rps']:,.0f} req/s, p99 "
         f"{base['p99_ms']:.1f} ms; goal {MANY_SHARE_GOAL})"
-    )
+    ]
+
+
+def wrk_lines(results: dict[str, dict[str, dict[str, dict[str, float]]]]) -> list[str]:
+    """One row per service, server and connection count; then each aqueduct
+    server's rate against mosec's at the same point."""
+    columns = ("service", "server", "conns", "req/s", "p50 ms", "p99 ms", "errors")
+    lines = ["{:<7} {:<14} {:>5} {:>10} {:>8} {:>8} {:>7}".format(*columns)]
+    for service, by_server in results.items():
+        for name, by_conn in by_server.items():
+            for connections, r in by_conn.items():
+                lines.append(
+                    f"{service:<7} {name:<14} {connections:>5} {r['rps']:>10,.0f} "
+                    f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7.0f}"
+                )
+    for service, by_server in results.items():
+        mosec = by_server.get("mosec", {})
+        for name, by_conn in by_server.items():
+            if name == "mosec" or not mosec:
+                continue
+            gains = ", ".join(
+                f"{by_conn[c]['rps'] / mosec[c]['rps']:.2f}x at {c}" for c in by_conn if c in mosec
+            )
+            lines.append(f"{service} {name}: {gains} connections of mosec's req/s")
+    return lines
 
 
 def main() -> None:
@@ -194,20 +234,19 @@ def main() -> None:
     parser.add_argument(
         "--servers", type=int, default=2, help="server processes of the shared-Flow run"
     )
-    parser.add_argument("--out", default="bench-report/http.json")
+    parser.add_argument("--report", default=str(FOLDER), help="folder for the report (http.json)")
     parser.add_argument("--only", help="comma-separated server names to run (default: all)")
     parser.add_argument("--stream-only", action="store_true", help="the streaming runs only")
     parser.add_argument("--many-only", action="store_true", help="the 10,000-connection stage only")
     args = parser.parse_args()
+    report = Report("http", "make bench-http")
     if args.many_only:
-        many = many_connections(args.seconds)
-        print_many(many)
-        return
+        report.data["many_connections"] = many = many_connections(args.seconds)
+        report.section("many", many_lines(many))
+        return  # a partial run: no report
     if args.stream_only:
-        stream = streaming(args.mosec_python, args.seconds)
-        print_streaming(stream)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"stream": stream}, indent=2))
+        report.data["stream"] = stream = streaming(args.mosec_python, args.seconds)
+        report.section("stream", streaming_lines(stream))
         return
 
     targets = {
@@ -255,22 +294,14 @@ def main() -> None:
                     )
             finally:
                 stop(proc)
-    columns = ("service", "server", "conns", "req/s", "p50 ms", "p99 ms", "errors")
-    print("{:<7} {:<14} {:>5} {:>10} {:>8} {:>8} {:>7}".format(*columns))
-    for service, by_server in results.items():
-        for name, by_conn in by_server.items():
-            for connections, r in by_conn.items():
-                print(
-                    f"{service:<7} {name:<14} {connections:>5} {r['rps']:>10,.0f} "
-                    f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7.0f}"
-                )
-    many = many_connections(args.seconds)
-    print_many(many)
-    stream = streaming(args.mosec_python, args.seconds)
-    print_streaming(stream)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    report = {**results, "many_connections": many, "stream": stream}
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    report.data.update(results)
+    report.section("wrk", wrk_lines(results))
+    report.data["many_connections"] = many = many_connections(args.seconds)
+    report.section("many", many_lines(many))
+    report.data["stream"] = stream = streaming(args.mosec_python, args.seconds)
+    report.section("stream", streaming_lines(stream))
+    if not args.only:
+        report.write(Path(args.report))
 
 
 if __name__ == "__main__":

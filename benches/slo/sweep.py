@@ -23,7 +23,7 @@ Per point: goodput (answered within the objective per second), p50/p99/
 p99.9 of the answered, rejected (429/503, with their p99), late, failed.
 After the sweep each framework also gets 1.5x aqueduct's rate at the
 objective. Prints the tables and the targets of issue 31, writes
-``bench-report/slo.json`` and the plots ``bench-report/slo.png`` and
+``bench-report/slo.json`` (and ``.txt``) and the plots ``bench-report/slo.png`` and
 ``bench-report/slo-python-api.png``.
 
     python benches/slo/sweep.py --upstream-python .venv-upstream/bin/python \\
@@ -45,9 +45,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE.parent / "http"))
+sys.path.insert(0, str(HERE.parent))
 
 from emulator import LIMIT, OBJECTIVE_S  # noqa: E402
 from protocols import launch, pytriton_env, warm_up  # noqa: E402
+from report import Report  # noqa: E402
 from run import PORT, stop  # noqa: E402
 
 #: Offered rates, as shares of the model's limit: the same absolute rates
@@ -217,7 +219,7 @@ def point_at(points: list[dict[str, Any]], rate: float) -> dict[str, Any] | None
     return next((p for p in points if abs(p["rate"] - rate) < 0.5), None)
 
 
-def table(title: str, results: dict[str, list[dict[str, Any]]]) -> str:
+def table(title: str, results: dict[str, list[dict[str, Any]]]) -> list[str]:
     lines = [
         title,
         f"{'framework':<22} {'rate/s':>7} {'goodput':>8} {'in time':>8} {'p50':>8} "
@@ -233,7 +235,7 @@ def table(title: str, results: dict[str, list[dict[str, Any]]]) -> str:
                 f"{p['rejected']:>8} {ms(p['reject_p99_ms']):>8} {p['late']:>6} {p['failed']:>6}"
             )
         lines.append(f"{name:<22} rate at the objective: {at_objective(points):.0f}/s")
-    return "\n".join(lines)
+    return lines
 
 
 def targets(results: dict[str, list[dict[str, Any]]], overload: float) -> list[str]:
@@ -352,33 +354,22 @@ def main() -> None:
             print(f"python api: {name} ...", file=sys.stderr)
             python[name] = sweep_python(python_exe, mode, RATES + extra, args.seconds)
 
-    text = [
-        table("HTTP, open loop (openloop), model emulator, objective 50 ms", http),
-        "",
-        *targets(http, overload),
-    ]
+    out = Report("slo", "make bench-slo")
+    out.data = {
+        "limit": LIMIT,
+        "objective_s": OBJECTIVE_S,
+        "rates": RATES,
+        "overload": overload,
+        "http": http,
+        "python_api": python,
+    }
+    out.section("http", table("HTTP, open loop (openloop), model emulator, objective 50 ms", http))
+    out.section("http_targets", targets(http, overload))
     if python:
-        text += [
-            "",
-            table("Python API, open loop (a new asyncio task per request)", python),
-            "",
-            *targets(python, overload),
-        ]
-    print("\n".join(text))
-    (report / "slo.json").write_text(
-        json.dumps(
-            {
-                "limit": LIMIT,
-                "objective_s": OBJECTIVE_S,
-                "rates": RATES,
-                "overload": overload,
-                "http": http,
-                "python_api": python,
-            },
-            indent=1,
-        )
-    )
-    (report / "slo.txt").write_text("\n".join(text) + "\n")
+        title = "Python API, open loop (a new asyncio task per request)"
+        out.section("python_api", table(title, python))
+        out.section("python_api_targets", targets(python, overload))
+    out.write(report)
     plot(http, "HTTP", report / "slo.png")
     if python:
         plot(python, "Python API", report / "slo-python-api.png")
