@@ -99,13 +99,16 @@ async def test_under_a_burst_it_refuses_what_cannot_make_it_and_answers_the_rest
 ):
     flow = make_flow(FlowStep(Emulator(), batch_size=32, latency_objective=OBJECTIVE))
     await warm(flow)
-    # 2,000 at once: about 6 objectives' worth of work at 32 per 8.4 ms
-    outcomes = await burst(flow, 2000)
+    # 600 at once: 3 objectives' worth of work at 32 per 8.4 ms. The caller's
+    # own loop spends part of the objective pushing them before it can read
+    # an answer (2,000 took ~30 ms of it on a slow 2-core day), so what fits
+    # is 3 to 5 batches of 32, not the 5.3 of an idle caller
+    outcomes = await burst(flow, 600)
     answered = [t for what, t, _ in outcomes if what == "answered"]
     rejected = [t for what, t, _ in outcomes if what == "rejected"]
-    assert len(answered) + len(rejected) == 2000
+    assert len(answered) + len(rejected) == 600
     assert rejected, "what cannot make it is refused"
-    assert len(answered) >= 150, f"it serves what it can in time: {len(answered)}"
+    assert len(answered) >= 96, f"it serves what it can in time: {len(answered)}"
     # answered within the objective (with room for a 2-core machine's jitter)
     assert p(answered, 0.95) <= OBJECTIVE * 1.5, sorted(answered)[-20:]
     assert max(answered) <= OBJECTIVE * 3
