@@ -48,6 +48,7 @@ sys.path.insert(0, str(HERE.parent / "http"))
 sys.path.insert(0, str(HERE.parent))
 
 from emulator import LIMIT, OBJECTIVE_S  # noqa: E402
+from points import at_objective, point_at  # noqa: E402
 from protocols import launch, pytriton_env, warm_up  # noqa: E402
 from report import Report  # noqa: E402
 from run import PORT, stop  # noqa: E402
@@ -208,15 +209,6 @@ def brief(p: dict[str, Any]) -> str:
         f"goodput {p['goodput']:>7.1f}  within {100 * p['within_share']:5.1f} %  "
         f"p99 {p['p99_ms']} ms  rejected {p['rejected']}  failed {p['failed']}"
     )
-
-
-def at_objective(points: list[dict[str, Any]]) -> float:
-    """The highest offered rate at which >= 99 % were answered in time."""
-    return max((p["rate"] for p in points if p["within_share"] >= 0.99), default=0.0)
-
-
-def point_at(points: list[dict[str, Any]], rate: float) -> dict[str, Any] | None:
-    return next((p for p in points if abs(p["rate"] - rate) < 0.5), None)
 
 
 def table(title: str, results: dict[str, list[dict[str, Any]]]) -> list[str]:

@@ -21,6 +21,7 @@ A report, section or figure that is not there is an error, so ``make docs``
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,12 @@ from docutils.parsers.rst import Directive
 from docutils.parsers.rst.states import Inliner
 from docutils.statemachine import StringList
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benches" / "slo"))
+
+from points import at_objective, point_at
+
 LOADS = (952, 2857)
 NONE = "\u2013"  # an en dash: nothing to show
-
-
-def _at_objective(points: list[dict[str, Any]]) -> float:
-    return max((p["rate"] for p in points if p["within_share"] >= 0.99), default=0.0)
-
-
-def _point(points: list[dict[str, Any]], rate: float) -> dict[str, Any] | None:
-    return next((p for p in points if abs(p["rate"] - rate) < 0.5), None)
 
 
 def _ms(value: float | None) -> str:
@@ -51,12 +48,12 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
     out = []
     for section, label in (("http", "HTTP"), ("python_api", "Python API")):
         for name, points in report.get(section, {}).items():
-            low, mid = (_point(points, rate) for rate in LOADS)
-            over = _point(points, overload)
+            low, mid = (point_at(points, rate) for rate in LOADS)
+            over = point_at(points, overload)
             out.append(
                 [
                     f"{label}: {name}",
-                    f"{_at_objective(points):,.0f}",
+                    f"{at_objective(points):,.0f}",
                     _ms(low and low["p99_ms"]),
                     _ms(mid and mid["p99_ms"]),
                     f"{over['goodput']:,.0f}" if over else NONE,
